@@ -1,0 +1,22 @@
+//! ferry's event model and binary frame format.
+//!
+//! This crate owns the data every other part of ferry agrees on: [`Event`]s with their
+//! [`Position`]s and [`Value`]s, and the [`frame`] that carries one event on disk or on the wire.
+//! It does no I/O.
+
+pub mod event;
+pub mod frame;
+pub mod position;
+pub mod value;
+
+pub use event::{
+    Begin, Column, Commit, Delete, Event, Heartbeat, Insert, Message, OldRow, Relation, RelationId,
+    ReplicaIdentity, Truncate, Update,
+};
+pub use frame::FrameError;
+pub use position::{BinlogPos, GtidSet, Lsn, MariaGtid, MariaGtidList, ParsePositionError, Position};
+pub use value::{Micros, Row, Value};
+
+/// Strategies and samples shared by this crate's tests and other crates' tests.
+#[doc(hidden)]
+pub mod samples;

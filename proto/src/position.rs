@@ -1,0 +1,516 @@
+//! Source positions: where in a source's change stream an event comes from.
+//!
+//! Each source emits one kind of position, and positions of one source are totally ordered in the
+//! order the source produced them (`Ord`). Every position prints in a stable text form that
+//! [`Position::from_str`](std::str::FromStr) parses back, so positions can be stored in checkpoints,
+//! typed on a command line and shown in logs.
+//!
+//! GTID sets are only partially ordered by inclusion. Within one source's stream each commit adds
+//! exactly one transaction, so ordering by the number of transactions (then by the canonical text)
+//! is a total order that agrees with both inclusion and stream order.
+
+use std::cmp::Ordering;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// A text position that could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what} {input:?}: {reason}")]
+pub struct ParsePositionError {
+    what: &'static str,
+    input: String,
+    reason: &'static str,
+}
+
+impl ParsePositionError {
+    fn new(what: &'static str, input: &str, reason: &'static str) -> Self {
+        Self {
+            what,
+            input: input.to_owned(),
+            reason,
+        }
+    }
+}
+
+/// A PostgreSQL write-ahead log position, printed as `XXXXXXXX/XXXXXXXX` like `pg_lsn`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+pub struct Lsn(pub u64);
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{:X}/{:X}", self.0 >> 32, self.0 & 0xFFFF_FFFF)
+    }
+}
+
+impl FromStr for Lsn {
+    type Err = ParsePositionError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |reason| ParsePositionError::new("LSN", s, reason);
+        let (hi, lo) = s.split_once('/').ok_or_else(|| err("expected HI/LO in hex"))?;
+        let part = |p: &str| {
+            if p.is_empty() || p.len() > 8 {
+                return Err(err("each half is 1 to 8 hex digits"));
+            }
+            u32::from_str_radix(p, 16).map_err(|_| err("not hexadecimal"))
+        };
+        Ok(Lsn((u64::from(part(hi)?) << 32) | u64::from(part(lo)?)))
+    }
+}
+
+/// A MySQL/MariaDB binlog coordinate: file name and byte offset in it.
+///
+/// Ordered by the file's numeric suffix (so `mysql-bin.1000000` follows `mysql-bin.999999`), then
+/// by offset.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct BinlogPos {
+    pub file: String,
+    pub pos: u64,
+}
+
+impl BinlogPos {
+    fn sort_key(&self) -> (&str, u64, u64) {
+        match self.file.rsplit_once('.') {
+            Some((stem, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
+                (stem, n.parse().unwrap_or(u64::MAX), self.pos)
+            }
+            _ => (self.file.as_str(), 0, self.pos),
+        }
+    }
+}
+
+impl Ord for BinlogPos {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.sort_key()
+            .cmp(&other.sort_key())
+            .then_with(|| self.file.cmp(&other.file))
+    }
+}
+
+impl PartialOrd for BinlogPos {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl fmt::Display for BinlogPos {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file, self.pos)
+    }
+}
+
+impl FromStr for BinlogPos {
+    type Err = ParsePositionError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |reason| ParsePositionError::new("binlog position", s, reason);
+        let (file, pos) = s.rsplit_once(':').ok_or_else(|| err("expected FILE:OFFSET"))?;
+        if file.is_empty() {
+            return Err(err("empty file name"));
+        }
+        let pos = pos.parse().map_err(|_| err("offset is not a number"))?;
+        Ok(BinlogPos {
+            file: file.to_owned(),
+            pos,
+        })
+    }
+}
+
+/// A MySQL GTID set: per server UUID, a sorted list of disjoint, non-adjacent inclusive ranges.
+/// Printed as MySQL prints `gtid_executed`: `uuid:1-5:7,uuid2:1-3` (UUIDs lower case, sorted).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct GtidSet {
+    /// Sorted by UUID; each range list sorted, merged, never empty.
+    sids: Vec<([u8; 16], Vec<(u64, u64)>)>,
+}
+
+impl GtidSet {
+    /// Adds transaction `gno` of server `sid`.
+    pub fn add(&mut self, sid: [u8; 16], gno: u64) {
+        self.add_range(sid, gno, gno);
+    }
+
+    /// Adds the inclusive range `start..=end` of server `sid`.
+    pub fn add_range(&mut self, sid: [u8; 16], start: u64, end: u64) {
+        let (start, end) = (start.min(end), start.max(end));
+        let idx = match self.sids.binary_search_by(|(s, _)| s.cmp(&sid)) {
+            Ok(i) => i,
+            Err(i) => {
+                self.sids.insert(i, (sid, Vec::new()));
+                i
+            }
+        };
+        let ranges = &mut self.sids[idx].1;
+        ranges.push((start, end));
+        ranges.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+        for &(s, e) in ranges.iter() {
+            match merged.last_mut() {
+                Some(last) if s <= last.1.saturating_add(1) => last.1 = last.1.max(e),
+                _ => merged.push((s, e)),
+            }
+        }
+        *ranges = merged;
+    }
+
+    /// Whether transaction `gno` of server `sid` is in the set.
+    pub fn contains(&self, sid: &[u8; 16], gno: u64) -> bool {
+        self.sids
+            .binary_search_by(|(s, _)| s.cmp(sid))
+            .ok()
+            .is_some_and(|i| self.sids[i].1.iter().any(|&(s, e)| s <= gno && gno <= e))
+    }
+
+    /// Number of transactions in the set (saturating).
+    pub fn count(&self) -> u64 {
+        self.sids
+            .iter()
+            .flat_map(|(_, r)| r.iter())
+            .fold(0u64, |acc, &(s, e)| acc.saturating_add(e - s + 1))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.sids.is_empty()
+    }
+}
+
+fn fmt_uuid(u: &[u8; 16], f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    for (i, b) in u.iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            f.write_str("-")?;
+        }
+        write!(f, "{b:02x}")?;
+    }
+    Ok(())
+}
+
+/// Parses a UUID in its 8-4-4-4-12 hex form (or 32 bare hex digits).
+pub fn parse_uuid(s: &str) -> Option<[u8; 16]> {
+    let hex: Vec<u8> = s.bytes().filter(|&b| b != b'-').collect();
+    if hex.len() != 32 || s.len() > 36 {
+        return None;
+    }
+    let mut out = [0u8; 16];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        let txt = std::str::from_utf8(pair).ok()?;
+        out[i] = u8::from_str_radix(txt, 16).ok()?;
+    }
+    Some(out)
+}
+
+impl fmt::Display for GtidSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, (sid, ranges)) in self.sids.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            fmt_uuid(sid, f)?;
+            for &(s, e) in ranges {
+                if s == e {
+                    write!(f, ":{s}")?;
+                } else {
+                    write!(f, ":{s}-{e}")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for GtidSet {
+    type Err = ParsePositionError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |reason| ParsePositionError::new("GTID set", s, reason);
+        let mut set = GtidSet::default();
+        // MySQL prints gtid_executed with newlines after commas.
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let mut fields = part.split(':');
+            let sid = fields
+                .next()
+                .and_then(parse_uuid)
+                .ok_or_else(|| err("bad server UUID"))?;
+            let mut any = false;
+            for range in fields {
+                any = true;
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                let a: u64 = a.parse().map_err(|_| err("bad transaction number"))?;
+                let b: u64 = b.parse().map_err(|_| err("bad transaction number"))?;
+                if a == 0 || b < a {
+                    return Err(err("ranges start at 1 and are increasing"));
+                }
+                set.add_range(sid, a, b);
+            }
+            if !any {
+                return Err(err("a server UUID needs at least one range"));
+            }
+        }
+        Ok(set)
+    }
+}
+
+impl Ord for GtidSet {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.count()
+            .cmp(&other.count())
+            .then_with(|| self.sids.cmp(&other.sids))
+    }
+}
+
+impl PartialOrd for GtidSet {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// One MariaDB GTID: `domain-server-sequence`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct MariaGtid {
+    pub domain: u32,
+    pub server: u32,
+    pub seq: u64,
+}
+
+/// A MariaDB replication position: the last GTID applied in each replication domain, as in
+/// `gtid_slave_pos` (`0-1-100,1-2-7`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct MariaGtidList {
+    /// One entry per domain, sorted by domain.
+    gtids: Vec<MariaGtid>,
+}
+
+impl MariaGtidList {
+    /// Records `gtid` as the latest of its domain.
+    pub fn advance(&mut self, gtid: MariaGtid) {
+        match self.gtids.binary_search_by_key(&gtid.domain, |g| g.domain) {
+            Ok(i) => self.gtids[i] = gtid,
+            Err(i) => self.gtids.insert(i, gtid),
+        }
+    }
+
+    pub fn gtids(&self) -> &[MariaGtid] {
+        &self.gtids
+    }
+
+    fn seq_total(&self) -> u128 {
+        self.gtids.iter().map(|g| u128::from(g.seq)).sum()
+    }
+}
+
+impl fmt::Display for MariaGtidList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, g) in self.gtids.iter().enumerate() {
+            if i > 0 {
+                f.write_str(",")?;
+            }
+            write!(f, "{}-{}-{}", g.domain, g.server, g.seq)?;
+        }
+        Ok(())
+    }
+}
+
+impl FromStr for MariaGtidList {
+    type Err = ParsePositionError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |reason| ParsePositionError::new("MariaDB GTID list", s, reason);
+        let mut list = MariaGtidList::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let mut f = part.split('-');
+            let (Some(d), Some(sv), Some(q), None) = (f.next(), f.next(), f.next(), f.next())
+            else {
+                return Err(err("expected DOMAIN-SERVER-SEQ"));
+            };
+            let gtid = MariaGtid {
+                domain: d.parse().map_err(|_| err("bad domain id"))?,
+                server: sv.parse().map_err(|_| err("bad server id"))?,
+                seq: q.parse().map_err(|_| err("bad sequence number"))?,
+            };
+            if list.gtids.iter().any(|g| g.domain == gtid.domain) {
+                return Err(err("a domain appears twice"));
+            }
+            list.advance(gtid);
+        }
+        Ok(list)
+    }
+}
+
+impl Ord for MariaGtidList {
+    fn cmp(&self, other: &Self) -> Ordering {
+        self.seq_total()
+            .cmp(&other.seq_total())
+            .then_with(|| self.gtids.cmp(&other.gtids))
+    }
+}
+
+impl PartialOrd for MariaGtidList {
+    fn partial_cmp(&self, other: &Self) -> Option<Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+/// A position in one source's change stream.
+///
+/// Text form: `pg:0/16B3748`, `binlog:mysql-bin.000003:1234`, `gtid:<MySQL GTID set>`,
+/// `mariadb:0-1-100,1-2-7`. Positions of different kinds never come from the same source; across
+/// kinds the order is by kind, which only matters for sorting mixed collections.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum Position {
+    Postgres(Lsn),
+    Binlog(BinlogPos),
+    MySqlGtid(GtidSet),
+    MariaDbGtid(MariaGtidList),
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Position::Postgres(l) => write!(f, "pg:{l}"),
+            Position::Binlog(b) => write!(f, "binlog:{b}"),
+            Position::MySqlGtid(g) => write!(f, "gtid:{g}"),
+            Position::MariaDbGtid(g) => write!(f, "mariadb:{g}"),
+        }
+    }
+}
+
+impl FromStr for Position {
+    type Err = ParsePositionError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (kind, rest) = s.split_once(':').ok_or_else(|| {
+            ParsePositionError::new(
+                "position",
+                s,
+                "expected pg:, binlog:, gtid: or mariadb: prefix",
+            )
+        })?;
+        match kind {
+            "pg" => rest.parse().map(Position::Postgres),
+            "binlog" => rest.parse().map(Position::Binlog),
+            "gtid" => rest.parse().map(Position::MySqlGtid),
+            "mariadb" => rest.parse().map(Position::MariaDbGtid),
+            _ => Err(ParsePositionError::new(
+                "position",
+                s,
+                "unknown kind: expected pg, binlog, gtid or mariadb",
+            )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn lsn_text() {
+        let l: Lsn = "16/B374D848".parse().unwrap();
+        assert_eq!(l.0, 0x16_B374_D848);
+        assert_eq!(l.to_string(), "16/B374D848");
+        assert!("16B374D848".parse::<Lsn>().is_err());
+        assert!("1/123456789".parse::<Lsn>().is_err());
+        assert!("x/1".parse::<Lsn>().is_err());
+    }
+
+    #[test]
+    fn binlog_order_uses_numeric_suffix() {
+        let a: BinlogPos = "mysql-bin.999999:900".parse().unwrap();
+        let b: BinlogPos = "mysql-bin.1000000:4".parse().unwrap();
+        assert!(a < b);
+        let c: BinlogPos = "mysql-bin.999999:901".parse().unwrap();
+        assert!(a < c);
+    }
+
+    #[test]
+    fn gtid_set_text_and_order() {
+        let s: GtidSet = "3E11FA47-71CA-11E1-9E33-C80AA9429562:1-5:7,\n\
+                          4e11fa47-71ca-11e1-9e33-c80aa9429562:1"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            s.to_string(),
+            "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5:7,4e11fa47-71ca-11e1-9e33-c80aa9429562:1"
+        );
+        assert_eq!(s.count(), 7);
+        let mut t = s.clone();
+        t.add(parse_uuid("3e11fa47-71ca-11e1-9e33-c80aa9429562").unwrap(), 6);
+        assert!(s < t);
+        assert_eq!(
+            t.to_string(),
+            "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-7,4e11fa47-71ca-11e1-9e33-c80aa9429562:1"
+        );
+        assert!("uuid:1".parse::<GtidSet>().is_err());
+        assert!("3e11fa47-71ca-11e1-9e33-c80aa9429562".parse::<GtidSet>().is_err());
+        assert!("3e11fa47-71ca-11e1-9e33-c80aa9429562:5-2".parse::<GtidSet>().is_err());
+    }
+
+    #[test]
+    fn mariadb_list() {
+        let l: MariaGtidList = "1-2-7,0-1-100".parse().unwrap();
+        assert_eq!(l.to_string(), "0-1-100,1-2-7");
+        let mut m = l.clone();
+        m.advance(MariaGtid {
+            domain: 0,
+            server: 1,
+            seq: 101,
+        });
+        assert!(l < m);
+        assert!("0-1".parse::<MariaGtidList>().is_err());
+        assert!("0-1-1,0-2-2".parse::<MariaGtidList>().is_err());
+    }
+
+    fn arb_position() -> impl Strategy<Value = Position> {
+        prop_oneof![
+            any::<u64>().prop_map(|v| Position::Postgres(Lsn(v))),
+            ("[a-z]{1,8}-bin\\.[0-9]{6}", any::<u64>())
+                .prop_map(|(file, pos)| Position::Binlog(BinlogPos { file, pos })),
+            proptest::collection::vec((any::<[u8; 16]>(), 1u64..1000, 0u64..1000), 0..4).prop_map(
+                |v| {
+                    let mut s = GtidSet::default();
+                    for (sid, a, n) in v {
+                        s.add_range(sid, a, a + n);
+                    }
+                    Position::MySqlGtid(s)
+                }
+            ),
+            proptest::collection::vec((any::<u32>(), any::<u32>(), any::<u64>()), 0..4).prop_map(
+                |v| {
+                    let mut l = MariaGtidList::default();
+                    for (domain, server, seq) in v {
+                        l.advance(MariaGtid {
+                            domain,
+                            server,
+                            seq,
+                        });
+                    }
+                    Position::MariaDbGtid(l)
+                }
+            ),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn position_text_round_trips(p in arb_position()) {
+            let text = p.to_string();
+            prop_assert_eq!(text.parse::<Position>().unwrap(), p);
+        }
+
+        #[test]
+        fn position_parse_never_panics(s in "\\PC{0,64}") {
+            let _ = s.parse::<Position>();
+        }
+
+        #[test]
+        fn gtid_stream_order_is_monotonic(sids in proptest::collection::vec(0u8..3, 1..50)) {
+            // Each commit adds the next transaction of some server: positions must increase.
+            let mut set = GtidSet::default();
+            let mut next = [1u64; 3];
+            let mut prev = set.clone();
+            for s in sids {
+                set.add([s; 16], next[s as usize]);
+                next[s as usize] += 1;
+                prop_assert!(prev < set);
+                prev = set.clone();
+            }
+        }
+    }
+}
