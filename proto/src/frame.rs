@@ -117,7 +117,9 @@ pub fn decode_header(buf: &[u8]) -> Result<Header, FrameError> {
     if let Some(m) = buf.get(0..2)
         && m != MAGIC
     {
-        return Err(FrameError::BadMagic { found: [m[0], m[1]] });
+        return Err(FrameError::BadMagic {
+            found: [m[0], m[1]],
+        });
     }
     if let Some(&v) = buf.get(2)
         && v != FORMAT_VERSION

@@ -14,7 +14,9 @@ pub use event::{
     ReplicaIdentity, Truncate, Update,
 };
 pub use frame::FrameError;
-pub use position::{BinlogPos, GtidSet, Lsn, MariaGtid, MariaGtidList, ParsePositionError, Position};
+pub use position::{
+    BinlogPos, GtidSet, Lsn, MariaGtid, MariaGtidList, ParsePositionError, Position,
+};
 pub use value::{Micros, Row, Value};
 
 /// Strategies and samples shared by this crate's tests and other crates' tests.

@@ -35,7 +35,9 @@ impl ParsePositionError {
 }
 
 /// A PostgreSQL write-ahead log position, printed as `XXXXXXXX/XXXXXXXX` like `pg_lsn`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
+)]
 pub struct Lsn(pub u64);
 
 impl fmt::Display for Lsn {
@@ -48,7 +50,9 @@ impl FromStr for Lsn {
     type Err = ParsePositionError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = |reason| ParsePositionError::new("LSN", s, reason);
-        let (hi, lo) = s.split_once('/').ok_or_else(|| err("expected HI/LO in hex"))?;
+        let (hi, lo) = s
+            .split_once('/')
+            .ok_or_else(|| err("expected HI/LO in hex"))?;
         let part = |p: &str| {
             if p.is_empty() || p.len() > 8 {
                 return Err(err("each half is 1 to 8 hex digits"));
@@ -104,7 +108,9 @@ impl FromStr for BinlogPos {
     type Err = ParsePositionError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = |reason| ParsePositionError::new("binlog position", s, reason);
-        let (file, pos) = s.rsplit_once(':').ok_or_else(|| err("expected FILE:OFFSET"))?;
+        let (file, pos) = s
+            .rsplit_once(':')
+            .ok_or_else(|| err("expected FILE:OFFSET"))?;
         if file.is_empty() {
             return Err(err("empty file name"));
         }
@@ -116,12 +122,17 @@ impl FromStr for BinlogPos {
     }
 }
 
+/// A MySQL server UUID (source id of a GTID).
+pub type ServerUuid = [u8; 16];
+/// Inclusive transaction-number ranges of one server.
+type GnoRanges = Vec<(u64, u64)>;
+
 /// A MySQL GTID set: per server UUID, a sorted list of disjoint, non-adjacent inclusive ranges.
 /// Printed as MySQL prints `gtid_executed`: `uuid:1-5:7,uuid2:1-3` (UUIDs lower case, sorted).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 pub struct GtidSet {
     /// Sorted by UUID; each range list sorted, merged, never empty.
-    sids: Vec<([u8; 16], Vec<(u64, u64)>)>,
+    sids: Vec<(ServerUuid, GnoRanges)>,
 }
 
 impl GtidSet {
@@ -431,15 +442,26 @@ mod tests {
         );
         assert_eq!(s.count(), 7);
         let mut t = s.clone();
-        t.add(parse_uuid("3e11fa47-71ca-11e1-9e33-c80aa9429562").unwrap(), 6);
+        t.add(
+            parse_uuid("3e11fa47-71ca-11e1-9e33-c80aa9429562").unwrap(),
+            6,
+        );
         assert!(s < t);
         assert_eq!(
             t.to_string(),
             "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-7,4e11fa47-71ca-11e1-9e33-c80aa9429562:1"
         );
         assert!("uuid:1".parse::<GtidSet>().is_err());
-        assert!("3e11fa47-71ca-11e1-9e33-c80aa9429562".parse::<GtidSet>().is_err());
-        assert!("3e11fa47-71ca-11e1-9e33-c80aa9429562:5-2".parse::<GtidSet>().is_err());
+        assert!(
+            "3e11fa47-71ca-11e1-9e33-c80aa9429562"
+                .parse::<GtidSet>()
+                .is_err()
+        );
+        assert!(
+            "3e11fa47-71ca-11e1-9e33-c80aa9429562:5-2"
+                .parse::<GtidSet>()
+                .is_err()
+        );
     }
 
     #[test]

@@ -20,10 +20,7 @@ pub fn relation(id: u64) -> Relation {
         schema: "public".into(),
         name: format!("t{id}"),
         replica_identity: ReplicaIdentity::Default,
-        columns: vec![
-            col("id", "int8", 20, true),
-            col("body", "text", 25, false),
-        ],
+        columns: vec![col("id", "int8", 20, true), col("body", "text", 25, false)],
     }
 }
 
@@ -31,7 +28,10 @@ pub fn relation(id: u64) -> Relation {
 pub fn insert(rel: u64, id: i64, size: usize) -> Event {
     Event::Insert(Insert {
         relation: RelationId(rel),
-        new: vec![Value::Int(id), Value::Text("x".repeat(size.saturating_sub(16)))],
+        new: vec![
+            Value::Int(id),
+            Value::Text("x".repeat(size.saturating_sub(16))),
+        ],
     })
 }
 

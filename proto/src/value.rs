@@ -33,7 +33,10 @@ pub enum Value {
     /// Time of day in microseconds; MySQL's TIME may be negative or exceed 24 hours.
     Time(Micros),
     /// Time of day with a zone offset in seconds east of UTC.
-    TimeTz { micros: Micros, offset_secs: i32 },
+    TimeTz {
+        micros: Micros,
+        offset_secs: i32,
+    },
     /// A timestamp without time zone (wall clock), microseconds since the epoch.
     Timestamp(Micros),
     /// An instant, microseconds since the epoch in UTC.
@@ -49,7 +52,10 @@ pub enum Value {
     /// An array; multi-dimensional arrays nest. Element type is the column's element type.
     Array(Vec<Value>),
     /// A type ferry does not model: its source type name and its text representation.
-    Other { type_name: String, text: String },
+    Other {
+        type_name: String,
+        text: String,
+    },
 }
 
 impl Value {

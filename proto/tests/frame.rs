@@ -1,6 +1,8 @@
 //! Frame format: round trips, never a panic on arbitrary or damaged bytes, and golden files that
 //! catch any unintended change to the encoding.
 
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
 use std::path::PathBuf;
 
 use ferry_proto::frame::{self, FrameError, HEADER_LEN, MAX_PAYLOAD};
@@ -89,11 +91,13 @@ fn arb_event() -> impl Strategy<Value = Event> {
             any::<bool>(),
             any::<bool>()
         )
-            .prop_map(|(ids, cascade, restart_identity)| Event::Truncate(Truncate {
-                relations: ids.into_iter().map(RelationId).collect(),
-                cascade,
-                restart_identity
-            })),
+            .prop_map(
+                |(ids, cascade, restart_identity)| Event::Truncate(Truncate {
+                    relations: ids.into_iter().map(RelationId).collect(),
+                    cascade,
+                    restart_identity
+                })
+            ),
         (
             any::<bool>(),
             pos.clone(),
@@ -108,10 +112,8 @@ fn arb_event() -> impl Strategy<Value = Event> {
                     content,
                 })
             }),
-        (pos, any::<i64>()).prop_map(|(position, time)| Event::Heartbeat(Heartbeat {
-            position,
-            time
-        })),
+        (pos, any::<i64>())
+            .prop_map(|(position, time)| Event::Heartbeat(Heartbeat { position, time })),
     ]
 }
 
@@ -190,7 +192,10 @@ fn typed_errors_for_bad_headers() {
 
     let mut b = good.clone();
     b[0] = b'X';
-    assert!(matches!(frame::decode(&b), Err(FrameError::BadMagic { .. })));
+    assert!(matches!(
+        frame::decode(&b),
+        Err(FrameError::BadMagic { .. })
+    ));
 
     let mut b = good.clone();
     b[2] = 99;
@@ -201,16 +206,25 @@ fn typed_errors_for_bad_headers() {
 
     let mut b = good.clone();
     b[3] = 1;
-    assert!(matches!(frame::decode(&b), Err(FrameError::UnknownFlags { .. })));
+    assert!(matches!(
+        frame::decode(&b),
+        Err(FrameError::UnknownFlags { .. })
+    ));
 
     let mut b = good.clone();
     b[4..8].copy_from_slice(&((MAX_PAYLOAD as u32) + 1).to_le_bytes());
-    assert!(matches!(frame::decode(&b), Err(FrameError::Oversized { .. })));
+    assert!(matches!(
+        frame::decode(&b),
+        Err(FrameError::Oversized { .. })
+    ));
 
     let mut b = good.clone();
     let last = b.len() - 1;
     b[last] ^= 0x40;
-    assert!(matches!(frame::decode(&b), Err(FrameError::Checksum { .. })));
+    assert!(matches!(
+        frame::decode(&b),
+        Err(FrameError::Checksum { .. })
+    ));
 
     assert!(matches!(
         frame::decode(&good[..HEADER_LEN - 3]),

@@ -1,0 +1,294 @@
+//! The spool's single writer: appends frames to the active segment, makes them durable with one
+//! fsync per batch (group commit), rotates segments by size, recovers a torn tail after a crash,
+//! and deletes segments every cursor has passed.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use ferry_proto::{Event, Relation, RelationId, frame};
+use tokio::sync::watch;
+
+use crate::segment::{self, SEGMENT_HEADER_LEN};
+use crate::{Offset, SpoolError};
+
+/// Tunables of the spool writer.
+#[derive(Debug, Clone)]
+pub struct WriterOptions {
+    /// A segment is closed once it holds at least this many bytes (default 64 MiB).
+    pub segment_bytes: u64,
+}
+
+impl Default for WriterOptions {
+    fn default() -> Self {
+        Self {
+            segment_bytes: 64 << 20,
+        }
+    }
+}
+
+/// What [`SpoolWriter::open`] found and repaired.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Recovery {
+    pub segments: usize,
+    /// Bytes cut from the end of the last segment: a write that was never made durable.
+    pub truncated_bytes: u64,
+    /// Why the cut was made, when one was.
+    pub reason: Option<String>,
+}
+
+/// The spool's writer. One per directory, enforced with a lock file.
+#[derive(Debug)]
+pub struct SpoolWriter {
+    dir: PathBuf,
+    opts: WriterOptions,
+    _lock: File,
+    file: File,
+    base: u64,
+    /// Bytes written to the active segment file (durable or not).
+    written: u64,
+    /// Frames appended but not yet written.
+    buf: Vec<u8>,
+    relations: BTreeMap<RelationId, Relation>,
+    /// Whether the active segment holds any event besides its prologue; an empty one is never
+    /// rotated, however large the prologue.
+    segment_has_events: bool,
+    durable: watch::Sender<Offset>,
+    /// Set after a failed write or fsync: the file's state is unknown, so nothing more is written.
+    failed: bool,
+}
+
+impl SpoolWriter {
+    /// Opens (creating if needed) the spool in `dir`, recovering from an earlier crash.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        opts: WriterOptions,
+    ) -> Result<(Self, Recovery), SpoolError> {
+        let dir = dir.as_ref().to_owned();
+        fs::create_dir_all(&dir).map_err(|e| SpoolError::io("create", &dir, e))?;
+        let lock_path = dir.join("LOCK");
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|e| SpoolError::io("open", &lock_path, e))?;
+        match lock.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                return Err(SpoolError::Locked(dir));
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(SpoolError::io("lock", &lock_path, e)),
+        }
+
+        let bases = segment::list(&dir)?;
+        let mut recovery = Recovery {
+            segments: bases.len(),
+            ..Recovery::default()
+        };
+        let mut relations = BTreeMap::new();
+        let (base, file, written) = match bases.last() {
+            None => {
+                let (file, written) = create_segment(&dir, 0)?;
+                recovery.segments = 1;
+                (0, file, written)
+            }
+            Some(&base) => {
+                let path = segment::segment_path(&dir, base);
+                let mut file = OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&path)
+                    .map_err(|e| SpoolError::io("open", &path, e))?;
+                let len = file
+                    .metadata()
+                    .map_err(|e| SpoolError::io("stat", &path, e))?
+                    .len();
+                let written = if len < SEGMENT_HEADER_LEN {
+                    // Crash while creating the segment: lay the header down again.
+                    file.set_len(0)
+                        .and_then(|_| file.write_all(&segment::header_bytes(base)))
+                        .and_then(|_| file.sync_data())
+                        .map_err(|e| SpoolError::io("repair", &path, e))?;
+                    SEGMENT_HEADER_LEN
+                } else {
+                    let scan = segment::scan(&path, base, |_, ev| remember(&mut relations, ev))?;
+                    if scan.good_end < scan.file_len {
+                        recovery.truncated_bytes = scan.file_len - scan.good_end;
+                        recovery.reason = scan.stopped_by.map(|e| e.to_string());
+                        tracing::warn!(
+                            segment = %path.display(),
+                            cut_bytes = recovery.truncated_bytes,
+                            reason = recovery.reason.as_deref().unwrap_or(""),
+                            "spool: cutting an incomplete write from the end of the log"
+                        );
+                        file.set_len(scan.good_end)
+                            .and_then(|_| file.sync_data())
+                            .map_err(|e| SpoolError::io("truncate", &path, e))?;
+                    }
+                    scan.good_end
+                };
+                if written == SEGMENT_HEADER_LEN && bases.len() >= 2 {
+                    // The active segment never got its relation prologue: take the catalog from
+                    // the segment before it, which is complete.
+                    let prev = bases[bases.len() - 2];
+                    let prev_path = segment::segment_path(&dir, prev);
+                    segment::scan(&prev_path, prev, |_, ev| remember(&mut relations, ev))?;
+                }
+                file.seek(SeekFrom::Start(written))
+                    .map_err(|e| SpoolError::io("seek", &path, e))?;
+                (base, file, written)
+            }
+        };
+        let (durable, _) = watch::channel(Offset(base + written));
+        let mut writer = SpoolWriter {
+            dir,
+            opts,
+            _lock: lock,
+            file,
+            base,
+            written,
+            buf: Vec::with_capacity(1 << 20),
+            segment_has_events: written > SEGMENT_HEADER_LEN,
+            relations,
+            durable,
+            failed: false,
+        };
+        if writer.written == SEGMENT_HEADER_LEN && !writer.relations.is_empty() {
+            writer.write_prologue()?;
+            writer.commit()?;
+        }
+        Ok((writer, recovery))
+    }
+
+    /// The spool directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Appends one event to the pending batch and returns its offset. Nothing is durable, or visible
+    /// to readers, until [`commit`](Self::commit).
+    pub fn append(&mut self, event: &Event) -> Result<Offset, SpoolError> {
+        if self.failed {
+            return Err(SpoolError::Failed);
+        }
+        if self.segment_has_events
+            && self.written + self.buf.len() as u64 >= self.opts.segment_bytes
+        {
+            self.rotate()?;
+        }
+        let offset = self.end();
+        self.segment_has_events = true;
+        frame::encode(event, &mut self.buf).map_err(SpoolError::Frame)?;
+        if let Event::Relation(r) = event {
+            self.relations.insert(r.id, r.clone());
+        }
+        Ok(offset)
+    }
+
+    /// Writes the pending batch and fsyncs it: one fsync for the whole batch. Returns the durable end.
+    pub fn commit(&mut self) -> Result<Offset, SpoolError> {
+        if self.failed {
+            return Err(SpoolError::Failed);
+        }
+        if !self.buf.is_empty() {
+            let path = segment::segment_path(&self.dir, self.base);
+            let res = self
+                .file
+                .write_all(&self.buf)
+                .and_then(|_| self.file.sync_data());
+            if let Err(e) = res {
+                self.failed = true;
+                return Err(SpoolError::io("write", &path, e));
+            }
+            self.written += self.buf.len() as u64;
+            self.buf.clear();
+        }
+        let end = Offset(self.base + self.written);
+        self.durable.send_replace(end);
+        Ok(end)
+    }
+
+    /// Offset the next appended event will get.
+    pub fn end(&self) -> Offset {
+        Offset(self.base + self.written + self.buf.len() as u64)
+    }
+
+    /// The durable end: readers may read everything before it.
+    pub fn durable_end(&self) -> Offset {
+        *self.durable.borrow()
+    }
+
+    /// A receiver of the durable end, for readers that tail the writer.
+    pub fn subscribe(&self) -> watch::Receiver<Offset> {
+        self.durable.subscribe()
+    }
+
+    /// The relation catalog as of the last appended event.
+    pub fn relations(&self) -> &BTreeMap<RelationId, Relation> {
+        &self.relations
+    }
+
+    /// Deletes every segment that lies wholly before `min`, the lowest offset any cursor still
+    /// needs. The active segment is never deleted. Returns how many segments were removed.
+    pub fn truncate_before(&mut self, min: Offset) -> Result<usize, SpoolError> {
+        let bases = segment::list(&self.dir)?;
+        let mut removed = 0;
+        for pair in bases.windows(2) {
+            let (seg, next) = (pair[0], pair[1]);
+            if next > min.0 || seg == self.base {
+                break;
+            }
+            let path = segment::segment_path(&self.dir, seg);
+            fs::remove_file(&path).map_err(|e| SpoolError::io("remove", &path, e))?;
+            removed += 1;
+        }
+        if removed > 0 {
+            segment::sync_dir(&self.dir)?;
+        }
+        Ok(removed)
+    }
+
+    fn rotate(&mut self) -> Result<(), SpoolError> {
+        self.commit()?;
+        let next = self.base + self.written;
+        let (file, written) = create_segment(&self.dir, next)?;
+        self.file = file;
+        self.base = next;
+        self.written = written;
+        self.segment_has_events = false;
+        self.write_prologue()
+    }
+
+    /// Every segment with frames starts with the relation catalog, so a reader can start at any
+    /// segment and still resolve every relation id.
+    fn write_prologue(&mut self) -> Result<(), SpoolError> {
+        for rel in self.relations.values() {
+            frame::encode(&Event::Relation(rel.clone()), &mut self.buf)
+                .map_err(SpoolError::Frame)?;
+        }
+        Ok(())
+    }
+}
+
+fn remember(relations: &mut BTreeMap<RelationId, Relation>, ev: Event) {
+    if let Event::Relation(r) = ev {
+        relations.insert(r.id, r);
+    }
+}
+
+fn create_segment(dir: &Path, base: u64) -> Result<(File, u64), SpoolError> {
+    let path = segment::segment_path(dir, base);
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| SpoolError::io("create", &path, e))?;
+    file.write_all(&segment::header_bytes(base))
+        .and_then(|_| file.sync_data())
+        .map_err(|e| SpoolError::io("write", &path, e))?;
+    segment::sync_dir(dir)?;
+    Ok((file, SEGMENT_HEADER_LEN))
+}
