@@ -1,0 +1,65 @@
+//! The command line: `ferry run|check|status|verify|log dump --config FILE`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Change-data-capture replication agent"
+)]
+pub struct Cli {
+    /// Log format: `auto` is human-readable (coloured on a terminal); `json` is one object a line.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Auto)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Auto,
+    Human,
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct ConfigArg {
+    /// The configuration file (TOML).
+    #[arg(long, short, env = "FERRY_CONFIG")]
+    pub config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Replicate until SIGTERM or SIGINT, then stop cleanly.
+    Run(ConfigArg),
+    /// Check every prerequisite of the source and sinks; exit non-zero on any failure.
+    Check(ConfigArg),
+    /// Show positions and lag per sink.
+    Status(ConfigArg),
+    /// Compare the source with every database sink, table by table.
+    Verify(ConfigArg),
+    /// Inspect the spool.
+    Log {
+        #[command(subcommand)]
+        command: LogCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum LogCommand {
+    /// Print the spool's events as JSON lines: {"offset":N,"event":{...}}.
+    Dump {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Start at this spool offset (default: the oldest retained event).
+        #[arg(long)]
+        from: Option<u64>,
+        /// Keep printing events as they are written, until interrupted.
+        #[arg(long)]
+        follow: bool,
+    },
+}

@@ -1,0 +1,560 @@
+//! The configuration file: TOML, `${VAR}` expanded from the environment inside string values,
+//! unknown keys and wrong types reported with the file, line and column, secrets never printed.
+//!
+//! Parsing is strict by design: a typo in a production config must stop ferry at start, not be
+//! silently ignored until the day its default matters.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use ferry_sink::OnError;
+use serde::{Deserialize, Deserializer};
+
+/// A configuration problem, already formatted as `FILE:LINE:COL: message`.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(String);
+
+/// The whole configuration.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub source: SourceConfig,
+    pub spool: SpoolConfig,
+    #[serde(default, rename = "sink")]
+    pub sinks: Vec<toml::Spanned<SinkConfig>>,
+    pub http: Option<HttpConfig>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SourceKind {
+    Postgres,
+    Mysql,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SnapshotMode {
+    #[default]
+    Initial,
+    Never,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    #[serde(rename = "type")]
+    pub kind: SourceKind,
+    pub url: ConnUrl,
+    /// Include patterns (`schema.table`, `*` matches within a name part); empty means all tables.
+    #[serde(default)]
+    pub tables: Vec<Expanded>,
+    #[serde(default)]
+    pub exclude: Vec<Expanded>,
+    #[serde(default)]
+    pub snapshot: SnapshotMode,
+    /// PostgreSQL replication slot name.
+    pub slot: Option<Expanded>,
+    /// PostgreSQL publication name.
+    pub publication: Option<Expanded>,
+    /// MySQL/MariaDB replica server id.
+    pub server_id: Option<u32>,
+}
+
+impl SourceConfig {
+    pub fn slot(&self) -> &str {
+        self.slot.as_deref().unwrap_or("ferry")
+    }
+    pub fn publication(&self) -> &str {
+        self.publication.as_deref().unwrap_or("ferry")
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AckPolicy {
+    /// Acknowledge the source up to what every sink has applied durably.
+    #[default]
+    Applied,
+    /// Acknowledge the source up to what is fsynced in the spool.
+    Spooled,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SpoolConfig {
+    pub dir: Expanded,
+    #[serde(default)]
+    pub ack: AckPolicy,
+    /// Segment size in MiB (default 64).
+    pub segment_mb: Option<u32>,
+}
+
+impl SpoolConfig {
+    pub fn dir(&self) -> &Path {
+        Path::new(self.dir.as_str())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SinkKind {
+    Postgres,
+    Mysql,
+    Kafka,
+}
+
+impl fmt::Display for SinkKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SinkKind::Postgres => "postgres",
+            SinkKind::Mysql => "mysql",
+            SinkKind::Kafka => "kafka",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum KafkaFormat {
+    Json,
+    Debezium,
+    Binary,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    pub name: Expanded,
+    #[serde(rename = "type")]
+    pub kind: SinkKind,
+    #[serde(default)]
+    pub on_error: OnError,
+    /// Database sinks.
+    pub url: Option<ConnUrl>,
+    /// Kafka sinks.
+    pub brokers: Option<Expanded>,
+    pub topic: Option<Expanded>,
+    pub format: Option<KafkaFormat>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError(format!("cannot read config file {}: {e}", path.display())))?;
+        Self::parse(&text, &path.display().to_string())
+    }
+
+    /// Parses and validates configuration text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<Config, ConfigError> {
+        let config: Config = toml::from_str(text).map_err(|e| {
+            let at = e
+                .span()
+                .map(|s| {
+                    let (line, col) = line_col(text, s.start);
+                    format!("{origin}:{line}:{col}")
+                })
+                .unwrap_or_else(|| origin.to_owned());
+            ConfigError(format!("{at}: {}", explain(e.message())))
+        })?;
+        config.validate(text, origin)?;
+        Ok(config)
+    }
+
+    fn validate(&self, text: &str, origin: &str) -> Result<(), ConfigError> {
+        if self.source.kind == SourceKind::Mysql && self.source.server_id.is_none() {
+            return Err(ConfigError(format!(
+                "{origin}: [source] of type \"mysql\" needs server_id, a number no other replica of \
+                 the server uses"
+            )));
+        }
+        if self.source.kind == SourceKind::Postgres && self.source.server_id.is_some() {
+            return Err(ConfigError(format!(
+                "{origin}: [source] key `server_id` applies to mysql sources only"
+            )));
+        }
+        let mut names = HashSet::new();
+        for spanned in &self.sinks {
+            let sink = spanned.get_ref();
+            let (line, _) = line_col(text, spanned.span().start);
+            let at = format!("{origin}:{line}");
+            let name = sink.name.as_str();
+            let valid_name = !name.is_empty()
+                && !name.starts_with('.')
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
+            if !valid_name {
+                return Err(ConfigError(format!(
+                    "{at}: sink name {name:?} must be letters, digits, '-', '_' or '.'"
+                )));
+            }
+            if !names.insert(name) {
+                return Err(ConfigError(format!(
+                    "{at}: two sinks are named {name:?}; sink names must be unique"
+                )));
+            }
+            let is_db = matches!(sink.kind, SinkKind::Postgres | SinkKind::Mysql);
+            let mut required: Vec<&str> = Vec::new();
+            let mut stray: Vec<&str> = Vec::new();
+            let mut check = |key: &'static str, present: bool, wanted: bool| {
+                if wanted && !present {
+                    required.push(key);
+                }
+                if !wanted && present {
+                    stray.push(key);
+                }
+            };
+            check("url", sink.url.is_some(), is_db);
+            check("brokers", sink.brokers.is_some(), !is_db);
+            check("topic", sink.topic.is_some(), !is_db);
+            if is_db && sink.format.is_some() {
+                stray.push("format");
+            }
+            if let Some(key) = required.first() {
+                return Err(ConfigError(format!(
+                    "{at}: sink {name:?} of type \"{}\" needs `{key}`",
+                    sink.kind
+                )));
+            }
+            if let Some(key) = stray.first() {
+                return Err(ConfigError(format!(
+                    "{at}: key `{key}` does not apply to sink {name:?} of type \"{}\"",
+                    sink.kind
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    (line, col)
+}
+
+/// Adds "did you mean" to serde's unknown-field and unknown-variant messages.
+fn explain(message: &str) -> String {
+    let msg = message.trim();
+    let Some(rest) = msg
+        .strip_prefix("unknown field `")
+        .or_else(|| msg.strip_prefix("unknown variant `"))
+    else {
+        return msg.to_owned();
+    };
+    let Some((given, expected)) = rest.split_once('`') else {
+        return msg.to_owned();
+    };
+    let candidates: Vec<&str> = expected.split('`').skip(1).step_by(2).collect();
+    let best = candidates
+        .iter()
+        .map(|c| (edit_distance(given, c), *c))
+        .min()
+        .filter(|(d, c)| *d <= 2.max(c.len() / 3));
+    match best {
+        Some((_, c)) => format!("{msg}; did you mean `{c}`?"),
+        None => msg.to_owned(),
+    }
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1; b.len() + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur[j + 1] = (prev[j] + usize::from(ca != *cb))
+                .min(prev[j + 1] + 1)
+                .min(cur[j] + 1);
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+/// A string value with `${VAR}` replaced from the environment (`$$` is a literal `$`). A variable
+/// that is not set is an error naming it, reported at the value's position.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Expanded(String);
+
+impl Expanded {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Expanded {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Expanded {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&self.0, f)
+    }
+}
+
+impl<'de> Deserialize<'de> for Expanded {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        expand_env(&raw, |k| std::env::var(k).ok())
+            .map(Expanded)
+            .map_err(serde::de::Error::custom)
+    }
+}
+
+/// Expands `${VAR}` and `$$` in `raw`, looking variables up with `lookup`.
+pub fn expand_env(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(raw.len());
+    let mut rest = raw;
+    while let Some(i) = rest.find('$') {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 1..];
+        if let Some(tail) = after.strip_prefix('$') {
+            out.push('$');
+            rest = tail;
+        } else if let Some(body) = after.strip_prefix('{') {
+            let end = body
+                .find('}')
+                .ok_or_else(|| format!("unclosed ${{ in {:?}", redact(raw)))?;
+            let name = &body[..end];
+            let ok =
+                !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+            if !ok {
+                return Err(format!("invalid environment variable name {name:?}"));
+            }
+            let value =
+                lookup(name).ok_or_else(|| format!("environment variable {name} is not set"))?;
+            out.push_str(&value);
+            rest = &body[end + 1..];
+        } else {
+            out.push('$');
+            rest = after;
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// A connection URL or DSN that may hold a password. `Debug` and `Display` redact it; only
+/// [`expose`](Self::expose) gives the real text, for the code that connects.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+pub struct ConnUrl(Expanded);
+
+impl ConnUrl {
+    pub fn expose(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl fmt::Display for ConnUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&redact(self.0.as_str()))
+    }
+}
+
+impl fmt::Debug for ConnUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&redact(self.0.as_str()), f)
+    }
+}
+
+/// Replaces passwords in a URL (`scheme://user:secret@host`) or a key=value DSN or query
+/// (`password=secret`, `sslpassword=…`) with `***`.
+pub fn redact(s: &str) -> String {
+    let mut out = s.to_owned();
+    if let Some(scheme_end) = out.find("://") {
+        let auth_start = scheme_end + 3;
+        let auth_end = out[auth_start..]
+            .find(['/', '?', '#'])
+            .map_or(out.len(), |i| auth_start + i);
+        if let Some(at) = out[auth_start..auth_end].rfind('@') {
+            let userinfo = &out[auth_start..auth_start + at];
+            if let Some(colon) = userinfo.find(':') {
+                out.replace_range(auth_start + colon + 1..auth_start + at, "***");
+            }
+        }
+    }
+    let lower = out.to_ascii_lowercase();
+    let mut result = String::with_capacity(out.len());
+    let mut i = 0;
+    while i < out.len() {
+        let key_at = ["password=", "passwd=", "pwd="]
+            .iter()
+            .filter_map(|k| lower[i..].find(k).map(|p| (i + p, k.len())))
+            .min();
+        let Some((p, klen)) = key_at else {
+            result.push_str(&out[i..]);
+            break;
+        };
+        let value_start = p + klen;
+        let value_end = out[value_start..]
+            .find(['&', ' ', ';'])
+            .map_or(out.len(), |e| value_start + e);
+        result.push_str(&out[i..value_start]);
+        result.push_str("***");
+        i = value_end;
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = r#"
+[source]
+type = "postgres"
+url = "postgres://repl:hunter2@db:5432/app"
+tables = ["public.*"]
+
+[spool]
+dir = "/var/lib/ferry"
+
+[[sink]]
+name = "replica"
+type = "postgres"
+url = "postgres://app:s3cret@replica:5432/app"
+
+[[sink]]
+name = "events"
+type = "kafka"
+brokers = "kafka:9092"
+topic = "ferry.{schema}.{table}"
+format = "json"
+
+[http]
+listen = "127.0.0.1:9187"
+"#;
+
+    fn err(text: &str) -> String {
+        Config::parse(text, "ferry.toml").unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parses_the_design_example() {
+        let c = Config::parse(GOOD, "ferry.toml").unwrap();
+        assert_eq!(c.source.kind, SourceKind::Postgres);
+        assert_eq!(c.source.slot(), "ferry");
+        assert_eq!(c.spool.ack, AckPolicy::Applied);
+        assert_eq!(c.sinks.len(), 2);
+        assert_eq!(c.sinks[1].get_ref().format, Some(KafkaFormat::Json));
+        assert_eq!(c.sinks[0].get_ref().on_error, OnError::Halt);
+        assert_eq!(c.source.url.expose(), "postgres://repl:hunter2@db:5432/app");
+    }
+
+    #[test]
+    fn secrets_never_show_in_debug_or_display() {
+        let c = Config::parse(GOOD, "ferry.toml").unwrap();
+        let dbg = format!("{c:?}");
+        assert!(!dbg.contains("hunter2") && !dbg.contains("s3cret"), "{dbg}");
+        assert!(dbg.contains("postgres://repl:***@db:5432/app"), "{dbg}");
+        assert_eq!(
+            redact("host=db user=repl password=hunter2 dbname=app"),
+            "host=db user=repl password=*** dbname=app"
+        );
+        assert_eq!(
+            redact("mysql://root:p@ss:w0rd@h:3306/db?sslmode=require&Password=x"),
+            "mysql://root:***@h:3306/db?sslmode=require&Password=***"
+        );
+        assert_eq!(redact("postgres://db/app"), "postgres://db/app");
+    }
+
+    #[test]
+    fn unknown_key_names_key_line_and_suggestion() {
+        let e = err(&GOOD.replace("tables =", "tabels ="));
+        assert!(
+            e.starts_with("ferry.toml:5:1: unknown field `tabels`"),
+            "{e}"
+        );
+        assert!(e.contains("did you mean `tables`?"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_and_value_are_named() {
+        let e = err(&GOOD.replace("listen = \"127.0.0.1:9187\"", "listen = 9187"));
+        assert!(e.starts_with("ferry.toml:23:10:"), "{e}");
+        assert!(e.contains("invalid type"), "{e}");
+        let e = err(&GOOD.replace("format = \"json\"", "format = \"jsn\""));
+        assert!(
+            e.contains("unknown variant `jsn`") && e.contains("did you mean `json`"),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("type = \"kafka\"", "type = \"kafak\""));
+        assert!(e.contains("did you mean `kafka`"), "{e}");
+    }
+
+    #[test]
+    fn env_vars_expand_and_missing_ones_are_named() {
+        let raw = "postgres://u:${PW}@h/${DB}?x=$$y&z=$1";
+        let got = expand_env(raw, |k| match k {
+            "PW" => Some("p\"w".into()),
+            "DB" => Some("app".into()),
+            _ => None,
+        })
+        .unwrap();
+        assert_eq!(got, "postgres://u:p\"w@h/app?x=$y&z=$1");
+        assert_eq!(
+            expand_env("${NOPE}", |_| None).unwrap_err(),
+            "environment variable NOPE is not set"
+        );
+        assert!(expand_env("${A", |_| None).is_err());
+        assert!(expand_env("${A-B}", |_| None).is_err());
+        let e = err(&GOOD.replace(
+            "url = \"postgres://repl:hunter2@db:5432/app\"",
+            "url = \"postgres://repl:${FERRY_TEST_SURELY_UNSET_VAR}@db/app\"",
+        ));
+        assert!(
+            e.starts_with("ferry.toml:4:7:")
+                && e.contains("environment variable FERRY_TEST_SURELY_UNSET_VAR is not set"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn sink_keys_must_fit_the_sink_type() {
+        let e = err(&GOOD.replace("brokers = \"kafka:9092\"", ""));
+        assert!(
+            e.contains("sink \"events\" of type \"kafka\" needs `brokers`"),
+            "{e}"
+        );
+        assert!(e.starts_with("ferry.toml:15:"), "{e}"); // the [[sink]] header
+        let e = err(&GOOD.replace(
+            "url = \"postgres://app:s3cret@replica:5432/app\"",
+            "url = \"postgres://app:s3cret@replica:5432/app\"\ntopic = \"x\"",
+        ));
+        assert!(
+            e.contains("key `topic` does not apply to sink \"replica\""),
+            "{e}"
+        );
+        let e = err(&GOOD.replace("name = \"events\"", "name = \"replica\""));
+        assert!(e.contains("two sinks are named \"replica\""), "{e}");
+        let e = err(&GOOD.replace("name = \"events\"", "name = \"../x\""));
+        assert!(e.contains("sink name"), "{e}");
+    }
+
+    #[test]
+    fn malformed_toml_gives_line_and_column() {
+        let e = err("[source]\ntype = \"postgres\nurl = 1\n");
+        assert!(e.starts_with("ferry.toml:2:"), "{e}");
+        let e = err(&GOOD.replace(
+            "type = \"postgres\"\nurl = \"postgres://repl",
+            "type = \"mysql\"\nurl = \"mysql://repl",
+        ));
+        assert!(e.contains("needs server_id"), "{e}");
+    }
+}

@@ -1,0 +1,106 @@
+//! The `ferry` binary: parses the command line, sets up logging, runs one command, and turns its
+//! outcome into an exit code (0 success, 1 failure, 2 a command this build does not have yet).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use clap::Parser;
+
+use ferry_agent::cli::{Cli, Command, LogCommand};
+use ferry_agent::config::Config;
+use ferry_agent::{dump, logging};
+
+/// A command that exists in the CLI contract but is not built yet: it says so and fails, never
+/// succeeding silently.
+#[derive(Debug, thiserror::Error)]
+#[error("`ferry {command}` is not built yet: {what}")]
+struct NotBuilt {
+    command: &'static str,
+    what: &'static str,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init(cli.log_format);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<NotBuilt>() => {
+            eprintln!("ferry: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("ferry: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Run(args) => {
+            let config = Config::load(&args.config)?;
+            tracing::info!(source = %config.source.url, sinks = config.sinks.len(), "configuration loaded");
+            Err(NotBuilt {
+                command: "run",
+                what: "the source readers and sink workers arrive with the next issues",
+            }
+            .into())
+        }
+        Command::Check(args) => {
+            Config::load(&args.config)?;
+            Err(NotBuilt {
+                command: "check",
+                what: "the configuration parses, but the server prerequisite checks are not written",
+            }
+            .into())
+        }
+        Command::Status(args) => {
+            Config::load(&args.config)?;
+            Err(NotBuilt {
+                command: "status",
+                what: "sink checkpoints do not exist yet",
+            }
+            .into())
+        }
+        Command::Verify(args) => {
+            Config::load(&args.config)?;
+            Err(NotBuilt {
+                command: "verify",
+                what: "database sinks do not exist yet",
+            }
+            .into())
+        }
+        Command::Log {
+            command:
+                LogCommand::Dump {
+                    config,
+                    from,
+                    follow,
+                },
+        } => {
+            let config = Config::load(&config.config)?;
+            let stop = Arc::new(AtomicBool::new(false));
+            if follow {
+                let flag = stop.clone();
+                std::thread::spawn(move || {
+                    let rt = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build();
+                    if let Ok(rt) = rt {
+                        rt.block_on(async {
+                            let _ = tokio::signal::ctrl_c().await;
+                        });
+                        flag.store(true, Ordering::Relaxed);
+                    }
+                });
+            }
+            let stdout = std::io::stdout();
+            let mut out = std::io::BufWriter::new(stdout.lock());
+            dump::dump(config.spool.dir(), from, follow, &mut out, || {
+                stop.load(Ordering::Relaxed)
+            })?;
+            Ok(())
+        }
+    }
+}

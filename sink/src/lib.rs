@@ -1,0 +1,12 @@
+//! ferry's sink workers.
+//!
+//! A sink reads the spool from its own cursor and applies whole source transactions, in commit
+//! order, to one target: a PostgreSQL or MySQL/MariaDB replica, or Kafka topics. This crate owns
+//! what every sink shares, the error policy ([`OnError`]) and the retry schedule ([`Backoff`]);
+//! the target-specific workers live in their own modules as they are built.
+
+pub mod policy;
+pub mod retry;
+
+pub use policy::OnError;
+pub use retry::Backoff;
