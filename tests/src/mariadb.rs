@@ -1,0 +1,155 @@
+//! A private MariaDB server: `mariadb-install-db` into a temporary directory, `mariadbd` on a free
+//! loopback port with the row binlog ferry needs (`binlog_format=ROW`, `binlog_row_image=FULL`,
+//! `binlog_row_metadata=FULL`) and a unique `server_id`.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::Result;
+use crate::process::{self, RunAs, ServerProcess};
+
+/// User and password of the account the harness creates, with every privilege.
+pub const USER: &str = "ferry";
+pub const PASSWORD: &str = "ferry-test";
+
+static NEXT_SERVER_ID: AtomicU32 = AtomicU32::new(1);
+
+fn sbin() -> Vec<PathBuf> {
+    vec![PathBuf::from("/usr/sbin"), PathBuf::from("/usr/local/sbin")]
+}
+
+/// A running private MariaDB server; stopped (SIGTERM, a clean shutdown) when dropped.
+#[derive(Debug)]
+pub struct MariaDb {
+    process: ServerProcess,
+    port: u16,
+    server_id: u32,
+    socket: PathBuf,
+    client: PathBuf,
+    dir: TempDir,
+}
+
+impl MariaDb {
+    pub fn start() -> Result<MariaDb> {
+        let install = process::find_bin("mariadb-install-db", &sbin())?;
+        let mariadbd = process::find_bin("mariadbd", &sbin())?;
+        let client = process::find_bin("mariadb", &[])?;
+        let run_as = RunAs::service_user("mysql")?;
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-maria-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let data = dir.path().join("data");
+        let binlog = dir.path().join("binlog");
+        std::fs::create_dir_all(&binlog).map_err(|e| e.to_string())?;
+        run_as.own(dir.path())?;
+
+        let mut cmd = Command::new(&install);
+        cmd.arg("--no-defaults")
+            .arg(format!("--datadir={}", data.display()))
+            .args([
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                "--skip-name-resolve",
+            ]);
+        run_as.apply(&mut cmd);
+        process::run(&mut cmd, "mariadb-install-db")?;
+
+        // Unique per process and per server, so replicas of several test servers never clash.
+        let server_id = (std::process::id() % 100_000) * 100
+            + NEXT_SERVER_ID.fetch_add(1, Ordering::Relaxed) % 100;
+        let socket = dir.path().join("mysqld.sock");
+        let mut last_err = String::new();
+        for _ in 0..3 {
+            let port = process::free_port();
+            let mut cmd = Command::new(&mariadbd);
+            cmd.arg("--no-defaults")
+                .arg(format!("--datadir={}", data.display()))
+                .arg(format!("--socket={}", socket.display()))
+                .arg(format!(
+                    "--pid-file={}",
+                    dir.path().join("mysqld.pid").display()
+                ))
+                .arg(format!("--port={port}"))
+                .arg(format!("--log-bin={}", binlog.join("mysql-bin").display()))
+                .arg(format!("--server-id={server_id}"))
+                .args([
+                    "--bind-address=127.0.0.1",
+                    "--skip-name-resolve",
+                    "--binlog-format=ROW",
+                    "--binlog-row-image=FULL",
+                    "--binlog-row-metadata=FULL",
+                    "--innodb-buffer-pool-size=64M",
+                    "--innodb-flush-log-at-trx-commit=2",
+                    "--sync-binlog=0",
+                    "--max-connections=200",
+                ]);
+            run_as.apply(&mut cmd);
+            let log = dir.path().join("mariadb.log");
+            run_as.own(dir.path())?;
+            let mut process = ServerProcess::spawn("mariadbd", cmd, log, libc::SIGTERM)?;
+            let sock = socket.clone();
+            let ready = process.wait_until(Duration::from_secs(60), || {
+                sock.exists() && process::port_open(port)
+            });
+            if let Err(e) = ready {
+                last_err = e;
+                continue;
+            }
+            let server = MariaDb {
+                process,
+                port,
+                server_id,
+                socket,
+                client,
+                dir,
+            };
+            server.sql_as_root(&format!(
+                "CREATE USER '{USER}'@'%' IDENTIFIED BY '{PASSWORD}'; \
+                 GRANT ALL PRIVILEGES ON *.* TO '{USER}'@'%' WITH GRANT OPTION;"
+            ))?;
+            return Ok(server);
+        }
+        Err(last_err)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    pub fn server_id(&self) -> u32 {
+        self.server_id
+    }
+
+    /// URL of the harness's privileged account, database `db` (empty for none).
+    pub fn url(&self, db: &str) -> String {
+        format!("mysql://{USER}:{PASSWORD}@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// Runs SQL as root over the server's socket with the `mariadb` client.
+    pub fn sql_as_root(&self, sql: &str) -> Result<String> {
+        process::run(
+            Command::new(&self.client)
+                .arg("--no-defaults")
+                .arg(format!("--socket={}", self.socket.display()))
+                .args(["-uroot", "--batch", "--skip-column-names", "-e", sql]),
+            "mariadb client",
+        )
+    }
+
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.process.log_text()
+    }
+}

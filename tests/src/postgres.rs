@@ -1,0 +1,199 @@
+//! A private PostgreSQL server: `initdb` into a temporary directory, `postgres` on a free loopback
+//! port with `wal_level=logical` and room for many slots and WAL senders.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use tempfile::TempDir;
+
+use crate::Result;
+use crate::process::{self, RunAs, ServerProcess};
+
+/// Where Debian and PGDG put the server binaries, newest major version first.
+fn bin_dirs() -> Vec<PathBuf> {
+    let mut dirs: Vec<(u32, PathBuf)> = fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let v = e.file_name().to_str()?.parse().ok()?;
+            Some((v, e.path().join("bin")))
+        })
+        .collect();
+    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    dirs.into_iter().map(|(_, d)| d).collect()
+}
+
+/// A running private PostgreSQL server; stopped (fast shutdown) when dropped.
+#[derive(Debug)]
+pub struct Postgres {
+    process: ServerProcess,
+    port: u16,
+    bin: PathBuf,
+    // Dropped last: the server must be gone before its directory is removed.
+    dir: TempDir,
+}
+
+/// Options for [`Postgres::start_with`].
+#[derive(Debug, Clone)]
+pub struct PostgresOptions {
+    /// Extra `-c name=value` settings.
+    pub settings: Vec<(String, String)>,
+}
+
+impl Default for PostgresOptions {
+    fn default() -> Self {
+        Self {
+            settings: Vec::new(),
+        }
+    }
+}
+
+impl Postgres {
+    pub fn start() -> Result<Postgres> {
+        Self::start_with(PostgresOptions::default())
+    }
+
+    pub fn start_with(opts: PostgresOptions) -> Result<Postgres> {
+        // initdb, postgres, pg_isready and psql must come from one installation: resolve symlinks
+        // (Debian links some of them into /usr/local/bin or /usr/bin) and use the real directory.
+        let initdb = process::find_bin("initdb", &bin_dirs())?;
+        let initdb = fs::canonicalize(&initdb).unwrap_or(initdb);
+        let bin = initdb.parent().map(Path::to_owned).unwrap_or_default();
+        let run_as = RunAs::service_user("postgres")?;
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-pg-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let data = dir.path().join("data");
+        run_as.own(dir.path())?;
+
+        let mut cmd = Command::new(&initdb);
+        cmd.arg("-D").arg(&data).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--locale=C",
+            "--no-sync",
+        ]);
+        run_as.apply(&mut cmd);
+        process::run(&mut cmd, "initdb")?;
+
+        let mut last_err = String::new();
+        // The free port may be taken between choosing and binding it: try a few.
+        for _ in 0..3 {
+            let port = process::free_port();
+            let mut cmd = Command::new(bin.join("postgres"));
+            cmd.arg("-D")
+                .arg(&data)
+                .arg("-p")
+                .arg(port.to_string())
+                .arg("-k")
+                .arg(dir.path());
+            let mut settings: Vec<(String, String)> = [
+                ("listen_addresses", "127.0.0.1"),
+                ("wal_level", "logical"),
+                ("max_replication_slots", "32"),
+                ("max_wal_senders", "32"),
+                ("max_connections", "100"),
+                ("fsync", "off"),
+                ("shared_buffers", "64MB"),
+                ("logging_collector", "off"),
+                ("log_min_messages", "warning"),
+            ]
+            .into_iter()
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+            settings.extend(opts.settings.iter().cloned());
+            for (k, v) in &settings {
+                cmd.arg("-c").arg(format!("{k}={v}"));
+            }
+            run_as.apply(&mut cmd);
+            let log = dir.path().join("postgres.log");
+            run_as.own(dir.path())?;
+            // SIGINT is PostgreSQL's fast shutdown: roll back, checkpoint, exit.
+            let mut process = ServerProcess::spawn("postgres", cmd, log, libc::SIGINT)?;
+            let isready = bin.join("pg_isready");
+            let ready = process.wait_until(Duration::from_secs(60), || {
+                Command::new(&isready)
+                    .args(["-q", "-h", "127.0.0.1", "-U", "postgres", "-p"])
+                    .arg(port.to_string())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            });
+            match ready {
+                Ok(()) => {
+                    return Ok(Postgres {
+                        process,
+                        port,
+                        bin,
+                        dir,
+                    });
+                }
+                Err(e) => last_err = e,
+            }
+        }
+        Err(last_err)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// Connection URL of the superuser `postgres` to database `db`.
+    pub fn url(&self, db: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{db}", self.port)
+    }
+
+    /// A key=value connection string for tokio-postgres.
+    pub fn conn_str(&self, db: &str) -> String {
+        format!(
+            "host=127.0.0.1 port={} user=postgres dbname={db}",
+            self.port
+        )
+    }
+
+    /// Runs SQL through `psql` (for setup that should not depend on the code under test).
+    pub fn psql(&self, db: &str, sql: &str) -> Result<String> {
+        process::run(
+            Command::new(self.bin.join("psql"))
+                .args([
+                    "-X",
+                    "-q",
+                    "-At",
+                    "-v",
+                    "ON_ERROR_STOP=1",
+                    "-h",
+                    "127.0.0.1",
+                ])
+                .args([
+                    "-U",
+                    "postgres",
+                    "-p",
+                    &self.port.to_string(),
+                    "-d",
+                    db,
+                    "-c",
+                    sql,
+                ]),
+            "psql",
+        )
+    }
+
+    /// The directory holding data and logs.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn log_text(&self) -> String {
+        self.process.log_text()
+    }
+}
