@@ -22,7 +22,7 @@ fn bin_dirs() -> Vec<PathBuf> {
             Some((v, e.path().join("bin")))
         })
         .collect();
-    dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    dirs.sort_by_key(|d| std::cmp::Reverse(d.0));
     dirs.into_iter().map(|(_, d)| d).collect()
 }
 
@@ -37,18 +37,10 @@ pub struct Postgres {
 }
 
 /// Options for [`Postgres::start_with`].
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct PostgresOptions {
     /// Extra `-c name=value` settings.
     pub settings: Vec<(String, String)>,
-}
-
-impl Default for PostgresOptions {
-    fn default() -> Self {
-        Self {
-            settings: Vec::new(),
-        }
-    }
 }
 
 impl Postgres {
