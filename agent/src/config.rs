@@ -558,3 +558,20 @@ listen = "127.0.0.1:9187"
         assert!(e.contains("needs server_id"), "{e}");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    #[test]
+    fn the_shipped_example_config_parses() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../examples/ferry.toml");
+        let text = std::fs::read_to_string(path)
+            .unwrap()
+            .replace("${PGPASSWORD}", "pw")
+            .replace("${REPLICA_PASSWORD}", "pw");
+        let c = Config::parse(&text, "examples/ferry.toml").unwrap();
+        assert_eq!(c.sinks.len(), 2);
+        assert_eq!(c.spool.dir(), Path::new("/var/lib/ferry"));
+    }
+}
