@@ -82,65 +82,7 @@ impl SpoolWriter {
             Err(fs::TryLockError::Error(e)) => return Err(SpoolError::io("lock", &lock_path, e)),
         }
 
-        let bases = segment::list(&dir)?;
-        let mut recovery = Recovery {
-            segments: bases.len(),
-            ..Recovery::default()
-        };
-        let mut relations = BTreeMap::new();
-        let (base, file, written) = match bases.last() {
-            None => {
-                let (file, written) = create_segment(&dir, 0)?;
-                recovery.segments = 1;
-                (0, file, written)
-            }
-            Some(&base) => {
-                let path = segment::segment_path(&dir, base);
-                let mut file = OpenOptions::new()
-                    .read(true)
-                    .write(true)
-                    .open(&path)
-                    .map_err(|e| SpoolError::io("open", &path, e))?;
-                let len = file
-                    .metadata()
-                    .map_err(|e| SpoolError::io("stat", &path, e))?
-                    .len();
-                let written = if len < SEGMENT_HEADER_LEN {
-                    // Crash while creating the segment: lay the header down again.
-                    file.set_len(0)
-                        .and_then(|_| file.write_all(&segment::header_bytes(base)))
-                        .and_then(|_| file.sync_data())
-                        .map_err(|e| SpoolError::io("repair", &path, e))?;
-                    SEGMENT_HEADER_LEN
-                } else {
-                    let scan = segment::scan(&path, base, |_, ev| remember(&mut relations, ev))?;
-                    if scan.good_end < scan.file_len {
-                        recovery.truncated_bytes = scan.file_len - scan.good_end;
-                        recovery.reason = scan.stopped_by.map(|e| e.to_string());
-                        tracing::warn!(
-                            segment = %path.display(),
-                            cut_bytes = recovery.truncated_bytes,
-                            reason = recovery.reason.as_deref().unwrap_or(""),
-                            "spool: cutting an incomplete write from the end of the log"
-                        );
-                        file.set_len(scan.good_end)
-                            .and_then(|_| file.sync_data())
-                            .map_err(|e| SpoolError::io("truncate", &path, e))?;
-                    }
-                    scan.good_end
-                };
-                if written == SEGMENT_HEADER_LEN && bases.len() >= 2 {
-                    // The active segment never got its relation prologue: take the catalog from
-                    // the segment before it, which is complete.
-                    let prev = bases[bases.len() - 2];
-                    let prev_path = segment::segment_path(&dir, prev);
-                    segment::scan(&prev_path, prev, |_, ev| remember(&mut relations, ev))?;
-                }
-                file.seek(SeekFrom::Start(written))
-                    .map_err(|e| SpoolError::io("seek", &path, e))?;
-                (base, file, written)
-            }
-        };
+        let (base, file, written, relations, recovery) = load_active(&dir)?;
         let (durable, _) = watch::channel(Offset(base + written));
         let mut writer = SpoolWriter {
             dir,
@@ -250,6 +192,46 @@ impl SpoolWriter {
         Ok(removed)
     }
 
+    /// Removes everything from `offset` on (an incomplete source transaction at the end of the log,
+    /// found at startup). Only for use before any reader starts; pending appends are discarded.
+    pub fn truncate_from(&mut self, offset: Offset) -> Result<(), SpoolError> {
+        if self.failed {
+            return Err(SpoolError::Failed);
+        }
+        self.buf.clear();
+        let bases = segment::list(&self.dir)?;
+        let Some(&keep) = bases.iter().rev().find(|&&b| b < offset.0) else {
+            return Err(SpoolError::InvalidCursor(offset));
+        };
+        for &b in bases.iter().filter(|&&b| b > keep) {
+            let path = segment::segment_path(&self.dir, b);
+            fs::remove_file(&path).map_err(|e| SpoolError::io("remove", &path, e))?;
+        }
+        let path = segment::segment_path(&self.dir, keep);
+        let file = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(|e| SpoolError::io("open", &path, e))?;
+        let len = (offset.0 - keep).max(SEGMENT_HEADER_LEN);
+        file.set_len(len)
+            .and_then(|_| file.sync_data())
+            .map_err(|e| SpoolError::io("truncate", &path, e))?;
+        drop(file);
+        segment::sync_dir(&self.dir)?;
+        let (base, file, written, relations, _) = load_active(&self.dir)?;
+        self.base = base;
+        self.file = file;
+        self.written = written;
+        self.relations = relations;
+        self.segment_has_events = written > SEGMENT_HEADER_LEN;
+        self.durable.send_replace(Offset(base + written));
+        if written == SEGMENT_HEADER_LEN && !self.relations.is_empty() {
+            self.write_prologue()?;
+            self.commit()?;
+        }
+        Ok(())
+    }
+
     fn rotate(&mut self) -> Result<(), SpoolError> {
         self.commit()?;
         let next = self.base + self.written;
@@ -270,6 +252,73 @@ impl SpoolWriter {
         }
         Ok(())
     }
+}
+
+type Active = (u64, File, u64, BTreeMap<RelationId, Relation>, Recovery);
+
+/// Finds the active (last) segment, cuts an incomplete write from its end, and loads the relation
+/// catalog.
+fn load_active(dir: &Path) -> Result<Active, SpoolError> {
+    let bases = segment::list(dir)?;
+    let mut recovery = Recovery {
+        segments: bases.len(),
+        ..Recovery::default()
+    };
+    let mut relations = BTreeMap::new();
+    let (base, file, written) = match bases.last() {
+        None => {
+            let (file, written) = create_segment(dir, 0)?;
+            recovery.segments = 1;
+            (0, file, written)
+        }
+        Some(&base) => {
+            let path = segment::segment_path(dir, base);
+            let mut file = OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+                .map_err(|e| SpoolError::io("open", &path, e))?;
+            let len = file
+                .metadata()
+                .map_err(|e| SpoolError::io("stat", &path, e))?
+                .len();
+            let written = if len < SEGMENT_HEADER_LEN {
+                // Crash while creating the segment: lay the header down again.
+                file.set_len(0)
+                    .and_then(|_| file.write_all(&segment::header_bytes(base)))
+                    .and_then(|_| file.sync_data())
+                    .map_err(|e| SpoolError::io("repair", &path, e))?;
+                SEGMENT_HEADER_LEN
+            } else {
+                let scan = segment::scan(&path, base, |_, ev| remember(&mut relations, ev))?;
+                if scan.good_end < scan.file_len {
+                    recovery.truncated_bytes = scan.file_len - scan.good_end;
+                    recovery.reason = scan.stopped_by.map(|e| e.to_string());
+                    tracing::warn!(
+                        segment = %path.display(),
+                        cut_bytes = recovery.truncated_bytes,
+                        reason = recovery.reason.as_deref().unwrap_or(""),
+                        "spool: cutting an incomplete write from the end of the log"
+                    );
+                    file.set_len(scan.good_end)
+                        .and_then(|_| file.sync_data())
+                        .map_err(|e| SpoolError::io("truncate", &path, e))?;
+                }
+                scan.good_end
+            };
+            if written == SEGMENT_HEADER_LEN && bases.len() >= 2 {
+                // The active segment never got its relation prologue: take the catalog from
+                // the segment before it, which is complete.
+                let prev = bases[bases.len() - 2];
+                let prev_path = segment::segment_path(dir, prev);
+                segment::scan(&prev_path, prev, |_, ev| remember(&mut relations, ev))?;
+            }
+            file.seek(SeekFrom::Start(written))
+                .map_err(|e| SpoolError::io("seek", &path, e))?;
+            (base, file, written)
+        }
+    };
+    Ok((base, file, written, relations, recovery))
 }
 
 fn remember(relations: &mut BTreeMap<RelationId, Relation>, ev: Event) {

@@ -337,3 +337,25 @@ async fn concurrent_readers_tail_the_writer_and_see_every_event_in_order() {
     assert_eq!(tailing.await.unwrap(), expected);
     assert_eq!(polling.join().unwrap(), expected);
 }
+
+#[test]
+fn truncate_from_cuts_an_incomplete_tail_across_segments() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, _) = SpoolWriter::open(dir.path(), opts(2048)).unwrap();
+    w.append(&Event::Relation(samples::relation(1))).unwrap();
+    let mut offsets = Vec::new();
+    for i in 0..100 {
+        offsets.push(w.append(&samples::insert(1, i, 200)).unwrap());
+    }
+    w.commit().unwrap();
+    let before = segment::list(dir.path()).unwrap().len();
+    w.truncate_from(offsets[40]).unwrap();
+    assert!(segment::list(dir.path()).unwrap().len() < before);
+    assert_eq!(w.end(), offsets[40]);
+    w.append(&samples::insert(1, 1000, 200)).unwrap();
+    w.commit().unwrap();
+    let mut expect: Vec<i64> = (0..40).collect();
+    expect.push(1000);
+    assert_eq!(ids(&read_all(dir.path(), Offset(0)).unwrap()), expect);
+    assert!(w.relations().contains_key(&RelationId(1)));
+}
