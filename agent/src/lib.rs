@@ -4,4 +4,8 @@
 pub mod cli;
 pub mod config;
 pub mod dump;
+pub mod error;
+pub mod filter;
 pub mod logging;
+pub mod postgres;
+pub mod supervisor;

@@ -9,7 +9,7 @@ use clap::Parser;
 
 use ferry_agent::cli::{Cli, Command, LogCommand};
 use ferry_agent::config::Config;
-use ferry_agent::{dump, logging};
+use ferry_agent::{dump, logging, supervisor};
 
 /// A command that exists in the CLI contract but is not built yet: it says so and fails, never
 /// succeeding silently.
@@ -40,12 +40,24 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
             let config = Config::load(&args.config)?;
-            tracing::info!(source = %config.source.url, sinks = config.sinks.len(), "configuration loaded");
-            Err(NotBuilt {
-                command: "run",
-                what: "the source readers and sink workers arrive with the next issues",
-            }
-            .into())
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(async {
+                let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+                tokio::spawn(async move {
+                    wait_for_signal().await;
+                    tracing::info!(
+                        "shutdown requested; stopping cleanly (signal again to exit now)"
+                    );
+                    let _ = stop_tx.send(true);
+                    wait_for_signal().await;
+                    tracing::warn!("second signal: exiting at once");
+                    std::process::exit(130);
+                });
+                supervisor::run(config, stop_rx).await
+            })?;
+            Ok(())
         }
         Command::Check(args) => {
             Config::load(&args.config)?;
@@ -101,6 +113,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 stop.load(Ordering::Relaxed)
             })?;
             Ok(())
+        }
+    }
+}
+
+/// SIGTERM or SIGINT.
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match signal(SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+        }
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
         }
     }
 }

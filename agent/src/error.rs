@@ -1,0 +1,103 @@
+//! The agent's error type, and the one place that decides whether an error is worth retrying.
+
+use std::io;
+
+use crate::postgres::pgoutput::DecodeError;
+
+/// An error from the server, with the fields operators need.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DbError {
+    pub severity: String,
+    /// SQLSTATE code.
+    pub code: String,
+    pub message: String,
+    pub detail: Option<String>,
+    pub hint: Option<String>,
+}
+
+impl std::fmt::Display for DbError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.severity, self.code, self.message)?;
+        if let Some(d) = &self.detail {
+            write!(f, " ({d})")?;
+        }
+        if let Some(h) = &self.hint {
+            write!(f, "; hint: {h}")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{context}: server error {error}")]
+    Server {
+        context: String,
+        error: Box<DbError>,
+    },
+    #[error("postgres: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error("protocol: {0}")]
+    Protocol(String),
+    #[error(transparent)]
+    Decode(#[from] DecodeError),
+    #[error(transparent)]
+    Spool(#[from] ferry_spool::SpoolError),
+    #[error("authentication: {0}")]
+    Auth(String),
+    #[error("{0}")]
+    Config(String),
+    /// The source no longer has what ferry needs (slot dropped or invalidated, WAL removed): a gap
+    /// that must never be skipped silently.
+    #[error("{0}")]
+    Gap(String),
+    #[error("{0}")]
+    Fatal(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        Error::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Whether retrying after a pause (reconnecting if needed) may succeed: connection loss,
+    /// server shutdown or restart, too many connections, a slot still held by a walsender that is
+    /// going away, failover. Everything else needs a person.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Io { .. } => true,
+            Error::Server { error, .. } => is_transient_sqlstate(&error.code),
+            Error::Postgres(e) => match e.code() {
+                Some(code) => is_transient_sqlstate(code.code()),
+                // No SQLSTATE: closed connection, I/O, timeout.
+                None => e.is_closed() || std::error::Error::source(e).is_some(),
+            },
+            _ => false,
+        }
+    }
+}
+
+/// SQLSTATEs worth retrying: connection exceptions (08), insufficient resources (53: too many
+/// connections, out of memory), operator intervention (57P01 admin shutdown, 57P02 crash
+/// shutdown, 57P03 cannot connect now), serialization failure and deadlock (40001, 40P01),
+/// object in use (55006: the slot is still active for a departing walsender), read-only
+/// transaction during failover (25006).
+pub fn is_transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(
+            code,
+            "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "55006" | "25006"
+        )
+}

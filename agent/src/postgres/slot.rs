@@ -1,0 +1,194 @@
+//! The publication and the replication slot: created when missing, reused when present, refused
+//! with a clear message when they are not what ferry needs.
+
+use tokio_postgres::Client;
+
+use super::replication::ReplicationConn;
+use crate::error::{Error, Result};
+use crate::filter::TableFilter;
+
+/// What the server says about an existing slot.
+#[derive(Debug, Clone)]
+pub struct SlotState {
+    pub confirmed_flush: Option<u64>,
+    pub active_pid: Option<i32>,
+}
+
+/// The result of `CREATE_REPLICATION_SLOT`.
+#[derive(Debug, Clone)]
+pub struct CreatedSlot {
+    pub consistent_point: u64,
+    pub snapshot_name: Option<String>,
+}
+
+pub fn quote_ident(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\"\""))
+}
+
+pub fn quote_literal(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "''"))
+}
+
+/// Creates the publication when it does not exist: `FOR ALL TABLES` without include patterns
+/// (so new tables appear without a restart), otherwise `TABLES IN SCHEMA` for `schema.*` patterns
+/// (PostgreSQL 15+) and the matching tables for the rest. An existing publication is used as it is.
+pub async fn ensure_publication(
+    client: &Client,
+    name: &str,
+    filter: &TableFilter,
+    server_version: i32,
+) -> Result<()> {
+    let exists = client
+        .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
+        .await?
+        .is_some();
+    if exists {
+        return Ok(());
+    }
+    let target = if filter.includes_all() {
+        "FOR ALL TABLES".to_owned()
+    } else {
+        let mut parts = Vec::new();
+        let mut explicit = Vec::new();
+        for pattern in filter.include_patterns() {
+            match pattern.whole_schema() {
+                Some(schema) if server_version >= 150_000 => {
+                    parts.push(format!("TABLES IN SCHEMA {}", quote_ident(schema)));
+                }
+                _ => explicit.push(pattern),
+            }
+        }
+        if !explicit.is_empty() {
+            let rows = client
+                .query(
+                    "SELECT schemaname, tablename FROM pg_tables
+                     WHERE schemaname NOT IN ('pg_catalog', 'information_schema')",
+                    &[],
+                )
+                .await?;
+            let mut tables = Vec::new();
+            for row in rows {
+                let (schema, table): (String, String) = (row.get(0), row.get(1));
+                if explicit.iter().any(|p| p.matches(&schema, &table)) {
+                    tables.push(format!("{}.{}", quote_ident(&schema), quote_ident(&table)));
+                }
+            }
+            if tables.is_empty() && parts.is_empty() {
+                return Err(Error::Config(format!(
+                    "no table matches source.tables {:?}: create the tables first or fix the patterns",
+                    filter
+                        .include_patterns()
+                        .iter()
+                        .map(|p| p.to_string())
+                        .collect::<Vec<_>>()
+                )));
+            }
+            if !tables.is_empty() {
+                parts.push(format!("TABLE {}", tables.join(", ")));
+            }
+        }
+        format!("FOR {}", parts.join(", "))
+    };
+    let sql = format!("CREATE PUBLICATION {} {target}", quote_ident(name));
+    tracing::info!(publication = name, %sql, "creating publication");
+    client.batch_execute(&sql).await?;
+    Ok(())
+}
+
+/// Reads the slot's state; refuses a slot of another plugin, kind or database, and a slot whose
+/// WAL is gone.
+pub async fn inspect_slot(client: &Client, slot: &str, dbname: &str) -> Result<Option<SlotState>> {
+    let Some(row) = client
+        .query_opt(
+            "SELECT plugin, slot_type, database, confirmed_flush_lsn::text, active_pid,
+                    wal_status
+             FROM pg_replication_slots WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let plugin: Option<String> = row.get(0);
+    let kind: String = row.get(1);
+    let database: Option<String> = row.get(2);
+    if kind != "logical" || plugin.as_deref() != Some("pgoutput") {
+        return Err(Error::Config(format!(
+            "replication slot {slot:?} exists but is a {kind} slot with plugin {:?}; ferry needs a \
+             logical pgoutput slot: choose another `slot` name, or drop it with \
+             SELECT pg_drop_replication_slot('{slot}')",
+            plugin.unwrap_or_default()
+        )));
+    }
+    if database.as_deref() != Some(dbname) {
+        return Err(Error::Config(format!(
+            "replication slot {slot:?} belongs to database {:?}, not {dbname:?}: choose another \
+             `slot` name",
+            database.unwrap_or_default()
+        )));
+    }
+    let wal_status: Option<String> = row.get(5);
+    if wal_status.as_deref() == Some("lost") {
+        return Err(Error::Gap(format!(
+            "replication slot {slot:?} was invalidated (wal_status = lost): the server removed WAL \
+             that ferry had not consumed, so changes were lost. Recover by dropping the slot \
+             (SELECT pg_drop_replication_slot('{slot}')), clearing the spool directory and \
+             starting again with snapshot = \"initial\" to re-copy the tables"
+        )));
+    }
+    let confirmed: Option<String> = row.get(3);
+    Ok(Some(SlotState {
+        confirmed_flush: confirmed
+            .and_then(|s| s.parse::<ferry_proto::Lsn>().ok())
+            .map(|l| l.0),
+        active_pid: row.get(4),
+    }))
+}
+
+/// Creates the slot. With `export_snapshot`, the slot's snapshot is exported for the initial copy
+/// and stays valid until the next command on `conn`.
+pub async fn create_slot(
+    conn: &mut ReplicationConn,
+    slot: &str,
+    export_snapshot: bool,
+    server_version: i32,
+) -> Result<CreatedSlot> {
+    let sql = if server_version >= 150_000 {
+        format!(
+            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT '{}')",
+            quote_ident(slot),
+            if export_snapshot { "export" } else { "nothing" }
+        )
+    } else {
+        format!(
+            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {}",
+            quote_ident(slot),
+            if export_snapshot {
+                "EXPORT_SNAPSHOT"
+            } else {
+                "NOEXPORT_SNAPSHOT"
+            }
+        )
+    };
+    let rows = conn.simple_query(&sql).await?;
+    let row = rows
+        .first()
+        .ok_or_else(|| Error::Protocol("CREATE_REPLICATION_SLOT returned no row".into()))?;
+    let consistent_point = row
+        .get(1)
+        .and_then(|v| v.as_deref())
+        .and_then(|s| s.parse::<ferry_proto::Lsn>().ok())
+        .ok_or_else(|| Error::Protocol("CREATE_REPLICATION_SLOT: bad consistent point".into()))?
+        .0;
+    let snapshot_name = row.get(2).cloned().flatten();
+    tracing::info!(
+        slot,
+        consistent_point = %ferry_proto::Lsn(consistent_point),
+        snapshot = snapshot_name.as_deref().unwrap_or(""),
+        "created replication slot"
+    );
+    Ok(CreatedSlot {
+        consistent_point,
+        snapshot_name,
+    })
+}
