@@ -62,6 +62,10 @@ pub struct SourceConfig {
     pub publication: Option<Expanded>,
     /// MySQL/MariaDB replica server id.
     pub server_id: Option<u32>,
+    /// Tables copied in parallel during the initial snapshot (default 4).
+    pub snapshot_workers: Option<u16>,
+    /// MiB a transaction may hold in memory before it spills to the spool directory (default 64).
+    pub txn_memory_mb: Option<u32>,
 }
 
 impl SourceConfig {
@@ -70,6 +74,12 @@ impl SourceConfig {
     }
     pub fn publication(&self) -> &str {
         self.publication.as_deref().unwrap_or("ferry")
+    }
+    pub fn snapshot_workers(&self) -> usize {
+        usize::from(self.snapshot_workers.unwrap_or(4).max(1))
+    }
+    pub fn txn_memory_bytes(&self) -> usize {
+        (self.txn_memory_mb.unwrap_or(64) as usize) << 20
     }
 }
 

@@ -25,6 +25,8 @@ pub fn pg_settings(config: &Config) -> Result<SourceSettings> {
         publication: src.publication().to_owned(),
         filter,
         snapshot: src.snapshot == SnapshotMode::Initial,
+        snapshot_workers: src.snapshot_workers(),
+        txn_memory: src.txn_memory_bytes(),
     })
 }
 

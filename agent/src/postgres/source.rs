@@ -1,28 +1,35 @@
 //! The PostgreSQL source: streams the slot through pgoutput into the spool, in commit order, once.
 //!
-//! Transactions reach the spool whole: a streamed in-progress transaction (protocol 2+, `streaming
-//! on`) is spilled to a file per transaction and written to the spool only at Stream Commit, in
-//! commit order; aborted ones (and aborted subtransactions) are dropped. Resume: at start, the last
-//! transaction committed in the spool gives the position to restart from, an incomplete transaction
-//! at the spool's end is cut off, and anything the server sends again at or below that position is
-//! skipped, so the spool never holds a change twice.
+//! Only committed transactions reach the spool. Each transaction's events are held in a
+//! [`TxnBuffer`] (memory, then a spill file) until its Commit, or for a streamed in-progress
+//! transaction (protocol 2+, `streaming on`) until its Stream Commit; aborted transactions and
+//! aborted subtransactions are dropped. So a disconnect mid-transaction leaves nothing to undo.
+//!
+//! Positions and acknowledgement: a Commit in the spool at LSN `c` means every transaction that
+//! committed before `c + 1` is captured; a Heartbeat at `p` means the same for `p`. The source
+//! acknowledges to the server (flush LSN) only a position that such a durable spool event
+//! records, so after a crash the spool's last position is never behind the slot's confirmed
+//! position: if it is, the slot moved without ferry and changes are missing, which is reported as
+//! a gap. Resume skips any transaction the server sends again that commits below that position.
 
-use std::collections::{HashMap, HashSet};
-use std::fs::{self, File};
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::collections::HashMap;
+use std::fs;
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ferry_proto::{
     Begin, Column, Commit, Delete, Event, Heartbeat, Insert, Lsn, Message, OldRow, Position,
-    Relation, RelationId, ReplicaIdentity, Row, Truncate, Update, Value, frame,
+    Relation, RelationId, ReplicaIdentity, Row, Truncate, Update, Value,
 };
 use ferry_spool::{Offset, SpoolReader, SpoolWriter, segment};
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
+use super::catalog::TypeCatalog;
 use super::pgoutput::{self, ColumnData, OldTuple, PgMessage};
 use super::replication::{ConnParams, ReplMessage, ReplicationConn, unix_now_micros};
+use super::spill::TxnBuffer;
 use super::{slot, types};
 use crate::error::{Error, Result};
 use crate::filter::TableFilter;
@@ -38,76 +45,110 @@ pub struct SourceSettings {
     pub filter: TableFilter,
     /// Copy existing rows before streaming, when the slot is new.
     pub snapshot: bool,
+    /// Tables copied at once during the snapshot.
+    pub snapshot_workers: usize,
+    /// Memory a transaction may hold before it spills to disk.
+    pub txn_memory: usize,
 }
 
 /// Spool commit policy: fsync when this much is pending, or when the oldest pending byte is this old.
 const GROUP_BYTES: u64 = 4 << 20;
 const GROUP_DELAY: Duration = Duration::from_millis(10);
-/// Standby status updates at least this often.
+/// Standby status updates at least this often while the acknowledged position moves.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// Progress lines in the log this often.
+const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+
+/// How far the source has come, for logs, `status` and metrics.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SourceStats {
+    /// Position acknowledged to the server (flush LSN).
+    pub acknowledged: u64,
+    /// The server's WAL end as last reported.
+    pub server_wal_end: u64,
+    /// Transactions and row events written to the spool.
+    pub transactions: u64,
+    pub rows: u64,
+    /// Commit time (µs since the epoch) of the last transaction written.
+    pub last_commit_time: Option<i64>,
+    /// Transactions that spilled to disk before committing.
+    pub spilled: u64,
+}
+
+impl SourceStats {
+    /// Slot lag in bytes: WAL the server keeps for ferry.
+    pub fn lag_bytes(&self) -> u64 {
+        self.server_wal_end.saturating_sub(self.acknowledged)
+    }
+}
 
 #[derive(Debug)]
 struct RelInfo {
     relation: Relation,
+    /// Type OID each column's text is parsed as (a domain's base type).
+    parse: Vec<u32>,
     included: bool,
 }
 
-/// A streamed transaction being spilled to disk until it commits or aborts.
+/// The non-streamed transaction being received.
 #[derive(Debug)]
-struct Spill {
-    path: PathBuf,
-    out: BufWriter<File>,
-    aborted_subxacts: HashSet<u32>,
-    events: u64,
+struct OpenTxn {
+    xid: u32,
+    /// Already in the spool (sent again after a restart): its events are ignored.
+    skip: bool,
+    buf: TxnBuffer,
 }
 
 /// Where the spool ends, as far as the source is concerned.
-#[derive(Debug, Default, Clone, Copy)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SpoolTail {
-    /// Commit LSN of the last transaction in the spool.
-    pub last_commit: Option<u64>,
-    /// Offset of a Begin with no Commit after it: the start of a cut-short transaction.
+    /// Every transaction committing below this LSN is in the spool (last Commit + 1, or the last
+    /// Heartbeat's position, whichever is later); `None` for a spool without either.
+    pub resume_from: Option<u64>,
+    /// Offset of a Begin with no Commit after it: the start of a transaction cut short by a crash.
     pub incomplete_from: Option<Offset>,
 }
 
-/// Finds the last committed transaction in the spool, reading segments from the newest back until
-/// one holds a Begin or Commit.
+/// Reads the newest segments back to the last Commit, to find where to resume.
 pub fn spool_tail(dir: &Path) -> Result<SpoolTail> {
     let bases = segment::list(dir)?;
     let mut tail = SpoolTail::default();
-    let mut later_begin: Option<Offset> = None;
+    let mut open_begin: Option<Offset> = None;
     for (i, &base) in bases.iter().enumerate().rev() {
         let next = bases.get(i + 1).copied().unwrap_or(u64::MAX);
         let mut reader = SpoolReader::open(dir, Offset(base))?;
         let mut last_begin = None;
         let mut last_commit = None;
+        let mut beat = None;
         while let Some((off, ev)) = reader.try_next()? {
             if off.0 >= next {
                 break;
             }
+            let lsn = |p: &Position| match p {
+                Position::Postgres(l) => Ok(l.0),
+                other => Err(Error::Config(format!(
+                    "the spool in {} holds changes of another kind of source (position {other}); \
+                     give this source its own spool directory",
+                    dir.display()
+                ))),
+            };
             match ev {
                 Event::Begin(_) => last_begin = Some(off),
-                Event::Commit(c) => last_commit = Some((off, c.position)),
+                Event::Commit(c) => last_commit = Some((off, lsn(&c.position)?)),
+                Event::Heartbeat(h) => beat = Some(lsn(&h.position)?),
                 _ => {}
             }
         }
-        let begin = last_begin.or(later_begin);
-        match last_commit {
-            Some((coff, Position::Postgres(lsn))) => {
-                tail.last_commit = Some(lsn.0);
-                tail.incomplete_from = begin.filter(|b| *b > coff).or(later_begin);
-                return Ok(tail);
-            }
-            Some((_, other)) => {
-                return Err(Error::Config(format!(
-                    "the spool holds changes from another kind of source (position {other}); \
-                     give this source its own spool directory"
-                )));
-            }
-            None => later_begin = begin.or(later_begin),
+        if open_begin.is_none() {
+            open_begin = last_begin.filter(|b| last_commit.is_none_or(|(c, _)| *b > c));
+        }
+        let found = last_commit.map(|(_, c)| c + 1).max(beat);
+        if found.is_some() {
+            tail.resume_from = found;
+            break;
         }
     }
-    tail.incomplete_from = later_begin;
+    tail.incomplete_from = open_begin;
     Ok(tail)
 }
 
@@ -116,37 +157,35 @@ pub struct PgSource {
     settings: SourceSettings,
     spool: SpoolWriter,
     relations: HashMap<u32, RelInfo>,
-    type_names: HashMap<(u32, i32), String>,
-    /// Commit LSN of the last transaction in the spool (durable or pending).
-    last_commit: Option<u64>,
-    /// Everything strictly below this is durable in the spool: the flush position to report.
+    types: TypeCatalog,
+    /// Transactions committing below this are in the spool already; `None` before anything is.
+    resume_from: Option<u64>,
+    /// Acknowledged (or acknowledgeable) to the server: recorded by a durable spool event.
     durable_ack: u64,
+    /// Becomes `durable_ack` once the spool's pending bytes are durable.
     pending_ack: u64,
     pending_since: Option<Instant>,
-    in_txn: Option<TxnState>,
+    txn: Option<OpenTxn>,
+    /// Streamed transactions in progress, by top-level xid.
+    streams: HashMap<u32, TxnBuffer>,
     in_stream: Option<u32>,
-    spills: HashMap<u32, Spill>,
     spill_dir: PathBuf,
-    ack_tx: watch::Sender<Lsn>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct TxnState {
-    skip: bool,
+    stats: SourceStats,
+    stats_tx: watch::Sender<SourceStats>,
 }
 
 impl std::fmt::Debug for PgSource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PgSource")
             .field("slot", &self.settings.slot)
-            .field("last_commit", &self.last_commit.map(Lsn))
+            .field("resume_from", &self.resume_from.map(Lsn))
             .finish()
     }
 }
 
 impl PgSource {
-    /// Prepares the source over an open spool: cuts an incomplete transaction from the spool's end
-    /// and learns where to resume.
+    /// Prepares the source over an open spool, before any reader of it starts: cuts a transaction
+    /// a crash left incomplete at the spool's end, and learns where to resume.
     pub fn new(settings: SourceSettings, mut spool: SpoolWriter) -> Result<PgSource> {
         let tail = spool_tail(spool.dir())?;
         if let Some(off) = tail.incomplete_from {
@@ -155,39 +194,35 @@ impl PgSource {
         }
         let spill_dir = spool.dir().join("spill");
         let _ = fs::remove_dir_all(&spill_dir);
-        fs::create_dir_all(&spill_dir).map_err(|e| Error::io("create spill directory", e))?;
-        let mut relations = HashMap::new();
-        for rel in spool.relations().values() {
-            relations.insert(
-                rel.id.0 as u32,
-                RelInfo {
-                    included: true,
-                    relation: rel.clone(),
-                },
-            );
-        }
-        let ack = tail.last_commit.map_or(0, |l| l + 1);
-        let (ack_tx, _) = watch::channel(Lsn(ack));
+        fs::create_dir_all(&spill_dir)
+            .map_err(|e| Error::io(format!("create {}", spill_dir.display()), e))?;
+        let ack = tail.resume_from.unwrap_or(0);
+        let stats = SourceStats {
+            acknowledged: ack,
+            ..SourceStats::default()
+        };
+        let (stats_tx, _) = watch::channel(stats.clone());
         Ok(PgSource {
             settings,
             spool,
-            relations,
-            type_names: HashMap::new(),
-            last_commit: tail.last_commit,
+            relations: HashMap::new(),
+            types: TypeCatalog::default(),
+            resume_from: tail.resume_from,
             durable_ack: ack,
             pending_ack: ack,
             pending_since: None,
-            in_txn: None,
+            txn: None,
+            streams: HashMap::new(),
             in_stream: None,
-            spills: HashMap::new(),
             spill_dir,
-            ack_tx,
+            stats,
+            stats_tx,
         })
     }
 
-    /// The position acknowledged to the server, as it moves.
-    pub fn ack_watch(&self) -> watch::Receiver<Lsn> {
-        self.ack_tx.subscribe()
+    /// The source's progress, updated as it moves.
+    pub fn stats(&self) -> watch::Receiver<SourceStats> {
+        self.stats_tx.subscribe()
     }
 
     pub fn spool(&self) -> &SpoolWriter {
@@ -202,7 +237,7 @@ impl PgSource {
             match self.session(&mut shutdown).await {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_transient() => {
-                    self.reset_session_state();
+                    self.reset_session_state()?;
                     if started.elapsed() > Duration::from_secs(30) {
                         backoff.reset();
                     }
@@ -218,22 +253,17 @@ impl PgSource {
         }
     }
 
-    fn reset_session_state(&mut self) {
-        // A transaction cut off by the disconnect is sent again in full: drop its partial state.
-        self.in_txn = None;
+    /// After a disconnect the server sends every unacknowledged transaction again, in full: drop
+    /// what was buffered of the unfinished ones. The spool holds only whole transactions.
+    fn reset_session_state(&mut self) -> Result<()> {
+        if let Some(t) = self.txn.take() {
+            t.buf.discard();
+        }
         self.in_stream = None;
-        for (_, spill) in self.spills.drain() {
-            let _ = fs::remove_file(&spill.path);
+        for (_, buf) in self.streams.drain() {
+            buf.discard();
         }
-        // Pending events of an unfinished transaction must not reach the spool.
-        if self.spool.end() > self.spool.durable_end() {
-            let _ = self.commit_spool();
-        }
-        if let Ok(tail) = spool_tail(self.spool.dir())
-            && let Some(off) = tail.incomplete_from
-        {
-            let _ = self.spool.truncate_from(off);
-        }
+        self.commit_spool()
     }
 
     async fn session(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<()> {
@@ -250,11 +280,9 @@ impl PgSource {
         result
     }
 
-    async fn stream(
-        &mut self,
-        client: &Client,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<()> {
+    /// Checks the server, sets up publication and slot (and the snapshot for a new slot), and
+    /// returns the replication connection ready to start streaming.
+    async fn prepare(&mut self, client: &Client) -> Result<(ReplicationConn, i32)> {
         let version: i32 = client
             .query_one("SELECT current_setting('server_version_num')::int", &[])
             .await?
@@ -264,10 +292,22 @@ impl PgSource {
                 "PostgreSQL {version} is not supported: ferry needs 10 or later (pgoutput)"
             )));
         }
-        let wal_level: String = client.query_one("SHOW wal_level", &[]).await?.get(0);
+        let row = client
+            .query_one(
+                "SELECT current_setting('wal_level'), current_setting('server_encoding')",
+                &[],
+            )
+            .await?;
+        let (wal_level, encoding): (String, String) = (row.get(0), row.get(1));
         if wal_level != "logical" {
             return Err(Error::Config(format!(
                 "wal_level is {wal_level}: set wal_level = logical in postgresql.conf and restart"
+            )));
+        }
+        if encoding != "UTF8" {
+            return Err(Error::Config(format!(
+                "database {:?} uses encoding {encoding}; ferry captures UTF8 databases only",
+                self.settings.params.dbname
             )));
         }
         slot::ensure_publication(
@@ -278,79 +318,101 @@ impl PgSource {
         )
         .await?;
         let mut repl = ReplicationConn::connect(&self.settings.params).await?;
-        let mut state =
-            slot::inspect_slot(client, &self.settings.slot, &self.settings.params.dbname).await?;
-        if state.is_some() && self.settings.snapshot && self.last_commit.is_none() {
+        let slot_name = &self.settings.slot;
+        let mut state = slot::inspect_slot(client, slot_name, &self.settings.params.dbname).await?;
+        if state.is_some() && self.settings.snapshot && self.resume_from.is_none() {
             // The slot exists but the spool holds no completed snapshot: an earlier start died
             // during the initial copy, and its exported snapshot is gone. Start the copy over with
             // a new slot rather than stream from a slot whose earlier rows were never copied.
-            tracing::warn!(slot = %self.settings.slot, "initial snapshot was not completed; recreating the slot and copying again");
+            tracing::warn!(slot = %slot_name, "the initial snapshot was never completed; recreating the slot and copying again");
             repl.simple_query(&format!(
                 "DROP_REPLICATION_SLOT {} WAIT",
-                slot::quote_ident(&self.settings.slot)
+                slot::quote_ident(slot_name)
             ))
             .await?;
             state = None;
         }
-        if state.is_none() {
-            if self.last_commit.is_some() {
-                return Err(Error::Gap(format!(
-                    "replication slot {:?} is gone, but the spool holds changes up to {}: changes \
-                     since then may be lost. Recover by clearing the spool directory and the \
-                     replicas and starting again with snapshot = \"initial\"",
-                    self.settings.slot,
-                    Lsn(self.last_commit.unwrap_or(0))
-                )));
+        match state {
+            None => {
+                if let Some(resume) = self.resume_from {
+                    return Err(Error::Gap(format!(
+                        "replication slot {slot_name:?} does not exist, but the spool holds changes \
+                         up to {}: the changes since then are gone. Recover by clearing the spool \
+                         directory and the replicas and starting again with snapshot = \"initial\"",
+                        Lsn(resume)
+                    )));
+                }
+                let created =
+                    slot::create_slot(&mut repl, slot_name, self.settings.snapshot, version)
+                        .await?;
+                if self.settings.snapshot {
+                    super::snapshot::copy_all(
+                        &self.settings,
+                        created.snapshot_name.as_deref().unwrap_or_default(),
+                        created.consistent_point,
+                        &mut self.spool,
+                    )
+                    .await?;
+                }
+                // Nothing committed before the consistent point is decoded.
+                self.resume_from = Some(created.consistent_point);
+                self.durable_ack = created.consistent_point;
+                self.pending_ack = created.consistent_point;
             }
-            let created = slot::create_slot(
-                &mut repl,
-                &self.settings.slot,
-                self.settings.snapshot,
-                version,
-            )
-            .await?;
-            if self.settings.snapshot {
-                super::snapshot::copy_all(
-                    &self.settings,
-                    client,
-                    created.snapshot_name.as_deref().unwrap_or_default(),
-                    created.consistent_point,
-                    &mut self.spool,
-                )
-                .await?;
-                self.commit_spool()?;
-                self.last_commit = Some(created.consistent_point.saturating_sub(1));
+            Some(s) => {
+                if let Some(pid) = s.active_pid {
+                    return Err(Error::Server {
+                        context: format!("replication slot {slot_name:?}"),
+                        error: Box::new(crate::error::DbError {
+                            severity: "ERROR".into(),
+                            code: "55006".into(),
+                            message: format!("the slot is in use by process {pid}"),
+                            detail: None,
+                            hint: Some("another ferry may be running with this slot".into()),
+                        }),
+                    });
+                }
+                if let (Some(resume), Some(confirmed)) = (self.resume_from, s.confirmed_flush)
+                    && confirmed > resume
+                {
+                    return Err(Error::Gap(format!(
+                        "replication slot {slot_name:?} has confirmed {} but the spool only holds \
+                         changes up to {}: another consumer advanced the slot, or the spool was \
+                         restored from an older copy, and the changes in between are gone. \
+                         Recover by dropping the slot (SELECT pg_drop_replication_slot('{slot_name}')), \
+                         clearing the spool directory and the replicas, and starting again with \
+                         snapshot = \"initial\"",
+                        Lsn(confirmed),
+                        Lsn(resume)
+                    )));
+                }
+                if self.resume_from.is_none() {
+                    // snapshot = "never" on an existing slot: stream from where it stands.
+                    let from = s.confirmed_flush.unwrap_or(0);
+                    self.durable_ack = from;
+                    self.pending_ack = from;
+                }
             }
-            // Nothing before the consistent point is decoded; start acknowledging from it.
-            self.durable_ack = self.durable_ack.max(created.consistent_point);
-            self.pending_ack = self.pending_ack.max(created.consistent_point);
-        } else if let Some(s) = &state
-            && let Some(pid) = s.active_pid
-        {
-            return Err(Error::Server {
-                context: format!("replication slot {:?}", self.settings.slot),
-                error: Box::new(crate::error::DbError {
-                    severity: "ERROR".into(),
-                    code: "55006".into(),
-                    message: format!("the slot is in use by process {pid}"),
-                    detail: None,
-                    hint: Some("another ferry may be running with this slot".into()),
-                }),
-            });
         }
+        Ok((repl, version))
+    }
 
+    async fn stream(
+        &mut self,
+        client: &Client,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<()> {
+        let (mut repl, version) = self.prepare(client).await?;
         let start = self.durable_ack;
         let streaming = version >= 140_000;
+        let publication = slot::quote_literal(&slot::quote_ident(&self.settings.publication));
         let options = if streaming {
             format!(
-                "proto_version '2', publication_names {}, messages 'true', streaming 'on'",
-                slot::quote_literal(&slot::quote_ident(&self.settings.publication))
+                "proto_version '2', publication_names {publication}, messages 'true', \
+                 streaming 'on'"
             )
         } else {
-            format!(
-                "proto_version '1', publication_names {}, messages 'true'",
-                slot::quote_literal(&slot::quote_ident(&self.settings.publication))
-            )
+            format!("proto_version '1', publication_names {publication}, messages 'true'")
         };
         let sql = format!(
             "START_REPLICATION SLOT {} LOGICAL {} ({options})",
@@ -362,32 +424,30 @@ impl PgSource {
 
         let mut status_timer = tokio::time::interval(STATUS_INTERVAL);
         let mut group_timer = tokio::time::interval(GROUP_DELAY);
-        let mut last_status_sent = 0u64;
+        let mut progress_timer = tokio::time::interval(PROGRESS_INTERVAL);
+        let mut last_status_sent = u64::MAX;
+        let mut last_progress = self.stats.clone();
         loop {
             tokio::select! {
                 biased;
                 _ = shutdown.wait_for(|s| *s) => {
-                    // Stop at a transaction boundary: what is pending and complete becomes durable;
-                    // a transaction in progress is sent again on the next start.
-                    if self.in_txn.is_none() {
-                        self.commit_spool()?;
-                    }
+                    // A transaction still being received is sent again on the next start.
+                    self.reset_session_state()?;
                     repl.send_status(self.durable_ack, self.durable_ack, false).await?;
-                    self.ack_tx.send_replace(Lsn(self.durable_ack));
+                    self.publish_stats();
                     repl.close().await;
                     tracing::info!(acknowledged = %Lsn(self.durable_ack), "source stopped");
                     return Ok(());
                 }
                 msg = repl.recv() => {
                     match msg? {
-                        ReplMessage::XLogData { data, .. } => self.handle(client, &data).await?,
+                        ReplMessage::XLogData { data, wal_end, .. } => {
+                            self.stats.server_wal_end = self.stats.server_wal_end.max(wal_end);
+                            self.handle(client, &data).await?;
+                        }
                         ReplMessage::Keepalive { wal_end, reply_requested } => {
+                            self.stats.server_wal_end = self.stats.server_wal_end.max(wal_end);
                             self.maybe_commit(true)?;
-                            if self.idle() && self.spool.end() == self.spool.durable_end() {
-                                // Nothing pending: follow the server so an idle or filtered
-                                // database does not pin WAL.
-                                self.durable_ack = self.durable_ack.max(wal_end);
-                            }
                             if reply_requested {
                                 repl.send_status(self.durable_ack, self.durable_ack, false).await?;
                                 last_status_sent = self.durable_ack;
@@ -397,24 +457,63 @@ impl PgSource {
                 }
                 _ = group_timer.tick() => self.maybe_commit(true)?,
                 _ = status_timer.tick() => {
+                    self.follow_server()?;
                     if self.durable_ack != last_status_sent {
                         repl.send_status(self.durable_ack, self.durable_ack, false).await?;
                         last_status_sent = self.durable_ack;
-                        self.ack_tx.send_replace(Lsn(self.durable_ack));
+                    }
+                    self.publish_stats();
+                }
+                _ = progress_timer.tick() => {
+                    if self.stats != last_progress {
+                        let lag_secs = self.stats.last_commit_time
+                            .filter(|_| self.stats.lag_bytes() > 0)
+                            .map_or(0.0, |t| (unix_now_micros() - t).max(0) as f64 / 1e6);
+                        tracing::info!(
+                            transactions = self.stats.transactions,
+                            rows = self.stats.rows,
+                            acknowledged = %Lsn(self.durable_ack),
+                            slot_lag_bytes = self.stats.lag_bytes(),
+                            slot_lag_seconds = lag_secs,
+                            "source progress"
+                        );
+                        last_progress = self.stats.clone();
                     }
                 }
             }
         }
     }
 
-    fn idle(&self) -> bool {
-        self.in_txn.is_none() && self.in_stream.is_none() && self.spills.is_empty()
+    /// When nothing is in flight, lets the acknowledged position follow the server's WAL end, so
+    /// an idle or filtered database does not pin WAL. The position is first recorded in the spool
+    /// (a Heartbeat, fsynced), so the acknowledgement never runs ahead of the spool.
+    fn follow_server(&mut self) -> Result<()> {
+        let end = self.stats.server_wal_end;
+        let idle = self.txn.is_none()
+            && self.streams.is_empty()
+            && self.spool.end() == self.spool.durable_end();
+        if !idle || end <= self.durable_ack {
+            return Ok(());
+        }
+        self.spool.append(&Event::Heartbeat(Heartbeat {
+            position: Position::Postgres(Lsn(end)),
+            time: unix_now_micros(),
+        }))?;
+        self.pending_ack = end;
+        self.resume_from = Some(end);
+        self.commit_spool()
     }
 
-    /// Commits the spool if the group-commit policy says so (or `timer` and anything is pending).
+    fn publish_stats(&mut self) {
+        self.stats.acknowledged = self.durable_ack;
+        self.stats_tx.send_replace(self.stats.clone());
+    }
+
+    /// Commits the spool if the group-commit policy says so.
     fn maybe_commit(&mut self, timer: bool) -> Result<()> {
         let pending = self.spool.end().0 - self.spool.durable_end().0;
         if pending == 0 {
+            self.durable_ack = self.durable_ack.max(self.pending_ack);
             return Ok(());
         }
         let old = self
@@ -429,146 +528,189 @@ impl PgSource {
     fn commit_spool(&mut self) -> Result<()> {
         tokio::task::block_in_place(|| self.spool.commit())?;
         self.pending_since = None;
-        if self.in_txn.is_none() || self.durable_ack < self.pending_ack {
-            self.durable_ack = self.durable_ack.max(self.pending_ack);
-        }
+        self.durable_ack = self.durable_ack.max(self.pending_ack);
         Ok(())
     }
 
+    /// Appends to the spool; a Relation only when the spool's catalog does not have it as it is.
     fn append(&mut self, event: &Event) -> Result<()> {
-        if let Some(xid) = self.in_stream {
-            return self.spill(xid, 0, event);
+        if let Event::Relation(r) = event
+            && self.spool.relations().get(&r.id) == Some(r)
+        {
+            return Ok(());
         }
         self.spool.append(event)?;
-        if self.pending_since.is_none() {
-            self.pending_since = Some(Instant::now());
+        self.pending_since.get_or_insert_with(Instant::now);
+        if self.spool.end().0 - self.spool.durable_end().0 >= GROUP_BYTES {
+            // A large transaction streams through the spool: keep the write buffer bounded.
+            tokio::task::block_in_place(|| self.spool.commit())?;
+            self.pending_since = None;
         }
         Ok(())
     }
 
-    fn spill(&mut self, top: u32, sub: u32, event: &Event) -> Result<()> {
-        let spill = match self.spills.get_mut(&top) {
-            Some(s) => s,
-            None => {
-                let path = self.spill_dir.join(format!("{top}.spill"));
-                let file = File::create(&path).map_err(|e| Error::io("create spill file", e))?;
-                self.spills.entry(top).or_insert(Spill {
-                    path,
-                    out: BufWriter::with_capacity(1 << 20, file),
-                    aborted_subxacts: HashSet::new(),
-                    events: 0,
-                })
+    /// Writes one whole committed transaction to the spool.
+    fn write_transaction(
+        &mut self,
+        xid: u32,
+        commit_lsn: u64,
+        commit_time: i64,
+        buf: TxnBuffer,
+    ) -> Result<()> {
+        let position = Position::Postgres(Lsn(commit_lsn));
+        if buf.events() > 0 {
+            if buf.spilled() {
+                self.stats.spilled += 1;
             }
-        };
-        let mut buf = Vec::with_capacity(256);
-        buf.extend_from_slice(&sub.to_le_bytes());
-        frame::encode(event, &mut buf).map_err(|e| Error::Protocol(e.to_string()))?;
-        spill
-            .out
-            .write_all(&buf)
-            .map_err(|e| Error::io("write spill file", e))?;
-        spill.events += 1;
-        Ok(())
+            self.append(&Event::Begin(Begin {
+                position: position.clone(),
+                xid: u64::from(xid),
+                commit_time,
+            }))?;
+            let mut rows = 0u64;
+            buf.replay(|ev| {
+                rows += u64::from(matches!(
+                    ev,
+                    Event::Insert(_) | Event::Update(_) | Event::Delete(_)
+                ));
+                self.append(&ev)
+            })?;
+            self.append(&Event::Commit(Commit {
+                position,
+                xid: u64::from(xid),
+                commit_time,
+            }))?;
+            self.stats.transactions += 1;
+            self.stats.rows += rows;
+            self.stats.last_commit_time = Some(commit_time);
+        }
+        self.resume_from = Some(commit_lsn + 1);
+        self.pending_ack = self.pending_ack.max(commit_lsn + 1);
+        self.maybe_commit(false)
+    }
+
+    /// Whether a transaction committing at `lsn` is in the spool already.
+    fn already_spooled(&self, lsn: u64) -> bool {
+        self.resume_from.is_some_and(|r| lsn < r)
+    }
+
+    /// Buffers a change of the current transaction: of the streamed block in progress (tagged
+    /// with its subtransaction), or of the open transaction.
+    fn change(&mut self, sub: Option<u32>, event: Event) -> Result<()> {
+        if let Some(top) = self.in_stream {
+            let limit = self.settings.txn_memory;
+            let buf = self
+                .streams
+                .entry(top)
+                .or_insert_with(|| TxnBuffer::new(format!("stream-{top}"), limit));
+            let sub = sub.filter(|s| *s != top).unwrap_or(0);
+            return buf.push(&self.spill_dir, sub, event);
+        }
+        match self.txn.as_mut() {
+            Some(t) if t.skip => Ok(()),
+            Some(t) => t.buf.push(&self.spill_dir, 0, event),
+            None => Err(Error::Protocol(format!(
+                "pgoutput: a {} change outside any transaction",
+                event.kind()
+            ))),
+        }
     }
 
     async fn handle(&mut self, client: &Client, data: &[u8]) -> Result<()> {
         let msg = pgoutput::decode(data, self.in_stream.is_some())?;
         match msg {
             PgMessage::Begin {
-                final_lsn,
-                commit_time,
-                xid,
+                final_lsn, xid, ..
             } => {
-                let skip = self.last_commit.is_some_and(|l| final_lsn <= l);
-                self.in_txn = Some(TxnState { skip });
-                if !skip {
-                    self.append(&Event::Begin(Begin {
-                        position: Position::Postgres(Lsn(final_lsn)),
-                        xid: u64::from(xid),
-                        commit_time,
-                    }))?;
+                if let Some(t) = self.txn.take() {
+                    t.buf.discard();
+                    return Err(Error::Protocol(format!(
+                        "pgoutput: Begin of {xid} inside transaction {}",
+                        t.xid
+                    )));
                 }
+                self.txn = Some(OpenTxn {
+                    xid,
+                    skip: self.already_spooled(final_lsn),
+                    buf: TxnBuffer::new(format!("txn-{xid}"), self.settings.txn_memory),
+                });
             }
             PgMessage::Commit {
                 commit_lsn,
                 commit_time,
                 ..
             } => {
-                let txn = self.in_txn.take();
-                if txn.is_some_and(|t| !t.skip) {
-                    self.append(&Event::Commit(Commit {
-                        position: Position::Postgres(Lsn(commit_lsn)),
-                        xid: 0,
-                        commit_time,
-                    }))?;
-                    self.last_commit = Some(commit_lsn);
-                    self.pending_ack = commit_lsn + 1;
+                let Some(txn) = self.txn.take() else {
+                    return Err(Error::Protocol("pgoutput: Commit without Begin".into()));
+                };
+                if txn.skip {
+                    txn.buf.discard();
+                    self.maybe_commit(false)?;
                 } else {
-                    self.pending_ack = self.pending_ack.max(commit_lsn + 1);
+                    self.write_transaction(txn.xid, commit_lsn, commit_time, txn.buf)?;
                 }
-                self.maybe_commit(false)?;
             }
             PgMessage::Origin { .. } => {}
-            PgMessage::Type { oid, name, .. } => {
-                self.type_names.insert((oid, -1), name);
-            }
+            PgMessage::Type { .. } => {}
             PgMessage::Relation {
+                xid,
                 oid,
                 namespace,
                 name,
                 replica_identity,
                 columns,
-                ..
             } => {
-                let type_names = self.resolve_types(client, &columns).await?;
-                let relation = Relation {
-                    id: RelationId(u64::from(oid)),
-                    schema: namespace,
-                    name,
-                    replica_identity: match replica_identity {
-                        b'n' => ReplicaIdentity::Nothing,
-                        b'f' => ReplicaIdentity::Full,
-                        b'i' => ReplicaIdentity::Index,
-                        _ => ReplicaIdentity::Default,
-                    },
-                    columns: columns
-                        .iter()
-                        .zip(type_names)
-                        .map(|(c, type_name)| Column {
-                            name: c.name.clone(),
-                            type_name,
+                let keys: Vec<(u32, i32)> = columns
+                    .iter()
+                    .map(|c| (c.type_oid, c.type_modifier))
+                    .collect();
+                self.types.resolve(client, &keys).await?;
+                let mut parse = Vec::with_capacity(columns.len());
+                let columns = columns
+                    .into_iter()
+                    .map(|c| {
+                        let info = self.types.get(c.type_oid, c.type_modifier);
+                        parse.push(info.parse_oid);
+                        Column {
+                            name: c.name,
+                            type_name: info.name,
                             type_id: c.type_oid,
                             type_modifier: c.type_modifier,
                             key: c.key,
                             nullable: !c.key,
-                        })
-                        .collect(),
+                        }
+                    })
+                    .collect();
+                let relation = Relation {
+                    id: RelationId(u64::from(oid)),
+                    schema: namespace,
+                    name,
+                    replica_identity: replica_identity_of(replica_identity),
+                    columns,
                 };
                 let included = self
                     .settings
                     .filter
                     .accepts(&relation.schema, &relation.name);
-                let changed = self
-                    .relations
-                    .get(&oid)
-                    .is_none_or(|r| r.relation != relation);
-                if included && changed && !self.skipping() {
-                    self.append(&Event::Relation(relation.clone()))?;
+                // The decoder needs the newest definition for the rows that follow; the spool
+                // gets it inside the transaction, so it is written only if the transaction is.
+                if included && (self.in_stream.is_some() || self.txn.is_some()) {
+                    self.change(xid, Event::Relation(relation.clone()))?;
                 }
-                if !self.skipping() || !self.relations.contains_key(&oid) {
-                    self.relations.insert(oid, RelInfo { relation, included });
-                }
+                self.relations.insert(
+                    oid,
+                    RelInfo {
+                        relation,
+                        parse,
+                        included,
+                    },
+                );
             }
             PgMessage::Insert { xid, oid, new } => {
                 if let Some(rel) = self.row_relation(oid)? {
                     let new = row(rel, &new)?;
-                    self.change(
-                        xid,
-                        Event::Insert(Insert {
-                            relation: rel.relation.id,
-                            new,
-                        }),
-                    )?;
+                    let id = rel.relation.id;
+                    self.change(xid, Event::Insert(Insert { relation: id, new }))?;
                 }
             }
             PgMessage::Update { xid, oid, old, new } => {
@@ -602,14 +744,12 @@ impl PgSource {
                     .map(|&o| RelationId(u64::from(o)))
                     .collect();
                 if !relations.is_empty() {
-                    self.change(
-                        xid,
-                        Event::Truncate(Truncate {
-                            relations,
-                            cascade,
-                            restart_identity,
-                        }),
-                    )?;
+                    let event = Event::Truncate(Truncate {
+                        relations,
+                        cascade,
+                        restart_identity,
+                    });
+                    self.change(xid, event)?;
                 }
             }
             PgMessage::Message {
@@ -627,35 +767,29 @@ impl PgSource {
                 });
                 if transactional {
                     self.change(xid, event)?;
-                } else if self.last_commit.is_none_or(|l| lsn > l) {
-                    // Outside any transaction: written where it arrives.
-                    let in_stream = self.in_stream.take();
+                } else if !self.already_spooled(lsn) {
+                    // Not part of any transaction: written where it arrives.
                     self.append(&event)?;
-                    self.in_stream = in_stream;
+                    self.maybe_commit(false)?;
                 }
             }
-            PgMessage::StreamStart { xid, .. } => self.in_stream = Some(xid),
-            PgMessage::StreamStop => {
-                if let Some(xid) = self.in_stream.take()
-                    && let Some(s) = self.spills.get_mut(&xid)
-                {
-                    s.out
-                        .flush()
-                        .map_err(|e| Error::io("write spill file", e))?;
+            PgMessage::StreamStart { xid, .. } => {
+                if self.in_stream.is_some() {
+                    return Err(Error::Protocol(
+                        "pgoutput: Stream Start inside a stream block".into(),
+                    ));
                 }
+                self.in_stream = Some(xid);
             }
+            PgMessage::StreamStop => self.in_stream = None,
             PgMessage::StreamAbort { xid, subxid } => {
                 if xid == subxid {
-                    if let Some(s) = self.spills.remove(&xid) {
-                        let _ = fs::remove_file(&s.path);
-                        tracing::debug!(
-                            xid,
-                            events = s.events,
-                            "dropped aborted streamed transaction"
-                        );
+                    if let Some(buf) = self.streams.remove(&xid) {
+                        tracing::debug!(xid, events = buf.events(), "dropped an aborted streamed transaction");
+                        buf.discard();
                     }
-                } else if let Some(s) = self.spills.get_mut(&xid) {
-                    s.aborted_subxacts.insert(subxid);
+                } else if let Some(buf) = self.streams.get_mut(&xid) {
+                    buf.abort_sub(subxid);
                 }
             }
             PgMessage::StreamCommit {
@@ -663,144 +797,32 @@ impl PgSource {
                 commit_lsn,
                 commit_time,
                 ..
-            } => self.stream_commit(xid, commit_lsn, commit_time)?,
+            } => {
+                let buf = self
+                    .streams
+                    .remove(&xid)
+                    .unwrap_or_else(|| TxnBuffer::new(String::new(), 0));
+                if self.already_spooled(commit_lsn) {
+                    buf.discard();
+                } else {
+                    self.write_transaction(xid, commit_lsn, commit_time, buf)?;
+                }
+            }
         }
         Ok(())
     }
 
-    fn skipping(&self) -> bool {
-        self.in_txn.is_some_and(|t| t.skip)
-    }
-
     fn row_relation(&self, oid: u32) -> Result<Option<&RelInfo>> {
-        if self.skipping() {
+        if self.in_stream.is_none() && self.txn.as_ref().is_some_and(|t| t.skip) {
             return Ok(None);
         }
         match self.relations.get(&oid) {
             Some(r) if r.included => Ok(Some(r)),
             Some(_) => Ok(None),
             None => Err(Error::Protocol(format!(
-                "row for relation {oid} before its Relation message"
+                "pgoutput: a row of relation {oid} before its Relation message"
             ))),
         }
-    }
-
-    /// A change inside a transaction: to the spool, or to the spill of a streamed transaction.
-    fn change(&mut self, xid: Option<u32>, event: Event) -> Result<()> {
-        match (self.in_stream, xid) {
-            (Some(top), Some(sub)) => self.spill(top, sub, &event),
-            _ => self.append(&event),
-        }
-    }
-
-    fn stream_commit(&mut self, xid: u32, commit_lsn: u64, commit_time: i64) -> Result<()> {
-        let Some(mut spill) = self.spills.remove(&xid) else {
-            // A streamed transaction with no change ferry captures.
-            self.pending_ack = self.pending_ack.max(commit_lsn + 1);
-            return Ok(());
-        };
-        spill
-            .out
-            .flush()
-            .map_err(|e| Error::io("write spill file", e))?;
-        if self.last_commit.is_some_and(|l| commit_lsn <= l) {
-            let _ = fs::remove_file(&spill.path);
-            return Ok(());
-        }
-        self.in_txn = Some(TxnState { skip: false });
-        self.append(&Event::Begin(Begin {
-            position: Position::Postgres(Lsn(commit_lsn)),
-            xid: u64::from(xid),
-            commit_time,
-        }))?;
-        let file = File::open(&spill.path).map_err(|e| Error::io("open spill file", e))?;
-        let mut reader = BufReader::with_capacity(1 << 20, file);
-        let mut header = [0u8; 4 + frame::HEADER_LEN];
-        let mut payload = Vec::new();
-        loop {
-            match reader.read_exact(&mut header) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
-                Err(e) => return Err(Error::io("read spill file", e)),
-            }
-            let sub = u32::from_le_bytes([header[0], header[1], header[2], header[3]]);
-            let mut hb = [0u8; frame::HEADER_LEN];
-            hb.copy_from_slice(&header[4..]);
-            let h = frame::decode_header(&hb).map_err(|e| Error::Protocol(e.to_string()))?;
-            payload.resize(h.payload_len, 0);
-            reader
-                .read_exact(&mut payload)
-                .map_err(|e| Error::io("read spill file", e))?;
-            if spill.aborted_subxacts.contains(&sub) {
-                continue;
-            }
-            let event = frame::decode_payload(&hb, &h, &payload)
-                .map_err(|e| Error::Protocol(format!("spill file: {e}")))?;
-            self.spool.append(&event)?;
-            if self.spool.end().0 - self.spool.durable_end().0 >= GROUP_BYTES {
-                self.commit_spool()?;
-            }
-        }
-        let _ = fs::remove_file(&spill.path);
-        self.append(&Event::Commit(Commit {
-            position: Position::Postgres(Lsn(commit_lsn)),
-            xid: u64::from(xid),
-            commit_time,
-        }))?;
-        self.in_txn = None;
-        self.last_commit = Some(commit_lsn);
-        self.pending_ack = commit_lsn + 1;
-        self.pending_since.get_or_insert_with(Instant::now);
-        self.maybe_commit(false)
-    }
-
-    /// Type names as `format_type` spells them (`numeric(12,2)`, `character varying(40)`, an enum's
-    /// name), cached by type and modifier.
-    async fn resolve_types(
-        &mut self,
-        client: &Client,
-        columns: &[pgoutput::RelColumn],
-    ) -> Result<Vec<String>> {
-        let missing: Vec<(u32, i32)> = columns
-            .iter()
-            .map(|c| (c.type_oid, c.type_modifier))
-            .filter(|k| !self.type_names.contains_key(k))
-            .collect();
-        if !missing.is_empty() {
-            let oids: Vec<u32> = missing.iter().map(|k| k.0).collect();
-            let mods: Vec<i32> = missing.iter().map(|k| k.1).collect();
-            let rows = client
-                .query(
-                    "SELECT t.oid, t.m, format_type(t.oid, NULLIF(t.m, -1))
-                     FROM unnest($1::oid[], $2::int4[]) AS t(oid, m)",
-                    &[&oids, &mods],
-                )
-                .await?;
-            for r in rows {
-                let name: Option<String> = r.get(2);
-                self.type_names.insert(
-                    (r.get(0), r.get(1)),
-                    name.unwrap_or_else(|| "unknown".into()),
-                );
-            }
-        }
-        Ok(columns
-            .iter()
-            .map(|c| {
-                self.type_names
-                    .get(&(c.type_oid, c.type_modifier))
-                    .cloned()
-                    .unwrap_or_else(|| format!("oid:{}", c.type_oid))
-            })
-            .collect())
-    }
-
-    /// Appends a heartbeat at the current acknowledged position (used by the supervisor when idle).
-    pub fn heartbeat(&mut self) -> Result<()> {
-        self.append(&Event::Heartbeat(Heartbeat {
-            position: Position::Postgres(Lsn(self.durable_ack)),
-            time: unix_now_micros(),
-        }))
     }
 
     /// The spool after the source has stopped.
@@ -809,11 +831,20 @@ impl PgSource {
     }
 }
 
+fn replica_identity_of(code: u8) -> ReplicaIdentity {
+    match code {
+        b'n' => ReplicaIdentity::Nothing,
+        b'f' => ReplicaIdentity::Full,
+        b'i' => ReplicaIdentity::Index,
+        _ => ReplicaIdentity::Default,
+    }
+}
+
 fn row(rel: &RelInfo, tuple: &[ColumnData<'_>]) -> Result<Row> {
     let cols = &rel.relation.columns;
     if tuple.len() != cols.len() {
         return Err(Error::Protocol(format!(
-            "{} has {} columns but a row has {}",
+            "pgoutput: {} has {} columns but a row has {}",
             rel.relation.qualified_name(),
             cols.len(),
             tuple.len()
@@ -822,12 +853,13 @@ fn row(rel: &RelInfo, tuple: &[ColumnData<'_>]) -> Result<Row> {
     tuple
         .iter()
         .zip(cols)
-        .map(|(d, c)| match d {
+        .zip(&rel.parse)
+        .map(|((d, c), &parse)| match d {
             ColumnData::Null => Ok(Value::Null),
             ColumnData::Unchanged => Ok(Value::Unchanged),
-            ColumnData::Text(t) => Ok(types::from_text(c.type_id, &c.type_name, t)),
+            ColumnData::Text(t) => Ok(types::from_text(parse, &c.type_name, t)),
             ColumnData::Binary(_) => Err(Error::Protocol(
-                "binary column data, but binary mode was not requested".into(),
+                "pgoutput: binary column data, but binary mode was not requested".into(),
             )),
         })
         .collect()
@@ -838,4 +870,9 @@ fn old_row(rel: &RelInfo, old: &OldTuple<'_>) -> Result<OldRow> {
         OldTuple::Key(t) => OldRow::Key(row(rel, t)?),
         OldTuple::Old(t) => OldRow::Full(row(rel, t)?),
     })
+}
+
+/// Whether stderr is a terminal (progress bars) or a log collector (progress lines).
+pub fn stderr_is_terminal() -> bool {
+    std::io::stderr().is_terminal()
 }

@@ -3,14 +3,20 @@
 //! The replication session pins the output settings this parser relies on (`DateStyle=ISO`,
 //! `TimeZone=UTC`, `IntervalStyle=iso_8601`, `extra_float_digits=3`, `bytea_output=hex`), see
 //! [`SESSION_OPTIONS`]. A value that does not parse as its type expects is kept as
-//! [`Value::Other`] with the type name, never dropped; infinities of date and timestamp types are
-//! kept the same way, as the engine-neutral model has no infinite date.
+//! [`Value::Other`] with the type name, never dropped. The infinities of date, timestamp and
+//! timestamptz map to the extreme values PostgreSQL itself stores for them ([`DATE_INFINITY`],
+//! [`TIMESTAMP_INFINITY`] and their negations), so they stay typed and round-trip exactly.
 
 use ferry_proto::Value;
 
 /// Startup `options` that fix the text output of every type this module parses.
 pub const SESSION_OPTIONS: &str = "-c DateStyle=ISO,YMD -c TimeZone=UTC -c IntervalStyle=iso_8601 \
      -c extra_float_digits=3 -c bytea_output=hex";
+
+/// `date 'infinity'` (PostgreSQL's `DATEVAL_NOEND`); `-infinity` is `i32::MIN`.
+pub const DATE_INFINITY: i32 = i32::MAX;
+/// `timestamp 'infinity'` (PostgreSQL's `DT_NOEND`); `-infinity` is `i64::MIN`.
+pub const TIMESTAMP_INFINITY: i64 = i64::MAX;
 
 /// Well-known type OIDs.
 pub mod oid {
@@ -37,6 +43,10 @@ pub mod oid {
     pub const NUMERIC: u32 = 1700;
     pub const UUID: u32 = 2950;
     pub const JSONB: u32 = 3802;
+    pub const INET: u32 = 869;
+    pub const CIDR: u32 = 650;
+    pub const MACADDR: u32 = 829;
+    pub const MACADDR8: u32 = 774;
 }
 
 /// The element type of a built-in array type, if `array_oid` is one this module parses.
@@ -65,11 +75,10 @@ pub fn array_element(array_oid: u32) -> Option<u32> {
         1231 => oid::NUMERIC,
         2951 => oid::UUID,
         3807 => oid::JSONB,
-        // inet[], cidr[], macaddr[], macaddr8[]: elements kept as text with their type name.
-        1041 => 869,
-        651 => 650,
-        1040 => 829,
-        775 => 774,
+        1041 => oid::INET,
+        651 => oid::CIDR,
+        1040 => oid::MACADDR,
+        775 => oid::MACADDR8,
         _ => return None,
     })
 }
@@ -113,13 +122,29 @@ fn parse(type_oid: u32, s: &str) -> Option<Value> {
         }
         oid::TEXT | oid::VARCHAR | oid::BPCHAR | oid::NAME | oid::CHAR => Value::Text(s.to_owned()),
         oid::BYTEA => Value::Bytes(parse_bytea(s)?),
-        oid::DATE => Value::Date(parse_date(s)?),
+        oid::DATE => Value::Date(match s {
+            "infinity" => DATE_INFINITY,
+            "-infinity" => i32::MIN,
+            _ => parse_date(s)?,
+        }),
         oid::TIME => Value::Time(parse_time(s)?),
         oid::TIMETZ => {
             let (time, offset) = split_offset(s)?;
             Value::TimeTz {
                 micros: parse_time(time)?,
                 offset_secs: offset,
+            }
+        }
+        oid::TIMESTAMP | oid::TIMESTAMPTZ if s == "infinity" || s == "-infinity" => {
+            let v = if s == "infinity" {
+                TIMESTAMP_INFINITY
+            } else {
+                i64::MIN
+            };
+            if type_oid == oid::TIMESTAMP {
+                Value::Timestamp(v)
+            } else {
+                Value::TimestampTz(v)
             }
         }
         oid::TIMESTAMP => Value::Timestamp(timestamp_micros(s)?),
@@ -133,6 +158,17 @@ fn parse(type_oid: u32, s: &str) -> Option<Value> {
         oid::INTERVAL => parse_interval(s)?,
         oid::UUID => Value::Uuid(ferry_proto::position::parse_uuid(s)?),
         oid::JSON | oid::JSONB => Value::Json(s.to_owned()),
+        // Network addresses have no engine-neutral type: their text, named, also inside arrays.
+        oid::INET | oid::CIDR | oid::MACADDR | oid::MACADDR8 => Value::Other {
+            type_name: match type_oid {
+                oid::INET => "inet",
+                oid::CIDR => "cidr",
+                oid::MACADDR => "macaddr",
+                _ => "macaddr8",
+            }
+            .to_owned(),
+            text: s.to_owned(),
+        },
         other_oid => {
             let elem = array_element(other_oid)?;
             Value::Array(parse_array(s, elem)?)
@@ -429,13 +465,9 @@ mod tests {
         assert_eq!(v(oid::DATE, "1970-01-01"), Value::Date(0));
         assert_eq!(v(oid::DATE, "2000-03-01"), Value::Date(11_017));
         assert_eq!(v(oid::DATE, "0001-01-01 BC"), Value::Date(-719_528)); // year 0 (1 BC) is a leap year
-        assert_eq!(
-            v(oid::DATE, "infinity"),
-            Value::Other {
-                type_name: "t".into(),
-                text: "infinity".into()
-            }
-        );
+        assert_eq!(v(oid::DATE, "infinity"), Value::Date(DATE_INFINITY));
+        assert_eq!(v(oid::DATE, "-infinity"), Value::Date(i32::MIN));
+        assert_eq!(v(oid::TIMESTAMP, "infinity"), Value::Timestamp(i64::MAX));
         assert_eq!(v(oid::TIME, "24:00:00"), Value::Time(86_400_000_000));
         assert_eq!(v(oid::TIME, "01:02:03.5"), Value::Time(3_723_500_000));
         assert_eq!(
