@@ -191,6 +191,25 @@ impl ServerProcess {
         }
     }
 
+    /// Sends `sig` to the process.
+    pub fn signal(&self, sig: i32) {
+        send_signal(self.child.id(), sig);
+    }
+
+    /// Waits up to `timeout` for the process to exit; its status if it did.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Stops the server and waits for it, at most `grace` before SIGKILL.
     pub fn stop(&mut self, grace: Duration) {
         if let Ok(Some(_)) = self.child.try_wait() {
@@ -230,7 +249,7 @@ pub fn pid_alive(pid: u32) -> bool {
     }
 }
 
-fn tail(text: &str, lines: usize) -> String {
+pub fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }

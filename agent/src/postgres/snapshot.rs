@@ -140,7 +140,13 @@ pub async fn copy_all(
                 let _ = writeln!(err);
             }
         } else if !final_line {
-            tracing::info!(tables_done = done, tables = total, rows, rows_per_sec = rate, "initial snapshot: copying");
+            tracing::info!(
+                tables_done = done,
+                tables = total,
+                rows,
+                rows_per_sec = rate,
+                "initial snapshot: copying"
+            );
         }
     };
     loop {
@@ -223,7 +229,11 @@ async fn worker(
             .iter()
             .map(|c| quote_ident(&c.name))
             .collect();
-        let names: Vec<String> = relation.columns.iter().map(|c| c.type_name.clone()).collect();
+        let names: Vec<String> = relation
+            .columns
+            .iter()
+            .map(|c| c.type_name.clone())
+            .collect();
         send(&tx, vec![Event::Relation(relation)]).await?;
         let sql = if cols.is_empty() {
             // COPY needs a column; a table without columns still has rows.
@@ -271,14 +281,22 @@ async fn worker(
             })?;
             if batch.len() >= BATCH_ROWS || batch_bytes >= BATCH_BYTES {
                 rows += batch.len() as u64;
-                progress.rows.fetch_add(batch.len() as u64, Ordering::Relaxed);
-                send(&tx, std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS))).await?;
+                progress
+                    .rows
+                    .fetch_add(batch.len() as u64, Ordering::Relaxed);
+                send(
+                    &tx,
+                    std::mem::replace(&mut batch, Vec::with_capacity(BATCH_ROWS)),
+                )
+                .await?;
                 batch_bytes = 0;
             }
         }
         parser.finish()?;
         rows += batch.len() as u64;
-        progress.rows.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        progress
+            .rows
+            .fetch_add(batch.len() as u64, Ordering::Relaxed);
         send(&tx, batch).await?;
         progress.tables_done.fetch_add(1, Ordering::Relaxed);
         let secs = started.elapsed().as_secs_f64();
@@ -421,7 +439,9 @@ fn unescape(f: &[u8]) -> Result<Option<Vec<u8>>> {
             continue;
         }
         let Some(&c) = f.get(i + 1) else {
-            return Err(Error::Protocol("COPY field ends with a lone backslash".into()));
+            return Err(Error::Protocol(
+                "COPY field ends with a lone backslash".into(),
+            ));
         };
         i += 2;
         out.push(match c {

@@ -619,9 +619,7 @@ impl PgSource {
     async fn handle(&mut self, client: &Client, data: &[u8]) -> Result<()> {
         let msg = pgoutput::decode(data, self.in_stream.is_some())?;
         match msg {
-            PgMessage::Begin {
-                final_lsn, xid, ..
-            } => {
+            PgMessage::Begin { final_lsn, xid, .. } => {
                 if let Some(t) = self.txn.take() {
                     t.buf.discard();
                     return Err(Error::Protocol(format!(
@@ -785,7 +783,11 @@ impl PgSource {
             PgMessage::StreamAbort { xid, subxid } => {
                 if xid == subxid {
                     if let Some(buf) = self.streams.remove(&xid) {
-                        tracing::debug!(xid, events = buf.events(), "dropped an aborted streamed transaction");
+                        tracing::debug!(
+                            xid,
+                            events = buf.events(),
+                            "dropped an aborted streamed transaction"
+                        );
                         buf.discard();
                     }
                 } else if let Some(buf) = self.streams.get_mut(&xid) {

@@ -193,7 +193,11 @@ mod tests {
                 .collect();
             assert_eq!(collect(buf), want);
         }
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "spill files removed");
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "spill files removed"
+        );
     }
 
     #[test]
