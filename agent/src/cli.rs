@@ -32,10 +32,20 @@ pub struct ConfigArg {
     pub config: PathBuf,
 }
 
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// Stop cleanly once everything the source committed before this position is in the spool
+    /// (a PostgreSQL LSN such as `0/16B3748`), like `pg_recvlogical --endpos`.
+    #[arg(long, value_name = "LSN")]
+    pub until: Option<String>,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Replicate until SIGTERM or SIGINT, then stop cleanly.
-    Run(ConfigArg),
+    Run(RunArgs),
     /// Check every prerequisite of the source and sinks; exit non-zero on any failure.
     Check(ConfigArg),
     /// Show positions and lag per sink.

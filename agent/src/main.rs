@@ -39,7 +39,12 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
-            let config = Config::load(&args.config)?;
+            let config = Config::load(&args.config.config)?;
+            let until = args
+                .until
+                .as_deref()
+                .map(|s| s.parse::<ferry_proto::Lsn>())
+                .transpose()?;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
@@ -55,7 +60,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     tracing::warn!("second signal: exiting at once");
                     std::process::exit(130);
                 });
-                supervisor::run(config, stop_rx).await
+                supervisor::run(config, until, stop_rx).await
             })?;
             Ok(())
         }

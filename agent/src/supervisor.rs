@@ -27,11 +27,17 @@ pub fn pg_settings(config: &Config) -> Result<SourceSettings> {
         snapshot: src.snapshot == SnapshotMode::Initial,
         snapshot_workers: src.snapshot_workers(),
         txn_memory: src.txn_memory_bytes(),
+        until: None,
     })
 }
 
 /// Runs until `shutdown` turns true or a permanent error occurs.
-pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> {
+/// With `until`, stops cleanly once the source has spooled everything committed before it.
+pub async fn run(
+    config: Config,
+    until: Option<ferry_proto::Lsn>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<()> {
     if config.source.kind == SourceKind::Mysql {
         return Err(Error::Fatal(
             "the mysql source is not built yet; only type = \"postgres\" runs".into(),
@@ -44,7 +50,8 @@ pub async fn run(config: Config, shutdown: watch::Receiver<bool>) -> Result<()> 
             config.sinks.len()
         )));
     }
-    let settings = pg_settings(&config)?;
+    let mut settings = pg_settings(&config)?;
+    settings.until = until.map(|l| l.0);
     let opts = WriterOptions {
         segment_bytes: u64::from(config.spool.segment_mb.unwrap_or(64)) << 20,
     };

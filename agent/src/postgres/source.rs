@@ -49,6 +49,8 @@ pub struct SourceSettings {
     pub snapshot_workers: usize,
     /// Memory a transaction may hold before it spills to disk.
     pub txn_memory: usize,
+    /// Stop cleanly once everything committed before this LSN is durable in the spool.
+    pub until: Option<u64>,
 }
 
 /// Spool commit policy: fsync when this much is pending, or when the oldest pending byte is this old.
@@ -441,21 +443,32 @@ impl PgSource {
                 }
                 msg = repl.recv() => {
                     match msg? {
-                        ReplMessage::XLogData { data, wal_end, .. } => {
+                        ReplMessage::XLogData { data, wal_end, wal_start } => {
+                            tracing::trace!(wal_start = %Lsn(wal_start), wal_end = %Lsn(wal_end), kind = %data.first().map_or('?', |b| *b as char), "xlogdata");
                             self.stats.server_wal_end = self.stats.server_wal_end.max(wal_end);
                             self.handle(client, &data).await?;
                         }
                         ReplMessage::Keepalive { wal_end, reply_requested } => {
+                            tracing::trace!(wal_end = %Lsn(wal_end), reply_requested, "keepalive");
                             self.stats.server_wal_end = self.stats.server_wal_end.max(wal_end);
                             self.maybe_commit(true)?;
-                            if reply_requested {
+                            if reply_requested || self.reached_until()? {
                                 repl.send_status(self.durable_ack, self.durable_ack, false).await?;
                                 last_status_sent = self.durable_ack;
                             }
                         }
                     }
                 }
-                _ = group_timer.tick() => self.maybe_commit(true)?,
+                _ = group_timer.tick() => {
+                    self.maybe_commit(true)?;
+                    if self.reached_until()? {
+                        repl.send_status(self.durable_ack, self.durable_ack, false).await?;
+                        self.publish_stats();
+                        repl.close().await;
+                        tracing::info!(acknowledged = %Lsn(self.durable_ack), "source reached --until; stopped");
+                        return Ok(());
+                    }
+                }
                 _ = status_timer.tick() => {
                     self.follow_server()?;
                     if self.durable_ack != last_status_sent {
@@ -502,6 +515,18 @@ impl PgSource {
         self.pending_ack = end;
         self.resume_from = Some(end);
         self.commit_spool()
+    }
+
+    /// With `--until`: whether everything committed before it is durable in the spool.
+    fn reached_until(&mut self) -> Result<bool> {
+        let Some(until) = self.settings.until else {
+            return Ok(false);
+        };
+        if self.txn.is_none() && self.streams.is_empty() {
+            self.commit_spool()?;
+            self.follow_server()?;
+        }
+        Ok(self.durable_ack >= until)
     }
 
     fn publish_stats(&mut self) {
