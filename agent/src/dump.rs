@@ -8,9 +8,16 @@ use ferry_proto::Event;
 use ferry_spool::{Offset, SpoolReader, segment};
 use serde::Serialize;
 
+/// One output line. `position` and `xid` are the event's own, or for a row or relation event
+/// those of the transaction it belongs to, so `jq 'select(.xid == 742)'` finds a whole transaction.
 #[derive(Serialize)]
 struct Line<'a> {
     offset: u64,
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    xid: Option<u64>,
     event: &'a Event,
 }
 
@@ -32,16 +39,34 @@ pub fn dump(
     let oldest = segment::list(dir)?.first().copied().unwrap_or(0);
     let mut reader = SpoolReader::open(dir, Offset(from.unwrap_or(oldest)))?;
     let mut n = 0u64;
+    let mut txn: Option<(String, u64)> = None;
     loop {
         match reader.try_next()? {
             Some((offset, event)) => {
+                if let Event::Begin(b) = &event {
+                    txn = Some((b.position.to_string(), b.xid));
+                }
+                let (position, xid) = match (&event, &txn) {
+                    (Event::Heartbeat(h), _) => (Some(h.position.to_string()), None),
+                    (Event::Message(m), t) if !m.transactional || t.is_none() => {
+                        (Some(m.position.to_string()), None)
+                    }
+                    (_, Some((p, x))) => (Some(p.clone()), Some(*x)),
+                    (_, None) => (None, None),
+                };
                 serde_json::to_writer(
                     &mut *out,
                     &Line {
                         offset: offset.0,
+                        kind: event.kind(),
+                        position,
+                        xid,
                         event: &event,
                     },
                 )?;
+                if let Event::Commit(_) = &event {
+                    txn = None;
+                }
                 out.write_all(b"\n")?;
                 n += 1;
             }
@@ -86,6 +111,19 @@ mod tests {
             assert_eq!(line["event"], serde_json::to_value(ev).unwrap());
         }
         assert_eq!(lines[2]["event"]["Insert"]["relation"], 16384);
+        for (line, ev) in lines.iter().zip(&events) {
+            assert_eq!(line["kind"], ev.kind());
+        }
+        // A row event carries its transaction's position and xid.
+        let begin = events
+            .iter()
+            .position(|e| matches!(e, Event::Begin(_)))
+            .unwrap();
+        let Event::Begin(b) = &events[begin] else {
+            unreachable!()
+        };
+        assert_eq!(lines[begin + 1]["position"], b.position.to_string());
+        assert_eq!(lines[begin + 1]["xid"], b.xid);
 
         let mut out = Vec::new();
         let n = dump(dir.path(), Some(offsets[5]), false, &mut out, || true).unwrap();

@@ -491,10 +491,20 @@ mod tests {
                 (days_from_civil(-43, 3, 15).unwrap() * 86_400 + 12 * 3600) * 1_000_000
             )
         );
-        assert!(matches!(
+        assert_eq!(
             v(oid::TIMESTAMPTZ, "-infinity"),
-            Value::Other { .. }
-        ));
+            Value::TimestampTz(i64::MIN)
+        );
+        assert_eq!(
+            v(1041, "{10.0.0.1/8,NULL}"),
+            Value::Array(vec![
+                Value::Other {
+                    type_name: "inet".into(),
+                    text: "10.0.0.1/8".into()
+                },
+                Value::Null
+            ])
+        );
     }
 
     #[test]
