@@ -51,6 +51,21 @@ fn wait_for(dir: &Path, what: &str, timeout: Duration, done: impl Fn(&[Event]) -
     }
 }
 
+/// Waits for the message `pg_logical_emit_message(…, 'ferry-test', …)` the tests end with.
+fn wait_for_marker(dir: &Path, secs: u64) {
+    wait_for(dir, "the marker message", Duration::from_secs(secs), |e| {
+        e.iter()
+            .any(|e| matches!(e, Event::Message(m) if m.prefix == "ferry-test"))
+    });
+}
+
+/// Waits for the initial snapshot's transaction.
+fn wait_for_snapshot(dir: &Path, secs: u64) {
+    wait_for(dir, "the snapshot", Duration::from_secs(secs), |e| {
+        e.iter().any(|e| matches!(e, Event::Commit(_)))
+    });
+}
+
 /// The committed row events of the spool, per table, with the relation they belong to.
 #[derive(Debug, Default)]
 struct Model {
@@ -333,12 +348,7 @@ async fn every_type_replica_identity_and_toast_round_trip() {
     client.batch_execute(&types_insert(0)).await.unwrap();
     let config = FerryConfig::postgres(&pg.url("postgres"), "").unwrap();
     let ferry = config.start(0).unwrap();
-    wait_for(
-        &config.spool_dir(),
-        "the snapshot",
-        Duration::from_secs(60),
-        |e| e.iter().any(|e| matches!(e, Event::Commit(_))),
-    );
+    wait_for_snapshot(&config.spool_dir(), 60);
     client.batch_execute(&types_insert(10)).await.unwrap();
     client
         .batch_execute(&format!(
@@ -351,20 +361,18 @@ async fn every_type_replica_identity_and_toast_round_trip() {
              UPDATE ri_index SET code = 'c3' WHERE id = 2; DELETE FROM ri_index WHERE id = 1;
              INSERT INTO toast VALUES (1, '{}', 1);
              UPDATE toast SET small = 2 WHERE id = 1;
+             CREATE TABLE late (id int PRIMARY KEY, v text);
+             INSERT INTO late VALUES (1, 'created after the start');
+             ALTER TABLE ri_default ADD COLUMN extra int;
+             INSERT INTO ri_default VALUES (4, 'd', 44);
+             ALTER TABLE ri_default DROP COLUMN extra;
+             INSERT INTO ri_default VALUES (5, 'e');
              SELECT pg_logical_emit_message(true, 'ferry-test', 'done');",
             "x".repeat(100_000)
         ))
         .await
         .unwrap();
-    wait_for(
-        &config.spool_dir(),
-        "the message",
-        Duration::from_secs(60),
-        |e| {
-            e.iter()
-                .any(|e| matches!(e, Event::Message(m) if m.prefix == "ferry-test"))
-        },
-    );
+    wait_for_marker(&config.spool_dir(), 60);
     ferry.stop().unwrap();
     let evs = events(&config.spool_dir());
     let model = Model::build(&evs);
@@ -453,10 +461,30 @@ async fn every_type_replica_identity_and_toast_round_trip() {
             &OldRow::Key(vec![Value::Null, Value::Text("c1".into()), Value::Null])
         ]
     );
+    // A table created after the start (FOR ALL TABLES publication), and a column added and
+    // dropped: each schema reaches the spool before the rows that have it.
     assert_eq!(
-        model.id_text("public.ri_default"),
-        BTreeMap::from([(3, "b".to_string())])
+        model.id_text("public.late"),
+        BTreeMap::from([(1, "created after the start".to_string())])
     );
+    let ri_default_shapes: Vec<usize> = evs
+        .iter()
+        .filter_map(|e| match e {
+            Event::Relation(r) if r.name == "ri_default" => Some(r.columns.len()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ri_default_shapes, [2, 3, 2]);
+    let ri_rows: Vec<usize> = evs
+        .iter()
+        .filter_map(|e| match e {
+            Event::Insert(i) if model.relations[&i.relation].name == "ri_default" => {
+                Some(i.new.len())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(ri_rows, [2, 2, 3, 2]);
 
     // An unchanged TOAST value is marked unchanged, never a placeholder.
     let toast_updates: Vec<&Row> = evs
@@ -520,12 +548,7 @@ async fn snapshot_meets_the_stream_with_concurrent_writes() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     let config = FerryConfig::postgres(&pg.url("postgres"), "snapshot_workers = 2").unwrap();
     let ferry = config.start(0).unwrap();
-    wait_for(
-        &config.spool_dir(),
-        "the snapshot",
-        Duration::from_secs(120),
-        |e| e.iter().any(|e| matches!(e, Event::Commit(_))),
-    );
+    wait_for_snapshot(&config.spool_dir(), 120);
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let writes = writer.await.unwrap();
@@ -537,15 +560,7 @@ async fn snapshot_meets_the_stream_with_concurrent_writes() {
         .batch_execute("SELECT pg_logical_emit_message(true, 'ferry-test', 'done')")
         .await
         .unwrap();
-    wait_for(
-        &config.spool_dir(),
-        "the marker",
-        Duration::from_secs(60),
-        |e| {
-            e.iter()
-                .any(|e| matches!(e, Event::Message(m) if m.prefix == "ferry-test"))
-        },
-    );
+    wait_for_marker(&config.spool_dir(), 60);
     ferry.stop().unwrap();
     let model = Model::build(&events(&config.spool_dir()));
     assert_eq!(
@@ -571,12 +586,7 @@ async fn streamed_transactions_commit_whole_in_order_and_aborted_ones_vanish() {
         .unwrap();
     let config = FerryConfig::postgres(&pg.url("postgres"), "txn_memory_mb = 1").unwrap();
     let ferry = config.start(0).unwrap();
-    wait_for(
-        &config.spool_dir(),
-        "the (empty) snapshot",
-        Duration::from_secs(60),
-        |e| e.iter().any(|e| matches!(e, Event::Commit(_))),
-    );
+    wait_for_snapshot(&config.spool_dir(), 60);
     let other = connect(&pg).await;
     // A large transaction, streamed while in progress, with a rolled-back savepoint in the
     // middle; a small transaction commits while it is open; then a large one aborts.
@@ -608,15 +618,7 @@ async fn streamed_transactions_commit_whole_in_order_and_aborted_ones_vanish() {
         )
         .await
         .unwrap();
-    wait_for(
-        &config.spool_dir(),
-        "the marker",
-        Duration::from_secs(60),
-        |e| {
-            e.iter()
-                .any(|e| matches!(e, Event::Message(m) if m.prefix == "ferry-test"))
-        },
-    );
+    wait_for_marker(&config.spool_dir(), 60);
     ferry.stop().unwrap();
     let evs = events(&config.spool_dir());
     let model = Model::build(&evs);
@@ -701,15 +703,7 @@ async fn sigkill_at_random_points_keeps_every_change_exactly_once_in_order() {
         .await
         .unwrap();
     let ferry = config.start(99).unwrap();
-    wait_for(
-        &config.spool_dir(),
-        "the marker",
-        Duration::from_secs(120),
-        |e| {
-            e.iter()
-                .any(|e| matches!(e, Event::Message(m) if m.prefix == "ferry-test"))
-        },
-    );
+    wait_for_marker(&config.spool_dir(), 120);
     ferry.stop().unwrap();
     let evs = events(&config.spool_dir());
     let model = Model::build(&evs);
@@ -728,26 +722,21 @@ async fn sigkill_at_random_points_keeps_every_change_exactly_once_in_order() {
         .find(|r| r.name == "counter")
         .unwrap()
         .id;
-    let seen: Vec<i32> = evs
-        .iter()
-        .filter_map(|e| match e {
-            Event::Update(u) if u.relation == counter_id => match &u.new[1] {
-                Value::Text(t) => Some(t.parse().unwrap()),
-                _ => None,
-            },
+    // The counter's value in an insert (the snapshot) or an update (the stream) of its row.
+    let counter = |e: &Event| -> Option<(bool, i32)> {
+        let (insert, row) = match e {
+            Event::Insert(i) if i.relation == counter_id => (true, &i.new),
+            Event::Update(u) if u.relation == counter_id => (false, &u.new),
+            _ => return None,
+        };
+        match &row[1] {
+            Value::Text(t) => Some((insert, t.parse().unwrap())),
             _ => None,
-        })
-        .collect();
-    let snapshot_value: i32 = evs
-        .iter()
-        .find_map(|e| match e {
-            Event::Insert(i) if i.relation == counter_id => match &i.new[1] {
-                Value::Text(t) => Some(t.parse().unwrap()),
-                _ => None,
-            },
-            _ => None,
-        })
-        .unwrap();
+        }
+    };
+    let values: Vec<(bool, i32)> = evs.iter().filter_map(counter).collect();
+    let snapshot_value = values.iter().find(|(insert, _)| *insert).unwrap().1;
+    let seen: Vec<i32> = values.iter().filter(|(i, _)| !i).map(|(_, v)| *v).collect();
     let want: Vec<i32> = (snapshot_value + 1..=writes).collect();
     assert_eq!(seen, want, "counter updates in the spool");
 }
@@ -762,12 +751,7 @@ async fn a_lost_slot_or_an_advanced_slot_is_a_gap_not_a_silent_restart() {
         .unwrap();
     let config = FerryConfig::postgres(&pg.url("postgres"), "").unwrap();
     let ferry = config.start(0).unwrap();
-    wait_for(
-        &config.spool_dir(),
-        "the snapshot",
-        Duration::from_secs(60),
-        |e| e.iter().any(|e| matches!(e, Event::Commit(_))),
-    );
+    wait_for_snapshot(&config.spool_dir(), 60);
     ferry.stop().unwrap();
 
     // Another consumer advances the slot past what the spool holds.
@@ -779,26 +763,24 @@ async fn a_lost_slot_or_an_advanced_slot_is_a_gap_not_a_silent_restart() {
         .query("SELECT * FROM pg_logical_slot_get_binary_changes('ferry', NULL, NULL, 'proto_version', '1', 'publication_names', 'ferry')", &[])
         .await
         .unwrap();
-    let (code, log) = config
-        .start(1)
-        .unwrap()
-        .wait_exit(Duration::from_secs(30))
-        .unwrap();
-    assert_eq!(code, 1, "{log}");
-    assert!(log.contains("another consumer advanced the slot"), "{log}");
+    let fails_with = |n: usize, needle: &str| {
+        let (code, log) = config
+            .start(n)
+            .unwrap()
+            .wait_exit(Duration::from_secs(30))
+            .unwrap();
+        assert_eq!(code, 1, "{log}");
+        assert!(log.contains(needle), "{needle:?} not in: {log}");
+        log
+    };
+    fails_with(1, "another consumer advanced the slot");
 
     // The slot is dropped.
     client
         .batch_execute("SELECT pg_drop_replication_slot('ferry')")
         .await
         .unwrap();
-    let (code, log) = config
-        .start(2)
-        .unwrap()
-        .wait_exit(Duration::from_secs(30))
-        .unwrap();
-    assert_eq!(code, 1, "{log}");
-    assert!(log.contains("does not exist"), "{log}");
+    let log = fails_with(2, "does not exist");
     assert!(
         log.contains("snapshot = \\\"initial\\\"") || log.contains("snapshot = \"initial\""),
         "{log}"

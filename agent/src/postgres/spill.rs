@@ -145,9 +145,10 @@ impl TxnBuffer {
     }
 }
 
-/// Memory an event takes in the buffer, roughly.
+/// Memory an event takes in the buffer: the value enums themselves plus what they point to.
 fn event_size(event: &Event) -> usize {
-    let row = |r: &ferry_proto::Row| r.iter().map(|v| v.approx_size() + 16).sum::<usize>();
+    let value = std::mem::size_of::<ferry_proto::Value>();
+    let row = |r: &ferry_proto::Row| r.iter().map(|v| v.approx_size() + value).sum::<usize>();
     64 + match event {
         Event::Insert(e) => row(&e.new),
         Event::Update(e) => row(&e.new) + e.old.as_ref().map_or(0, |o| row(o.row())),
