@@ -32,6 +32,8 @@ pub struct Postgres {
     process: ServerProcess,
     port: u16,
     bin: PathBuf,
+    opts: PostgresOptions,
+    run_as: RunAs,
     // Dropped last: the server must be gone before its directory is removed.
     dir: TempDir,
 }
@@ -79,50 +81,14 @@ impl Postgres {
         // The free port may be taken between choosing and binding it: try a few.
         for _ in 0..3 {
             let port = process::free_port();
-            let mut cmd = Command::new(bin.join("postgres"));
-            cmd.arg("-D")
-                .arg(&data)
-                .arg("-p")
-                .arg(port.to_string())
-                .arg("-k")
-                .arg(dir.path());
-            let mut settings: Vec<(String, String)> = [
-                ("listen_addresses", "127.0.0.1"),
-                ("wal_level", "logical"),
-                ("max_replication_slots", "32"),
-                ("max_wal_senders", "32"),
-                ("max_connections", "100"),
-                ("fsync", "off"),
-                ("shared_buffers", "64MB"),
-                ("logging_collector", "off"),
-                ("log_min_messages", "warning"),
-            ]
-            .into_iter()
-            .map(|(k, v)| (k.to_owned(), v.to_owned()))
-            .collect();
-            settings.extend(opts.settings.iter().cloned());
-            for (k, v) in &settings {
-                cmd.arg("-c").arg(format!("{k}={v}"));
-            }
-            run_as.apply(&mut cmd);
-            let log = dir.path().join("postgres.log");
-            run_as.own(dir.path())?;
-            // SIGINT is PostgreSQL's fast shutdown: roll back, checkpoint, exit.
-            let mut process = ServerProcess::spawn("postgres", cmd, log, libc::SIGINT)?;
-            let isready = bin.join("pg_isready");
-            let ready = process.wait_until(Duration::from_secs(60), || {
-                Command::new(&isready)
-                    .args(["-q", "-h", "127.0.0.1", "-U", "postgres", "-p"])
-                    .arg(port.to_string())
-                    .status()
-                    .is_ok_and(|s| s.success())
-            });
-            match ready {
-                Ok(()) => {
+            match spawn_server(&bin, dir.path(), port, &opts, run_as) {
+                Ok(process) => {
                     return Ok(Postgres {
                         process,
                         port,
                         bin,
+                        opts,
+                        run_as,
                         dir,
                     });
                 }
@@ -130,6 +96,20 @@ impl Postgres {
             }
         }
         Err(last_err)
+    }
+
+    /// Stops the server (fast shutdown: connections are cut, as in a crash of the network or a
+    /// restart by an operator) and starts it again on the same port with the same data.
+    pub fn restart(&mut self) -> Result<()> {
+        self.process.stop(Duration::from_secs(30));
+        self.process = spawn_server(
+            &self.bin,
+            self.dir.path(),
+            self.port,
+            &self.opts,
+            self.run_as,
+        )?;
+        Ok(())
     }
 
     pub fn port(&self) -> u16 {
@@ -188,4 +168,54 @@ impl Postgres {
     pub fn log_text(&self) -> String {
         self.process.log_text()
     }
+}
+
+/// Starts `postgres` on `dir/data` and waits until it accepts connections.
+fn spawn_server(
+    bin: &Path,
+    dir: &Path,
+    port: u16,
+    opts: &PostgresOptions,
+    run_as: RunAs,
+) -> Result<ServerProcess> {
+    let data = dir.join("data");
+    let mut cmd = Command::new(bin.join("postgres"));
+    cmd.arg("-D")
+        .arg(&data)
+        .arg("-p")
+        .arg(port.to_string())
+        .arg("-k")
+        .arg(dir);
+    let mut settings: Vec<(String, String)> = [
+        ("listen_addresses", "127.0.0.1"),
+        ("wal_level", "logical"),
+        ("max_replication_slots", "32"),
+        ("max_wal_senders", "32"),
+        ("max_connections", "100"),
+        ("fsync", "off"),
+        ("shared_buffers", "64MB"),
+        ("logging_collector", "off"),
+        ("log_min_messages", "warning"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    settings.extend(opts.settings.iter().cloned());
+    for (k, v) in &settings {
+        cmd.arg("-c").arg(format!("{k}={v}"));
+    }
+    run_as.apply(&mut cmd);
+    let log = dir.join("postgres.log");
+    run_as.own(dir)?;
+    // SIGINT is PostgreSQL's fast shutdown: roll back, checkpoint, exit.
+    let mut process = ServerProcess::spawn("postgres", cmd, log, libc::SIGINT)?;
+    let isready = bin.join("pg_isready");
+    process.wait_until(Duration::from_secs(60), || {
+        Command::new(&isready)
+            .args(["-q", "-h", "127.0.0.1", "-U", "postgres", "-p"])
+            .arg(port.to_string())
+            .status()
+            .is_ok_and(|s| s.success())
+    })?;
+    Ok(process)
 }

@@ -792,3 +792,79 @@ async fn a_lost_slot_or_an_advanced_slot_is_a_gap_not_a_silent_restart() {
         BTreeMap::from([(1, "a".to_string())])
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reconnects_after_a_killed_walsender_and_a_server_restart_without_loss() {
+    let mut pg = Postgres::start_with(PostgresOptions {
+        settings: vec![("logical_decoding_work_mem".into(), "64kB".into())],
+    })
+    .unwrap();
+    let client = connect(&pg).await;
+    client
+        .batch_execute("CREATE TABLE log (id int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let config = FerryConfig::postgres(&pg.url("postgres"), "").unwrap();
+    let mut ferry = config.start(0).unwrap();
+    wait_for_snapshot(&config.spool_dir(), 60);
+    // Transactions, some streamed, while the walsender is terminated every 200 ms.
+    let killer = {
+        let client = connect(&pg).await;
+        tokio::spawn(async move {
+            let mut kills = 0;
+            for _ in 0..10 {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let n = client
+                    .execute(
+                        "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots
+                         WHERE slot_name = 'ferry' AND active_pid IS NOT NULL",
+                        &[],
+                    )
+                    .await
+                    .unwrap();
+                kills += n;
+            }
+            kills
+        })
+    };
+    for i in 0..300 {
+        let rows = if i % 30 == 0 { 3000 } else { 1 };
+        let first = i * 10_000;
+        client
+            .batch_execute(&format!(
+                "INSERT INTO log SELECT g, 'a{i}' FROM generate_series({first}, {}) g",
+                first + rows - 1
+            ))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let kills = killer.await.unwrap();
+    assert!(kills >= 3, "the walsender was terminated {kills} times");
+    ferry.check_alive().unwrap();
+
+    // The server restarts under ferry's feet.
+    drop(client);
+    pg.restart().unwrap();
+    let client = connect(&pg).await;
+    client
+        .batch_execute(
+            "INSERT INTO log SELECT g, 'after restart' FROM generate_series(5000000, 5000999) g;
+             SELECT pg_logical_emit_message(true, 'ferry-test', 'done');",
+        )
+        .await
+        .unwrap();
+    wait_for_marker(&config.spool_dir(), 120);
+    ferry.check_alive().unwrap();
+    let log = ferry.log_text();
+    assert!(
+        log.contains("reconnecting"),
+        "no reconnect in the log:\n{log}"
+    );
+    ferry.stop().unwrap();
+    let model = Model::build(&events(&config.spool_dir()));
+    assert_eq!(
+        model.id_text("public.log"),
+        source_id_text(&client, "log").await
+    );
+}

@@ -154,6 +154,60 @@ pub fn spool_tail(dir: &Path) -> Result<SpoolTail> {
     Ok(tail)
 }
 
+/// Which source a spool belongs to: a spool holds one source's positions, and positions of
+/// another cluster (or of another slot) mean nothing in it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct SourceIdentity {
+    /// `IDENTIFY_SYSTEM`'s system identifier: the same on a primary and its physical standbys,
+    /// so a failover keeps it.
+    pub system_id: String,
+    pub database: String,
+    pub slot: String,
+}
+
+const IDENTITY_FILE: &str = "source.json";
+
+/// Records the source's identity in a new spool, or checks that it matches the recorded one.
+pub fn check_identity(dir: &Path, id: &SourceIdentity) -> Result<()> {
+    let path = dir.join(IDENTITY_FILE);
+    match fs::read(&path) {
+        Ok(bytes) => {
+            let recorded: SourceIdentity = serde_json::from_slice(&bytes).map_err(|e| {
+                Error::Config(format!(
+                    "{} is not a ferry source identity: {e}",
+                    path.display()
+                ))
+            })?;
+            if recorded != *id {
+                return Err(Error::Config(format!(
+                    "the spool in {} was written from PostgreSQL system {} database {:?} slot {:?}, \
+                     but the source is system {} database {:?} slot {:?}: give this source its own \
+                     spool directory (or, to start over, empty this one)",
+                    dir.display(),
+                    recorded.system_id,
+                    recorded.database,
+                    recorded.slot,
+                    id.system_id,
+                    id.database,
+                    id.slot
+                )));
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
+            let text = serde_json::to_vec_pretty(id)
+                .map_err(|e| Error::Fatal(format!("encode source identity: {e}")))?;
+            fs::write(&tmp, text)
+                .and_then(|_| fs::File::open(&tmp)?.sync_all())
+                .and_then(|_| fs::rename(&tmp, &path))
+                .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
+            Ok(())
+        }
+        Err(e) => Err(Error::io(format!("read {}", path.display()), e)),
+    }
+}
+
 /// The replication stream's state for one run of the source.
 pub struct PgSource {
     settings: SourceSettings,
@@ -320,6 +374,19 @@ impl PgSource {
         )
         .await?;
         let mut repl = ReplicationConn::connect(&self.settings.params).await?;
+        let system = repl.simple_query("IDENTIFY_SYSTEM").await?;
+        let system_id = system
+            .first()
+            .and_then(|r| r.first().cloned().flatten())
+            .ok_or_else(|| Error::Protocol("IDENTIFY_SYSTEM returned no system id".into()))?;
+        check_identity(
+            self.spool.dir(),
+            &SourceIdentity {
+                system_id,
+                database: self.settings.params.dbname.clone(),
+                slot: self.settings.slot.clone(),
+            },
+        )?;
         let slot_name = &self.settings.slot;
         let mut state = slot::inspect_slot(client, slot_name, &self.settings.params.dbname).await?;
         if state.is_some() && self.settings.snapshot && self.resume_from.is_none() {
@@ -902,4 +969,77 @@ fn old_row(rel: &RelInfo, old: &OldTuple<'_>) -> Result<OldRow> {
 /// Whether stderr is a terminal (progress bars) or a log collector (progress lines).
 pub fn stderr_is_terminal() -> bool {
     std::io::stderr().is_terminal()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_spool_remembers_its_source() {
+        let dir = tempfile::tempdir().unwrap();
+        let id = SourceIdentity {
+            system_id: "7301".into(),
+            database: "app".into(),
+            slot: "ferry".into(),
+        };
+        check_identity(dir.path(), &id).unwrap();
+        check_identity(dir.path(), &id).unwrap();
+        for other in [
+            SourceIdentity {
+                system_id: "9999".into(),
+                ..id.clone()
+            },
+            SourceIdentity {
+                slot: "other".into(),
+                ..id.clone()
+            },
+        ] {
+            let e = check_identity(dir.path(), &other).unwrap_err().to_string();
+            assert!(e.contains("its own spool directory"), "{e}");
+        }
+    }
+
+    #[test]
+    fn spool_tail_finds_the_resume_position_and_a_cut_transaction() {
+        use ferry_proto::samples;
+        use ferry_spool::WriterOptions;
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _) = SpoolWriter::open(dir.path(), WriterOptions::default()).unwrap();
+        assert_eq!(spool_tail(dir.path()).unwrap(), SpoolTail::default());
+        let pos = |l| Position::Postgres(Lsn(l));
+        let begin = |l| {
+            Event::Begin(Begin {
+                position: pos(l),
+                xid: 1,
+                commit_time: 0,
+            })
+        };
+        let commit = |l| {
+            Event::Commit(Commit {
+                position: pos(l),
+                xid: 1,
+                commit_time: 0,
+            })
+        };
+        w.append(&Event::Relation(samples::relation(1))).unwrap();
+        w.append(&begin(100)).unwrap();
+        w.append(&samples::insert(1, 1, 10)).unwrap();
+        w.append(&commit(100)).unwrap();
+        w.commit().unwrap();
+        let tail = spool_tail(dir.path()).unwrap();
+        assert_eq!(tail.resume_from, Some(101));
+        assert_eq!(tail.incomplete_from, None);
+        w.append(&Event::Heartbeat(Heartbeat {
+            position: pos(500),
+            time: 0,
+        }))
+        .unwrap();
+        let cut = w.append(&begin(600)).unwrap();
+        w.append(&samples::insert(1, 2, 10)).unwrap();
+        w.commit().unwrap();
+        let tail = spool_tail(dir.path()).unwrap();
+        assert_eq!(tail.resume_from, Some(500));
+        assert_eq!(tail.incomplete_from, Some(cut));
+    }
 }
