@@ -75,6 +75,9 @@ pub struct SourceStats {
     pub last_commit_time: Option<i64>,
     /// Transactions that spilled to disk before committing.
     pub spilled: u64,
+    /// Transactions the server streamed while in progress (larger than its
+    /// `logical_decoding_work_mem`).
+    pub streamed: u64,
 }
 
 impl SourceStats {
@@ -505,7 +508,7 @@ impl PgSource {
                     repl.send_status(self.durable_ack, self.durable_ack, false).await?;
                     self.publish_stats();
                     repl.close().await;
-                    tracing::info!(acknowledged = %Lsn(self.durable_ack), "source stopped");
+                    self.log_totals("source stopped");
                     return Ok(());
                 }
                 msg = repl.recv() => {
@@ -532,7 +535,7 @@ impl PgSource {
                         repl.send_status(self.durable_ack, self.durable_ack, false).await?;
                         self.publish_stats();
                         repl.close().await;
-                        tracing::info!(acknowledged = %Lsn(self.durable_ack), "source reached --until; stopped");
+                        self.log_totals("source reached --until; stopped");
                         return Ok(());
                     }
                 }
@@ -594,6 +597,17 @@ impl PgSource {
             self.follow_server()?;
         }
         Ok(self.durable_ack >= until)
+    }
+
+    fn log_totals(&self, what: &str) {
+        tracing::info!(
+            acknowledged = %Lsn(self.durable_ack),
+            transactions = self.stats.transactions,
+            rows = self.stats.rows,
+            streamed_transactions = self.stats.streamed,
+            spilled_transactions = self.stats.spilled,
+            "{what}"
+        );
     }
 
     fn publish_stats(&mut self) {
@@ -899,6 +913,7 @@ impl PgSource {
                 if self.already_spooled(commit_lsn) {
                     buf.discard();
                 } else {
+                    self.stats.streamed += 1;
                     self.write_transaction(xid, commit_lsn, commit_time, buf)?;
                 }
             }
