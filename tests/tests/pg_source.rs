@@ -868,3 +868,70 @@ async fn reconnects_after_a_killed_walsender_and_a_server_restart_without_loss()
         source_id_text(&client, "log").await
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_interrupted_snapshot_starts_over_and_copies_each_row_once() {
+    let pg = Postgres::start().unwrap();
+    let client = connect(&pg).await;
+    client
+        .batch_execute(
+            "CREATE TABLE wide (id int PRIMARY KEY, v text);
+             INSERT INTO wide SELECT g, repeat('v', 100) || g FROM generate_series(1, 1000000) g;",
+        )
+        .await
+        .unwrap();
+    let config = FerryConfig::postgres(&pg.url("postgres"), "snapshot_workers = 1").unwrap();
+    let ferry = config.start(0).unwrap();
+    // SIGTERM once part of the copy is durable in the spool (watching the files' size, which is
+    // cheap enough to catch the copy in its first second), before its Commit.
+    let spool_bytes = |dir: &Path| -> u64 {
+        std::fs::read_dir(dir)
+            .map(|d| {
+                d.flatten()
+                    .filter_map(|e| e.metadata().ok())
+                    .filter(|m| m.is_file())
+                    .map(|m| m.len())
+                    .sum()
+            })
+            .unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while spool_bytes(&config.spool_dir()) < 8 << 20 {
+        assert!(Instant::now() < deadline, "the copy did not start");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let stopped = Instant::now();
+    ferry.stop().unwrap();
+    assert!(
+        stopped.elapsed() < Duration::from_secs(20),
+        "stop waited for the copy"
+    );
+    let partial = events(&config.spool_dir());
+    assert!(partial.iter().any(|e| matches!(e, Event::Insert(_))));
+    assert!(
+        !partial.iter().any(|e| matches!(e, Event::Commit(_))),
+        "the copy finished before the test could interrupt it; make the table larger"
+    );
+
+    client
+        .batch_execute("UPDATE wide SET v = 'changed' WHERE id = 1")
+        .await
+        .unwrap();
+    let ferry = config.start(1).unwrap();
+    // The slot is recreated for the new copy: changes before that are in the copy.
+    wait_for_snapshot(&config.spool_dir(), 120);
+    client
+        .batch_execute("SELECT pg_logical_emit_message(true, 'ferry-test', 'done')")
+        .await
+        .unwrap();
+    wait_for_marker(&config.spool_dir(), 120);
+    ferry.stop().unwrap();
+    let evs = events(&config.spool_dir());
+    let model = Model::build(&evs);
+    assert_eq!(
+        model.id_text("public.wide"),
+        source_id_text(&client, "wide").await
+    );
+    let begins = evs.iter().filter(|e| matches!(e, Event::Begin(_))).count();
+    assert_eq!(begins, 2, "one snapshot and the marker's transaction");
+}

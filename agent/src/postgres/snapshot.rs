@@ -25,7 +25,7 @@ use ferry_proto::{
 };
 use ferry_spool::SpoolWriter;
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_postgres::Client;
 
 use super::catalog::TypeCatalog;
@@ -55,12 +55,15 @@ struct Progress {
 }
 
 /// Copies every published table that passes the filter into the spool, as one transaction.
+/// Returns false if `shutdown` came first: the copy is then left incomplete (its transaction has
+/// no Commit), to be cut and started over at the next start.
 pub async fn copy_all(
     settings: &SourceSettings,
     snapshot_name: &str,
     consistent_point: u64,
     spool: &mut SpoolWriter,
-) -> Result<()> {
+    shutdown: &mut watch::Receiver<bool>,
+) -> Result<bool> {
     if snapshot_name.is_empty() {
         return Err(Error::Protocol("the slot exported no snapshot".into()));
     }
@@ -163,6 +166,14 @@ pub async fn copy_all(
                 None => break,
             },
             _ = tick.tick() => report(false),
+            _ = shutdown.wait_for(|s| *s) => {
+                tasks.abort_all();
+                if terminal {
+                    eprintln!();
+                }
+                tracing::warn!("initial snapshot interrupted by shutdown; it starts over at the next start");
+                return Ok(false);
+            }
         }
     }
     while let Some(res) = tasks.join_next().await {
@@ -184,7 +195,7 @@ pub async fn copy_all(
         rows_per_sec = (rows as f64 / secs.max(1e-3)) as u64,
         "initial snapshot: complete"
     );
-    Ok(())
+    Ok(true)
 }
 
 /// A connection inside a transaction that sees the exported snapshot.

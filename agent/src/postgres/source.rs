@@ -341,7 +341,12 @@ impl PgSource {
 
     /// Checks the server, sets up publication and slot (and the snapshot for a new slot), and
     /// returns the replication connection ready to start streaming.
-    async fn prepare(&mut self, client: &Client) -> Result<(ReplicationConn, i32)> {
+    /// `None` when shutdown interrupted the initial snapshot.
+    async fn prepare(
+        &mut self,
+        client: &Client,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Option<(ReplicationConn, i32)>> {
         let version: i32 = client
             .query_one("SELECT current_setting('server_version_num')::int", &[])
             .await?
@@ -418,13 +423,18 @@ impl PgSource {
                     slot::create_slot(&mut repl, slot_name, self.settings.snapshot, version)
                         .await?;
                 if self.settings.snapshot {
-                    super::snapshot::copy_all(
+                    let done = super::snapshot::copy_all(
                         &self.settings,
                         created.snapshot_name.as_deref().unwrap_or_default(),
                         created.consistent_point,
                         &mut self.spool,
+                        shutdown,
                     )
                     .await?;
+                    if !done {
+                        repl.close().await;
+                        return Ok(None);
+                    }
                 }
                 // Nothing committed before the consistent point is decoded.
                 self.resume_from = Some(created.consistent_point);
@@ -466,7 +476,7 @@ impl PgSource {
                 }
             }
         }
-        Ok((repl, version))
+        Ok(Some((repl, version)))
     }
 
     async fn stream(
@@ -474,7 +484,9 @@ impl PgSource {
         client: &Client,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<()> {
-        let (mut repl, version) = self.prepare(client).await?;
+        let Some((mut repl, version)) = self.prepare(client, shutdown).await? else {
+            return Ok(());
+        };
         let start = self.durable_ack;
         let streaming = version >= 140_000;
         let publication = slot::quote_literal(&slot::quote_ident(&self.settings.publication));
