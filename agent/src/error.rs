@@ -49,6 +49,10 @@ pub enum Error {
     Decode(#[from] DecodeError),
     #[error(transparent)]
     Spool(#[from] ferry_spool::SpoolError),
+    /// TLS could not be set up as `sslmode` demands (certificate not trusted, server without
+    /// TLS): not transient.
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("authentication: {0}")]
     Auth(String),
     #[error("{0}")]

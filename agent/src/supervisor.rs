@@ -19,7 +19,6 @@ pub fn pg_settings(config: &Config) -> Result<SourceSettings> {
     )
     .map_err(|e| Error::Config(format!("source.tables: {e}")))?;
     Ok(SourceSettings {
-        url: src.url.expose().to_owned(),
         params: ConnParams::parse(src.url.expose())?,
         slot: src.slot().to_owned(),
         publication: src.publication().to_owned(),

@@ -8,6 +8,7 @@ pub mod slot;
 pub mod snapshot;
 pub mod source;
 pub mod spill;
+pub mod tls;
 pub mod types;
 
 pub use source::{PgSource, SourceSettings};

@@ -17,6 +17,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::pgoutput::PG_EPOCH_OFFSET_MICROS;
+use super::tls::{PgStream, Tls};
 use super::types::SESSION_OPTIONS;
 use crate::error::{DbError, Error, Result};
 
@@ -29,6 +30,9 @@ pub struct ConnParams {
     pub password: Option<Vec<u8>>,
     pub dbname: String,
     pub application_name: String,
+    /// For ordinary (tokio-postgres) connections, without the TLS parameters it does not know.
+    pub pg_config: tokio_postgres::Config,
+    pub tls: Tls,
 }
 
 impl std::fmt::Debug for ConnParams {
@@ -39,6 +43,7 @@ impl std::fmt::Debug for ConnParams {
             .field("user", &self.user)
             .field("password", &self.password.as_ref().map(|_| "***"))
             .field("dbname", &self.dbname)
+            .field("sslmode", &self.tls.mode)
             .finish()
     }
 }
@@ -46,9 +51,7 @@ impl std::fmt::Debug for ConnParams {
 impl ConnParams {
     /// Parses a `postgres://` URL or a `key=value` connection string, as libpq does.
     pub fn parse(url: &str) -> Result<ConnParams> {
-        let cfg: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| Error::Config(format!("source url: {e}")))?;
+        let (cfg, tls) = super::tls::parse_url(url)?;
         let host = match cfg.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
             Some(tokio_postgres::config::Host::Unix(p)) => {
@@ -73,6 +76,8 @@ impl ConnParams {
             user,
             password: cfg.get_password().map(<[u8]>::to_vec),
             application_name: cfg.get_application_name().unwrap_or("ferry").to_owned(),
+            pg_config: cfg,
+            tls,
         })
     }
 }
@@ -98,7 +103,7 @@ enum Incoming {
 /// A replication connection.
 #[derive(Debug)]
 pub struct ReplicationConn {
-    stream: TcpStream,
+    stream: PgStream,
     rbuf: BytesMut,
     wbuf: BytesMut,
     context: String,
@@ -112,6 +117,8 @@ impl ReplicationConn {
             .await
             .map_err(|e| Error::io(&context, e))?;
         let _ = stream.set_nodelay(true);
+        let stream = p.tls.negotiate(stream, &p.host, &context).await?;
+        tracing::debug!(tls = stream.is_tls(), "{context}");
         let mut conn = ReplicationConn {
             stream,
             rbuf: BytesMut::with_capacity(1 << 16),

@@ -200,12 +200,11 @@ pub async fn copy_all(
 
 /// A connection inside a transaction that sees the exported snapshot.
 async fn connect(settings: &SourceSettings, snapshot_name: &str) -> Result<Client> {
-    let (client, conn) = tokio_postgres::connect(&settings.url, tokio_postgres::NoTls).await?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "snapshot connection closed");
-        }
-    });
+    let params = &settings.params;
+    let (client, _conn_task) = params
+        .tls
+        .connect_client(&params.pg_config, "snapshot")
+        .await?;
     client
         .batch_execute(&format!(
             "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY;

@@ -37,8 +37,6 @@ use crate::filter::TableFilter;
 /// What the source needs from the configuration.
 #[derive(Debug, Clone)]
 pub struct SourceSettings {
-    /// The source URL, for ordinary connections (tokio-postgres).
-    pub url: String,
     pub params: ConnParams,
     pub slot: String,
     pub publication: String,
@@ -326,13 +324,11 @@ impl PgSource {
     }
 
     async fn session(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<()> {
-        let (client, conn) =
-            tokio_postgres::connect(&self.settings.url, tokio_postgres::NoTls).await?;
-        let conn_task = tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "source query connection closed");
-            }
-        });
+        let params = &self.settings.params;
+        let (client, conn_task) = params
+            .tls
+            .connect_client(&params.pg_config, "source query")
+            .await?;
         let result = self.stream(&client, shutdown).await;
         drop(client);
         conn_task.abort();
