@@ -38,8 +38,8 @@ pub struct RunArgs {
     pub config: ConfigArg,
     /// Stop cleanly once everything the source committed before this position is in the spool
     /// (a PostgreSQL LSN such as `0/16B3748`), like `pg_recvlogical --endpos`.
-    #[arg(long, value_name = "LSN")]
-    pub until: Option<String>,
+    #[arg(long, value_name = "LSN", value_parser = |s: &str| s.parse::<ferry_proto::Lsn>())]
+    pub until: Option<ferry_proto::Lsn>,
 }
 
 #[derive(Debug, Subcommand)]

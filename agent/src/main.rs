@@ -40,11 +40,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
             let config = Config::load(&args.config.config)?;
-            let until = args
-                .until
-                .as_deref()
-                .map(|s| s.parse::<ferry_proto::Lsn>())
-                .transpose()?;
+            let until = args.until;
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;

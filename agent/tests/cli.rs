@@ -1,0 +1,79 @@
+//! The `ferry` binary's command-line contract: exit codes and one-line errors for bad input.
+//!
+//! Besides what it checks, this test makes `cargo test --workspace` build `target/<profile>/ferry`
+//! (Cargo builds a package's binaries for its integration tests), which the end-to-end tests in
+//! `tests/` run.
+
+#![allow(clippy::unwrap_used)]
+
+use std::process::Command;
+
+fn ferry(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .args(args)
+        .env_remove("FERRY_CONFIG")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn config(text: &str) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("ferry.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path.display().to_string())
+}
+
+#[test]
+fn version_and_usage_errors() {
+    let (code, out) = ferry(&["--version"]);
+    assert_eq!(code, 0);
+    assert!(out.starts_with("ferry "), "{out}");
+    let (code, _) = ferry(&["run"]);
+    assert_eq!(code, 2, "missing --config is a usage error");
+    let (code, out) = ferry(&["run", "--config", "x.toml", "--until", "not-an-lsn"]);
+    assert_eq!(code, 2, "a bad --until is a usage error: {out}");
+    assert!(out.contains("LSN"), "{out}");
+}
+
+#[test]
+fn a_misspelt_key_names_its_place_and_the_closest_key() {
+    let (_dir, path) = config(
+        "[source]\ntype = \"postgres\"\nurl = \"postgres://u@h/db\"\nslott = \"x\"\n\n[spool]\ndir = \"/tmp/x\"\n",
+    );
+    let (code, out) = ferry(&["run", "--config", &path]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("{path}:4:")), "{out}");
+    assert!(out.contains("did you mean `slot`"), "{out}");
+    assert_eq!(out.trim().lines().count(), 1, "one line: {out}");
+}
+
+#[test]
+fn run_refuses_sinks_it_cannot_feed_yet_and_bad_tls_settings() {
+    let (_dir, path) = config(
+        "[source]\ntype = \"postgres\"\nurl = \"postgres://u@127.0.0.1:1/db\"\n\n[spool]\ndir = \"/tmp/x\"\n\n\
+         [[sink]]\nname = \"r\"\ntype = \"postgres\"\nurl = \"postgres://u@127.0.0.1:2/db\"\n",
+    );
+    let (code, out) = ferry(&["run", "--config", &path]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("sink workers are not built yet"), "{out}");
+
+    let (dir, path) = config("");
+    let spool = dir.path().join("spool");
+    std::fs::write(
+        &path,
+        format!(
+            "[source]\ntype = \"postgres\"\nurl = \"postgres://u@127.0.0.1:1/db?sslmode=verify-full&sslrootcert=/nonexistent/ca.pem\"\n\n[spool]\ndir = \"{}\"\n",
+            spool.display()
+        ),
+    )
+    .unwrap();
+    let (code, out) = ferry(&["run", "--config", &path]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("sslrootcert /nonexistent/ca.pem"), "{out}");
+}
