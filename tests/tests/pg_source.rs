@@ -935,3 +935,66 @@ async fn an_interrupted_snapshot_starts_over_and_copies_each_row_once() {
     let begins = evs.iter().filter(|e| matches!(e, Event::Begin(_))).count();
     assert_eq!(begins, 2, "one snapshot and the marker's transaction");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn authenticates_with_scram_md5_and_cleartext_passwords() {
+    let pg = Postgres::start().unwrap();
+    let client = connect(&pg).await;
+    client
+        .batch_execute(
+            "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a');
+             SET password_encryption = 'scram-sha-256';
+             CREATE ROLE u_scram SUPERUSER LOGIN PASSWORD 'pw scram';
+             CREATE ROLE u_clear SUPERUSER LOGIN PASSWORD 'pw clear';
+             SET password_encryption = 'md5';
+             CREATE ROLE u_md5 SUPERUSER LOGIN PASSWORD 'pw md5';",
+        )
+        .await
+        .unwrap();
+    // Password methods for these roles come before the harness's `trust` lines.
+    let hba = pg.dir().join("data/pg_hba.conf");
+    let old = std::fs::read_to_string(&hba).unwrap();
+    std::fs::write(
+        &hba,
+        format!(
+            "host all u_scram 127.0.0.1/32 scram-sha-256\nhost all u_md5 127.0.0.1/32 md5\n\
+             host all u_clear 127.0.0.1/32 password\n{old}"
+        ),
+    )
+    .unwrap();
+    client
+        .batch_execute("SELECT pg_reload_conf()")
+        .await
+        .unwrap();
+    let port = pg.port();
+    for (user, password) in [
+        ("u_scram", "pw%20scram"),
+        ("u_md5", "pw%20md5"),
+        ("u_clear", "pw%20clear"),
+    ] {
+        let url = format!("postgres://{user}:{password}@127.0.0.1:{port}/postgres");
+        let config = FerryConfig::postgres(&url, &format!("slot = \"{user}\"")).unwrap();
+        let ferry = config.start(0).unwrap();
+        wait_for_snapshot(&config.spool_dir(), 60);
+        ferry.stop().unwrap();
+        let model = Model::build(&events(&config.spool_dir()));
+        assert_eq!(
+            model.id_text("public.t"),
+            BTreeMap::from([(1, "a".to_string())])
+        );
+
+        // A wrong password is a clear failure, not a retry loop.
+        let url = format!("postgres://{user}:wrong@127.0.0.1:{port}/postgres");
+        let config = FerryConfig::postgres(&url, &format!("slot = \"{user}_x\"")).unwrap();
+        let (code, log) = config
+            .start(1)
+            .unwrap()
+            .wait_exit(Duration::from_secs(30))
+            .unwrap();
+        assert_eq!(code, 1, "{user}: {log}");
+        assert!(
+            log.contains("password authentication failed"),
+            "{user}: {log}"
+        );
+    }
+}
