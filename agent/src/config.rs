@@ -145,6 +145,14 @@ pub struct SinkConfig {
     pub on_error: OnError,
     /// Database sinks.
     pub url: Option<ConnUrl>,
+    /// Database sinks: "apply" (default) or "halt" when the source's schema changes.
+    pub schema_changes: Option<ferry_sink::postgres::schema::SchemaChanges>,
+    /// Database sinks: create a missing target table from the source's definition.
+    pub create_tables: Option<bool>,
+    /// Database sinks: commit a batch once it holds this many row changes (default 10000).
+    pub max_batch_rows: Option<u32>,
+    /// Database sinks: commit a batch once it is this old, in milliseconds (default 200).
+    pub max_batch_ms: Option<u32>,
     /// Kafka sinks.
     pub brokers: Option<Expanded>,
     pub topic: Option<Expanded>,
@@ -230,6 +238,16 @@ impl Config {
             check("topic", sink.topic.is_some(), !is_db);
             if is_db && sink.format.is_some() {
                 stray.push("format");
+            }
+            for (key, present) in [
+                ("schema_changes", sink.schema_changes.is_some()),
+                ("create_tables", sink.create_tables.is_some()),
+                ("max_batch_rows", sink.max_batch_rows.is_some()),
+                ("max_batch_ms", sink.max_batch_ms.is_some()),
+            ] {
+                if present && !is_db {
+                    stray.push(key);
+                }
             }
             if let Some(key) = required.first() {
                 return Err(ConfigError(format!(

@@ -92,16 +92,4 @@ impl Error {
     }
 }
 
-/// SQLSTATEs worth retrying: connection exceptions (08), insufficient resources (53: too many
-/// connections, out of memory), operator intervention (57P01 admin shutdown, 57P02 crash
-/// shutdown, 57P03 cannot connect now), serialization failure and deadlock (40001, 40P01),
-/// object in use (55006: the slot is still active for a departing walsender), read-only
-/// transaction during failover (25006).
-pub fn is_transient_sqlstate(code: &str) -> bool {
-    code.starts_with("08")
-        || code.starts_with("53")
-        || matches!(
-            code,
-            "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "55006" | "25006"
-        )
-}
+pub use ferry_sink::is_transient_sqlstate;

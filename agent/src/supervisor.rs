@@ -1,10 +1,16 @@
-//! `ferry run`: opens the spool, starts the source (and, as they are built, the sink workers), and
-//! stops them in dependency order when the shutdown signal comes.
+//! `ferry run`: opens the spool, prepares the source (which cuts a transaction a crash left
+//! incomplete, before any sink reads), starts one worker per sink, ties the source's
+//! acknowledgement to what the sinks have applied, and stops everything on the shutdown signal:
+//! the source first (its last complete transactions made durable), then the sinks (each commits
+//! the whole transactions it holds).
 
-use ferry_spool::{SpoolWriter, WriterOptions};
+use std::time::Duration;
+
+use ferry_sink::postgres::{PgSink, PgSinkConfig, SinkProgress, SinkState};
+use ferry_spool::{Cursors, Offset, SpoolWriter, WriterOptions, segment};
 use tokio::sync::watch;
 
-use crate::config::{Config, SnapshotMode, SourceKind};
+use crate::config::{AckPolicy, Config, SinkKind, SnapshotMode, SourceKind};
 use crate::error::{Error, Result};
 use crate::filter::TableFilter;
 use crate::postgres::replication::ConnParams;
@@ -27,11 +33,45 @@ pub fn pg_settings(config: &Config) -> Result<SourceSettings> {
         snapshot_workers: src.snapshot_workers(),
         txn_memory: src.txn_memory_bytes(),
         until: None,
+        applied: None,
     })
 }
 
-/// Runs until `shutdown` turns true or a permanent error occurs.
-/// With `until`, stops cleanly once the source has spooled everything committed before it.
+/// The database sinks' settings from the configuration.
+pub fn pg_sink_configs(config: &Config) -> Result<Vec<PgSinkConfig>> {
+    let mut out = Vec::new();
+    for spanned in &config.sinks {
+        let sink = spanned.get_ref();
+        match sink.kind {
+            SinkKind::Postgres => {}
+            other => {
+                return Err(Error::Fatal(format!(
+                    "sink {:?}: the {other} sink is not built yet; only type = \"postgres\" runs",
+                    sink.name.as_str()
+                )));
+            }
+        }
+        let url = sink
+            .url
+            .as_ref()
+            .ok_or_else(|| Error::Config(format!("sink {:?} needs url", sink.name.as_str())))?;
+        out.push(PgSinkConfig {
+            name: sink.name.as_str().to_owned(),
+            url: url.expose().to_owned(),
+            on_error: sink.on_error,
+            schema_changes: sink.schema_changes.unwrap_or_default(),
+            create_tables: sink.create_tables.unwrap_or(false),
+            spool_dir: config.spool.dir().to_owned(),
+            max_batch_rows: sink.max_batch_rows.unwrap_or(10_000) as usize,
+            max_batch_delay: Duration::from_millis(u64::from(sink.max_batch_ms.unwrap_or(200))),
+        });
+    }
+    Ok(out)
+}
+
+/// Runs until `shutdown` turns true or the source fails permanently. With `until`, stops once
+/// everything the source committed before it is spooled and applied by every sink. A sink that
+/// halts leaves the others running; `run` then ends with its error.
 pub async fn run(
     config: Config,
     until: Option<ferry_proto::Lsn>,
@@ -42,31 +82,116 @@ pub async fn run(
             "the mysql source is not built yet; only type = \"postgres\" runs".into(),
         ));
     }
-    if !config.sinks.is_empty() {
-        return Err(Error::Fatal(format!(
-            "sink workers are not built yet, and with {} sink(s) configured nothing would consume \
-             the spool; remove the [[sink]] tables to capture into the spool only",
-            config.sinks.len()
-        )));
-    }
+    let sink_configs = pg_sink_configs(&config)?;
     let mut settings = pg_settings(&config)?;
     settings.until = until.map(|l| l.0);
     let opts = WriterOptions {
         segment_bytes: u64::from(config.spool.segment_mb.unwrap_or(64)) << 20,
     };
-    let (spool, recovery) = SpoolWriter::open(config.spool.dir(), opts)?;
+    let dir = config.spool.dir().to_owned();
+    let (spool, recovery) = SpoolWriter::open(&dir, opts)?;
     if recovery.truncated_bytes > 0 {
         tracing::warn!(
             bytes = recovery.truncated_bytes,
             "spool recovered from an interrupted write"
         );
     }
+    // A sink that has never run starts at the spool's beginning, which must still be there.
+    let cursors = Cursors::new(&dir);
+    let oldest = segment::list(&dir)?.first().copied().unwrap_or(0);
+    for sink in &sink_configs {
+        if cursors.load(&sink.name)?.is_none() {
+            if oldest > 0 {
+                return Err(Error::Gap(format!(
+                    "sink {:?} is new, but the spool no longer holds its beginning (segments \
+                     were deleted once the other sinks applied them): start the new sink with \
+                     its own spool directory and a new slot, so it gets a snapshot",
+                    sink.name
+                )));
+            }
+            cursors.save(&sink.name, Offset(0))?;
+        }
+    }
+    let durable = spool.subscribe();
+    let (applied_tx, applied_rx) = watch::channel(Offset(0));
+    if config.spool.ack == AckPolicy::Applied && !sink_configs.is_empty() {
+        settings.applied = Some(applied_rx);
+    }
     tracing::info!(
-        spool = %config.spool.dir().display(),
+        spool = %dir.display(),
         source = %config.source.url,
         slot = %settings.slot,
-        "ferry starting: capturing into the spool (no sinks configured)"
+        sinks = sink_configs.len(),
+        ack = ?config.spool.ack,
+        "ferry starting"
     );
     let mut source = PgSource::new(settings, spool)?;
-    source.run(shutdown).await
+
+    // Sinks stop after the source, so they apply what it spooled last.
+    let (sink_stop_tx, sink_stop_rx) = watch::channel(false);
+    let mut progress: Vec<(String, watch::Receiver<SinkProgress>)> = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for cfg in sink_configs {
+        let name = cfg.name.clone();
+        let (sink, rx) = PgSink::new(cfg);
+        progress.push((name.clone(), rx));
+        let (durable, stop) = (durable.clone(), sink_stop_rx.clone());
+        tasks.spawn(async move { (name, sink.run(durable, stop).await) });
+    }
+    let watchers: Vec<watch::Receiver<SinkProgress>> =
+        progress.iter().map(|(_, rx)| rx.clone()).collect();
+    let min_task = tokio::spawn(track_min_applied(watchers, applied_tx));
+
+    let source_result = source.run(shutdown).await;
+    if until.is_some() && source_result.is_ok() {
+        // Wait until every sink has applied everything spooled (or one halted).
+        let end = source.spool().durable_end();
+        for (name, rx) in &mut progress {
+            let _ = rx
+                .wait_for(|p| p.offset >= end || matches!(p.state, SinkState::Halted(_)))
+                .await;
+            tracing::debug!(sink = %name, "sink caught up with --until");
+        }
+    }
+    let _ = sink_stop_tx.send(true);
+    let mut halted = None;
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok((_, Ok(()))) => {}
+            Ok((name, Err(e))) => halted = Some(Error::Fatal(format!("sink {name}: {e}"))),
+            Err(e) => halted = Some(Error::Fatal(format!("sink task: {e}"))),
+        }
+    }
+    min_task.abort();
+    source_result?;
+    match halted {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Publishes the lowest spool offset every sink has applied below.
+async fn track_min_applied(
+    mut watchers: Vec<watch::Receiver<SinkProgress>>,
+    tx: watch::Sender<Offset>,
+) {
+    if watchers.is_empty() {
+        return;
+    }
+    loop {
+        let min = watchers
+            .iter()
+            .map(|w| w.borrow().offset)
+            .min()
+            .unwrap_or(Offset(0));
+        tx.send_if_modified(|v| {
+            let changed = *v != min;
+            *v = min;
+            changed
+        });
+        let changes = watchers.iter_mut().map(|w| Box::pin(w.changed()));
+        if futures_util::future::select_all(changes).await.0.is_err() {
+            return;
+        }
+    }
 }

@@ -5,8 +5,12 @@
 //! what every sink shares, the error policy ([`OnError`]) and the retry schedule ([`Backoff`]);
 //! the target-specific workers live in their own modules as they are built.
 
+pub mod deadletter;
+pub mod error;
 pub mod policy;
+pub mod postgres;
 pub mod retry;
 
+pub use error::{SinkError, is_transient_sqlstate};
 pub use policy::OnError;
 pub use retry::Backoff;

@@ -64,6 +64,24 @@ impl FerryConfig {
         Ok(FerryConfig { dir })
     }
 
+    /// A Postgres source and one Postgres sink named `replica`; `extra_sink` lines go into the
+    /// `[[sink]]` table. `ack` is "applied" (the default policy).
+    pub fn pg_to_pg(
+        source_url: &str,
+        sink_url: &str,
+        extra_source: &str,
+        extra_sink: &str,
+    ) -> Result<FerryConfig> {
+        let config = Self::postgres(source_url, extra_source)?;
+        let text = format!(
+            "[source]\ntype = \"postgres\"\nurl = \"{source_url}\"\n{extra_source}\n\n[spool]\ndir = \"{}\"\n\n\
+             [[sink]]\nname = \"replica\"\ntype = \"postgres\"\nurl = \"{sink_url}\"\n{extra_sink}\n",
+            config.spool_dir().display()
+        );
+        std::fs::write(config.path(), text).map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
     pub fn path(&self) -> PathBuf {
         self.dir.path().join("ferry.toml")
     }

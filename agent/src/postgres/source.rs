@@ -49,6 +49,9 @@ pub struct SourceSettings {
     pub txn_memory: usize,
     /// Stop cleanly once everything committed before this LSN is durable in the spool.
     pub until: Option<u64>,
+    /// With `ack = "applied"`: the spool offset below which every sink has applied everything.
+    /// The server is then acknowledged only up to what lies below it.
+    pub applied: Option<watch::Receiver<Offset>>,
 }
 
 /// Spool commit policy: fsync when this much is pending, or when the oldest pending byte is this old.
@@ -227,6 +230,10 @@ pub struct PgSource {
     streams: HashMap<u32, TxnBuffer>,
     in_stream: Option<u32>,
     spill_dir: PathBuf,
+    /// With `applied`: (spool end after an event, the position it lets the server forget).
+    marks: std::collections::VecDeque<(u64, u64)>,
+    /// The highest position every sink has applied (with `applied`).
+    applied_ack: u64,
     stats: SourceStats,
     stats_tx: watch::Sender<SourceStats>,
 }
@@ -272,6 +279,8 @@ impl PgSource {
             streams: HashMap::new(),
             in_stream: None,
             spill_dir,
+            marks: std::collections::VecDeque::new(),
+            applied_ack: 0,
             stats,
             stats_tx,
         })
@@ -513,7 +522,8 @@ impl PgSource {
                 _ = shutdown.wait_for(|s| *s) => {
                     // A transaction still being received is sent again on the next start.
                     self.reset_session_state()?;
-                    repl.send_status(self.durable_ack, self.durable_ack, false).await?;
+                    let ack = self.ack_position();
+                    repl.send_status(ack, ack, false).await?;
                     self.publish_stats();
                     repl.close().await;
                     self.log_totals("source stopped");
@@ -531,8 +541,9 @@ impl PgSource {
                             self.stats.server_wal_end = self.stats.server_wal_end.max(wal_end);
                             self.maybe_commit(true)?;
                             if reply_requested || self.reached_until()? {
-                                repl.send_status(self.durable_ack, self.durable_ack, false).await?;
-                                last_status_sent = self.durable_ack;
+                                let ack = self.ack_position();
+                                repl.send_status(ack, ack, false).await?;
+                                last_status_sent = ack;
                             }
                         }
                     }
@@ -540,7 +551,8 @@ impl PgSource {
                 _ = group_timer.tick() => {
                     self.maybe_commit(true)?;
                     if self.reached_until()? {
-                        repl.send_status(self.durable_ack, self.durable_ack, false).await?;
+                        let ack = self.ack_position();
+                        repl.send_status(ack, ack, false).await?;
                         self.publish_stats();
                         repl.close().await;
                         self.log_totals("source reached --until; stopped");
@@ -549,13 +561,15 @@ impl PgSource {
                 }
                 _ = status_timer.tick() => {
                     self.follow_server()?;
-                    if self.durable_ack != last_status_sent {
-                        repl.send_status(self.durable_ack, self.durable_ack, false).await?;
-                        last_status_sent = self.durable_ack;
+                    let ack = self.ack_position();
+                    if ack != last_status_sent {
+                        repl.send_status(ack, ack, false).await?;
+                        last_status_sent = ack;
                     }
                     self.publish_stats();
                 }
                 _ = progress_timer.tick() => {
+                    self.truncate_spool()?;
                     if self.stats != last_progress {
                         let lag_secs = self.stats.last_commit_time
                             .filter(|_| self.stats.lag_bytes() > 0)
@@ -591,6 +605,7 @@ impl PgSource {
             time: unix_now_micros(),
         }))?;
         self.pending_ack = end;
+        self.mark(end);
         self.resume_from = Some(end);
         self.commit_spool()
     }
@@ -618,8 +633,45 @@ impl PgSource {
         );
     }
 
+    /// Notes that once the sinks are past the spool's current end, the server may forget what
+    /// lies before `lsn`.
+    fn mark(&mut self, lsn: u64) {
+        if self.settings.applied.is_some() {
+            self.marks.push_back((self.spool.end().0, lsn));
+        }
+    }
+
+    /// The position to acknowledge: durable in the spool (`ack = "spooled"`), and with
+    /// `applied` also applied by every sink.
+    fn ack_position(&mut self) -> u64 {
+        let Some(applied) = &self.settings.applied else {
+            return self.durable_ack;
+        };
+        let below = applied.borrow().0;
+        while let Some(&(end, lsn)) = self.marks.front() {
+            if end > below {
+                break;
+            }
+            self.applied_ack = self.applied_ack.max(lsn);
+            self.marks.pop_front();
+        }
+        self.applied_ack.min(self.durable_ack)
+    }
+
+    /// Deletes the spool segments every sink is past.
+    fn truncate_spool(&mut self) -> Result<()> {
+        if let Some(applied) = &self.settings.applied {
+            let below = *applied.borrow();
+            let n = self.spool.truncate_before(below)?;
+            if n > 0 {
+                tracing::debug!(segments = n, below = %below, "deleted spool segments every sink has applied");
+            }
+        }
+        Ok(())
+    }
+
     fn publish_stats(&mut self) {
-        self.stats.acknowledged = self.durable_ack;
+        self.stats.acknowledged = self.ack_position();
         self.stats_tx.send_replace(self.stats.clone());
     }
 
@@ -700,6 +752,7 @@ impl PgSource {
         }
         self.resume_from = Some(commit_lsn + 1);
         self.pending_ack = self.pending_ack.max(commit_lsn + 1);
+        self.mark(commit_lsn + 1);
         self.maybe_commit(false)
     }
 

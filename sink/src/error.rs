@@ -1,0 +1,106 @@
+//! The sink crate's error type, and the one function that decides whether an error is worth
+//! retrying (transient) or needs the `on_error` policy or a person (permanent).
+
+use ferry_proto::Position;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SinkError {
+    #[error("target: {0}")]
+    Postgres(#[from] tokio_postgres::Error),
+    #[error(transparent)]
+    Spool(#[from] ferry_spool::SpoolError),
+    #[error("{0}")]
+    Config(String),
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A value the target cannot take (for example a MySQL time of 30 hours into `time`).
+    #[error("{0}")]
+    Value(String),
+    /// An event failed permanently and `on_error = "halt"`: the sink stops here.
+    #[error(transparent)]
+    Halted(Box<Halt>),
+    #[error("{0}")]
+    Fatal(String),
+}
+
+/// Where and why a sink halted.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "sink {sink} halted at {position} on {table} key {key}: {error} \
+     (fix the target or set on_error = \"skip\" or \"dead_letter\", then restart)"
+)]
+pub struct Halt {
+    pub sink: String,
+    pub position: Position,
+    pub table: String,
+    pub key: String,
+    pub error: String,
+}
+
+pub type Result<T, E = SinkError> = std::result::Result<T, E>;
+
+impl SinkError {
+    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
+        SinkError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// Connection loss, shutdown or restart of the target, too many connections, serialization
+    /// failure, deadlock, read-only during failover: retry (reconnecting) after a pause.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            SinkError::Postgres(e) => match e.code() {
+                Some(code) => is_transient_sqlstate(code.code()),
+                None => true,
+            },
+            SinkError::Io { .. } => true,
+            _ => false,
+        }
+    }
+
+    /// The SQLSTATE of a target error, if it has one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        match self {
+            SinkError::Postgres(e) => e.code().map(|c| c.code()),
+            _ => None,
+        }
+    }
+}
+
+/// SQLSTATEs worth retrying: connection exceptions (08), insufficient resources (53: too many
+/// connections, out of memory, disk full), operator intervention (57P01 admin shutdown, 57P02
+/// crash shutdown, 57P03 cannot connect now), serialization failure and deadlock (40001, 40P01),
+/// object in use (55006: a replication slot still held by a departing walsender), lock not
+/// available (55P03), read-only transaction (25006: a primary that became a standby in a
+/// failover).
+pub fn is_transient_sqlstate(code: &str) -> bool {
+    code.starts_with("08")
+        || code.starts_with("53")
+        || matches!(
+            code,
+            "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "55006" | "55P03" | "25006"
+        )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn classifies_sqlstates() {
+        for t in [
+            "08006", "08001", "53300", "57P01", "40001", "40P01", "25006",
+        ] {
+            assert!(is_transient_sqlstate(t), "{t}");
+        }
+        for p in ["23505", "23503", "22P02", "42703", "42P01", "XX000"] {
+            assert!(!is_transient_sqlstate(p), "{p}");
+        }
+    }
+}

@@ -1,0 +1,673 @@
+//! Set-based application of row changes inside one target transaction.
+//!
+//! Changes are gathered per table and per key: each key keeps only its final state in the window
+//! (an upsert of a full row, a patch of the columns that changed when some were unchanged TOAST
+//! values, or a delete), which is exactly what applying the changes one by one would leave. A
+//! flush then writes each table with at most a few statements, whatever the number of rows:
+//! `DELETE … USING unnest(…)`, `INSERT … SELECT … FROM unnest(…) ON CONFLICT (key) DO UPDATE`,
+//! and `UPDATE … FROM unnest(…)` per set of changed columns. Every column travels as one `text[]`
+//! parameter and is cast to the target column's type.
+//!
+//! Tables whose replica identity is FULL have no key to merge on (identical rows may repeat), so
+//! their changes are applied one statement per change, in order, matching a whole old row. Tables
+//! without any identity take inserts only. A key change whose new row has unchanged TOAST values
+//! is applied as one `UPDATE … SET key = …` after flushing the table, in order.
+//!
+//! Cross-table order does not matter when the session has `session_replication_role = replica`
+//! (foreign keys and triggers do not fire, as in PostgreSQL's own apply worker); without it, the
+//! caller flushes after every change (sequential mode).
+
+use std::collections::HashMap;
+
+use ferry_proto::{Event, OldRow, Relation, RelationId, ReplicaIdentity, Row, Value};
+use tokio_postgres::Client;
+use tokio_postgres::types::ToSql;
+
+use super::encode::to_text;
+use super::schema::{self, SchemaChanges, TargetTable, quote_ident};
+use crate::error::{Result, SinkError};
+
+/// One column of a pending row: `None` is an unchanged TOAST value (left as it is on the target),
+/// `Some(None)` is NULL.
+type Cell = Option<Option<String>>;
+type Key = Vec<Option<String>>;
+
+#[derive(Debug, Clone)]
+enum RowState {
+    Upsert(Vec<Option<String>>),
+    Patch(Vec<Cell>),
+    Delete,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyMode {
+    /// Merge by these key columns.
+    Keyed,
+    /// REPLICA IDENTITY FULL: every change on its own, matching the whole old row.
+    Full,
+    /// No identity: inserts only.
+    None,
+}
+
+#[derive(Debug)]
+struct Table {
+    rel: Relation,
+    target: TargetTable,
+    mode: KeyMode,
+    keys: Vec<usize>,
+    index: HashMap<Key, usize>,
+    rows: Vec<(Key, RowState)>,
+    inserts: Vec<Vec<Option<String>>>,
+}
+
+impl Table {
+    fn pending(&self) -> usize {
+        self.rows.len() + self.inserts.len()
+    }
+}
+
+/// The pending changes of one target transaction, and what the sink knows of each table.
+#[derive(Debug)]
+pub struct Applier {
+    tables: HashMap<RelationId, Table>,
+    pending: usize,
+    changes: SchemaChanges,
+    create_tables: bool,
+}
+
+/// Which table and key a failed change touched, for error reports and dead letters.
+#[derive(Debug, Clone)]
+pub struct Culprit {
+    pub table: String,
+    pub key: String,
+}
+
+impl Applier {
+    pub fn new(changes: SchemaChanges, create_tables: bool) -> Self {
+        Applier {
+            tables: HashMap::new(),
+            pending: 0,
+            changes,
+            create_tables,
+        }
+    }
+
+    /// Rows waiting for a flush.
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// Forgets every pending change and what is known of the target (after a rollback or a
+    /// reconnect: the target may have changed meanwhile).
+    pub fn reset(&mut self) {
+        self.tables.clear();
+        self.pending = 0;
+    }
+
+    /// The table and key a row event touches, described for people.
+    pub fn culprit(event: &Event, rel: Option<&Relation>) -> Culprit {
+        let Some(rel) = rel else {
+            return Culprit {
+                table: "?".into(),
+                key: "?".into(),
+            };
+        };
+        let row = match event {
+            Event::Insert(i) => Some(&i.new),
+            Event::Update(u) => Some(u.old.as_ref().map_or(&u.new, OldRow::row)),
+            Event::Delete(d) => Some(d.old.row()),
+            _ => None,
+        };
+        let key = row
+            .map(|r| {
+                let parts: Vec<String> = rel
+                    .key_columns()
+                    .map(|i| {
+                        format!(
+                            "{}={:?}",
+                            rel.columns[i].name,
+                            r.get(i).unwrap_or(&Value::Null)
+                        )
+                    })
+                    .collect();
+                format!("({})", parts.join(", "))
+            })
+            .unwrap_or_else(|| "-".into());
+        Culprit {
+            table: rel.qualified_name(),
+            key,
+        }
+    }
+
+    /// Makes sure the target has the table as `rel` defines it, flushing what is pending for it
+    /// under an older definition first.
+    pub async fn relation(&mut self, client: &Client, rel: &Relation) -> Result<()> {
+        let prev = match self.tables.get(&rel.id) {
+            Some(t) if t.rel == *rel => return Ok(()),
+            Some(t) => {
+                let prev = t.rel.clone();
+                self.flush_table(client, rel.id).await?;
+                Some(prev)
+            }
+            None => None,
+        };
+        let target =
+            schema::ensure(client, rel, prev.as_ref(), self.changes, self.create_tables).await?;
+        let keys: Vec<usize> = rel.key_columns().collect();
+        let mode = match rel.replica_identity {
+            ReplicaIdentity::Full => KeyMode::Full,
+            _ if keys.is_empty() => KeyMode::None,
+            ReplicaIdentity::Nothing => KeyMode::None,
+            _ => KeyMode::Keyed,
+        };
+        for c in &rel.columns {
+            if !target.types.contains_key(&c.name) {
+                return Err(SinkError::Config(format!(
+                    "target table {} has no column {:?}",
+                    target.quoted, c.name
+                )));
+            }
+        }
+        self.tables.insert(
+            rel.id,
+            Table {
+                rel: rel.clone(),
+                target,
+                mode,
+                keys,
+                index: HashMap::new(),
+                rows: Vec::new(),
+                inserts: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
+    /// Adds one row change (Insert, Update or Delete) of a table [`relation`](Self::relation)
+    /// announced. FULL tables and key changes with unchanged values are written at once.
+    pub async fn change(&mut self, client: &Client, event: &Event) -> Result<()> {
+        let Some(id) = event.relation_id() else {
+            return Ok(());
+        };
+        let table = self
+            .tables
+            .get_mut(&id)
+            .ok_or_else(|| SinkError::Fatal(format!("row of unknown relation {}", id.0)))?;
+        match table.mode {
+            KeyMode::Full => return full_identity_change(client, table, event).await,
+            KeyMode::None => {
+                return match event {
+                    Event::Insert(i) => {
+                        table.inserts.push(encode_row(&i.new)?);
+                        self.pending += 1;
+                        Ok(())
+                    }
+                    _ => Err(SinkError::Value(format!(
+                        "{} has no replica identity (no primary key, or REPLICA IDENTITY \
+                         NOTHING): its updates and deletes cannot be applied",
+                        table.rel.qualified_name()
+                    ))),
+                };
+            }
+            KeyMode::Keyed => {}
+        }
+        match event {
+            Event::Insert(i) => {
+                let row = encode_row(&i.new)?;
+                let key = key_of(&table.keys, &row);
+                self.pending += put(table, key, RowState::Upsert(row));
+            }
+            Event::Delete(d) => {
+                let row = encode_row(d.old.row())?;
+                let key = key_of(&table.keys, &row);
+                self.pending += put(table, key, RowState::Delete);
+            }
+            Event::Update(u) => {
+                let new = encode_cells(&u.new)?;
+                let new_key: Key = table
+                    .keys
+                    .iter()
+                    .map(|&i| new[i].clone().flatten())
+                    .collect();
+                let old_key = match &u.old {
+                    Some(o) => key_of(&table.keys, &encode_row(o.row())?),
+                    None => new_key.clone(),
+                };
+                let has_unchanged = new.iter().any(Option::is_none);
+                if old_key != new_key {
+                    let prev = table.index.get(&old_key).map(|&i| table.rows[i].1.clone());
+                    match (has_unchanged, prev) {
+                        (false, _) => {
+                            self.pending += put(table, old_key, RowState::Delete);
+                            let row = new.into_iter().map(Option::flatten).collect();
+                            self.pending += put(table, new_key, RowState::Upsert(row));
+                        }
+                        (true, Some(RowState::Upsert(old))) => {
+                            let row = merge(&old, &new);
+                            self.pending += put(table, old_key, RowState::Delete);
+                            self.pending += put(table, new_key, RowState::Upsert(row));
+                        }
+                        (true, _) => {
+                            // The unchanged values live only in the target's old row: move it.
+                            self.flush_table(client, id).await?;
+                            let table = self.tables.get(&id).ok_or_else(|| {
+                                SinkError::Fatal("table vanished during a flush".into())
+                            })?;
+                            return key_change(client, table, &old_key, &new).await;
+                        }
+                    }
+                } else {
+                    let state = match table.index.get(&new_key).map(|&i| &table.rows[i].1) {
+                        Some(RowState::Upsert(old)) => RowState::Upsert(merge(old, &new)),
+                        Some(RowState::Patch(old)) => RowState::Patch(
+                            new.iter()
+                                .zip(old)
+                                .map(|(n, o)| if n.is_none() { o.clone() } else { n.clone() })
+                                .collect(),
+                        ),
+                        _ if has_unchanged => RowState::Patch(new),
+                        _ => RowState::Upsert(new.into_iter().map(Option::flatten).collect()),
+                    };
+                    self.pending += put(table, new_key, state);
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// Truncates tables, after flushing everything pending (a truncate is ordered against all).
+    pub async fn truncate(
+        &mut self,
+        client: &Client,
+        ids: &[RelationId],
+        cascade: bool,
+        restart_identity: bool,
+    ) -> Result<()> {
+        self.flush(client).await?;
+        let names: Vec<String> = ids
+            .iter()
+            .filter_map(|id| self.tables.get(id).map(|t| t.target.quoted.clone()))
+            .collect();
+        if names.is_empty() {
+            return Ok(());
+        }
+        let sql = format!(
+            "TRUNCATE {}{}{}",
+            names.join(", "),
+            if restart_identity {
+                " RESTART IDENTITY"
+            } else {
+                ""
+            },
+            if cascade { " CASCADE" } else { "" }
+        );
+        client.batch_execute(&sql).await?;
+        Ok(())
+    }
+
+    /// Writes everything pending.
+    pub async fn flush(&mut self, client: &Client) -> Result<()> {
+        let ids: Vec<RelationId> = self
+            .tables
+            .iter()
+            .filter(|(_, t)| t.pending() > 0)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in ids {
+            self.flush_table(client, id).await?;
+        }
+        self.pending = 0;
+        Ok(())
+    }
+
+    async fn flush_table(&mut self, client: &Client, id: RelationId) -> Result<()> {
+        let Some(table) = self.tables.get_mut(&id) else {
+            return Ok(());
+        };
+        let rows = std::mem::take(&mut table.rows);
+        let inserts = std::mem::take(&mut table.inserts);
+        table.index.clear();
+        self.pending = self.pending.saturating_sub(rows.len() + inserts.len());
+        let table = &*table;
+        let cols = &table.rel.columns;
+        let all: Vec<usize> = (0..cols.len()).collect();
+        if !inserts.is_empty() {
+            let sql = format!(
+                "INSERT INTO {} ({}) SELECT {} FROM {}",
+                table.target.quoted,
+                column_list(table, &all),
+                casts(table, &all),
+                unnest(all.len())
+            );
+            execute(client, &sql, columns_of(&inserts, &all)).await?;
+        }
+        let mut deletes: Vec<&Key> = Vec::new();
+        let mut upserts: Vec<&Vec<Option<String>>> = Vec::new();
+        let mut patches: HashMap<Vec<bool>, Vec<(&Key, &Vec<Cell>)>> = HashMap::new();
+        for (key, state) in &rows {
+            match state {
+                RowState::Delete => deletes.push(key),
+                RowState::Upsert(row) => upserts.push(row),
+                RowState::Patch(cells) => {
+                    let mask = cells.iter().map(Option::is_some).collect();
+                    patches.entry(mask).or_default().push((key, cells));
+                }
+            }
+        }
+        if !deletes.is_empty() {
+            let idx: Vec<usize> = (0..table.keys.len()).collect();
+            let sql = format!(
+                "DELETE FROM {} AS t USING {} WHERE {}",
+                table.target.quoted,
+                unnest(table.keys.len()),
+                key_match(table)
+            );
+            let rows: Vec<Vec<Option<String>>> = deletes.into_iter().cloned().collect();
+            execute(client, &sql, columns_of(&rows, &idx)).await?;
+        }
+        if !upserts.is_empty() {
+            let non_key: Vec<&str> = cols
+                .iter()
+                .filter(|c| !c.key)
+                .map(|c| c.name.as_str())
+                .collect();
+            let action = if non_key.is_empty() {
+                "NOTHING".to_owned()
+            } else {
+                let sets: Vec<String> = non_key
+                    .iter()
+                    .map(|c| format!("{0} = EXCLUDED.{0}", quote_ident(c)))
+                    .collect();
+                format!("UPDATE SET {}", sets.join(", "))
+            };
+            let keys: Vec<usize> = table.keys.clone();
+            let sql = format!(
+                "INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) DO {action}",
+                table.target.quoted,
+                column_list(table, &all),
+                casts(table, &all),
+                unnest(all.len()),
+                column_list(table, &keys)
+            );
+            let rows: Vec<Vec<Option<String>>> = upserts.into_iter().cloned().collect();
+            execute(client, &sql, columns_of(&rows, &all)).await?;
+        }
+        for (mask, group) in patches {
+            let set: Vec<usize> = mask
+                .iter()
+                .enumerate()
+                .filter(|(i, m)| **m && !cols[*i].key)
+                .map(|(i, _)| i)
+                .collect();
+            if set.is_empty() {
+                continue;
+            }
+            let nkeys = table.keys.len();
+            let assignments: Vec<String> = set
+                .iter()
+                .enumerate()
+                .map(|(j, &i)| {
+                    format!(
+                        "{} = s.c{}::{}",
+                        quote_ident(&cols[i].name),
+                        nkeys + j,
+                        table.target.types[&cols[i].name]
+                    )
+                })
+                .collect();
+            let sql = format!(
+                "UPDATE {} AS t SET {} FROM {} WHERE {}",
+                table.target.quoted,
+                assignments.join(", "),
+                unnest(nkeys + set.len()),
+                key_match(table)
+            );
+            let rows: Vec<Vec<Option<String>>> = group
+                .into_iter()
+                .map(|(key, cells)| {
+                    key.iter()
+                        .cloned()
+                        .chain(set.iter().map(|&i| cells[i].clone().flatten()))
+                        .collect()
+                })
+                .collect();
+            let idx: Vec<usize> = (0..nkeys + set.len()).collect();
+            execute(client, &sql, columns_of(&rows, &idx)).await?;
+        }
+        Ok(())
+    }
+}
+
+/// Records `state` as the final state of `key`; returns 1 if the key is new in the window.
+fn put(table: &mut Table, key: Key, state: RowState) -> usize {
+    match table.index.get(&key) {
+        Some(&i) => {
+            table.rows[i].1 = state;
+            0
+        }
+        None => {
+            table.index.insert(key.clone(), table.rows.len());
+            table.rows.push((key, state));
+            1
+        }
+    }
+}
+
+fn merge(old: &[Option<String>], new: &[Cell]) -> Vec<Option<String>> {
+    new.iter()
+        .zip(old)
+        .map(|(n, o)| match n {
+            Some(v) => v.clone(),
+            None => o.clone(),
+        })
+        .collect()
+}
+
+fn encode_row(row: &Row) -> Result<Vec<Option<String>>> {
+    row.iter()
+        .map(|v| match v {
+            // An old key row leaves non-key columns NULL; an unchanged value cannot be a key.
+            Value::Unchanged => Ok(None),
+            v => to_text(v),
+        })
+        .collect()
+}
+
+fn encode_cells(row: &Row) -> Result<Vec<Cell>> {
+    row.iter()
+        .map(|v| match v {
+            Value::Unchanged => Ok(None),
+            v => to_text(v).map(Some),
+        })
+        .collect()
+}
+
+fn key_of(keys: &[usize], row: &[Option<String>]) -> Key {
+    keys.iter().map(|&i| row[i].clone()).collect()
+}
+
+fn column_list(table: &Table, idx: &[usize]) -> String {
+    idx.iter()
+        .map(|&i| quote_ident(&table.rel.columns[i].name))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `s.c0::type0, s.c1::type1, …` for the columns `idx`, numbered from 0.
+fn casts(table: &Table, idx: &[usize]) -> String {
+    idx.iter()
+        .enumerate()
+        .map(|(j, &i)| {
+            let name = &table.rel.columns[i].name;
+            format!("s.c{j}::{}", table.target.types[name])
+        })
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// `unnest($1::text[], …) AS s(c0, …)`.
+fn unnest(n: usize) -> String {
+    let params: Vec<String> = (1..=n).map(|i| format!("${i}::text[]")).collect();
+    let names: Vec<String> = (0..n).map(|i| format!("c{i}")).collect();
+    format!("unnest({}) AS s({})", params.join(", "), names.join(", "))
+}
+
+/// `t.k0 = s.c0::type AND …` for the key columns, numbered from 0.
+fn key_match(table: &Table) -> String {
+    table
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(j, &i)| {
+            let name = &table.rel.columns[i].name;
+            format!(
+                "t.{} = s.c{j}::{}",
+                quote_ident(name),
+                table.target.types[name]
+            )
+        })
+        .collect::<Vec<_>>()
+        .join(" AND ")
+}
+
+/// Transposes rows into one array per column.
+fn columns_of(rows: &[Vec<Option<String>>], idx: &[usize]) -> Vec<Vec<Option<String>>> {
+    idx.iter()
+        .map(|&i| rows.iter().map(|r| r[i].clone()).collect())
+        .collect()
+}
+
+async fn execute(client: &Client, sql: &str, params: Vec<Vec<Option<String>>>) -> Result<u64> {
+    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+    Ok(client.execute(sql, &refs).await?)
+}
+
+/// A change of a REPLICA IDENTITY FULL table: one statement, matching one row equal to the old
+/// row (compared as text, which works for every type, json and point included).
+async fn full_identity_change(client: &Client, table: &Table, event: &Event) -> Result<()> {
+    let cols = &table.rel.columns;
+    let ty = |i: usize| table.target.types[&cols[i].name].clone();
+    let matcher = |first: usize| -> String {
+        (0..cols.len())
+            .map(|i| {
+                format!(
+                    "{}::text IS NOT DISTINCT FROM (${}::text::{})::text",
+                    quote_ident(&cols[i].name),
+                    first + i,
+                    ty(i)
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(" AND ")
+    };
+    let one_row = |first: usize| {
+        format!(
+            "ctid = (SELECT ctid FROM {} WHERE {} LIMIT 1)",
+            table.target.quoted,
+            matcher(first)
+        )
+    };
+    let (sql, params): (String, Vec<Option<String>>) = match event {
+        Event::Insert(i) => {
+            let vals: Vec<String> = (0..cols.len())
+                .map(|k| format!("${}::text::{}", k + 1, ty(k)))
+                .collect();
+            (
+                format!(
+                    "INSERT INTO {} ({}) VALUES ({})",
+                    table.target.quoted,
+                    column_list(table, &(0..cols.len()).collect::<Vec<_>>()),
+                    vals.join(", ")
+                ),
+                encode_row(&i.new)?,
+            )
+        }
+        Event::Delete(d) => (
+            format!("DELETE FROM {} WHERE {}", table.target.quoted, one_row(1)),
+            encode_row(d.old.row())?,
+        ),
+        Event::Update(u) => {
+            let Some(old) = &u.old else {
+                return Err(SinkError::Value(format!(
+                    "an update of {} (REPLICA IDENTITY FULL) came without its old row",
+                    table.rel.qualified_name()
+                )));
+            };
+            let new = encode_cells(&u.new)?;
+            let set: Vec<usize> = (0..cols.len()).filter(|&i| new[i].is_some()).collect();
+            let n = cols.len();
+            let assignments: Vec<String> = set
+                .iter()
+                .enumerate()
+                .map(|(j, &i)| {
+                    format!(
+                        "{} = ${}::text::{}",
+                        quote_ident(&cols[i].name),
+                        n + j + 1,
+                        ty(i)
+                    )
+                })
+                .collect();
+            let mut params = encode_row(old.row())?;
+            params.extend(set.iter().map(|&i| new[i].clone().flatten()));
+            (
+                format!(
+                    "UPDATE {} SET {} WHERE {}",
+                    table.target.quoted,
+                    assignments.join(", "),
+                    one_row(1)
+                ),
+                params,
+            )
+        }
+        _ => return Ok(()),
+    };
+    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+    client.execute(&sql, &refs).await?;
+    Ok(())
+}
+
+/// Moves a row to a new key keeping its unchanged values: `UPDATE … SET key = new, changed = …
+/// WHERE key = old`.
+async fn key_change(client: &Client, table: &Table, old_key: &Key, new: &[Cell]) -> Result<()> {
+    let cols = &table.rel.columns;
+    let set: Vec<usize> = (0..cols.len()).filter(|&i| new[i].is_some()).collect();
+    let nk = table.keys.len();
+    let assignments: Vec<String> = set
+        .iter()
+        .enumerate()
+        .map(|(j, &i)| {
+            format!(
+                "{} = ${}::text::{}",
+                quote_ident(&cols[i].name),
+                nk + j + 1,
+                table.target.types[&cols[i].name]
+            )
+        })
+        .collect();
+    let conds: Vec<String> = table
+        .keys
+        .iter()
+        .enumerate()
+        .map(|(j, &i)| {
+            format!(
+                "{} = ${}::text::{}",
+                quote_ident(&cols[i].name),
+                j + 1,
+                table.target.types[&cols[i].name]
+            )
+        })
+        .collect();
+    let sql = format!(
+        "UPDATE {} SET {} WHERE {}",
+        table.target.quoted,
+        assignments.join(", "),
+        conds.join(" AND ")
+    );
+    let mut params: Vec<Option<String>> = old_key.clone();
+    params.extend(set.iter().map(|&i| new[i].clone().flatten()));
+    let refs: Vec<&(dyn ToSql + Sync)> = params.iter().map(|p| p as &(dyn ToSql + Sync)).collect();
+    client.execute(&sql, &refs).await?;
+    Ok(())
+}

@@ -1,0 +1,636 @@
+//! The PostgreSQL replica sink: reads the spool from its own position and applies whole source
+//! transactions, in commit order, exactly once.
+//!
+//! Many consecutive source transactions go into one target transaction (a batch, bounded by rows
+//! and time: it is committed as soon as the spool has nothing more to give, so latency stays low
+//! under light load and batches grow under heavy load), never part of one. The batch's last
+//! source position and the spool offset after it are written to `ferry.checkpoints` in the same
+//! target transaction, so after any crash the sink resumes exactly after what the target has,
+//! and a transaction it sees again (at or below the checkpoint) is skipped: replay is a no-op.
+//!
+//! Failures: a transient error (connection lost, target restarting, deadlock, …) rolls the batch
+//! back and the sink reconnects with capped exponential backoff and jitter, resuming from the
+//! checkpoint. A permanent error in a batch rolls it back and replays the same transactions one
+//! change at a time, each under a savepoint, to find the failing change; `on_error` then decides:
+//! `halt` stops the sink naming table, key and position; `skip` logs and counts it;
+//! `dead_letter` writes it to the dead-letter file. Then batching resumes.
+
+pub mod apply;
+pub mod encode;
+pub mod schema;
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ferry_proto::{Event, Position, Relation};
+use ferry_spool::{Cursors, Offset, SpoolReader, segment};
+use tokio::sync::watch;
+use tokio_postgres::Client;
+
+use self::apply::{Applier, Culprit};
+use self::schema::SchemaChanges;
+use crate::deadletter::DeadLetters;
+use crate::error::{Result, SinkError};
+use crate::{Backoff, OnError};
+
+/// How a PostgreSQL sink is set up.
+#[derive(Debug, Clone)]
+pub struct PgSinkConfig {
+    pub name: String,
+    /// tokio-postgres connection string (URL or key=value).
+    pub url: String,
+    pub on_error: OnError,
+    pub schema_changes: SchemaChanges,
+    pub create_tables: bool,
+    pub spool_dir: PathBuf,
+    /// A batch is committed once it holds this many row changes (at a transaction boundary)…
+    pub max_batch_rows: usize,
+    /// …or once its first transaction has waited this long.
+    pub max_batch_delay: Duration,
+}
+
+/// What a sink is doing, for status, metrics and the source's acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SinkState {
+    Starting,
+    Running,
+    /// Waiting to retry after a transient failure.
+    Retrying(String),
+    /// Stopped by a permanent failure.
+    Halted(String),
+    Stopped,
+}
+
+/// A sink's progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkProgress {
+    /// Everything before this spool offset is applied durably (or needs nothing applied).
+    pub offset: Offset,
+    /// The source position of the last transaction or heartbeat covered.
+    pub position: Option<Position>,
+    pub state: SinkState,
+    pub transactions: u64,
+    pub rows: u64,
+    pub batches: u64,
+    pub skipped: u64,
+    pub dead_lettered: u64,
+    pub retries: u64,
+}
+
+impl SinkProgress {
+    fn new() -> Self {
+        SinkProgress {
+            offset: Offset(0),
+            position: None,
+            state: SinkState::Starting,
+            transactions: 0,
+            rows: 0,
+            batches: 0,
+            skipped: 0,
+            dead_lettered: 0,
+            retries: 0,
+        }
+    }
+}
+
+/// The checkpoint table on the target.
+const CHECKPOINT_DDL: &str = "CREATE SCHEMA IF NOT EXISTS ferry;
+    CREATE TABLE IF NOT EXISTS ferry.checkpoints (
+        sink text PRIMARY KEY,
+        position text NOT NULL,
+        spool_offset bigint NOT NULL,
+        updated_at timestamptz NOT NULL DEFAULT now())";
+
+/// A PostgreSQL sink worker.
+#[derive(Debug)]
+pub struct PgSink {
+    cfg: PgSinkConfig,
+    progress: watch::Sender<SinkProgress>,
+    dead: DeadLetters,
+}
+
+/// Reads a sink's checkpoint from its target: (position, spool offset).
+pub async fn read_checkpoint(client: &Client, sink: &str) -> Result<Option<(Position, Offset)>> {
+    let exists: bool = client
+        .query_one("SELECT to_regclass('ferry.checkpoints') IS NOT NULL", &[])
+        .await?
+        .get(0);
+    if !exists {
+        return Ok(None);
+    }
+    let Some(row) = client
+        .query_opt(
+            "SELECT position, spool_offset FROM ferry.checkpoints WHERE sink = $1",
+            &[&sink],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let text: String = row.get(0);
+    let position = text
+        .parse()
+        .map_err(|e| SinkError::Fatal(format!("ferry.checkpoints of sink {sink}: {e}")))?;
+    Ok(Some((position, Offset(row.get::<_, i64>(1) as u64))))
+}
+
+/// One source transaction being read: whether it is already on the target, and where it began.
+#[derive(Debug)]
+struct Txn {
+    begin: ferry_proto::Begin,
+    skip: bool,
+}
+
+/// Per-session state of the apply loop.
+struct Session<'a> {
+    client: &'a Client,
+    applier: Applier,
+    /// Apply change by change (no replica role, or replaying a failed batch).
+    sequential: bool,
+    /// Replaying a failed batch one change at a time until this offset.
+    replay_until: Option<Offset>,
+    checkpoint: Option<Position>,
+    in_target_txn: bool,
+    batch_rows: usize,
+    batch_txns: u64,
+    batch_started: Option<Instant>,
+    txn: Option<Txn>,
+    last_position: Option<Position>,
+    last_offset: Offset,
+    last_heartbeat_save: Instant,
+}
+
+impl PgSink {
+    pub fn new(cfg: PgSinkConfig) -> (PgSink, watch::Receiver<SinkProgress>) {
+        let (progress, rx) = watch::channel(SinkProgress::new());
+        let dead = DeadLetters::new(&cfg.spool_dir, &cfg.name);
+        (
+            PgSink {
+                cfg,
+                progress,
+                dead,
+            },
+            rx,
+        )
+    }
+
+    /// Applies the spool until `shutdown`, retrying transient failures; returns the permanent
+    /// failure that halted it, if one did.
+    pub async fn run(
+        mut self,
+        durable: watch::Receiver<Offset>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<()> {
+        let mut backoff = Backoff::default();
+        loop {
+            let started = Instant::now();
+            match self.session(durable.clone(), &mut shutdown).await {
+                Ok(()) => {
+                    self.progress.send_modify(|p| p.state = SinkState::Stopped);
+                    return Ok(());
+                }
+                Err(e) if e.is_transient() => {
+                    if started.elapsed() > Duration::from_secs(30) {
+                        backoff.reset();
+                    }
+                    let delay = backoff.next_delay();
+                    tracing::warn!(sink = %self.cfg.name, error = %e, retry_in = ?delay, "sink failed; retrying");
+                    self.progress.send_modify(|p| {
+                        p.state = SinkState::Retrying(e.to_string());
+                        p.retries += 1;
+                    });
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.wait_for(|s| *s) => {
+                            self.progress.send_modify(|p| p.state = SinkState::Stopped);
+                            return Ok(());
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(sink = %self.cfg.name, error = %e, "sink halted");
+                    self.progress
+                        .send_modify(|p| p.state = SinkState::Halted(e.to_string()));
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn session(
+        &mut self,
+        durable: watch::Receiver<Offset>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<()> {
+        let (client, conn) = tokio_postgres::connect(&self.cfg.url, tokio_postgres::NoTls).await?;
+        let conn_task = tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "sink connection closed");
+            }
+        });
+        let result = self.apply_loop(&client, durable, shutdown).await;
+        if result.is_err() {
+            let _ = client.batch_execute("ROLLBACK").await;
+        }
+        drop(client);
+        conn_task.abort();
+        result
+    }
+
+    async fn apply_loop(
+        &mut self,
+        client: &Client,
+        durable: watch::Receiver<Offset>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<()> {
+        let name = self.cfg.name.clone();
+        client.batch_execute(CHECKPOINT_DDL).await?;
+        let sequential = match client
+            .batch_execute("SET session_replication_role = replica")
+            .await
+        {
+            Ok(()) => false,
+            Err(e) => {
+                tracing::warn!(
+                    sink = %name, error = %e,
+                    "cannot set session_replication_role = replica (needs a superuser): \
+                     applying change by change in source order, with the target's foreign \
+                     keys and triggers active"
+                );
+                true
+            }
+        };
+        let checkpoint = read_checkpoint(client, &name).await?;
+        let cursors = Cursors::new(&self.cfg.spool_dir);
+        let oldest = segment::list(&self.cfg.spool_dir)?
+            .first()
+            .copied()
+            .unwrap_or(0);
+        let cursor = cursors.load(&name)?;
+        let start = checkpoint
+            .as_ref()
+            .map(|c| c.1)
+            .max(cursor)
+            .unwrap_or(Offset(oldest));
+        let spool_end = *durable.borrow();
+        if start > spool_end {
+            return Err(SinkError::Fatal(format!(
+                "sink {name}: its checkpoint is at spool offset {start}, beyond the spool's end \
+                 {spool_end}: the spool was recreated. Clear the replica (and its \
+                 ferry.checkpoints row) and start again from a snapshot"
+            )));
+        }
+        let mut reader = SpoolReader::open_tailing(&self.cfg.spool_dir, start, durable.clone())?;
+        tracing::info!(
+            sink = %name,
+            offset = %start,
+            checkpoint = %checkpoint.as_ref().map(|c| c.0.to_string()).unwrap_or_else(|| "none".into()),
+            mode = if sequential { "change by change" } else { "set-based batches" },
+            "sink starting"
+        );
+        self.progress.send_modify(|p| {
+            p.state = SinkState::Running;
+            p.offset = start;
+            p.position = checkpoint.as_ref().map(|c| c.0.clone());
+        });
+        let mut s = Session {
+            client,
+            applier: Applier::new(self.cfg.schema_changes, self.cfg.create_tables),
+            sequential,
+            replay_until: None,
+            checkpoint: checkpoint.map(|c| c.0),
+            in_target_txn: false,
+            batch_rows: 0,
+            batch_txns: 0,
+            batch_started: None,
+            txn: None,
+            last_position: None,
+            last_offset: start,
+            last_heartbeat_save: Instant::now(),
+        };
+        loop {
+            let idle = !s.in_target_txn && s.txn.is_none();
+            let next = if idle {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.wait_for(|v| *v) => return Ok(()),
+                    ev = reader.next_wait() => ev?,
+                }
+            } else {
+                match reader.try_next()? {
+                    Some(ev) => Some(ev),
+                    None if s.txn.is_none() => {
+                        // The spool has nothing more right now: commit what the batch holds.
+                        self.commit_batch(&mut s, &cursors).await?;
+                        continue;
+                    }
+                    None => {
+                        // Mid-transaction: the writer is still writing it.
+                        tokio::select! {
+                            biased;
+                            _ = async { shutdown.wait_for(|v| *v).await.is_ok() } => {
+                                client.batch_execute("ROLLBACK").await?;
+                                return Ok(());
+                            }
+                            ev = reader.next_wait() => ev?,
+                        }
+                    }
+                }
+            };
+            let Some((offset, event)) = next else {
+                // The writer is gone and everything is read.
+                self.commit_batch(&mut s, &cursors).await?;
+                return Ok(());
+            };
+            let after = reader.position();
+            match self.event(&mut s, &reader, offset, after, event).await {
+                Ok(()) => {}
+                Err(e) if !e.is_transient() && !s.sequential && s.in_target_txn => {
+                    // A permanent error in a batch: roll it back and replay the same
+                    // transactions change by change to find the one that fails.
+                    tracing::warn!(sink = %name, error = %e, "a batch failed; replaying it change by change");
+                    client.batch_execute("ROLLBACK").await?;
+                    s.in_target_txn = false;
+                    s.applier.reset();
+                    s.txn = None;
+                    s.batch_rows = 0;
+                    s.batch_txns = 0;
+                    s.batch_started = None;
+                    s.sequential = true;
+                    s.replay_until = Some(after);
+                    reader = SpoolReader::open_tailing(
+                        &self.cfg.spool_dir,
+                        s.last_offset,
+                        durable.clone(),
+                    )?;
+                    continue;
+                }
+                Err(e) => return Err(e),
+            }
+            let stop = *shutdown.borrow();
+            if stop && s.txn.is_none() {
+                self.commit_batch(&mut s, &cursors).await?;
+                return Ok(());
+            }
+        }
+    }
+
+    async fn begin_target(&self, s: &mut Session<'_>) -> Result<()> {
+        if !s.in_target_txn {
+            s.client.batch_execute("BEGIN").await?;
+            s.in_target_txn = true;
+            s.batch_started.get_or_insert_with(Instant::now);
+        }
+        Ok(())
+    }
+
+    async fn event(
+        &mut self,
+        s: &mut Session<'_>,
+        reader: &SpoolReader,
+        offset: Offset,
+        after: Offset,
+        event: Event,
+    ) -> Result<()> {
+        match &event {
+            Event::Begin(b) => {
+                let skip = s.checkpoint.as_ref().is_some_and(|c| b.position <= *c);
+                s.txn = Some(Txn {
+                    begin: b.clone(),
+                    skip,
+                });
+                if !skip {
+                    self.begin_target(s).await?;
+                    if s.sequential {
+                        s.client.batch_execute("SAVEPOINT ferry_event").await?;
+                    }
+                }
+            }
+            Event::Commit(c) => {
+                let Some(txn) = s.txn.take() else {
+                    return Err(SinkError::Fatal(format!(
+                        "spool offset {offset}: Commit without Begin"
+                    )));
+                };
+                s.last_position = Some(c.position.clone());
+                s.last_offset = after;
+                if txn.skip {
+                    if !s.in_target_txn {
+                        self.progress.send_modify(|p| {
+                            p.offset = after;
+                            p.position = Some(c.position.clone());
+                        });
+                    }
+                    return Ok(());
+                }
+                s.batch_txns += 1;
+                let full = s.batch_rows >= self.cfg.max_batch_rows
+                    || s.batch_started
+                        .is_some_and(|t| t.elapsed() >= self.cfg.max_batch_delay);
+                let replay_done = s.replay_until.is_some_and(|u| after >= u);
+                if s.sequential || full {
+                    let cursors = Cursors::new(&self.cfg.spool_dir);
+                    self.commit_batch(s, &cursors).await?;
+                }
+                if replay_done {
+                    tracing::info!(sink = %self.cfg.name, "failed batch replayed; back to batches");
+                    s.replay_until = None;
+                    s.sequential = false;
+                }
+            }
+            Event::Relation(rel) => {
+                if s.in_target_txn {
+                    self.guarded(s, &event, Some(rel), Op::Relation(rel))
+                        .await?;
+                }
+            }
+            Event::Insert(_) | Event::Update(_) | Event::Delete(_) | Event::Truncate(_) => {
+                let Some(txn) = &s.txn else {
+                    return Err(SinkError::Fatal(format!(
+                        "spool offset {offset}: a row change outside a transaction"
+                    )));
+                };
+                if txn.skip {
+                    return Ok(());
+                }
+                // The relation as of this event (the reader keeps the catalog current).
+                let rel = event
+                    .relation_id()
+                    .and_then(|id| reader.relation(id))
+                    .cloned();
+                if let Some(rel) = &rel {
+                    self.guarded(s, &event, Some(rel), Op::Relation(rel))
+                        .await?;
+                }
+                if let Event::Truncate(t) = &event {
+                    for id in &t.relations {
+                        if let Some(rel) = reader.relation(*id) {
+                            let rel = rel.clone();
+                            self.guarded(s, &event, Some(&rel), Op::Relation(&rel))
+                                .await?;
+                        }
+                    }
+                }
+                self.guarded(s, &event, rel.as_ref(), Op::Change(&event))
+                    .await?;
+                s.batch_rows += 1;
+                if s.applier.pending() >= 10_000 {
+                    s.applier.flush(s.client).await?;
+                }
+            }
+            Event::Message(_) => {}
+            Event::Heartbeat(h) => {
+                if s.txn.is_none() && !s.in_target_txn {
+                    s.last_position = Some(h.position.clone());
+                    s.last_offset = after;
+                    self.progress.send_modify(|p| {
+                        p.offset = after;
+                        p.position = Some(h.position.clone());
+                    });
+                    // The checkpoint follows idle progress now and then, so `verify` and
+                    // `status` see the target as current.
+                    if s.last_heartbeat_save.elapsed() >= Duration::from_secs(1) {
+                        self.save_checkpoint(s, false).await?;
+                        Cursors::new(&self.cfg.spool_dir).save(&self.cfg.name, after)?;
+                        s.last_heartbeat_save = Instant::now();
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs one operation. In sequential mode it runs under a savepoint, and a permanent failure
+    /// follows `on_error`; in batch mode errors go up (and the batch is replayed sequentially).
+    async fn guarded(
+        &mut self,
+        s: &mut Session<'_>,
+        event: &Event,
+        rel: Option<&Relation>,
+        op: Op<'_>,
+    ) -> Result<()> {
+        let result = async {
+            op.run(&mut s.applier, s.client).await?;
+            if s.sequential {
+                s.applier.flush(s.client).await?;
+            }
+            Ok(())
+        }
+        .await;
+        if !s.sequential {
+            return result;
+        }
+        match result {
+            Ok(()) => {
+                s.client
+                    .batch_execute("RELEASE SAVEPOINT ferry_event; SAVEPOINT ferry_event")
+                    .await?;
+                Ok(())
+            }
+            Err(e) if e.is_transient() => Err(e),
+            Err(e) => {
+                s.client
+                    .batch_execute("ROLLBACK TO SAVEPOINT ferry_event")
+                    .await?;
+                s.applier.reset();
+                let (position, xid) = s
+                    .txn
+                    .as_ref()
+                    .map(|t| (t.begin.position.clone(), t.begin.xid))
+                    .unwrap_or((Position::Postgres(ferry_proto::Lsn(0)), 0));
+                let Culprit { table, key } = Applier::culprit(event, rel);
+                let error = e.to_string();
+                match self.cfg.on_error {
+                    OnError::Halt => Err(SinkError::Halted(Box::new(crate::error::Halt {
+                        sink: self.cfg.name.clone(),
+                        position,
+                        table,
+                        key,
+                        error,
+                    }))),
+                    OnError::Skip => {
+                        tracing::warn!(sink = %self.cfg.name, %position, %table, %key, %error, "skipping a change that failed (on_error = skip)");
+                        self.progress.send_modify(|p| p.skipped += 1);
+                        Ok(())
+                    }
+                    OnError::DeadLetter => {
+                        self.dead.write(
+                            &self.cfg.name,
+                            &position,
+                            xid,
+                            &table,
+                            &key,
+                            &error,
+                            event,
+                        )?;
+                        tracing::warn!(sink = %self.cfg.name, %position, %table, %key, %error, file = %self.dead.path().display(), "change written to the dead-letter file");
+                        self.progress.send_modify(|p| p.dead_lettered += 1);
+                        Ok(())
+                    }
+                }
+            }
+        }
+    }
+
+    async fn save_checkpoint(&self, s: &Session<'_>, in_txn: bool) -> Result<()> {
+        let Some(position) = &s.last_position else {
+            return Ok(());
+        };
+        let sql = "INSERT INTO ferry.checkpoints (sink, position, spool_offset, updated_at)
+                   VALUES ($1, $2, $3, now())
+                   ON CONFLICT (sink) DO UPDATE SET position = EXCLUDED.position,
+                       spool_offset = EXCLUDED.spool_offset, updated_at = now()";
+        let offset = s.last_offset.0 as i64;
+        s.client
+            .execute(sql, &[&self.cfg.name, &position.to_string(), &offset])
+            .await?;
+        let _ = in_txn;
+        Ok(())
+    }
+
+    /// Flushes and commits the open target transaction with the checkpoint in it.
+    async fn commit_batch(&mut self, s: &mut Session<'_>, cursors: &Cursors) -> Result<()> {
+        if !s.in_target_txn {
+            return Ok(());
+        }
+        s.applier.flush(s.client).await?;
+        self.save_checkpoint(s, true).await?;
+        s.client.batch_execute("COMMIT").await?;
+        s.in_target_txn = false;
+        s.checkpoint = s.last_position.clone();
+        cursors.save(&self.cfg.name, s.last_offset)?;
+        let (rows, txns) = (s.batch_rows as u64, s.batch_txns);
+        s.batch_rows = 0;
+        s.batch_txns = 0;
+        s.batch_started = None;
+        let (offset, position) = (s.last_offset, s.last_position.clone());
+        self.progress.send_modify(|p| {
+            p.offset = offset;
+            p.position = position;
+            p.rows += rows;
+            p.transactions += txns;
+            p.batches += 1;
+        });
+        Ok(())
+    }
+}
+
+/// One thing the applier does for an event.
+enum Op<'e> {
+    Relation(&'e Relation),
+    Change(&'e Event),
+}
+
+impl Op<'_> {
+    async fn run(&self, applier: &mut Applier, client: &Client) -> Result<()> {
+        match self {
+            Op::Relation(rel) => applier.relation(client, rel).await,
+            Op::Change(Event::Truncate(t)) => {
+                applier
+                    .truncate(client, &t.relations, t.cascade, t.restart_identity)
+                    .await
+            }
+            Op::Change(ev) => applier.change(client, ev).await,
+        }
+    }
+}
