@@ -127,6 +127,16 @@ impl FerryRun {
         }
     }
 
+    /// SIGTERM, then its exit code and log, whatever the code.
+    pub fn terminate(mut self) -> Result<(i32, String)> {
+        self.process.signal(libc::SIGTERM);
+        let status = self
+            .process
+            .wait_exit(Duration::from_secs(30))
+            .ok_or("ferry did not stop within 30 s of SIGTERM")?;
+        Ok((status.code().unwrap_or(-1), self.process.log_text()))
+    }
+
     /// SIGKILL, at once.
     pub fn kill(mut self) {
         self.process.signal(libc::SIGKILL);

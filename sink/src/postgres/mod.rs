@@ -157,6 +157,8 @@ struct Session<'a> {
     txn: Option<Txn>,
     last_position: Option<Position>,
     last_offset: Offset,
+    /// Spool offset of the last checkpoint committed on the target.
+    committed_offset: Offset,
     last_heartbeat_save: Instant,
 }
 
@@ -306,45 +308,13 @@ impl PgSink {
             txn: None,
             last_position: None,
             last_offset: start,
+            committed_offset: start,
             last_heartbeat_save: Instant::now(),
         };
         loop {
-            let idle = !s.in_target_txn && s.txn.is_none();
-            let next = if idle {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.wait_for(|v| *v) => return Ok(()),
-                    ev = reader.next_wait() => ev?,
-                }
-            } else {
-                match reader.try_next()? {
-                    Some(ev) => Some(ev),
-                    None if s.txn.is_none() => {
-                        // The spool has nothing more right now: commit what the batch holds.
-                        self.commit_batch(&mut s, &cursors).await?;
-                        continue;
-                    }
-                    None => {
-                        // Mid-transaction: the writer is still writing it.
-                        tokio::select! {
-                            biased;
-                            _ = async { shutdown.wait_for(|v| *v).await.is_ok() } => {
-                                client.batch_execute("ROLLBACK").await?;
-                                return Ok(());
-                            }
-                            ev = reader.next_wait() => ev?,
-                        }
-                    }
-                }
-            };
-            let Some((offset, event)) = next else {
-                // The writer is gone and everything is read.
-                self.commit_batch(&mut s, &cursors).await?;
-                return Ok(());
-            };
-            let after = reader.position();
-            match self.event(&mut s, &reader, offset, after, event).await {
-                Ok(()) => {}
+            match self.step(&mut s, &mut reader, shutdown, &cursors).await {
+                Ok(true) => {}
+                Ok(false) => return Ok(()),
                 Err(e) if !e.is_transient() && !s.sequential && s.in_target_txn => {
                     // A permanent error in a batch: roll it back and replay the same
                     // transactions change by change to find the one that fails.
@@ -357,22 +327,70 @@ impl PgSink {
                     s.batch_txns = 0;
                     s.batch_started = None;
                     s.sequential = true;
-                    s.replay_until = Some(after);
+                    s.replay_until = Some(reader.position());
+                    s.last_offset = s.committed_offset;
+                    s.last_position = s.checkpoint.clone();
                     reader = SpoolReader::open_tailing(
                         &self.cfg.spool_dir,
-                        s.last_offset,
+                        s.committed_offset,
                         durable.clone(),
                     )?;
-                    continue;
                 }
                 Err(e) => return Err(e),
             }
-            let stop = *shutdown.borrow();
-            if stop && s.txn.is_none() {
-                self.commit_batch(&mut s, &cursors).await?;
-                return Ok(());
-            }
         }
+    }
+
+    /// Reads and applies one event (committing the batch when it is due); false to stop.
+    async fn step(
+        &mut self,
+        s: &mut Session<'_>,
+        reader: &mut SpoolReader,
+        shutdown: &mut watch::Receiver<bool>,
+        cursors: &Cursors,
+    ) -> Result<bool> {
+        let idle = !s.in_target_txn && s.txn.is_none();
+        let next = if idle {
+            tokio::select! {
+                biased;
+                _ = async { shutdown.wait_for(|v| *v).await.is_ok() } => return Ok(false),
+                ev = reader.next_wait() => ev?,
+            }
+        } else {
+            match reader.try_next()? {
+                Some(ev) => Some(ev),
+                None if s.txn.is_none() => {
+                    // The spool has nothing more right now: commit what the batch holds.
+                    self.commit_batch(s, cursors).await?;
+                    return Ok(true);
+                }
+                None => {
+                    // Mid-transaction: the writer is still writing it.
+                    tokio::select! {
+                        biased;
+                        _ = async { shutdown.wait_for(|v| *v).await.is_ok() } => {
+                            s.client.batch_execute("ROLLBACK").await?;
+                            s.in_target_txn = false;
+                            return Ok(false);
+                        }
+                        ev = reader.next_wait() => ev?,
+                    }
+                }
+            }
+        };
+        let Some((offset, event)) = next else {
+            // The writer is gone and everything is read.
+            self.commit_batch(s, cursors).await?;
+            return Ok(false);
+        };
+        let after = reader.position();
+        self.event(s, reader, offset, after, event).await?;
+        let stop = *shutdown.borrow();
+        if stop && s.txn.is_none() {
+            self.commit_batch(s, cursors).await?;
+            return Ok(false);
+        }
+        Ok(true)
     }
 
     async fn begin_target(&self, s: &mut Session<'_>) -> Result<()> {
@@ -416,6 +434,7 @@ impl PgSink {
                 s.last_offset = after;
                 if txn.skip {
                     if !s.in_target_txn {
+                        s.committed_offset = after;
                         self.progress.send_modify(|p| {
                             p.offset = after;
                             p.position = Some(c.position.clone());
@@ -483,6 +502,7 @@ impl PgSink {
                 if s.txn.is_none() && !s.in_target_txn {
                     s.last_position = Some(h.position.clone());
                     s.last_offset = after;
+                    s.committed_offset = after;
                     self.progress.send_modify(|p| {
                         p.offset = after;
                         p.position = Some(h.position.clone());
@@ -598,6 +618,7 @@ impl PgSink {
         s.client.batch_execute("COMMIT").await?;
         s.in_target_txn = false;
         s.checkpoint = s.last_position.clone();
+        s.committed_offset = s.last_offset;
         cursors.save(&self.cfg.name, s.last_offset)?;
         let (rows, txns) = (s.batch_rows as u64, s.batch_txns);
         s.batch_rows = 0;

@@ -1,0 +1,373 @@
+//! The PostgreSQL replica sink against real source and replica servers: a mixed workload with
+//! SIGKILLs ends with every table equal to the source, a replica restart is retried through,
+//! a reader of the replica never sees half a source transaction, and a permanent error does what
+//! `on_error` says.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use ferry_tests::Postgres;
+use ferry_tests::ferry::FerryConfig;
+use ferry_tests::postgres::PostgresOptions;
+use tokio_postgres::{Client, NoTls};
+
+async fn connect(pg: &Postgres) -> Client {
+    let (client, conn) = tokio_postgres::connect(&pg.conn_str("postgres"), NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// Row count and an order-independent checksum of every row's text.
+async fn checksum(client: &Client, table: &str) -> (i64, String) {
+    let row = client
+        .query_one(
+            &format!(
+                "SELECT count(*), coalesce(sum(hashtextextended(t::text, 0)::numeric), 0)::text
+                 FROM {table} t"
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+/// Waits until every table has the same checksum on both sides.
+async fn wait_equal(source: &Client, replica: &Client, tables: &[&str], timeout: Duration) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let mut diff = Vec::new();
+        for t in tables {
+            let (a, b) = (checksum(source, t).await, checksum(replica, t).await);
+            if a != b {
+                diff.push(format!("{t}: source {a:?} replica {b:?}"));
+            }
+        }
+        if diff.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "replica differs from source: {}",
+            diff.join("; ")
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+const SCHEMA: &str = "
+    CREATE TABLE accounts (id int PRIMARY KEY, owner text, balance numeric(12,2) NOT NULL,
+        doc text, tags text[], updated timestamptz);
+    ALTER TABLE accounts ALTER doc SET STORAGE EXTERNAL;
+    CREATE TABLE orders (a int, b text, qty int, PRIMARY KEY (a, b));
+    CREATE TABLE items (id int PRIMARY KEY, account_id int REFERENCES accounts (id), v jsonb);
+    CREATE TABLE fullrow (x int, y text);
+    ALTER TABLE fullrow REPLICA IDENTITY FULL;
+    CREATE TABLE bulk (id int PRIMARY KEY, v text);";
+
+const TABLES: &[&str] = &["accounts", "orders", "items", "fullrow", "bulk"];
+
+/// Source and replica servers with the schema on both and some rows on the source.
+async fn setup(work_mem: &str) -> (Postgres, Postgres, Client, Client) {
+    let source = Postgres::start_with(PostgresOptions {
+        settings: vec![("logical_decoding_work_mem".into(), work_mem.into())],
+    })
+    .unwrap();
+    let replica = Postgres::start().unwrap();
+    let (s, r) = (connect(&source).await, connect(&replica).await);
+    s.batch_execute(SCHEMA).await.unwrap();
+    r.batch_execute(SCHEMA).await.unwrap();
+    s.batch_execute(&format!(
+        "INSERT INTO accounts SELECT g, 'owner ' || g, 1000, repeat('d', 5000) || g,
+             ARRAY['a', 'b' || g], now() FROM generate_series(1, 200) g;
+         INSERT INTO orders SELECT g % 50, 'k' || g, g FROM generate_series(1, 300) g;
+         INSERT INTO items SELECT g, g % 200 + 1, jsonb_build_object('n', g) FROM generate_series(1, 300) g;
+         INSERT INTO fullrow SELECT g % 10, 'y' FROM generate_series(1, 50) g;"
+    ))
+    .await
+    .unwrap();
+    (source, replica, s, r)
+}
+
+/// One transaction of the mixed workload, number `i`: transfers (the total balance stays 200,000),
+/// TOAST left unchanged, composite key changes, delete and re-insert, foreign keys, FULL identity
+/// rows, now and then a truncate and a large transaction.
+async fn workload_step(c: &Client, i: i32) {
+    let a = i % 200 + 1;
+    let b = (i * 7) % 200 + 1;
+    let mut sql = format!(
+        "BEGIN;
+         UPDATE accounts SET balance = balance - 1, updated = now() WHERE id = {a};
+         UPDATE accounts SET balance = balance + 1, tags = array_append(tags, '{i}') WHERE id = {b};
+         UPDATE orders SET b = b || 'x' WHERE a = {} AND b = (SELECT min(b) FROM orders WHERE a = {});
+         DELETE FROM items WHERE id = {};
+         INSERT INTO items VALUES ({}, {a}, '{{\"i\": {i}}}') ON CONFLICT (id) DO UPDATE SET v = EXCLUDED.v;
+         UPDATE fullrow SET y = y || '.' WHERE ctid = (SELECT ctid FROM fullrow WHERE x = {} LIMIT 1);
+         INSERT INTO fullrow VALUES ({}, 'n{i}');",
+        i % 50,
+        i % 50,
+        i % 300 + 1,
+        i % 300 + 1,
+        i % 10,
+        i % 10
+    );
+    if i % 97 == 0 {
+        sql.push_str("TRUNCATE fullrow; INSERT INTO fullrow VALUES (1, 'after truncate');");
+    }
+    if i % 150 == 0 {
+        let first = 1_000_000 + i * 10_000;
+        sql.push_str(&format!(
+            "INSERT INTO bulk SELECT g, 'bulk' FROM generate_series({first}, {}) g;
+             DELETE FROM bulk WHERE id % 3 = 0;",
+            first + 20_000
+        ));
+    }
+    sql.push_str("COMMIT;");
+    c.batch_execute(&sql).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mixed_workload_with_sigkills_leaves_a_replica_equal_to_the_source() {
+    let (source, replica, s, r) = setup("64kB").await;
+    let config = FerryConfig::pg_to_pg(
+        &source.url("postgres"),
+        &replica.url("postgres"),
+        "",
+        "max_batch_rows = 500",
+    )
+    .unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let c = connect(&source).await;
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                workload_step(&c, i).await;
+            }
+            i
+        })
+    };
+    let mut seed = 0x2545_F491_4F6C_DD1Du64;
+    for n in 0..4 {
+        let ferry = config.start(n).unwrap();
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        tokio::time::sleep(Duration::from_millis(500 + seed % 2000)).await;
+        ferry.kill();
+    }
+    stop.store(true, Ordering::Relaxed);
+    let steps = writer.await.unwrap();
+    assert!(steps > 50, "the workload ran ({steps} transactions)");
+    let mut ferry = config.start(99).unwrap();
+    wait_equal(&s, &r, TABLES, Duration::from_secs(180)).await;
+    ferry.check_alive().unwrap();
+    // Invariant of every source transaction.
+    let total: String = r
+        .query_one("SELECT sum(balance)::text FROM accounts", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(total, "200000.00");
+    // The slot is acknowledged only as far as the replica has applied, and follows it.
+    let applied: String = r
+        .query_one(
+            "SELECT position FROM ferry.checkpoints WHERE sink = 'replica'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(applied.starts_with("pg:"), "{applied}");
+    ferry.stop().unwrap();
+    let confirmed: String = s
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'ferry'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    let lsn = |t: &str| -> u64 {
+        let (hi, lo) = t.trim_start_matches("pg:").split_once('/').unwrap();
+        (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
+    };
+    let applied_now: String = r
+        .query_one(
+            "SELECT position FROM ferry.checkpoints WHERE sink = 'replica'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        lsn(&confirmed) <= lsn(&applied_now) + 1,
+        "the slot ({confirmed}) is ahead of what the replica applied ({applied_now})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_restart_is_retried_and_readers_never_see_half_a_transaction() {
+    let (source, mut replica, s, r) = setup("64MB").await;
+    let config =
+        FerryConfig::pg_to_pg(&source.url("postgres"), &replica.url("postgres"), "", "").unwrap();
+    let mut ferry = config.start(0).unwrap();
+    wait_equal(&s, &r, TABLES, Duration::from_secs(60)).await;
+
+    // A reader checks the source's invariant on the replica while transfers are applied.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let r = connect(&replica).await;
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut reads = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let total: String = r
+                    .query_one("SELECT sum(balance)::text FROM accounts", &[])
+                    .await
+                    .unwrap()
+                    .get(0);
+                assert_eq!(total, "200000.00", "a reader saw half a source transaction");
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for i in 1..=300 {
+        workload_step(&s, i).await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    let reads = reader.await.unwrap();
+    assert!(reads > 20, "the reader ran ({reads} reads)");
+
+    // The replica restarts while changes keep coming.
+    drop(r);
+    let writer = {
+        let c = connect(&source).await;
+        tokio::spawn(async move {
+            for i in 301..=600 {
+                workload_step(&c, i).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    replica.restart().unwrap();
+    writer.await.unwrap();
+    let r = connect(&replica).await;
+    wait_equal(&s, &r, TABLES, Duration::from_secs(120)).await;
+    ferry.check_alive().unwrap();
+    assert!(
+        ferry.log_text().contains("retrying"),
+        "no retry in the log:\n{}",
+        ferry.log_text()
+    );
+    ferry.stop().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_permanent_error_follows_on_error() {
+    for policy in ["skip", "dead_letter", "halt"] {
+        let source = Postgres::start().unwrap();
+        let replica = Postgres::start().unwrap();
+        let (s, r) = (connect(&source).await, connect(&replica).await);
+        s.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
+            .await
+            .unwrap();
+        // Only the replica refuses negative values.
+        r.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v int CHECK (v >= 0))")
+            .await
+            .unwrap();
+        let config = FerryConfig::pg_to_pg(
+            &source.url("postgres"),
+            &replica.url("postgres"),
+            "",
+            &format!("on_error = \"{policy}\""),
+        )
+        .unwrap();
+        s.batch_execute("INSERT INTO t VALUES (1, 1), (2, 2)")
+            .await
+            .unwrap();
+        let mut ferry = config.start(0).unwrap();
+        wait_equal(&s, &r, &["t"], Duration::from_secs(60)).await;
+        s.batch_execute(
+            "BEGIN; INSERT INTO t VALUES (3, 3); INSERT INTO t VALUES (4, -4);
+                    INSERT INTO t VALUES (5, 5); COMMIT;
+             INSERT INTO t VALUES (6, 6);",
+        )
+        .await
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        match policy {
+            "halt" => {
+                // The sink stops before the failing transaction; the process says why.
+                loop {
+                    let log = ferry.log_text();
+                    if log.contains("sink halted") {
+                        assert!(log.contains("public.t"), "{log}");
+                        assert!(log.contains("id=Int(4)"), "{log}");
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "no halt in the log:\n{log}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let got: Vec<i32> = r
+                    .query("SELECT id FROM t ORDER BY id", &[])
+                    .await
+                    .unwrap()
+                    .iter()
+                    .map(|row| row.get(0))
+                    .collect();
+                assert_eq!(got, [1, 2], "nothing of or after the failing transaction");
+                ferry.check_alive().unwrap();
+                let (code, log) = ferry.terminate().unwrap();
+                assert_eq!(code, 1, "a halted sink makes ferry exit 1: {log}");
+            }
+            _ => {
+                loop {
+                    let got: Vec<i32> = r
+                        .query("SELECT id FROM t ORDER BY id", &[])
+                        .await
+                        .unwrap()
+                        .iter()
+                        .map(|row| row.get(0))
+                        .collect();
+                    if got == [1, 2, 3, 5, 6] {
+                        break;
+                    }
+                    assert!(
+                        Instant::now() < deadline,
+                        "{policy}: replica has {got:?}:\n{}",
+                        ferry.log_text()
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                ferry.check_alive().unwrap();
+                ferry.stop().unwrap();
+                let dead = config.spool_dir().join("dead-letter/replica.jsonl");
+                if policy == "dead_letter" {
+                    let text = std::fs::read_to_string(&dead).unwrap();
+                    let lines: Vec<serde_json::Value> = text
+                        .lines()
+                        .map(|l| serde_json::from_str(l).unwrap())
+                        .collect();
+                    assert_eq!(lines.len(), 1, "{text}");
+                    assert_eq!(lines[0]["table"], "public.t");
+                    assert!(
+                        lines[0]["error"].as_str().unwrap().contains("check"),
+                        "{text}"
+                    );
+                    assert_eq!(lines[0]["event"]["Insert"]["new"][1]["Int"], -4);
+                } else {
+                    assert!(!dead.exists());
+                }
+            }
+        }
+    }
+}
