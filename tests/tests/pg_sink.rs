@@ -82,13 +82,13 @@ async fn setup(work_mem: &str) -> (Postgres, Postgres, Client, Client) {
     let (s, r) = (connect(&source).await, connect(&replica).await);
     s.batch_execute(SCHEMA).await.unwrap();
     r.batch_execute(SCHEMA).await.unwrap();
-    s.batch_execute(&format!(
+    s.batch_execute(
         "INSERT INTO accounts SELECT g, 'owner ' || g, 1000, repeat('d', 5000) || g,
              ARRAY['a', 'b' || g], now() FROM generate_series(1, 200) g;
          INSERT INTO orders SELECT g % 50, 'k' || g, g FROM generate_series(1, 300) g;
          INSERT INTO items SELECT g, g % 200 + 1, jsonb_build_object('n', g) FROM generate_series(1, 300) g;
-         INSERT INTO fullrow SELECT g % 10, 'y' FROM generate_series(1, 50) g;"
-    ))
+         INSERT INTO fullrow SELECT g % 10, 'y' FROM generate_series(1, 50) g;",
+    )
     .await
     .unwrap();
     (source, replica, s, r)
