@@ -8,4 +8,6 @@ pub mod error;
 pub mod filter;
 pub mod logging;
 pub mod postgres;
+pub mod status;
 pub mod supervisor;
+pub mod verify;

@@ -69,20 +69,32 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             .into())
         }
         Command::Status(args) => {
-            Config::load(&args.config)?;
-            Err(NotBuilt {
-                command: "status",
-                what: "sink checkpoints do not exist yet",
-            }
-            .into())
+            let config = Config::load(&args.config)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let text = runtime.block_on(ferry_agent::status::status(&config))?;
+            print!("{text}");
+            Ok(())
         }
         Command::Verify(args) => {
-            Config::load(&args.config)?;
-            Err(NotBuilt {
-                command: "verify",
-                what: "database sinks do not exist yet",
+            let config = Config::load(&args.config)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let mut text = String::new();
+            let reports = runtime.block_on(ferry_agent::verify::verify(&config, &mut text))?;
+            print!("{text}");
+            let differ: Vec<String> = reports
+                .iter()
+                .filter(|r| r.differing_chunks > 0)
+                .map(|r| format!("{} on {}", r.table, r.sink))
+                .collect();
+            if differ.is_empty() {
+                Ok(())
+            } else {
+                anyhow::bail!("tables differ: {}", differ.join(", "))
             }
-            .into())
         }
         Command::Log {
             command:

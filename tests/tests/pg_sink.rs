@@ -211,6 +211,26 @@ async fn a_mixed_workload_with_sigkills_leaves_a_replica_equal_to_the_source() {
         lsn(&confirmed) <= lsn(&applied_now) + 1,
         "the slot ({confirmed}) is ahead of what the replica applied ({applied_now})"
     );
+
+    // `ferry verify` agrees, and `ferry status` shows the sink's position.
+    let config_path = config.path().display().to_string();
+    let (code, out, err) =
+        ferry_tests::ferry::command(&["verify", "--config", &config_path]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(out.matches("equal").count(), TABLES.len(), "{out}");
+    let (code, out, err) =
+        ferry_tests::ferry::command(&["status", "--config", &config_path]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains(&applied_now), "{out}");
+    // A row changed behind ferry's back is found and named.
+    r.batch_execute("UPDATE accounts SET owner = 'tampered' WHERE id = 7")
+        .await
+        .unwrap();
+    let (code, out, err) =
+        ferry_tests::ferry::command(&["verify", "--config", &config_path]).unwrap();
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("public.accounts on replica"), "{out}{err}");
+    assert!(out.contains("DIFFERS"), "{out}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
