@@ -155,8 +155,11 @@ async fn captured_tables(
     Ok(tables)
 }
 
+/// A key's columns as text.
+type Key = Vec<String>;
+
 /// Chunk boundaries: every [`CHUNK_ROWS`]th key, as text.
-async fn boundaries(source: &Client, t: &Table) -> Result<Vec<Vec<String>>> {
+async fn boundaries(source: &Client, t: &Table) -> Result<Vec<Key>> {
     if t.key.is_empty() {
         return Ok(Vec::new());
     }
@@ -224,7 +227,7 @@ async fn chunk(
 
 async fn compare(source: &Client, target: &Client, sink: &str, t: &Table) -> Result<TableReport> {
     let bounds = boundaries(source, t).await?;
-    let ranges: Vec<(Option<&Vec<String>>, Option<&Vec<String>>)> = (0..=bounds.len())
+    let ranges: Vec<(Option<&Key>, Option<&Key>)> = (0..=bounds.len())
         .map(|i| (i.checked_sub(1).map(|j| &bounds[j]), bounds.get(i)))
         .collect();
     let mut report = TableReport {
