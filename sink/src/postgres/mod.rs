@@ -498,6 +498,11 @@ impl PgSink {
                 }
             }
             Event::Message(_) => {}
+            Event::Heartbeat(h) if s.txn.is_none() && s.in_target_txn => {
+                // Between transactions of an open batch: the batch's checkpoint covers it.
+                s.last_position = Some(h.position.clone());
+                s.last_offset = after;
+            }
             Event::Heartbeat(h) => {
                 if s.txn.is_none() && !s.in_target_txn {
                     s.last_position = Some(h.position.clone());
