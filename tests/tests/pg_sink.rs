@@ -22,7 +22,7 @@ async fn connect(pg: &Postgres) -> Client {
     client
 }
 
-/// Row count and an order-independent checksum of every row's text.
+/// Row count and an order-independent checksum of every row's text (a missing table is -1).
 async fn checksum(client: &Client, table: &str) -> (i64, String) {
     let row = client
         .query_one(
@@ -32,9 +32,12 @@ async fn checksum(client: &Client, table: &str) -> (i64, String) {
             ),
             &[],
         )
-        .await
-        .unwrap();
-    (row.get(0), row.get(1))
+        .await;
+    match row {
+        Ok(row) => (row.get(0), row.get(1)),
+        Err(e) if e.code().map(|c| c.code()) == Some("42P01") => (-1, "missing".into()),
+        Err(e) => panic!("checksum of {table}: {e}"),
+    }
 }
 
 /// Waits until every table has the same checksum on both sides.
@@ -390,4 +393,114 @@ async fn a_permanent_error_follows_on_error() {
             }
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tables_are_created_and_follow_schema_changes() {
+    let source = Postgres::start().unwrap();
+    let replica = Postgres::start().unwrap();
+    let (s, r) = (connect(&source).await, connect(&replica).await);
+    s.batch_execute(
+        "CREATE TABLE shop (id int PRIMARY KEY, name text, price numeric(10,2));
+         INSERT INTO shop VALUES (1, 'a', 1.50), (2, 'b', 2.50);",
+    )
+    .await
+    .unwrap();
+    let config = FerryConfig::pg_to_pg(
+        &source.url("postgres"),
+        &replica.url("postgres"),
+        "",
+        "create_tables = true",
+    )
+    .unwrap();
+    let mut ferry = config.start(0).unwrap();
+    wait_equal(&s, &r, &["shop"], Duration::from_secs(60)).await;
+    s.batch_execute(
+        "ALTER TABLE shop ADD COLUMN stock int;
+         INSERT INTO shop VALUES (3, 'c', 3.50, 7);
+         UPDATE shop SET stock = 1 WHERE id = 1;",
+    )
+    .await
+    .unwrap();
+    wait_equal(&s, &r, &["shop"], Duration::from_secs(60)).await;
+    s.batch_execute(
+        "ALTER TABLE shop DROP COLUMN name;
+         ALTER TABLE shop ALTER COLUMN price TYPE numeric(12,3);
+         INSERT INTO shop VALUES (4, 4.125, 2);",
+    )
+    .await
+    .unwrap();
+    wait_equal(&s, &r, &["shop"], Duration::from_secs(60)).await;
+    let ty: String = r
+        .query_one(
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute
+             WHERE attrelid = 'shop'::regclass AND attname = 'price'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(ty, "numeric(12,3)");
+    ferry.check_alive().unwrap();
+    ferry.stop().unwrap();
+
+    // With schema_changes = "halt", the next change of schema stops the sink and says why.
+    let text = std::fs::read_to_string(config.path()).unwrap();
+    std::fs::write(
+        config.path(),
+        text.replace("create_tables = true", "schema_changes = \"halt\""),
+    )
+    .unwrap();
+    let mut ferry = config.start(1).unwrap();
+    s.batch_execute(
+        "ALTER TABLE shop ADD COLUMN note text; INSERT INTO shop VALUES (5, 5, 5, 'x')",
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !(ferry.log_text().contains("sink halted")
+        && ferry.log_text().contains("schema_changes = \"halt\""))
+    {
+        assert!(Instant::now() < deadline, "no halt:\n{}", ferry.log_text());
+        ferry.check_alive().unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (code, _) = ferry.terminate().unwrap();
+    assert_eq!(code, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_the_replica_role_changes_apply_in_source_order_under_foreign_keys() {
+    let (source, replica, s, r) = setup("64MB").await;
+    // A role that may not set session_replication_role: the replica's foreign keys stay active.
+    r.batch_execute(
+        "CREATE ROLE app LOGIN; GRANT ALL ON ALL TABLES IN SCHEMA public TO app;
+         GRANT CREATE ON DATABASE postgres TO app;",
+    )
+    .await
+    .unwrap();
+    let sink_url = format!("postgres://app@127.0.0.1:{}/postgres", replica.port());
+    let config = FerryConfig::pg_to_pg(&source.url("postgres"), &sink_url, "", "").unwrap();
+    let mut ferry = config.start(0).unwrap();
+    for i in 1..=200 {
+        workload_step(&s, i).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for t in TABLES {
+        while checksum(&s, t).await != checksum(&r, t).await {
+            assert!(
+                Instant::now() < deadline,
+                "{t} differs:\n{}",
+                ferry.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    ferry.check_alive().unwrap();
+    assert!(
+        ferry.log_text().contains("applying change by change"),
+        "{}",
+        ferry.log_text()
+    );
+    ferry.stop().unwrap();
 }

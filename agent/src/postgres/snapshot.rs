@@ -87,6 +87,21 @@ pub async fn copy_all(
         })
         .filter(|t| settings.filter.accepts(&t.schema, &t.name))
         .collect();
+    // Foreign keys among the copied tables: parents are copied before children, one table at a
+    // time, so a replica applying the copy in order (without session_replication_role) never
+    // meets a row whose parent it has not seen.
+    let edges: Vec<(u32, u32)> = first
+        .query(
+            "SELECT conrelid, confrelid FROM pg_constraint
+             WHERE contype = 'f' AND conrelid <> confrelid",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .filter(|(c, p)| tables.iter().any(|t| t.oid == *c) && tables.iter().any(|t| t.oid == *p))
+        .collect();
+    let tables = parents_first(tables, &edges);
     let total = tables.len();
     let position = Position::Postgres(Lsn(consistent_point.saturating_sub(1)));
     let now = super::replication::unix_now_micros();
@@ -104,7 +119,15 @@ pub async fn copy_all(
 
     let queue = Arc::new(Mutex::new(tables.into_iter().collect::<VecDeque<_>>()));
     let progress = Arc::new(Progress::default());
-    let workers = settings.snapshot_workers.clamp(1, total.max(1));
+    let workers = if edges.is_empty() {
+        settings.snapshot_workers.clamp(1, total.max(1))
+    } else {
+        tracing::info!(
+            foreign_keys = edges.len(),
+            "initial snapshot: the tables have foreign keys; copying parents first, one table at a time"
+        );
+        1
+    };
     let (tx, mut rx) = mpsc::channel::<Vec<Event>>(BATCHES_IN_FLIGHT * workers);
     let mut clients = vec![first];
     while clients.len() < workers {
@@ -196,6 +219,21 @@ pub async fn copy_all(
         "initial snapshot: complete"
     );
     Ok(true)
+}
+
+/// Orders tables so that every table comes after the tables it references (`edges` are
+/// (child, parent) OIDs); tables in a reference cycle keep their order after the rest.
+fn parents_first(mut tables: Vec<Table>, edges: &[(u32, u32)]) -> Vec<Table> {
+    let mut out = Vec::with_capacity(tables.len());
+    while !tables.is_empty() {
+        let ready = tables.iter().position(|t| {
+            !edges
+                .iter()
+                .any(|(c, p)| *c == t.oid && tables.iter().any(|o| o.oid == *p))
+        });
+        out.push(tables.remove(ready.unwrap_or(0)));
+    }
+    out
 }
 
 /// A connection inside a transaction that sees the exported snapshot.

@@ -92,6 +92,16 @@ impl Applier {
         }
     }
 
+    /// Whether the table has been announced in this session.
+    pub fn knows(&self, id: RelationId) -> bool {
+        self.tables.contains_key(&id)
+    }
+
+    /// Whether `rel` changes the definition of a table announced in this session.
+    pub fn differs(&self, rel: &Relation) -> bool {
+        self.tables.get(&rel.id).is_some_and(|t| t.rel != *rel)
+    }
+
     /// Rows waiting for a flush.
     pub fn pending(&self) -> usize {
         self.pending

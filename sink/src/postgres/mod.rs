@@ -93,6 +93,9 @@ impl SinkProgress {
     }
 }
 
+/// Pending row changes that make the applier write them out, inside the target transaction.
+const FLUSH_ROWS: usize = 25_000;
+
 /// The checkpoint table on the target.
 const CHECKPOINT_DDL: &str = "CREATE SCHEMA IF NOT EXISTS ferry;
     CREATE TABLE IF NOT EXISTS ferry.checkpoints (
@@ -458,7 +461,11 @@ impl PgSink {
                 }
             }
             Event::Relation(rel) => {
-                if s.in_target_txn {
+                // A table the applier knows under another definition: apply the change now (in
+                // a target transaction), so the rows that follow find the new columns.
+                let skipping = s.txn.as_ref().is_some_and(|t| t.skip);
+                if !skipping && s.applier.differs(rel) {
+                    self.begin_target(s).await?;
                     self.guarded(s, &event, Some(rel), Op::Relation(rel))
                         .await?;
                 }
@@ -472,28 +479,24 @@ impl PgSink {
                 if txn.skip {
                     return Ok(());
                 }
-                // The relation as of this event (the reader keeps the catalog current).
-                let rel = event
-                    .relation_id()
-                    .and_then(|id| reader.relation(id))
-                    .cloned();
-                if let Some(rel) = &rel {
-                    self.guarded(s, &event, Some(rel), Op::Relation(rel))
-                        .await?;
-                }
-                if let Event::Truncate(t) = &event {
-                    for id in &t.relations {
-                        if let Some(rel) = reader.relation(*id) {
-                            let rel = rel.clone();
-                            self.guarded(s, &event, Some(&rel), Op::Relation(&rel))
-                                .await?;
-                        }
+                // A table met for the first time (in this session): the reader's catalog has
+                // its definition as of this event.
+                let ids: Vec<ferry_proto::RelationId> = match &event {
+                    Event::Truncate(t) => t.relations.clone(),
+                    _ => event.relation_id().into_iter().collect(),
+                };
+                for id in ids {
+                    if !s.applier.knows(id)
+                        && let Some(rel) = reader.relation(id)
+                    {
+                        self.guarded(s, &event, Some(rel), Op::Relation(rel))
+                            .await?;
                     }
                 }
-                self.guarded(s, &event, rel.as_ref(), Op::Change(&event))
-                    .await?;
+                let rel = event.relation_id().and_then(|id| reader.relation(id));
+                self.guarded(s, &event, rel, Op::Change(&event)).await?;
                 s.batch_rows += 1;
-                if s.applier.pending() >= 10_000 {
+                if s.applier.pending() >= FLUSH_ROWS {
                     s.applier.flush(s.client).await?;
                 }
             }
