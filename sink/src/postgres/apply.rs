@@ -34,7 +34,12 @@ type Key = Vec<Option<String>>;
 
 #[derive(Debug, Clone)]
 enum RowState {
+    /// A full row to insert, or to overwrite the target's row with.
     Upsert(Vec<Option<String>>),
+    /// A full row for a key the target does not have (an insert, after a delete of the key in
+    /// the window if any): a plain INSERT, which costs less than INSERT … ON CONFLICT and, like
+    /// PostgreSQL's own apply, fails on a replica that already has the key.
+    Insert(Vec<Option<String>>),
     Patch(Vec<Cell>),
     Delete,
 }
@@ -56,7 +61,9 @@ struct Table {
     mode: KeyMode,
     keys: Vec<usize>,
     index: HashMap<Key, usize>,
-    rows: Vec<(Key, RowState)>,
+    /// Each key's final state, and whether the target had the key before the window (its
+    /// first change in the window was not an insert).
+    rows: Vec<(Key, RowState, bool)>,
     inserts: Vec<Vec<Option<String>>>,
 }
 
@@ -225,7 +232,12 @@ impl Applier {
             Event::Insert(i) => {
                 let row = encode_row(&i.new)?;
                 let key = key_of(&table.keys, &row);
-                self.pending += put(table, key, RowState::Upsert(row));
+                // A key the target had (deleted earlier in the window) is overwritten instead.
+                let state = match table.index.get(&key).map(|&i| table.rows[i].2) {
+                    Some(true) => RowState::Upsert(row),
+                    _ => RowState::Insert(row),
+                };
+                self.pending += put(table, key, state);
             }
             Event::Delete(d) => {
                 let row = encode_row(d.old.row())?;
@@ -252,7 +264,7 @@ impl Applier {
                             let row = new.into_iter().map(Option::flatten).collect();
                             self.pending += put(table, new_key, RowState::Upsert(row));
                         }
-                        (true, Some(RowState::Upsert(old))) => {
+                        (true, Some(RowState::Upsert(old) | RowState::Insert(old))) => {
                             let row = merge(&old, &new);
                             self.pending += put(table, old_key, RowState::Delete);
                             self.pending += put(table, new_key, RowState::Upsert(row));
@@ -269,6 +281,7 @@ impl Applier {
                 } else {
                     let state = match table.index.get(&new_key).map(|&i| &table.rows[i].1) {
                         Some(RowState::Upsert(old)) => RowState::Upsert(merge(old, &new)),
+                        Some(RowState::Insert(old)) => RowState::Insert(merge(old, &new)),
                         Some(RowState::Patch(old)) => RowState::Patch(
                             new.iter()
                                 .zip(old)
@@ -354,11 +367,13 @@ impl Applier {
         }
         let mut deletes: Vec<&Key> = Vec::new();
         let mut upserts: Vec<&Vec<Option<String>>> = Vec::new();
+        let mut fresh: Vec<&Vec<Option<String>>> = Vec::new();
         let mut patches: HashMap<Vec<bool>, Vec<(&Key, &Vec<Cell>)>> = HashMap::new();
-        for (key, state) in &rows {
+        for (key, state, _) in &rows {
             match state {
                 RowState::Delete => deletes.push(key),
                 RowState::Upsert(row) => upserts.push(row),
+                RowState::Insert(row) => fresh.push(row),
                 RowState::Patch(cells) => {
                     let mask = cells.iter().map(Option::is_some).collect();
                     patches.entry(mask).or_default().push((key, cells));
@@ -375,6 +390,17 @@ impl Applier {
             );
             let rows: Vec<Vec<Option<String>>> = deletes.into_iter().cloned().collect();
             execute(client, &sql, columns_of(&rows, &idx)).await?;
+        }
+        if !fresh.is_empty() {
+            let sql = format!(
+                "INSERT INTO {} ({}) SELECT {} FROM {}",
+                table.target.quoted,
+                column_list(table, &all),
+                casts(table, &all),
+                unnest(all.len())
+            );
+            let rows: Vec<Vec<Option<String>>> = fresh.into_iter().cloned().collect();
+            execute(client, &sql, columns_of(&rows, &all)).await?;
         }
         if !upserts.is_empty() {
             let non_key: Vec<&str> = cols
@@ -457,8 +483,9 @@ fn put(table: &mut Table, key: Key, state: RowState) -> usize {
             0
         }
         None => {
+            let existed = !matches!(state, RowState::Insert(_));
             table.index.insert(key.clone(), table.rows.len());
-            table.rows.push((key, state));
+            table.rows.push((key, state, existed));
             1
         }
     }
