@@ -7,7 +7,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use ferry_proto::{Event, Relation, RelationId, frame};
+use ferry_proto::{Event, FrameError, Relation, RelationId, frame};
 use tokio::sync::watch;
 
 use crate::segment::{self, SEGMENT_HEADER_LEN};
@@ -126,6 +126,32 @@ impl SpoolWriter {
         if let Event::Relation(r) = event {
             self.relations.insert(r.id, r.clone());
         }
+        Ok(offset)
+    }
+
+    /// Appends one frame that is already encoded (header and payload, as [`frame::encode`]
+    /// writes it), copying it as it is: for events ferry encoded itself moments ago (a spilled
+    /// transaction), so they are not decoded and encoded again. The frame must not hold a
+    /// Relation event (the writer keeps the relation catalog from decoded events), and its
+    /// header must be valid; its checksum is verified by every reader.
+    pub fn append_frame(&mut self, frame: &[u8]) -> Result<Offset, SpoolError> {
+        if self.failed {
+            return Err(SpoolError::Failed);
+        }
+        let header = frame::decode_header(frame).map_err(SpoolError::Frame)?;
+        if header.frame_len() != frame.len() {
+            return Err(SpoolError::Frame(FrameError::TrailingBytes(
+                frame.len().saturating_sub(header.frame_len()),
+            )));
+        }
+        if self.segment_has_events
+            && self.written + self.buf.len() as u64 >= self.opts.segment_bytes
+        {
+            self.rotate()?;
+        }
+        let offset = self.end();
+        self.segment_has_events = true;
+        self.buf.extend_from_slice(frame);
         Ok(offset)
     }
 

@@ -29,7 +29,7 @@ use tokio_postgres::Client;
 use super::catalog::TypeCatalog;
 use super::pgoutput::{self, ColumnData, OldTuple, PgMessage};
 use super::replication::{ConnParams, ReplMessage, ReplicationConn, unix_now_micros};
-use super::spill::TxnBuffer;
+use super::spill::{Replayed, TxnBuffer};
 use super::{slot, types};
 use crate::error::{Error, Result};
 use crate::filter::TableFilter;
@@ -715,6 +715,17 @@ impl PgSource {
         Ok(())
     }
 
+    /// Appends an encoded frame (never a Relation) to the spool, as [`append`](Self::append).
+    fn append_frame(&mut self, frame: &[u8]) -> Result<()> {
+        self.spool.append_frame(frame)?;
+        self.pending_since.get_or_insert_with(Instant::now);
+        if self.spool.end().0 - self.spool.durable_end().0 >= GROUP_BYTES {
+            tokio::task::block_in_place(|| self.spool.commit())?;
+            self.pending_since = None;
+        }
+        Ok(())
+    }
+
     /// Writes one whole committed transaction to the spool.
     fn write_transaction(
         &mut self,
@@ -734,12 +745,19 @@ impl PgSource {
                 commit_time,
             }))?;
             let mut rows = 0u64;
-            buf.replay(|ev| {
-                rows += u64::from(matches!(
-                    ev,
-                    Event::Insert(_) | Event::Update(_) | Event::Delete(_)
-                ));
-                self.append(&ev)
+            buf.replay_frames(|item| match item {
+                Replayed::Event(ev) => {
+                    rows += u64::from(matches!(
+                        ev,
+                        Event::Insert(_) | Event::Update(_) | Event::Delete(_)
+                    ));
+                    self.append(&ev)
+                }
+                Replayed::Frame(bytes) => {
+                    // Row changes, truncates and messages of a spilled transaction.
+                    rows += 1;
+                    self.append_frame(bytes)
+                }
             })?;
             self.append(&Event::Commit(Commit {
                 position,

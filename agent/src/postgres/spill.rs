@@ -79,6 +79,8 @@ impl TxnBuffer {
         };
         self.scratch.clear();
         self.scratch.extend_from_slice(&sub.to_le_bytes());
+        self.scratch
+            .push(u8::from(matches!(event, Event::Relation(_))));
         frame::encode(event, &mut self.scratch).map_err(|e| Error::Protocol(e.to_string()))?;
         out.write_all(&self.scratch)
             .map_err(|e| Error::io(format!("write {}", path.display()), e))
@@ -91,10 +93,22 @@ impl TxnBuffer {
     }
 
     /// Hands every surviving event, in order, to `each`, and removes the spill file.
-    pub fn replay(mut self, mut each: impl FnMut(Event) -> Result<()>) -> Result<()> {
+    pub fn replay(self, mut each: impl FnMut(Event) -> Result<()>) -> Result<()> {
+        self.replay_frames(|item| match item {
+            Replayed::Event(ev) => each(ev),
+            Replayed::Frame(bytes) => {
+                let (ev, _) = frame::decode(bytes).map_err(|e| Error::Protocol(e.to_string()))?;
+                each(ev)
+            }
+        })
+    }
+
+    /// Like [`replay`](Self::replay), but events read back from the spill file (except
+    /// Relation events) come as their encoded frames, to be copied without decoding.
+    pub fn replay_frames(mut self, mut each: impl FnMut(Replayed<'_>) -> Result<()>) -> Result<()> {
         for (sub, ev) in std::mem::take(&mut self.mem) {
             if !self.aborted.contains(&sub) {
-                each(ev)?;
+                each(Replayed::Event(ev))?;
             }
         }
         let Some((path, out)) = self.file.take() else {
@@ -108,8 +122,8 @@ impl TxnBuffer {
         let result = (|| {
             let f = File::open(&path).map_err(|e| Error::io(ctx("open"), e))?;
             let mut reader = BufReader::with_capacity(1 << 20, f);
-            let mut head = [0u8; 4 + frame::HEADER_LEN];
-            let mut payload = Vec::new();
+            let mut head = [0u8; 5 + frame::HEADER_LEN];
+            let mut record = Vec::new();
             loop {
                 match reader.read_exact(&mut head) {
                     Ok(()) => {}
@@ -117,20 +131,25 @@ impl TxnBuffer {
                     Err(e) => return Err(Error::io(ctx("read"), e)),
                 }
                 let sub = u32::from_le_bytes([head[0], head[1], head[2], head[3]]);
-                let mut h = [0u8; frame::HEADER_LEN];
-                h.copy_from_slice(&head[4..]);
-                let header = frame::decode_header(&h)
+                let is_relation = head[4] == 1;
+                let header = frame::decode_header(&head[5..])
                     .map_err(|e| Error::Protocol(format!("{}: {e}", ctx("decode"))))?;
-                payload.resize(header.payload_len, 0);
+                record.clear();
+                record.extend_from_slice(&head[5..]);
+                record.resize(header.frame_len(), 0);
                 reader
-                    .read_exact(&mut payload)
+                    .read_exact(&mut record[frame::HEADER_LEN..])
                     .map_err(|e| Error::io(ctx("read"), e))?;
                 if self.aborted.contains(&sub) {
                     continue;
                 }
-                let ev = frame::decode_payload(&h, &header, &payload)
-                    .map_err(|e| Error::Protocol(format!("{}: {e}", ctx("decode"))))?;
-                each(ev)?;
+                if is_relation {
+                    let (ev, _) = frame::decode(&record)
+                        .map_err(|e| Error::Protocol(format!("{}: {e}", ctx("decode"))))?;
+                    each(Replayed::Event(ev))?;
+                } else {
+                    each(Replayed::Frame(&record))?;
+                }
             }
         })();
         let _ = fs::remove_file(&path);
@@ -143,6 +162,14 @@ impl TxnBuffer {
             let _ = fs::remove_file(path);
         }
     }
+}
+
+/// An event handed back by [`TxnBuffer::replay_frames`].
+#[derive(Debug)]
+pub enum Replayed<'a> {
+    Event(Event),
+    /// An encoded frame (never a Relation event).
+    Frame(&'a [u8]),
 }
 
 /// Memory an event takes in the buffer: the value enums themselves plus what they point to.
