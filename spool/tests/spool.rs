@@ -359,3 +359,19 @@ fn truncate_from_cuts_an_incomplete_tail_across_segments() {
     assert_eq!(ids(&read_all(dir.path(), Offset(0)).unwrap()), expect);
     assert!(w.relations().contains_key(&RelationId(1)));
 }
+
+#[test]
+fn an_encoded_frame_is_copied_as_it_is_and_a_bad_one_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut w, _) = SpoolWriter::open(dir.path(), WriterOptions::default()).unwrap();
+    let ev = ferry_proto::samples::insert(1, 7, 40);
+    let bytes = ferry_proto::frame::encode_to_vec(&ev).unwrap();
+    let at = w.append_frame(&bytes).unwrap();
+    assert!(w.append_frame(&bytes[..bytes.len() - 1]).is_err());
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(w.append_frame(&longer).is_err());
+    w.commit().unwrap();
+    let all = ferry_spool::read_all(dir.path(), at).unwrap();
+    assert_eq!(all, vec![(at, ev)]);
+}
