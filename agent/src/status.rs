@@ -88,8 +88,8 @@ pub async fn status(config: &Config) -> Result<String> {
     let cursors = Cursors::new(dir);
     let _ = writeln!(
         out,
-        "{:<16} {:<10} {:<20} {:>14} {:>12} {:>14}",
-        "sink", "type", "applied position", "lag bytes", "lag seconds", "spool offset"
+        "{:<16} {:<10} {:<20} {:>14} {:>12} {:>14}  state",
+        "sink", "type", "applied position", "lag bytes", "checkpoint age", "spool offset"
     );
     for spanned in &config.sinks {
         let sink = spanned.get_ref();
@@ -147,7 +147,9 @@ pub async fn status(config: &Config) -> Result<String> {
             }
             Err(e) => format!("{name:<16} {:<10} unreachable: {e}", "postgres"),
         };
-        let _ = writeln!(out, "{line}");
+        let state =
+            ferry_sink::postgres::read_state(dir, name).map_or("-".to_owned(), |s| s.to_string());
+        let _ = writeln!(out, "{line}  {state}");
     }
     Ok(out)
 }

@@ -372,6 +372,11 @@ async fn a_permanent_error_follows_on_error() {
                 ferry.check_alive().unwrap();
                 let (code, log) = ferry.terminate().unwrap();
                 assert_eq!(code, 1, "a halted sink makes ferry exit 1: {log}");
+                let path = config.path().display().to_string();
+                let (_, out, err) =
+                    ferry_tests::ferry::command(&["status", "--config", &path]).unwrap();
+                assert!(out.contains("HALTED"), "{out}{err}");
+                assert!(out.contains("id=Int(4)"), "{out}{err}");
             }
             _ => {
                 loop {

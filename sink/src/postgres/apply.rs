@@ -78,6 +78,8 @@ impl Table {
 pub struct Applier {
     tables: HashMap<RelationId, Table>,
     pending: usize,
+    /// Rough bytes of the pending changes.
+    pending_bytes: usize,
     changes: SchemaChanges,
     create_tables: bool,
 }
@@ -94,6 +96,7 @@ impl Applier {
         Applier {
             tables: HashMap::new(),
             pending: 0,
+            pending_bytes: 0,
             changes,
             create_tables,
         }
@@ -114,11 +117,17 @@ impl Applier {
         self.pending
     }
 
+    /// Rough bytes of the changes waiting for a flush.
+    pub fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
     /// Forgets every pending change and what is known of the target (after a rollback or a
     /// reconnect: the target may have changed meanwhile).
     pub fn reset(&mut self) {
         self.tables.clear();
         self.pending = 0;
+        self.pending_bytes = 0;
     }
 
     /// The table and key a row event touches, described for people.
@@ -206,6 +215,7 @@ impl Applier {
         let Some(id) = event.relation_id() else {
             return Ok(());
         };
+        self.pending_bytes += event_bytes(event);
         let table = self
             .tables
             .get_mut(&id)
@@ -341,6 +351,7 @@ impl Applier {
             self.flush_table(client, id).await?;
         }
         self.pending = 0;
+        self.pending_bytes = 0;
         Ok(())
     }
 
@@ -472,6 +483,17 @@ impl Applier {
             execute(client, &sql, columns_of(&rows, &idx)).await?;
         }
         Ok(())
+    }
+}
+
+/// Rough size of a row change, to bound what is held before a flush.
+pub fn event_bytes(event: &Event) -> usize {
+    let row = |r: &Row| r.iter().map(|v| v.approx_size() + 24).sum::<usize>();
+    match event {
+        Event::Insert(i) => row(&i.new),
+        Event::Update(u) => row(&u.new) + u.old.as_ref().map_or(0, |o| row(o.row())),
+        Event::Delete(d) => row(d.old.row()),
+        _ => 0,
     }
 }
 

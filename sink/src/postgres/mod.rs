@@ -50,7 +50,8 @@ pub struct PgSinkConfig {
 }
 
 /// What a sink is doing, for status, metrics and the source's acknowledgement.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "state", content = "reason", rename_all = "snake_case")]
 pub enum SinkState {
     Starting,
     Running,
@@ -59,6 +60,29 @@ pub enum SinkState {
     /// Stopped by a permanent failure.
     Halted(String),
     Stopped,
+}
+
+impl std::fmt::Display for SinkState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SinkState::Starting => f.write_str("starting"),
+            SinkState::Running => f.write_str("running"),
+            SinkState::Retrying(r) => write!(f, "retrying ({r})"),
+            SinkState::Halted(r) => write!(f, "HALTED: {r}"),
+            SinkState::Stopped => f.write_str("stopped"),
+        }
+    }
+}
+
+/// Where a sink's last state is kept for `ferry status`: `<spool dir>/state/<sink>.json`.
+pub fn state_path(spool_dir: &std::path::Path, sink: &str) -> PathBuf {
+    spool_dir.join("state").join(format!("{sink}.json"))
+}
+
+/// The state a sink last recorded, if any.
+pub fn read_state(spool_dir: &std::path::Path, sink: &str) -> Option<SinkState> {
+    let text = std::fs::read(state_path(spool_dir, sink)).ok()?;
+    serde_json::from_slice(&text).ok()
 }
 
 /// A sink's progress.
@@ -93,8 +117,12 @@ impl SinkProgress {
     }
 }
 
-/// Pending row changes that make the applier write them out, inside the target transaction.
+/// Pending row changes (or bytes of them) that make the applier write them out, inside the
+/// target transaction: what the sink holds in memory stays bounded whatever the transaction size.
 const FLUSH_ROWS: usize = 25_000;
+const FLUSH_BYTES: usize = 32 << 20;
+/// A batch is also committed once it holds this many bytes of changes.
+const MAX_BATCH_BYTES: usize = 64 << 20;
 
 /// The checkpoint table on the target.
 const CHECKPOINT_DDL: &str = "CREATE SCHEMA IF NOT EXISTS ferry;
@@ -155,6 +183,7 @@ struct Session<'a> {
     checkpoint: Option<Position>,
     in_target_txn: bool,
     batch_rows: usize,
+    batch_bytes: usize,
     batch_txns: u64,
     batch_started: Option<Instant>,
     txn: Option<Txn>,
@@ -179,6 +208,22 @@ impl PgSink {
         )
     }
 
+    /// Sets the state, in the progress channel and in the state file (best effort: the file is
+    /// for people, the checkpoint is on the target).
+    fn set_state(&self, state: SinkState) {
+        let path = state_path(&self.cfg.spool_dir, &self.cfg.name);
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Ok(text) = serde_json::to_vec(&state) {
+            let tmp = path.with_extension("tmp");
+            if std::fs::write(&tmp, text).is_ok() {
+                let _ = std::fs::rename(&tmp, &path);
+            }
+        }
+        self.progress.send_modify(|p| p.state = state);
+    }
+
     /// Applies the spool until `shutdown`, retrying transient failures; returns the permanent
     /// failure that halted it, if one did.
     pub async fn run(
@@ -191,7 +236,7 @@ impl PgSink {
             let started = Instant::now();
             match self.session(durable.clone(), &mut shutdown).await {
                 Ok(()) => {
-                    self.progress.send_modify(|p| p.state = SinkState::Stopped);
+                    self.set_state(SinkState::Stopped);
                     return Ok(());
                 }
                 Err(e) if e.is_transient() => {
@@ -200,22 +245,19 @@ impl PgSink {
                     }
                     let delay = backoff.next_delay();
                     tracing::warn!(sink = %self.cfg.name, error = %e, retry_in = ?delay, "sink failed; retrying");
-                    self.progress.send_modify(|p| {
-                        p.state = SinkState::Retrying(e.to_string());
-                        p.retries += 1;
-                    });
+                    self.set_state(SinkState::Retrying(e.to_string()));
+                    self.progress.send_modify(|p| p.retries += 1);
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.wait_for(|s| *s) => {
-                            self.progress.send_modify(|p| p.state = SinkState::Stopped);
+                        _ = async { shutdown.wait_for(|s| *s).await.is_ok() } => {
+                            self.set_state(SinkState::Stopped);
                             return Ok(());
                         }
                     }
                 }
                 Err(e) => {
                     tracing::error!(sink = %self.cfg.name, error = %e, "sink halted");
-                    self.progress
-                        .send_modify(|p| p.state = SinkState::Halted(e.to_string()));
+                    self.set_state(SinkState::Halted(e.to_string()));
                     return Err(e);
                 }
             }
@@ -293,8 +335,8 @@ impl PgSink {
             mode = if sequential { "change by change" } else { "set-based batches" },
             "sink starting"
         );
+        self.set_state(SinkState::Running);
         self.progress.send_modify(|p| {
-            p.state = SinkState::Running;
             p.offset = start;
             p.position = checkpoint.as_ref().map(|c| c.0.clone());
         });
@@ -306,6 +348,7 @@ impl PgSink {
             checkpoint: checkpoint.map(|c| c.0),
             in_target_txn: false,
             batch_rows: 0,
+            batch_bytes: 0,
             batch_txns: 0,
             batch_started: None,
             txn: None,
@@ -327,6 +370,7 @@ impl PgSink {
                     s.applier.reset();
                     s.txn = None;
                     s.batch_rows = 0;
+                    s.batch_bytes = 0;
                     s.batch_txns = 0;
                     s.batch_started = None;
                     s.sequential = true;
@@ -447,6 +491,7 @@ impl PgSink {
                 }
                 s.batch_txns += 1;
                 let full = s.batch_rows >= self.cfg.max_batch_rows
+                    || s.batch_bytes >= MAX_BATCH_BYTES
                     || s.batch_started
                         .is_some_and(|t| t.elapsed() >= self.cfg.max_batch_delay);
                 let replay_done = s.replay_until.is_some_and(|u| after >= u);
@@ -496,7 +541,8 @@ impl PgSink {
                 let rel = event.relation_id().and_then(|id| reader.relation(id));
                 self.guarded(s, &event, rel, Op::Change(&event)).await?;
                 s.batch_rows += 1;
-                if s.applier.pending() >= FLUSH_ROWS {
+                s.batch_bytes += apply::event_bytes(&event);
+                if s.applier.pending() >= FLUSH_ROWS || s.applier.pending_bytes() >= FLUSH_BYTES {
                     s.applier.flush(s.client).await?;
                 }
             }
@@ -630,6 +676,7 @@ impl PgSink {
         cursors.save(&self.cfg.name, s.last_offset)?;
         let (rows, txns) = (s.batch_rows as u64, s.batch_txns);
         s.batch_rows = 0;
+        s.batch_bytes = 0;
         s.batch_txns = 0;
         s.batch_started = None;
         let (offset, position) = (s.last_offset, s.last_position.clone());
