@@ -13,6 +13,7 @@ pub mod kafka;
 pub mod mariadb;
 pub mod postgres;
 pub mod process;
+pub mod samples;
 
 pub use kafka::Kafka;
 pub use mariadb::MariaDb;

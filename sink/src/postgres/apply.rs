@@ -25,6 +25,7 @@ use tokio_postgres::types::ToSql;
 
 use super::encode::to_text;
 use super::schema::{self, SchemaChanges, TargetTable, quote_ident};
+use super::wire::Wire;
 use crate::error::{Result, SinkError};
 
 /// One column of a pending row: `None` is an unchanged TOAST value (left as it is on the target),
@@ -35,12 +36,13 @@ type Key = Vec<Option<String>>;
 #[derive(Debug, Clone)]
 enum RowState {
     /// A full row to insert, or to overwrite the target's row with.
-    Upsert(Vec<Option<String>>),
+    Upsert(Row),
     /// A full row for a key the target does not have (an insert, after a delete of the key in
     /// the window if any): a plain INSERT, which costs less than INSERT … ON CONFLICT and, like
     /// PostgreSQL's own apply, fails on a replica that already has the key.
-    Insert(Vec<Option<String>>),
-    Patch(Vec<Cell>),
+    Insert(Row),
+    /// The changed columns of a row; the others are [`Value::Unchanged`].
+    Patch(Row),
     Delete,
 }
 
@@ -240,42 +242,35 @@ impl Applier {
         }
         match event {
             Event::Insert(i) => {
-                let row = encode_row(&i.new)?;
-                let key = key_of(&table.keys, &row);
+                let key = key_text(&table.keys, &i.new)?;
                 // A key the target had (deleted earlier in the window) is overwritten instead.
                 let state = match table.index.get(&key).map(|&i| table.rows[i].2) {
-                    Some(true) => RowState::Upsert(row),
-                    _ => RowState::Insert(row),
+                    Some(true) => RowState::Upsert(i.new.clone()),
+                    _ => RowState::Insert(i.new.clone()),
                 };
                 self.pending += put(table, key, state);
             }
             Event::Delete(d) => {
-                let row = encode_row(d.old.row())?;
-                let key = key_of(&table.keys, &row);
+                let key = key_text(&table.keys, d.old.row())?;
                 self.pending += put(table, key, RowState::Delete);
             }
             Event::Update(u) => {
-                let new = encode_cells(&u.new)?;
-                let new_key: Key = table
-                    .keys
-                    .iter()
-                    .map(|&i| new[i].clone().flatten())
-                    .collect();
+                let new = &u.new;
+                let new_key = key_text(&table.keys, new)?;
                 let old_key = match &u.old {
-                    Some(o) => key_of(&table.keys, &encode_row(o.row())?),
+                    Some(o) => key_text(&table.keys, o.row())?,
                     None => new_key.clone(),
                 };
-                let has_unchanged = new.iter().any(Option::is_none);
+                let has_unchanged = new.iter().any(|v| matches!(v, Value::Unchanged));
                 if old_key != new_key {
                     let prev = table.index.get(&old_key).map(|&i| table.rows[i].1.clone());
                     match (has_unchanged, prev) {
                         (false, _) => {
                             self.pending += put(table, old_key, RowState::Delete);
-                            let row = new.into_iter().map(Option::flatten).collect();
-                            self.pending += put(table, new_key, RowState::Upsert(row));
+                            self.pending += put(table, new_key, RowState::Upsert(new.clone()));
                         }
                         (true, Some(RowState::Upsert(old) | RowState::Insert(old))) => {
-                            let row = merge(&old, &new);
+                            let row = merge(&old, new);
                             self.pending += put(table, old_key, RowState::Delete);
                             self.pending += put(table, new_key, RowState::Upsert(row));
                         }
@@ -285,21 +280,16 @@ impl Applier {
                             let table = self.tables.get(&id).ok_or_else(|| {
                                 SinkError::Fatal("table vanished during a flush".into())
                             })?;
-                            return key_change(client, table, &old_key, &new).await;
+                            return key_change(client, table, &old_key, &encode_cells(new)?).await;
                         }
                     }
                 } else {
                     let state = match table.index.get(&new_key).map(|&i| &table.rows[i].1) {
-                        Some(RowState::Upsert(old)) => RowState::Upsert(merge(old, &new)),
-                        Some(RowState::Insert(old)) => RowState::Insert(merge(old, &new)),
-                        Some(RowState::Patch(old)) => RowState::Patch(
-                            new.iter()
-                                .zip(old)
-                                .map(|(n, o)| if n.is_none() { o.clone() } else { n.clone() })
-                                .collect(),
-                        ),
-                        _ if has_unchanged => RowState::Patch(new),
-                        _ => RowState::Upsert(new.into_iter().map(Option::flatten).collect()),
+                        Some(RowState::Upsert(old)) => RowState::Upsert(merge(old, new)),
+                        Some(RowState::Insert(old)) => RowState::Insert(merge(old, new)),
+                        Some(RowState::Patch(old)) => RowState::Patch(merge(old, new)),
+                        _ if has_unchanged => RowState::Patch(new.clone()),
+                        _ => RowState::Upsert(new.clone()),
                     };
                     self.pending += put(table, new_key, state);
                 }
@@ -377,17 +367,17 @@ impl Applier {
             execute(client, &sql, columns_of(&inserts, &all)).await?;
         }
         let mut deletes: Vec<&Key> = Vec::new();
-        let mut upserts: Vec<&Vec<Option<String>>> = Vec::new();
-        let mut fresh: Vec<&Vec<Option<String>>> = Vec::new();
-        let mut patches: HashMap<Vec<bool>, Vec<(&Key, &Vec<Cell>)>> = HashMap::new();
+        let mut upserts: Vec<&Row> = Vec::new();
+        let mut fresh: Vec<&Row> = Vec::new();
+        let mut patches: HashMap<Vec<bool>, Vec<&Row>> = HashMap::new();
         for (key, state, _) in &rows {
             match state {
                 RowState::Delete => deletes.push(key),
                 RowState::Upsert(row) => upserts.push(row),
                 RowState::Insert(row) => fresh.push(row),
-                RowState::Patch(cells) => {
-                    let mask = cells.iter().map(Option::is_some).collect();
-                    patches.entry(mask).or_default().push((key, cells));
+                RowState::Patch(row) => {
+                    let mask = row.iter().map(|v| !matches!(v, Value::Unchanged)).collect();
+                    patches.entry(mask).or_default().push(row);
                 }
             }
         }
@@ -403,15 +393,14 @@ impl Applier {
             execute(client, &sql, columns_of(&rows, &idx)).await?;
         }
         if !fresh.is_empty() {
+            let (from, wires) = typed_unnest(&fresh, &all)?;
             let sql = format!(
-                "INSERT INTO {} ({}) SELECT {} FROM {}",
+                "INSERT INTO {} ({}) SELECT {} FROM {from}",
                 table.target.quoted,
                 column_list(table, &all),
                 casts(table, &all),
-                unnest(all.len())
             );
-            let rows: Vec<Vec<Option<String>>> = fresh.into_iter().cloned().collect();
-            execute(client, &sql, columns_of(&rows, &all)).await?;
+            execute_wires(client, &sql, &wires).await?;
         }
         if !upserts.is_empty() {
             let non_key: Vec<&str> = cols
@@ -429,16 +418,15 @@ impl Applier {
                 format!("UPDATE SET {}", sets.join(", "))
             };
             let keys: Vec<usize> = table.keys.clone();
+            let (from, wires) = typed_unnest(&upserts, &all)?;
             let sql = format!(
-                "INSERT INTO {} ({}) SELECT {} FROM {} ON CONFLICT ({}) DO {action}",
+                "INSERT INTO {} ({}) SELECT {} FROM {from} ON CONFLICT ({}) DO {action}",
                 table.target.quoted,
                 column_list(table, &all),
                 casts(table, &all),
-                unnest(all.len()),
                 column_list(table, &keys)
             );
-            let rows: Vec<Vec<Option<String>>> = upserts.into_iter().cloned().collect();
-            execute(client, &sql, columns_of(&rows, &all)).await?;
+            execute_wires(client, &sql, &wires).await?;
         }
         for (mask, group) in patches {
             let set: Vec<usize> = mask
@@ -463,24 +451,15 @@ impl Applier {
                     )
                 })
                 .collect();
+            let idx: Vec<usize> = table.keys.iter().chain(&set).copied().collect();
+            let (from, wires) = typed_unnest(&group, &idx)?;
             let sql = format!(
-                "UPDATE {} AS t SET {} FROM {} WHERE {}",
+                "UPDATE {} AS t SET {} FROM {from} WHERE {}",
                 table.target.quoted,
                 assignments.join(", "),
-                unnest(nkeys + set.len()),
                 key_match(table)
             );
-            let rows: Vec<Vec<Option<String>>> = group
-                .into_iter()
-                .map(|(key, cells)| {
-                    key.iter()
-                        .cloned()
-                        .chain(set.iter().map(|&i| cells[i].clone().flatten()))
-                        .collect()
-                })
-                .collect();
-            let idx: Vec<usize> = (0..nkeys + set.len()).collect();
-            execute(client, &sql, columns_of(&rows, &idx)).await?;
+            execute_wires(client, &sql, &wires).await?;
         }
         Ok(())
     }
@@ -513,14 +492,45 @@ fn put(table: &mut Table, key: Key, state: RowState) -> usize {
     }
 }
 
-fn merge(old: &[Option<String>], new: &[Cell]) -> Vec<Option<String>> {
+/// `new`, with its unchanged values taken from `old`.
+fn merge(old: &[Value], new: &[Value]) -> Row {
     new.iter()
         .zip(old)
         .map(|(n, o)| match n {
-            Some(v) => v.clone(),
-            None => o.clone(),
+            Value::Unchanged => o.clone(),
+            v => v.clone(),
         })
         .collect()
+}
+
+/// The key columns of `row` as text: the identity of a row within a window.
+fn key_text(keys: &[usize], row: &[Value]) -> Result<Key> {
+    keys.iter()
+        .map(|&i| to_text(row.get(i).unwrap_or(&Value::Null)))
+        .collect()
+}
+
+/// `unnest($1::<type>[], …) AS s(c0, …)` over the columns `idx` of `rows`, and the parameters.
+fn typed_unnest(rows: &[&Row], idx: &[usize]) -> Result<(String, Vec<Wire>)> {
+    let wires: Vec<Wire> = idx
+        .iter()
+        .map(|&i| Wire::of(rows.iter().map(move |r| &r[i])))
+        .collect::<Result<_>>()?;
+    let params: Vec<String> = wires
+        .iter()
+        .enumerate()
+        .map(|(j, w)| format!("${}::{}", j + 1, w.sql_type()))
+        .collect();
+    let names: Vec<String> = (0..idx.len()).map(|j| format!("c{j}")).collect();
+    Ok((
+        format!("unnest({}) AS s({})", params.join(", "), names.join(", ")),
+        wires,
+    ))
+}
+
+async fn execute_wires(client: &Client, sql: &str, wires: &[Wire]) -> Result<u64> {
+    let refs: Vec<&(dyn ToSql + Sync)> = wires.iter().map(Wire::param).collect();
+    Ok(client.execute(sql, &refs).await?)
 }
 
 fn encode_row(row: &Row) -> Result<Vec<Option<String>>> {
@@ -540,10 +550,6 @@ fn encode_cells(row: &Row) -> Result<Vec<Cell>> {
             v => to_text(v).map(Some),
         })
         .collect()
-}
-
-fn key_of(keys: &[usize], row: &[Option<String>]) -> Key {
-    keys.iter().map(|&i| row[i].clone()).collect()
 }
 
 fn column_list(table: &Table, idx: &[usize]) -> String {

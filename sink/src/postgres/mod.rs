@@ -18,6 +18,7 @@
 pub mod apply;
 pub mod encode;
 pub mod schema;
+pub mod wire;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
