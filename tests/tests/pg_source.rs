@@ -39,11 +39,18 @@ fn events(dir: &Path) -> Vec<Event> {
         .collect()
 }
 
-/// Polls the spool until `done` holds for its events.
+/// Polls the spool until `done` holds for its events. A spool being created (a segment whose
+/// header is not written yet) counts as empty.
 fn wait_for(dir: &Path, what: &str, timeout: Duration, done: impl Fn(&[Event]) -> bool) {
     let deadline = Instant::now() + timeout;
     loop {
-        let evs = events(dir);
+        let evs: Vec<Event> = if dir.exists() {
+            read_all(dir, Offset(0))
+                .map(|v| v.into_iter().map(|(_, e)| e).collect())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         if done(&evs) {
             return;
         }

@@ -86,12 +86,12 @@ impl Wire {
             Kind::Text
         };
         Ok(match kind {
-            Kind::Int => Wire::Int(values.map(|v| as_int(v)).collect()),
-            Kind::Float => Wire::Float(values.map(|v| as_float(v)).collect()),
-            Kind::Bool => Wire::Bool(values.map(|v| as_bool(v)).collect()),
-            Kind::Timestamp => Wire::Timestamp(values.map(|v| as_time(v)).collect()),
-            Kind::TimestampTz => Wire::TimestampTz(values.map(|v| as_time(v)).collect()),
-            Kind::Date => Wire::Date(values.map(|v| as_date(v)).collect()),
+            Kind::Int => Wire::Int(values.map(as_int).collect()),
+            Kind::Float => Wire::Float(values.map(as_float).collect()),
+            Kind::Bool => Wire::Bool(values.map(as_bool).collect()),
+            Kind::Timestamp => Wire::Timestamp(values.map(as_time).collect()),
+            Kind::TimestampTz => Wire::TimestampTz(values.map(as_time).collect()),
+            Kind::Date => Wire::Date(values.map(as_date).collect()),
             Kind::Text => Wire::Text(values.map(to_text).collect::<Result<_>>()?),
         })
     }
