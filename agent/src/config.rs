@@ -159,6 +159,16 @@ pub struct SinkConfig {
     pub format: Option<KafkaFormat>,
 }
 
+impl SinkConfig {
+    /// The database URL with its secrets, for connecting (empty for Kafka sinks).
+    pub fn url_exposed(&self) -> String {
+        self.url
+            .as_ref()
+            .map(|u| u.expose().to_owned())
+            .unwrap_or_default()
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {

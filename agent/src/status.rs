@@ -107,11 +107,7 @@ pub async fn status(config: &Config) -> Result<String> {
             );
             continue;
         }
-        let url = sink
-            .url
-            .as_ref()
-            .map(|u| u.expose().to_owned())
-            .unwrap_or_default();
+        let url = sink.url_exposed();
         let line = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
             Ok((client, conn)) => {
                 tokio::spawn(async move {

@@ -74,11 +74,7 @@ pub async fn verify(config: &Config, out: &mut String) -> Result<Vec<TableReport
             );
             continue;
         }
-        let url = sink
-            .url
-            .as_ref()
-            .map(|u| u.expose().to_owned())
-            .unwrap_or_default();
+        let url = sink.url_exposed();
         let (target, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
         tokio::spawn(async move {
             let _ = conn.await;

@@ -439,18 +439,7 @@ impl Applier {
                 continue;
             }
             let nkeys = table.keys.len();
-            let assignments: Vec<String> = set
-                .iter()
-                .enumerate()
-                .map(|(j, &i)| {
-                    format!(
-                        "{} = s.c{}::{}",
-                        quote_ident(&cols[i].name),
-                        nkeys + j,
-                        table.target.types[&cols[i].name]
-                    )
-                })
-                .collect();
+            let assignments = assign(table, &set, |j| format!("s.c{}", nkeys + j));
             let idx: Vec<usize> = table.keys.iter().chain(&set).copied().collect();
             let (from, wires) = typed_unnest(&group, &idx)?;
             let sql = format!(
@@ -571,6 +560,22 @@ fn casts(table: &Table, idx: &[usize]) -> String {
         .join(", ")
 }
 
+/// `col = <value j>::type, …` for the columns `set`, the `j`th value written by `value(j)`.
+fn assign(table: &Table, set: &[usize], value: impl Fn(usize) -> String) -> Vec<String> {
+    set.iter()
+        .enumerate()
+        .map(|(j, &i)| {
+            let name = &table.rel.columns[i].name;
+            format!(
+                "{} = {}::{}",
+                quote_ident(name),
+                value(j),
+                table.target.types[name]
+            )
+        })
+        .collect()
+}
+
 /// `unnest($1::text[], …) AS s(c0, …)`.
 fn unnest(n: usize) -> String {
     let params: Vec<String> = (1..=n).map(|i| format!("${i}::text[]")).collect();
@@ -662,18 +667,7 @@ async fn full_identity_change(client: &Client, table: &Table, event: &Event) -> 
             let new = encode_cells(&u.new)?;
             let set: Vec<usize> = (0..cols.len()).filter(|&i| new[i].is_some()).collect();
             let n = cols.len();
-            let assignments: Vec<String> = set
-                .iter()
-                .enumerate()
-                .map(|(j, &i)| {
-                    format!(
-                        "{} = ${}::text::{}",
-                        quote_ident(&cols[i].name),
-                        n + j + 1,
-                        ty(i)
-                    )
-                })
-                .collect();
+            let assignments = assign(table, &set, |j| format!("${}::text", n + j + 1));
             let mut params = encode_row(old.row())?;
             params.extend(set.iter().map(|&i| new[i].clone().flatten()));
             (
@@ -699,18 +693,7 @@ async fn key_change(client: &Client, table: &Table, old_key: &Key, new: &[Cell])
     let cols = &table.rel.columns;
     let set: Vec<usize> = (0..cols.len()).filter(|&i| new[i].is_some()).collect();
     let nk = table.keys.len();
-    let assignments: Vec<String> = set
-        .iter()
-        .enumerate()
-        .map(|(j, &i)| {
-            format!(
-                "{} = ${}::text::{}",
-                quote_ident(&cols[i].name),
-                nk + j + 1,
-                table.target.types[&cols[i].name]
-            )
-        })
-        .collect();
+    let assignments = assign(table, &set, |j| format!("${}::text", nk + j + 1));
     let conds: Vec<String> = table
         .keys
         .iter()
