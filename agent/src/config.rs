@@ -153,6 +153,19 @@ pub struct SinkConfig {
     pub max_batch_rows: Option<u32>,
     /// Database sinks: commit a batch once it is this old, in milliseconds (default 200).
     pub max_batch_ms: Option<u32>,
+    /// Kafka: a null-value message after each delete, for compacted topics.
+    pub tombstones: Option<bool>,
+    /// Kafka: each batch and the checkpoint in one Kafka transaction.
+    pub exactly_once: Option<bool>,
+    /// Kafka: the compacted topic holding exactly-once checkpoints (default "ferry.checkpoints").
+    pub checkpoint_topic: Option<Expanded>,
+    /// Kafka: where `on_error = "dead_letter"` sends a refused message.
+    pub dead_letter_topic: Option<Expanded>,
+    /// Kafka: transaction BEGIN/END markers go to this topic when set.
+    pub transaction_topic: Option<Expanded>,
+    /// Kafka: librdkafka properties passed through (`[sink.kafka]`, string values, `${VAR}`
+    /// expanded).
+    pub kafka: Option<std::collections::BTreeMap<String, Expanded>>,
     /// Kafka sinks.
     pub brokers: Option<Expanded>,
     pub topic: Option<Expanded>,
@@ -253,9 +266,20 @@ impl Config {
                 ("schema_changes", sink.schema_changes.is_some()),
                 ("create_tables", sink.create_tables.is_some()),
                 ("max_batch_rows", sink.max_batch_rows.is_some()),
-                ("max_batch_ms", sink.max_batch_ms.is_some()),
             ] {
                 if present && !is_db {
+                    stray.push(key);
+                }
+            }
+            for (key, present) in [
+                ("tombstones", sink.tombstones.is_some()),
+                ("exactly_once", sink.exactly_once.is_some()),
+                ("checkpoint_topic", sink.checkpoint_topic.is_some()),
+                ("dead_letter_topic", sink.dead_letter_topic.is_some()),
+                ("transaction_topic", sink.transaction_topic.is_some()),
+                ("kafka", sink.kafka.is_some()),
+            ] {
+                if present && is_db {
                     stray.push(key);
                 }
             }

@@ -6,6 +6,8 @@
 
 use std::time::Duration;
 
+use ferry_sink::kafka::format::Format;
+use ferry_sink::kafka::{KafkaSink, KafkaSinkConfig};
 use ferry_sink::postgres::{PgSink, PgSinkConfig, SinkProgress, SinkState};
 use ferry_spool::{Cursors, Offset, SpoolWriter, WriterOptions, segment};
 use tokio::sync::watch;
@@ -37,16 +39,78 @@ pub fn pg_settings(config: &Config) -> Result<SourceSettings> {
     })
 }
 
-/// The database sinks' settings from the configuration.
+/// A sink's settings, by kind.
+#[derive(Debug)]
+pub enum SinkSettings {
+    Postgres(PgSinkConfig),
+    Kafka(KafkaSinkConfig),
+}
+
+impl SinkSettings {
+    pub fn name(&self) -> &str {
+        match self {
+            SinkSettings::Postgres(c) => &c.name,
+            SinkSettings::Kafka(c) => &c.name,
+        }
+    }
+}
+
+/// Every sink's settings from the configuration.
+pub fn sink_settings(config: &Config) -> Result<Vec<SinkSettings>> {
+    let mut out: Vec<SinkSettings> = pg_sink_configs(config)?
+        .into_iter()
+        .map(SinkSettings::Postgres)
+        .collect();
+    let dbname = ConnParams::parse(config.source.url.expose())?.dbname;
+    for spanned in &config.sinks {
+        let sink = spanned.get_ref();
+        if sink.kind != SinkKind::Kafka {
+            continue;
+        }
+        let text = |v: &Option<crate::config::Expanded>| v.as_ref().map(|x| x.as_str().to_owned());
+        out.push(SinkSettings::Kafka(KafkaSinkConfig {
+            name: sink.name.as_str().to_owned(),
+            brokers: text(&sink.brokers).unwrap_or_default(),
+            topic: text(&sink.topic).unwrap_or_default(),
+            format: match sink.format {
+                Some(crate::config::KafkaFormat::Debezium) => Format::Debezium,
+                Some(crate::config::KafkaFormat::Binary) => Format::Binary,
+                _ => Format::Json,
+            },
+            on_error: sink.on_error,
+            tombstones: sink.tombstones.unwrap_or(false),
+            exactly_once: sink.exactly_once.unwrap_or(false),
+            checkpoint_topic: text(&sink.checkpoint_topic)
+                .unwrap_or_else(|| "ferry.checkpoints".into()),
+            dead_letter_topic: text(&sink.dead_letter_topic),
+            transaction_topic: text(&sink.transaction_topic),
+            properties: sink
+                .kafka
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.as_str().to_owned()))
+                .collect(),
+            spool_dir: config.spool.dir().to_owned(),
+            database: dbname.clone(),
+            server: "ferry".into(),
+            max_batch_messages: 10_000,
+            max_batch_delay: Duration::from_millis(u64::from(sink.max_batch_ms.unwrap_or(100))),
+        }));
+    }
+    Ok(out)
+}
+
+/// The PostgreSQL sinks' settings from the configuration.
 pub fn pg_sink_configs(config: &Config) -> Result<Vec<PgSinkConfig>> {
     let mut out = Vec::new();
     for spanned in &config.sinks {
         let sink = spanned.get_ref();
         match sink.kind {
             SinkKind::Postgres => {}
+            SinkKind::Kafka => continue,
             other => {
                 return Err(Error::Fatal(format!(
-                    "sink {:?}: the {other} sink is not built yet; only type = \"postgres\" runs",
+                    "sink {:?}: the {other} sink is not built yet; postgres and kafka sinks run",
                     sink.name.as_str()
                 )));
             }
@@ -82,7 +146,7 @@ pub async fn run(
             "the mysql source is not built yet; only type = \"postgres\" runs".into(),
         ));
     }
-    let sink_configs = pg_sink_configs(&config)?;
+    let sink_configs = sink_settings(&config)?;
     let mut settings = pg_settings(&config)?;
     settings.until = until.map(|l| l.0);
     let opts = WriterOptions {
@@ -100,16 +164,16 @@ pub async fn run(
     let cursors = Cursors::new(&dir);
     let oldest = segment::list(&dir)?.first().copied().unwrap_or(0);
     for sink in &sink_configs {
-        if cursors.load(&sink.name)?.is_none() {
+        if cursors.load(sink.name())?.is_none() {
             if oldest > 0 {
                 return Err(Error::Gap(format!(
                     "sink {:?} is new, but the spool no longer holds its beginning (segments \
                      were deleted once the other sinks applied them): start the new sink with \
                      its own spool directory and a new slot, so it gets a snapshot",
-                    sink.name
+                    sink.name()
                 )));
             }
-            cursors.save(&sink.name, Offset(0))?;
+            cursors.save(sink.name(), Offset(0))?;
         }
     }
     let durable = spool.subscribe();
@@ -132,11 +196,20 @@ pub async fn run(
     let mut progress: Vec<(String, watch::Receiver<SinkProgress>)> = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     for cfg in sink_configs {
-        let name = cfg.name.clone();
-        let (sink, rx) = PgSink::new(cfg);
-        progress.push((name.clone(), rx));
+        let name = cfg.name().to_owned();
         let (durable, stop) = (durable.clone(), sink_stop_rx.clone());
-        tasks.spawn(async move { (name, sink.run(durable, stop).await) });
+        match cfg {
+            SinkSettings::Postgres(cfg) => {
+                let (sink, rx) = PgSink::new(cfg);
+                progress.push((name.clone(), rx));
+                tasks.spawn(async move { (name, sink.run(durable, stop).await) });
+            }
+            SinkSettings::Kafka(cfg) => {
+                let (sink, rx) = KafkaSink::new(cfg);
+                progress.push((name.clone(), rx));
+                tasks.spawn(async move { (name, sink.run(durable, stop).await) });
+            }
+        }
     }
     let watchers: Vec<watch::Receiver<SinkProgress>> =
         progress.iter().map(|(_, rx)| rx.clone()).collect();

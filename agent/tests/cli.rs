@@ -57,11 +57,11 @@ fn a_misspelt_key_names_its_place_and_the_closest_key() {
 fn run_refuses_sinks_it_cannot_feed_yet_and_bad_tls_settings() {
     let (_dir, path) = config(
         "[source]\ntype = \"postgres\"\nurl = \"postgres://u@127.0.0.1:1/db\"\n\n[spool]\ndir = \"/tmp/x\"\n\n\
-         [[sink]]\nname = \"k\"\ntype = \"kafka\"\nbrokers = \"127.0.0.1:1\"\ntopic = \"t\"\n",
+         [[sink]]\nname = \"m\"\ntype = \"mysql\"\nurl = \"mysql://u@127.0.0.1:1/db\"\n",
     );
     let (code, out) = ferry(&["run", "--config", &path]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("the kafka sink is not built yet"), "{out}");
+    assert!(out.contains("the mysql sink is not built yet"), "{out}");
 
     let (dir, path) = config("");
     let spool = dir.path().join("spool");

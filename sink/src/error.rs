@@ -9,6 +9,10 @@ pub enum SinkError {
     Postgres(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Spool(#[from] ferry_spool::SpoolError),
+    /// A broker or client error; librdkafka retries what it can itself, so what reaches ferry is
+    /// retried by restarting the session (a fenced or failed producer is created anew).
+    #[error("kafka: {0}")]
+    Kafka(rdkafka::error::KafkaError),
     #[error("{0}")]
     Config(String),
     #[error("{context}: {source}")]
@@ -77,7 +81,7 @@ impl SinkError {
                 Some(code) => is_transient_sqlstate(code.code()),
                 None => true,
             },
-            SinkError::Io { .. } => true,
+            SinkError::Io { .. } | SinkError::Kafka(_) => true,
             _ => false,
         }
     }

@@ -7,8 +7,10 @@
 
 pub mod deadletter;
 pub mod error;
+pub mod kafka;
 pub mod policy;
 pub mod postgres;
+pub mod progress;
 pub mod retry;
 
 pub use error::{SinkError, is_transient_sqlstate};

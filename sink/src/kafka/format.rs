@@ -1,0 +1,296 @@
+//! What a Kafka message holds: its key (the row's key columns as a JSON object, so every change
+//! of a row goes to one partition) and its value in one of three formats:
+//!
+//! - `json`, ferry's compact envelope: `{"op":"c|u|d|t","schema","table","before","after",
+//!   "unchanged":[columns],"position","xid","commit_time"}`;
+//! - `debezium`, Debezium's envelope with schemas off: `{"before","after","source":{…},"op",
+//!   "ts_ms"}`, so existing Debezium consumers read it unchanged (values as Debezium renders them
+//!   with `decimal.handling.mode=string` and ISO 8601 time types; an unchanged TOAST value is
+//!   Debezium's own `__debezium_unavailable_value`);
+//! - `binary`, the event's ferry frame (see `docs/format.md`).
+//!
+//! Values are typed faithfully in JSON: numerics as exact strings, bytes as base64, dates and
+//! times as ISO 8601 (with `Z` for instants), infinities as `"infinity"`/`"-infinity"`.
+
+use base64::Engine as _;
+use ferry_proto::{Begin, Event, Relation, Row, Value, frame};
+use serde_json::{Map, Value as Json, json};
+
+use crate::error::{Result, SinkError};
+
+/// The `format` of a Kafka sink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Format {
+    #[default]
+    Json,
+    Debezium,
+    Binary,
+}
+
+/// Debezium's placeholder for a value the source did not send.
+pub const UNAVAILABLE: &str = "__debezium_unavailable_value";
+
+/// A value in JSON.
+pub fn value(v: &Value) -> Json {
+    match v {
+        Value::Null => Json::Null,
+        Value::Unchanged => Json::String(UNAVAILABLE.into()),
+        Value::Bool(b) => Json::Bool(*b),
+        Value::Int(i) => json!(i),
+        Value::UInt(u) => json!(u),
+        Value::Float(f) if f.is_finite() => json!(f),
+        Value::Float(f) if f.is_nan() => Json::String("NaN".into()),
+        Value::Float(f) => Json::String(if *f > 0.0 { "Infinity" } else { "-Infinity" }.into()),
+        Value::Numeric(s) | Value::Text(s) | Value::Json(s) => Json::String(s.clone()),
+        Value::Other { text, .. } => Json::String(text.clone()),
+        Value::Bytes(b) => Json::String(base64::engine::general_purpose::STANDARD.encode(b)),
+        Value::Date(d) => Json::String(match *d {
+            i32::MAX => "infinity".into(),
+            i32::MIN => "-infinity".into(),
+            d => ymd(i64::from(d)),
+        }),
+        Value::Time(us) => Json::String(clock(*us)),
+        Value::TimeTz {
+            micros,
+            offset_secs,
+        } => Json::String(format!("{}{}", clock(*micros), offset(*offset_secs))),
+        Value::Timestamp(us) => Json::String(timestamp(*us, false)),
+        Value::TimestampTz(us) => Json::String(timestamp(*us, true)),
+        Value::Interval {
+            months,
+            days,
+            micros,
+        } => {
+            let sign = if *micros < 0 { "-" } else { "" };
+            let a = micros.unsigned_abs();
+            Json::String(format!(
+                "P{months}M{days}DT{sign}{}.{:06}S",
+                a / 1_000_000,
+                a % 1_000_000
+            ))
+        }
+        Value::Uuid(u) => {
+            let h: String = u.iter().map(|b| format!("{b:02x}")).collect();
+            Json::String(format!(
+                "{}-{}-{}-{}-{}",
+                &h[0..8],
+                &h[8..12],
+                &h[12..16],
+                &h[16..20],
+                &h[20..32]
+            ))
+        }
+        Value::Array(items) => Json::Array(items.iter().map(value).collect()),
+    }
+}
+
+fn ymd(days: i64) -> String {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    // ISO 8601 years: 0000 is 1 BC, negative before it.
+    if (0..=9999).contains(&y) {
+        format!("{y:04}-{m:02}-{d:02}")
+    } else {
+        format!("{y:+05}-{m:02}-{d:02}")
+    }
+}
+
+fn clock(us: i64) -> String {
+    let sign = if us < 0 { "-" } else { "" };
+    let a = us.unsigned_abs();
+    let secs = a / 1_000_000;
+    format!(
+        "{sign}{:02}:{:02}:{:02}.{:06}",
+        secs / 3600,
+        secs / 60 % 60,
+        secs % 60,
+        a % 1_000_000
+    )
+}
+
+fn offset(secs: i32) -> String {
+    let sign = if secs < 0 { '-' } else { '+' };
+    let a = secs.unsigned_abs();
+    format!("{sign}{:02}:{:02}", a / 3600, a / 60 % 60)
+}
+
+fn timestamp(us: i64, zone: bool) -> String {
+    match us {
+        i64::MAX => "infinity".into(),
+        i64::MIN => "-infinity".into(),
+        _ => format!(
+            "{}T{}{}",
+            ymd(us.div_euclid(86_400_000_000)),
+            clock(us.rem_euclid(86_400_000_000)),
+            if zone { "Z" } else { "" }
+        ),
+    }
+}
+
+/// A row as a JSON object of its columns (unchanged values left out when `skip_unchanged`).
+pub fn row(rel: &Relation, row: &Row, skip_unchanged: bool) -> Json {
+    let mut m = Map::new();
+    for (c, v) in rel.columns.iter().zip(row) {
+        if skip_unchanged && matches!(v, Value::Unchanged) {
+            continue;
+        }
+        m.insert(c.name.clone(), value(v));
+    }
+    Json::Object(m)
+}
+
+/// The message key: the key columns of `row` as a JSON object, or `None` for a table without a
+/// key (its messages are spread over partitions).
+pub fn key(rel: &Relation, row: &Row) -> Option<Vec<u8>> {
+    let mut m = Map::new();
+    for i in rel.key_columns() {
+        m.insert(
+            rel.columns[i].name.clone(),
+            value(row.get(i).unwrap_or(&Value::Null)),
+        );
+    }
+    if m.is_empty() {
+        return None;
+    }
+    serde_json::to_vec(&Json::Object(m)).ok()
+}
+
+/// The row whose key identifies the change (the old row of an update or delete when sent).
+pub fn key_row(event: &Event) -> Option<&Row> {
+    match event {
+        Event::Insert(i) => Some(&i.new),
+        Event::Update(u) => Some(&u.new),
+        Event::Delete(d) => Some(d.old.row()),
+        _ => None,
+    }
+}
+
+/// Where a change comes from, for the envelopes.
+#[derive(Debug, Clone)]
+pub struct Origin<'a> {
+    pub begin: &'a Begin,
+    pub database: &'a str,
+    pub server: &'a str,
+}
+
+/// The message value of a row change or truncate, in `format`.
+pub fn message(
+    format: Format,
+    rel: &Relation,
+    event: &Event,
+    origin: &Origin<'_>,
+) -> Result<Vec<u8>> {
+    if format == Format::Binary {
+        return frame::encode_to_vec(event).map_err(|e| SinkError::Fatal(e.to_string()));
+    }
+    let (op, before, after, unchanged) = match event {
+        Event::Insert(i) => ("c", Json::Null, row(rel, &i.new, false), Vec::new()),
+        Event::Update(u) => {
+            let unchanged: Vec<String> = rel
+                .columns
+                .iter()
+                .zip(&u.new)
+                .filter(|(_, v)| matches!(v, Value::Unchanged))
+                .map(|(c, _)| c.name.clone())
+                .collect();
+            let skip = format == Format::Json;
+            (
+                "u",
+                u.old
+                    .as_ref()
+                    .map_or(Json::Null, |o| row(rel, o.row(), false)),
+                row(rel, &u.new, skip),
+                unchanged,
+            )
+        }
+        Event::Delete(d) => ("d", row(rel, d.old.row(), false), Json::Null, Vec::new()),
+        Event::Truncate(_) => ("t", Json::Null, Json::Null, Vec::new()),
+        _ => {
+            return Err(SinkError::Fatal(format!(
+                "no message for a {} event",
+                event.kind()
+            )));
+        }
+    };
+    let ts_ms = origin.begin.commit_time.div_euclid(1000);
+    let v = match format {
+        Format::Json => json!({
+            "op": op,
+            "schema": rel.schema,
+            "table": rel.name,
+            "before": before,
+            "after": after,
+            "unchanged": unchanged,
+            "position": origin.begin.position.to_string(),
+            "xid": origin.begin.xid,
+            "commit_time": timestamp(origin.begin.commit_time, true),
+        }),
+        _ => {
+            let lsn = match &origin.begin.position {
+                ferry_proto::Position::Postgres(l) => Json::from(l.0),
+                _ => Json::Null,
+            };
+            json!({
+                "before": before,
+                "after": after,
+                "source": {
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "connector": "postgresql",
+                    "name": origin.server,
+                    "ts_ms": ts_ms,
+                    "snapshot": if origin.begin.xid == 0 { "true" } else { "false" },
+                    "db": origin.database,
+                    "schema": rel.schema,
+                    "table": rel.name,
+                    "txId": origin.begin.xid,
+                    "lsn": lsn,
+                },
+                "op": if origin.begin.xid == 0 && op == "c" { "r" } else { op },
+                "ts_ms": ts_ms,
+            })
+        }
+    };
+    serde_json::to_vec(&v).map_err(|e| SinkError::Fatal(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_render_faithfully() {
+        assert_eq!(value(&Value::Numeric("-0.010".into())), json!("-0.010"));
+        assert_eq!(value(&Value::Bytes(vec![0, 255])), json!("AP8="));
+        assert_eq!(value(&Value::Date(0)), json!("1970-01-01"));
+        assert_eq!(value(&Value::Date(-719_528)), json!("0000-01-01"));
+        assert_eq!(
+            value(&Value::TimestampTz(1_709_204_400_000_001)),
+            json!("2024-02-29T11:00:00.000001Z")
+        );
+        assert_eq!(value(&Value::Timestamp(i64::MAX)), json!("infinity"));
+        assert_eq!(value(&Value::Float(f64::NAN)), json!("NaN"));
+        assert_eq!(
+            value(&Value::Interval {
+                months: 14,
+                days: -3,
+                micros: -1
+            }),
+            json!("P14M-3DT-0.000001S")
+        );
+        assert_eq!(
+            value(&Value::TimeTz {
+                micros: 3_723_000_000,
+                offset_secs: -19_800
+            }),
+            json!("01:02:03.000000-05:30")
+        );
+    }
+}

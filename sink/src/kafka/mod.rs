@@ -1,0 +1,665 @@
+//! The Kafka sink: every row change of the spool as a message, keyed by the row's key so each
+//! row's changes stay in order on one partition.
+//!
+//! The producer is safe by default: idempotent, `acks=all`, at most 5 requests in flight (which
+//! idempotence keeps in order across retries), lz4 compression, and no delivery timeout, so a
+//! broker down for minutes stalls the sink (its state says so) instead of losing messages.
+//!
+//! At least once (default): messages of a batch of source transactions are sent, every delivery
+//! is awaited, then the sink's cursor (a file in the spool directory: the spool is what a restart
+//! re-reads from, so the cursor lives beside it) moves past the batch. A crash re-sends at most
+//! the batch in flight; the headers `ferry.position` and `ferry.xid` let consumers drop
+//! duplicates. Exactly once (`exactly_once = true`): each batch and a checkpoint record (to the
+//! compacted topic `checkpoint_topic`) are committed in one Kafka transaction; a restart reads the
+//! last committed checkpoint and resumes after it, and the transactional id fences a zombie.
+
+pub mod format;
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ferry_proto::{Begin, Event, Position};
+use ferry_spool::{Cursors, Offset, SpoolReader, segment};
+use rdkafka::ClientConfig;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::{Message, TopicPartitionList};
+use tokio::sync::watch;
+
+use self::format::{Format, Origin};
+use crate::error::{Result, SinkError};
+use crate::progress::{SinkProgress, SinkState, write_state};
+use crate::{Backoff, OnError};
+
+/// How a Kafka sink is set up.
+#[derive(Debug, Clone)]
+pub struct KafkaSinkConfig {
+    pub name: String,
+    pub brokers: String,
+    /// Topic template: `{schema}`, `{table}`, `{database}`.
+    pub topic: String,
+    pub format: Format,
+    pub on_error: OnError,
+    /// A null-value message after each delete, for compacted topics.
+    pub tombstones: bool,
+    pub exactly_once: bool,
+    pub checkpoint_topic: String,
+    /// Where `dead_letter` sends failed messages (with `ferry.error` in a header).
+    pub dead_letter_topic: Option<String>,
+    /// Transaction BEGIN/END markers go here when set.
+    pub transaction_topic: Option<String>,
+    /// librdkafka properties passed through (SASL, TLS, tuning), after ferry's defaults.
+    pub properties: Vec<(String, String)>,
+    pub spool_dir: PathBuf,
+    /// The source database's name, for `{database}` and the envelopes.
+    pub database: String,
+    /// The source's logical name in Debezium envelopes (`source.name`).
+    pub server: String,
+    pub max_batch_messages: usize,
+    pub max_batch_delay: Duration,
+}
+
+/// Property names whose values never appear in logs.
+fn secret(key: &str) -> bool {
+    let k = key.to_ascii_lowercase();
+    k.contains("password") || k.contains("secret") || k.contains("token") || k.ends_with(".key")
+}
+
+/// A message waiting for the broker's acknowledgement.
+struct InFlight {
+    delivery: DeliveryFuture,
+    /// What to send to the dead-letter topic or log if it fails for good.
+    topic: String,
+    key: Option<Vec<u8>>,
+    payload: Option<Vec<u8>>,
+    position: Position,
+}
+
+/// A Kafka sink worker.
+#[derive(Debug)]
+pub struct KafkaSink {
+    cfg: KafkaSinkConfig,
+    progress: watch::Sender<SinkProgress>,
+}
+
+impl KafkaSink {
+    pub fn new(cfg: KafkaSinkConfig) -> (KafkaSink, watch::Receiver<SinkProgress>) {
+        let (progress, rx) = watch::channel(SinkProgress::new());
+        (KafkaSink { cfg, progress }, rx)
+    }
+
+    fn set_state(&self, state: SinkState) {
+        write_state(&self.cfg.spool_dir, &self.cfg.name, &state);
+        self.progress.send_modify(|p| p.state = state);
+    }
+
+    fn client_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.cfg.brokers)
+            .set("enable.idempotence", "true")
+            .set("acks", "all")
+            .set("max.in.flight.requests.per.connection", "5")
+            .set("compression.type", "lz4")
+            .set("linger.ms", "5")
+            .set("batch.size", "1000000")
+            .set("message.timeout.ms", "0");
+        if self.cfg.exactly_once {
+            c.set("transactional.id", format!("ferry-{}", self.cfg.name))
+                .set("transaction.timeout.ms", "60000");
+        }
+        for (k, v) in &self.cfg.properties {
+            c.set(k, v);
+        }
+        let shown: Vec<String> = self
+            .cfg
+            .properties
+            .iter()
+            .map(|(k, v)| format!("{k}={}", if secret(k) { "***" } else { v }))
+            .collect();
+        if !shown.is_empty() {
+            tracing::info!(sink = %self.cfg.name, properties = %shown.join(", "), "kafka properties");
+        }
+        c
+    }
+
+    /// Sends the spool until `shutdown`, retrying transient failures.
+    pub async fn run(
+        self,
+        durable: watch::Receiver<Offset>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<()> {
+        let mut backoff = Backoff::default();
+        loop {
+            let started = Instant::now();
+            match self.session(durable.clone(), &mut shutdown).await {
+                Ok(()) => {
+                    self.set_state(SinkState::Stopped);
+                    return Ok(());
+                }
+                Err(e) if e.is_transient() => {
+                    if started.elapsed() > Duration::from_secs(30) {
+                        backoff.reset();
+                    }
+                    let delay = backoff.next_delay();
+                    tracing::warn!(sink = %self.cfg.name, error = %e, retry_in = ?delay, "kafka sink failed; retrying");
+                    self.set_state(SinkState::Retrying(e.to_string()));
+                    self.progress.send_modify(|p| p.retries += 1);
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = async { shutdown.wait_for(|s| *s).await.is_ok() } => {
+                            self.set_state(SinkState::Stopped);
+                            return Ok(());
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(sink = %self.cfg.name, error = %e, "sink halted");
+                    self.set_state(SinkState::Halted(e.to_string()));
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    async fn session(
+        &self,
+        durable: watch::Receiver<Offset>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<()> {
+        let name = self.cfg.name.clone();
+        let producer: FutureProducer = self.client_config().create().map_err(kafka)?;
+        let cursors = Cursors::new(&self.cfg.spool_dir);
+        let oldest = segment::list(&self.cfg.spool_dir)?
+            .first()
+            .copied()
+            .unwrap_or(0);
+        let start = if self.cfg.exactly_once {
+            let p = producer.clone();
+            tokio::task::spawn_blocking(move || p.init_transactions(Duration::from_secs(60)))
+                .await
+                .map_err(|e| SinkError::Fatal(e.to_string()))?
+                .map_err(kafka)?;
+            self.read_checkpoint().await?.unwrap_or(Offset(oldest))
+        } else {
+            cursors.load(&name)?.unwrap_or(Offset(oldest))
+        };
+        let mut reader = SpoolReader::open_tailing(&self.cfg.spool_dir, start, durable)?;
+        tracing::info!(sink = %name, offset = %start, exactly_once = self.cfg.exactly_once, "kafka sink starting");
+        self.set_state(SinkState::Running);
+        self.progress.send_modify(|p| p.offset = start);
+
+        let mut inflight: VecDeque<InFlight> = VecDeque::new();
+        let mut txn: Option<(Begin, usize)> = None;
+        let mut batch_txns = 0u64;
+        let mut batch_msgs = 0usize;
+        let mut batch_started: Option<Instant> = None;
+        let mut last: Option<(Offset, Position)> = None;
+        let mut in_kafka_txn = false;
+        loop {
+            let idle = txn.is_none() && batch_started.is_none();
+            let next = if idle {
+                tokio::select! {
+                    biased;
+                    _ = async { shutdown.wait_for(|v| *v).await.is_ok() } => return Ok(()),
+                    ev = reader.next_wait() => ev?,
+                }
+            } else {
+                match reader.try_next()? {
+                    Some(ev) => Some(ev),
+                    None if txn.is_none() => {
+                        self.finish_batch(
+                            &producer,
+                            &mut inflight,
+                            &mut in_kafka_txn,
+                            &last,
+                            batch_txns,
+                            batch_msgs,
+                            &cursors,
+                        )
+                        .await?;
+                        batch_txns = 0;
+                        batch_msgs = 0;
+                        batch_started = None;
+                        continue;
+                    }
+                    None => tokio::select! {
+                        biased;
+                        _ = async { shutdown.wait_for(|v| *v).await.is_ok() } => {
+                            self.abort(&producer, &mut in_kafka_txn).await;
+                            return Ok(());
+                        }
+                        ev = reader.next_wait() => ev?,
+                    },
+                }
+            };
+            let Some((_, event)) = next else {
+                self.finish_batch(
+                    &producer,
+                    &mut inflight,
+                    &mut in_kafka_txn,
+                    &last,
+                    batch_txns,
+                    batch_msgs,
+                    &cursors,
+                )
+                .await?;
+                return Ok(());
+            };
+            let after = reader.position();
+            match &event {
+                Event::Begin(b) => {
+                    if self.cfg.exactly_once && !in_kafka_txn {
+                        producer.begin_transaction().map_err(kafka)?;
+                        in_kafka_txn = true;
+                    }
+                    batch_started.get_or_insert_with(Instant::now);
+                    txn = Some((b.clone(), 0));
+                    if let Some(t) = &self.cfg.transaction_topic {
+                        let v = serde_json::json!({"status": "BEGIN", "id": b.xid, "position": b.position.to_string()});
+                        self.send(
+                            &producer,
+                            &mut inflight,
+                            t,
+                            None,
+                            Some(v.to_string().into_bytes()),
+                            &b.position,
+                            b.xid,
+                            "begin",
+                        )
+                        .await?;
+                    }
+                }
+                Event::Commit(c) => {
+                    let Some((b, count)) = txn.take() else {
+                        return Err(SinkError::Fatal("Commit without Begin in the spool".into()));
+                    };
+                    if let Some(t) = &self.cfg.transaction_topic {
+                        let v = serde_json::json!({"status": "END", "id": b.xid, "position": c.position.to_string(), "event_count": count});
+                        self.send(
+                            &producer,
+                            &mut inflight,
+                            t,
+                            None,
+                            Some(v.to_string().into_bytes()),
+                            &c.position,
+                            b.xid,
+                            "end",
+                        )
+                        .await?;
+                    }
+                    last = Some((after, c.position.clone()));
+                    batch_txns += 1;
+                    let due = batch_msgs >= self.cfg.max_batch_messages
+                        || batch_started.is_some_and(|t| t.elapsed() >= self.cfg.max_batch_delay);
+                    if due || *shutdown.borrow() {
+                        self.finish_batch(
+                            &producer,
+                            &mut inflight,
+                            &mut in_kafka_txn,
+                            &last,
+                            batch_txns,
+                            batch_msgs,
+                            &cursors,
+                        )
+                        .await?;
+                        batch_txns = 0;
+                        batch_msgs = 0;
+                        batch_started = None;
+                        let stop = *shutdown.borrow();
+                        if stop {
+                            return Ok(());
+                        }
+                    }
+                }
+                Event::Heartbeat(h) => {
+                    if txn.is_none() && batch_started.is_none() {
+                        last = Some((after, h.position.clone()));
+                        cursors.save(&name, after)?;
+                        let position = h.position.clone();
+                        self.progress.send_modify(|p| {
+                            p.offset = after;
+                            p.position = Some(position);
+                        });
+                    } else {
+                        last = Some((after, h.position.clone()));
+                    }
+                }
+                Event::Insert(_) | Event::Update(_) | Event::Delete(_) | Event::Truncate(_) => {
+                    let Some((b, count)) = txn.as_mut() else {
+                        return Err(SinkError::Fatal(
+                            "a row change outside a transaction".into(),
+                        ));
+                    };
+                    *count += 1;
+                    let b = b.clone();
+                    let ids: Vec<_> = match &event {
+                        Event::Truncate(t) => t.relations.clone(),
+                        _ => event.relation_id().into_iter().collect(),
+                    };
+                    for id in ids {
+                        let Some(rel) = reader.relation(id) else {
+                            return Err(SinkError::Fatal(format!("relation {} unknown", id.0)));
+                        };
+                        let topic = self
+                            .cfg
+                            .topic
+                            .replace("{schema}", &rel.schema)
+                            .replace("{table}", &rel.name)
+                            .replace("{database}", &self.cfg.database);
+                        let origin = Origin {
+                            begin: &b,
+                            database: &self.cfg.database,
+                            server: &self.cfg.server,
+                        };
+                        let key = format::key_row(&event).and_then(|r| format::key(rel, r));
+                        let payload = format::message(self.cfg.format, rel, &event, &origin)?;
+                        let tombstone = self.cfg.tombstones && matches!(event, Event::Delete(_));
+                        self.send(
+                            &producer,
+                            &mut inflight,
+                            &topic,
+                            key.clone(),
+                            Some(payload),
+                            &b.position,
+                            b.xid,
+                            event.kind(),
+                        )
+                        .await?;
+                        batch_msgs += 1;
+                        if tombstone {
+                            self.send(
+                                &producer,
+                                &mut inflight,
+                                &topic,
+                                key,
+                                None,
+                                &b.position,
+                                b.xid,
+                                "tombstone",
+                            )
+                            .await?;
+                            batch_msgs += 1;
+                        }
+                    }
+                }
+                Event::Relation(_) | Event::Message(_) => {}
+            }
+        }
+    }
+
+    /// Queues one message; when librdkafka's queue is full, waits for the oldest delivery.
+    #[allow(clippy::too_many_arguments)]
+    async fn send(
+        &self,
+        producer: &FutureProducer,
+        inflight: &mut VecDeque<InFlight>,
+        topic: &str,
+        key: Option<Vec<u8>>,
+        payload: Option<Vec<u8>>,
+        position: &Position,
+        xid: u64,
+        op: &str,
+    ) -> Result<()> {
+        let pos = position.to_string();
+        let xid_text = xid.to_string();
+        loop {
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "ferry.position",
+                    value: Some(pos.as_bytes()),
+                })
+                .insert(Header {
+                    key: "ferry.xid",
+                    value: Some(xid_text.as_bytes()),
+                })
+                .insert(Header {
+                    key: "ferry.op",
+                    value: Some(op.as_bytes()),
+                });
+            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
+            if let Some(k) = &key {
+                record = record.key(k.as_slice());
+            }
+            if let Some(p) = &payload {
+                record = record.payload(p.as_slice());
+            }
+            match producer.send_result(record) {
+                Ok(delivery) => {
+                    inflight.push_back(InFlight {
+                        delivery,
+                        topic: topic.to_owned(),
+                        key,
+                        payload,
+                        position: position.clone(),
+                    });
+                    return Ok(());
+                }
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
+                    match inflight.pop_front() {
+                        Some(f) => self.settle(producer, f).await?,
+                        None => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                }
+                Err((e, _)) => return Err(self.permanent_or_retry(e)),
+            }
+        }
+    }
+
+    /// Awaits one delivery; a message the broker refuses for good follows `on_error`.
+    async fn settle(&self, producer: &FutureProducer, f: InFlight) -> Result<()> {
+        match f.delivery.await {
+            Ok(Ok(_)) => Ok(()),
+            Ok(Err((e, _))) => {
+                let err = self.permanent_or_retry(e);
+                if err.is_transient() || self.cfg.exactly_once {
+                    return Err(err);
+                }
+                match self.cfg.on_error {
+                    OnError::Halt => Err(SinkError::Fatal(format!(
+                        "sink {} halted at {}: topic {}: {err}",
+                        self.cfg.name, f.position, f.topic
+                    ))),
+                    OnError::Skip => {
+                        tracing::warn!(sink = %self.cfg.name, position = %f.position, topic = %f.topic, error = %err, "skipping a message (on_error = skip)");
+                        self.progress.send_modify(|p| p.skipped += 1);
+                        Ok(())
+                    }
+                    OnError::DeadLetter => {
+                        let Some(dlq) = &self.cfg.dead_letter_topic else {
+                            return Err(SinkError::Config(format!(
+                                "sink {}: on_error = \"dead_letter\" needs dead_letter_topic",
+                                self.cfg.name
+                            )));
+                        };
+                        let reason = err.to_string();
+                        let headers = OwnedHeaders::new()
+                            .insert(Header {
+                                key: "ferry.error",
+                                value: Some(reason.as_bytes()),
+                            })
+                            .insert(Header {
+                                key: "ferry.topic",
+                                value: Some(f.topic.as_bytes()),
+                            });
+                        let mut record: FutureRecord<'_, [u8], [u8]> =
+                            FutureRecord::to(dlq).headers(headers);
+                        if let Some(k) = &f.key {
+                            record = record.key(k.as_slice());
+                        }
+                        // The payload was refused (too large, most likely): keep the error only.
+                        let _ = &f.payload;
+                        producer
+                            .send(record, Duration::from_secs(60))
+                            .await
+                            .map_err(|(e, _)| kafka(e))?;
+                        self.progress.send_modify(|p| p.dead_lettered += 1);
+                        Ok(())
+                    }
+                }
+            }
+            Err(_) => Err(SinkError::Fatal("the producer went away".into())),
+        }
+    }
+
+    /// Classifies a broker error: message-specific and permanent ones (too large, unknown topic
+    /// with auto-creation off, not authorized) versus the rest, which are retried.
+    fn permanent_or_retry(&self, e: KafkaError) -> SinkError {
+        let code = e.rdkafka_error_code();
+        let permanent = matches!(
+            code,
+            Some(
+                RDKafkaErrorCode::MessageSizeTooLarge
+                    | RDKafkaErrorCode::InvalidMessageSize
+                    | RDKafkaErrorCode::UnknownTopicOrPartition
+                    | RDKafkaErrorCode::UnknownTopic
+                    | RDKafkaErrorCode::TopicAuthorizationFailed
+                    | RDKafkaErrorCode::InvalidTopic
+            )
+        );
+        if permanent {
+            SinkError::Value(format!("kafka: {e}"))
+        } else {
+            kafka(e)
+        }
+    }
+
+    /// Awaits every delivery of the batch (or commits its Kafka transaction with the checkpoint),
+    /// then records the batch's end as the sink's position.
+    #[allow(clippy::too_many_arguments)]
+    async fn finish_batch(
+        &self,
+        producer: &FutureProducer,
+        inflight: &mut VecDeque<InFlight>,
+        in_kafka_txn: &mut bool,
+        last: &Option<(Offset, Position)>,
+        txns: u64,
+        msgs: usize,
+        cursors: &Cursors,
+    ) -> Result<()> {
+        while let Some(f) = inflight.pop_front() {
+            self.settle(producer, f).await?;
+        }
+        let Some((offset, position)) = last.clone() else {
+            return Ok(());
+        };
+        if self.cfg.exactly_once && *in_kafka_txn {
+            // The checkpoint record commits with the batch, in the same Kafka transaction.
+            let value = serde_json::json!({"offset": offset.0, "position": position.to_string()})
+                .to_string();
+            let record: FutureRecord<'_, str, str> = FutureRecord::to(&self.cfg.checkpoint_topic)
+                .key(self.cfg.name.as_str())
+                .payload(value.as_str());
+            producer
+                .send(record, Duration::from_secs(60))
+                .await
+                .map_err(|(e, _)| kafka(e))?;
+            let p = producer.clone();
+            tokio::task::spawn_blocking(move || p.commit_transaction(Duration::from_secs(60)))
+                .await
+                .map_err(|e| SinkError::Fatal(e.to_string()))?
+                .map_err(kafka)?;
+            *in_kafka_txn = false;
+        }
+        cursors.save(&self.cfg.name, offset)?;
+        self.progress.send_modify(|p| {
+            p.offset = offset;
+            p.position = Some(position);
+            p.transactions += txns;
+            p.rows += msgs as u64;
+            p.batches += 1;
+        });
+        Ok(())
+    }
+
+    async fn abort(&self, producer: &FutureProducer, in_kafka_txn: &mut bool) {
+        if self.cfg.exactly_once && *in_kafka_txn {
+            let p = producer.clone();
+            let _ =
+                tokio::task::spawn_blocking(move || p.abort_transaction(Duration::from_secs(30)))
+                    .await;
+            *in_kafka_txn = false;
+        }
+    }
+
+    /// The offset after the last batch committed with `exactly_once`, from the checkpoint topic.
+    async fn read_checkpoint(&self) -> Result<Option<Offset>> {
+        let mut c = ClientConfig::new();
+        c.set("bootstrap.servers", &self.cfg.brokers)
+            .set("group.id", format!("ferry-{}-checkpoint", self.cfg.name))
+            .set("enable.auto.commit", "false")
+            .set("isolation.level", "read_committed");
+        for (k, v) in &self.cfg.properties {
+            if !k.starts_with("transaction") && !k.starts_with("enable.idempotence") {
+                c.set(k, v);
+            }
+        }
+        let consumer: BaseConsumer = c.create().map_err(kafka)?;
+        let topic = self.cfg.checkpoint_topic.clone();
+        let name = self.cfg.name.clone();
+        tokio::task::spawn_blocking(move || -> Result<Option<Offset>> {
+            let metadata = consumer
+                .fetch_metadata(Some(&topic), Duration::from_secs(30))
+                .map_err(kafka)?;
+            let partitions: Vec<i32> = metadata
+                .topics()
+                .iter()
+                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+                .collect();
+            let mut found = None;
+            for p in partitions {
+                let (low, high) = consumer
+                    .fetch_watermarks(&topic, p, Duration::from_secs(30))
+                    .map_err(kafka)?;
+                if high <= low {
+                    continue;
+                }
+                let mut tpl = TopicPartitionList::new();
+                tpl.add_partition_offset(&topic, p, rdkafka::Offset::Offset(low))
+                    .map_err(kafka)?;
+                consumer.assign(&tpl).map_err(kafka)?;
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    if Instant::now() > deadline {
+                        return Err(SinkError::Fatal(format!(
+                            "reading the checkpoint topic {topic} timed out"
+                        )));
+                    }
+                    let Some(msg) = consumer.poll(Duration::from_millis(500)) else {
+                        // read_committed stops at the last stable offset.
+                        let pos = consumer.position().map_err(kafka)?;
+                        let at = pos
+                            .elements_for_topic(&topic)
+                            .first()
+                            .and_then(|e| e.offset().to_raw())
+                            .unwrap_or(0);
+                        if at >= high - 1 {
+                            break;
+                        }
+                        continue;
+                    };
+                    let msg = msg.map_err(kafka)?;
+                    if msg.key() == Some(name.as_bytes())
+                        && let Some(v) = msg.payload()
+                        && let Ok(j) = serde_json::from_slice::<serde_json::Value>(v)
+                        && let Some(o) = j["offset"].as_u64()
+                    {
+                        found = Some(Offset(o));
+                    }
+                    if msg.offset() >= high - 1 {
+                        break;
+                    }
+                }
+            }
+            Ok(found)
+        })
+        .await
+        .map_err(|e| SinkError::Fatal(e.to_string()))?
+    }
+}
+
+fn kafka(e: KafkaError) -> SinkError {
+    SinkError::Kafka(e)
+}

@@ -1,0 +1,96 @@
+//! What every sink reports: its state and progress (for the source's acknowledgement, `ferry
+//! status` and metrics), and the state file `ferry status` reads when ferry is not running.
+
+use std::path::PathBuf;
+
+use ferry_proto::Position;
+use ferry_spool::Offset;
+
+/// What a sink is doing, for status, metrics and the source's acknowledgement.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(tag = "state", content = "reason", rename_all = "snake_case")]
+pub enum SinkState {
+    Starting,
+    Running,
+    /// Waiting to retry after a transient failure.
+    Retrying(String),
+    /// Stopped by a permanent failure.
+    Halted(String),
+    Stopped,
+}
+
+impl std::fmt::Display for SinkState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            SinkState::Starting => f.write_str("starting"),
+            SinkState::Running => f.write_str("running"),
+            SinkState::Retrying(r) => write!(f, "retrying ({r})"),
+            SinkState::Halted(r) => write!(f, "HALTED: {r}"),
+            SinkState::Stopped => f.write_str("stopped"),
+        }
+    }
+}
+
+/// Where a sink's last state is kept for `ferry status`: `<spool dir>/state/<sink>.json`.
+pub fn state_path(spool_dir: &std::path::Path, sink: &str) -> PathBuf {
+    spool_dir.join("state").join(format!("{sink}.json"))
+}
+
+/// The state a sink last recorded, if any.
+pub fn read_state(spool_dir: &std::path::Path, sink: &str) -> Option<SinkState> {
+    let text = std::fs::read(state_path(spool_dir, sink)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+/// A sink's progress.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SinkProgress {
+    /// Everything before this spool offset is applied durably (or needs nothing applied).
+    pub offset: Offset,
+    /// The source position of the last transaction or heartbeat covered.
+    pub position: Option<Position>,
+    pub state: SinkState,
+    pub transactions: u64,
+    pub rows: u64,
+    pub batches: u64,
+    pub skipped: u64,
+    pub dead_lettered: u64,
+    pub retries: u64,
+}
+
+impl SinkProgress {
+    pub fn new() -> Self {
+        SinkProgress {
+            offset: Offset(0),
+            position: None,
+            state: SinkState::Starting,
+            transactions: 0,
+            rows: 0,
+            batches: 0,
+            skipped: 0,
+            dead_lettered: 0,
+            retries: 0,
+        }
+    }
+}
+
+impl Default for SinkProgress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Records `state` in the state file (best effort: the file is for people; checkpoints are
+/// elsewhere).
+pub fn write_state(spool_dir: &std::path::Path, sink: &str, state: &SinkState) {
+    let path = state_path(spool_dir, sink);
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Ok(text) = serde_json::to_vec(state) {
+        let tmp = path.with_extension("tmp");
+        if std::fs::write(&tmp, text).is_ok() {
+            let _ = std::fs::rename(&tmp, &path);
+        }
+    }
+}
