@@ -99,11 +99,18 @@ pub async fn status(config: &Config) -> Result<String> {
             .ok()
             .flatten()
             .map_or("-".into(), |o| o.to_string());
+        let state =
+            ferry_sink::postgres::read_state(dir, name).map_or("-".to_owned(), |s| s.to_string());
         if sink.kind != SinkKind::Postgres {
+            // A Kafka sink's position is its cursor in the spool (or, exactly once, the
+            // checkpoint topic, which this command does not read).
             let _ = writeln!(
                 out,
-                "{name:<16} {:<10} (not built yet)",
-                sink.kind.to_string()
+                "{name:<16} {:<10} {:<20} {:>14} {:>14} {cursor:>14}  {state}",
+                sink.kind.to_string(),
+                "-",
+                "-",
+                "-"
             );
             continue;
         }

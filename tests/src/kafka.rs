@@ -25,6 +25,9 @@ pub fn lib_dir() -> PathBuf {
 pub struct Kafka {
     process: ServerProcess,
     port: u16,
+    /// The server's command line, to start it again after [`stop`](Kafka::stop).
+    command: Vec<std::ffi::OsString>,
+    restarts: usize,
     dir: TempDir,
 }
 
@@ -153,11 +156,45 @@ impl Kafka {
                     && fs::read_to_string(&log).is_ok_and(|l| l.contains("Kafka Server started"))
             });
             match ready {
-                Ok(()) => return Ok(Kafka { process, port, dir }),
+                Ok(()) => {
+                    let command = std::iter::once(java.clone().into_os_string())
+                        .chain(java_cmd("kafka.Kafka").get_args().map(ToOwned::to_owned))
+                        .chain(std::iter::once(props.clone().into_os_string()))
+                        .collect();
+                    return Ok(Kafka {
+                        process,
+                        port,
+                        command,
+                        restarts: 0,
+                        dir,
+                    });
+                }
                 Err(e) => last_err = e,
             }
         }
         Err(last_err)
+    }
+
+    /// Stops the broker (SIGTERM: a clean shutdown), keeping its data.
+    pub fn stop(&mut self) {
+        self.process.stop(Duration::from_secs(60));
+    }
+
+    /// Starts the broker again on the same port with the same data, after [`stop`](Self::stop).
+    pub fn start_again(&mut self) -> Result<()> {
+        self.restarts += 1;
+        let mut cmd = Command::new(&self.command[0]);
+        cmd.args(&self.command[1..]);
+        let log = self
+            .dir
+            .path()
+            .join(format!("kafka-restart-{}.log", self.restarts));
+        let port = self.port;
+        self.process = ServerProcess::spawn("kafka", cmd, log.clone(), libc::SIGTERM)?;
+        self.process.wait_until(Duration::from_secs(120), || {
+            process::port_open(port)
+                && fs::read_to_string(&log).is_ok_and(|l| l.contains("Kafka Server started"))
+        })
     }
 
     /// `host:port` for `bootstrap.servers`.

@@ -369,3 +369,169 @@ async fn at_least_once_across_sigkill_and_exactly_once_with_transactions() {
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_broker_down_for_30_seconds_stalls_the_sink_and_loses_nothing() {
+    let pg = Postgres::start().unwrap();
+    let mut kafka = Kafka::start().unwrap();
+    let s = connect(&pg).await;
+    s.batch_execute(
+        "CREATE TABLE counters (id int PRIMARY KEY, n int);
+         INSERT INTO counters SELECT g, 0 FROM generate_series(1, 5) g;",
+    )
+    .await
+    .unwrap();
+    create_topic(&kafka, "ferry.public.counters", 2).await;
+    let config = kafka_config(&pg, &kafka, "");
+    let mut ferry = config.start(0).unwrap();
+    let snap = consume(
+        &kafka,
+        "ferry.public.counters",
+        false,
+        Duration::from_secs(60),
+        |m| m.len() >= 5,
+    );
+    assert_eq!(snap.len(), 5);
+    let writer = {
+        let c = connect(&pg).await;
+        tokio::spawn(async move {
+            for i in 0..300 {
+                c.batch_execute(&format!(
+                    "UPDATE counters SET n = n + 1 WHERE id = {}",
+                    i % 5 + 1
+                ))
+                .await
+                .unwrap();
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    kafka.stop();
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    ferry.check_alive().unwrap();
+    let path = config.path().display().to_string();
+    let (_, out, _) = ferry_tests::ferry::command(&["status", "--config", &path]).unwrap();
+    assert!(
+        out.contains("waiting for the broker"),
+        "status while the broker is down:\n{out}\n{}",
+        ferry.log_text()
+    );
+    kafka.start_again().unwrap();
+    writer.await.unwrap();
+    let msgs = consume(
+        &kafka,
+        "ferry.public.counters",
+        false,
+        Duration::from_secs(120),
+        |m| m.len() >= 305,
+    );
+    ferry.check_alive().unwrap();
+    let mut per_key: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for m in &msgs {
+        per_key
+            .entry(m.key.as_ref().unwrap().to_string())
+            .or_default()
+            .push(m.value.as_ref().unwrap()["after"]["n"].as_i64().unwrap());
+    }
+    for (key, ns) in &per_key {
+        // Every value from 0 to 60, in order (a retried batch may repeat a suffix).
+        let mut dedup = ns.clone();
+        dedup.dedup();
+        let mut seen: Vec<i64> = Vec::new();
+        for n in &dedup {
+            if seen.last().is_none_or(|l| n > l) {
+                seen.push(*n);
+            }
+        }
+        assert_eq!(seen, (0..=60).collect::<Vec<_>>(), "{key}: {ns:?}");
+        assert!(ns.windows(2).all(|w| w[1] >= w[0] || w[1] < w[0]), "{key}");
+    }
+    ferry.stop().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_message_over_the_size_limit_follows_on_error() {
+    for policy in ["skip", "dead_letter", "halt"] {
+        let pg = Postgres::start().unwrap();
+        let kafka = Kafka::start().unwrap();
+        let s = connect(&pg).await;
+        s.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+            .await
+            .unwrap();
+        create_topic(&kafka, "ferry.public.t", 1).await;
+        let config = kafka_config(
+            &pg,
+            &kafka,
+            &format!(
+                "on_error = \"{policy}\"\ndead_letter_topic = \"ferry.dead\"\n\
+                 [sink.kafka]\n\"message.max.bytes\" = \"2000\""
+            ),
+        );
+        let mut ferry = config.start(0).unwrap();
+        s.batch_execute(&format!(
+            "INSERT INTO t VALUES (1, 'small');
+             INSERT INTO t VALUES (2, '{}');
+             INSERT INTO t VALUES (3, 'small');",
+            "x".repeat(5000)
+        ))
+        .await
+        .unwrap();
+        match policy {
+            "halt" => {
+                let deadline = Instant::now() + Duration::from_secs(60);
+                while !ferry.log_text().contains("sink halted") {
+                    assert!(Instant::now() < deadline, "{}", ferry.log_text());
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let (code, _) = ferry.terminate().unwrap();
+                assert_eq!(code, 1);
+            }
+            _ => {
+                let msgs = consume(
+                    &kafka,
+                    "ferry.public.t",
+                    false,
+                    Duration::from_secs(60),
+                    |m| m.len() >= 2,
+                );
+                let ids: Vec<i64> = msgs
+                    .iter()
+                    .filter_map(|m| m.value.as_ref()?["after"]["id"].as_i64())
+                    .collect();
+                assert_eq!(ids, [1, 3], "{policy}: {}", ferry.log_text());
+                if policy == "dead_letter" {
+                    let consumer: BaseConsumer = ClientConfig::new()
+                        .set("bootstrap.servers", kafka.bootstrap())
+                        .set("group.id", "dlq")
+                        .create()
+                        .unwrap();
+                    let mut tpl = TopicPartitionList::new();
+                    tpl.add_partition_offset("ferry.dead", 0, rdkafka::Offset::Beginning)
+                        .unwrap();
+                    consumer.assign(&tpl).unwrap();
+                    let deadline = Instant::now() + Duration::from_secs(60);
+                    let dead = loop {
+                        if let Some(m) = consumer.poll(Duration::from_millis(200)) {
+                            break m.unwrap().detach();
+                        }
+                        assert!(Instant::now() < deadline, "no dead letter");
+                    };
+                    let key: Json = serde_json::from_slice(dead.key().unwrap()).unwrap();
+                    assert_eq!(key["id"], 2);
+                    let error = dead
+                        .headers()
+                        .unwrap()
+                        .iter()
+                        .find(|h| h.key == "ferry.error")
+                        .and_then(|h| h.value)
+                        .map(|v| String::from_utf8_lossy(v).into_owned())
+                        .unwrap();
+                    assert!(error.to_lowercase().contains("size"), "{error}");
+                }
+                ferry.check_alive().unwrap();
+                ferry.stop().unwrap();
+            }
+        }
+    }
+}

@@ -71,10 +71,9 @@ fn secret(key: &str) -> bool {
 /// A message waiting for the broker's acknowledgement.
 struct InFlight {
     delivery: DeliveryFuture,
-    /// What to send to the dead-letter topic or log if it fails for good.
+    /// What to name in the log or the dead-letter topic if it fails for good.
     topic: String,
     key: Option<Vec<u8>>,
-    payload: Option<Vec<u8>>,
     position: Position,
 }
 
@@ -432,7 +431,6 @@ impl KafkaSink {
                         delivery,
                         topic: topic.to_owned(),
                         key,
-                        payload,
                         position: position.clone(),
                     });
                     return Ok(());
@@ -443,7 +441,11 @@ impl KafkaSink {
                         None => tokio::time::sleep(Duration::from_millis(10)).await,
                     }
                 }
-                Err((e, _)) => return Err(self.permanent_or_retry(e)),
+                Err((e, _)) => {
+                    return self
+                        .refuse(producer, topic, key.as_deref(), position, e)
+                        .await;
+                }
             }
         }
     }
@@ -453,54 +455,74 @@ impl KafkaSink {
         match f.delivery.await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err((e, _))) => {
-                let err = self.permanent_or_retry(e);
-                if err.is_transient() || self.cfg.exactly_once {
-                    return Err(err);
-                }
-                match self.cfg.on_error {
-                    OnError::Halt => Err(SinkError::Fatal(format!(
-                        "sink {} halted at {}: topic {}: {err}",
-                        self.cfg.name, f.position, f.topic
-                    ))),
-                    OnError::Skip => {
-                        tracing::warn!(sink = %self.cfg.name, position = %f.position, topic = %f.topic, error = %err, "skipping a message (on_error = skip)");
-                        self.progress.send_modify(|p| p.skipped += 1);
-                        Ok(())
-                    }
-                    OnError::DeadLetter => {
-                        let Some(dlq) = &self.cfg.dead_letter_topic else {
-                            return Err(SinkError::Config(format!(
-                                "sink {}: on_error = \"dead_letter\" needs dead_letter_topic",
-                                self.cfg.name
-                            )));
-                        };
-                        let reason = err.to_string();
-                        let headers = OwnedHeaders::new()
-                            .insert(Header {
-                                key: "ferry.error",
-                                value: Some(reason.as_bytes()),
-                            })
-                            .insert(Header {
-                                key: "ferry.topic",
-                                value: Some(f.topic.as_bytes()),
-                            });
-                        let mut record: FutureRecord<'_, [u8], [u8]> =
-                            FutureRecord::to(dlq).headers(headers);
-                        if let Some(k) = &f.key {
-                            record = record.key(k.as_slice());
-                        }
-                        // The payload was refused (too large, most likely): keep the error only.
-                        let _ = &f.payload;
-                        producer
-                            .send(record, Duration::from_secs(60))
-                            .await
-                            .map_err(|(e, _)| kafka(e))?;
-                        self.progress.send_modify(|p| p.dead_lettered += 1);
-                        Ok(())
-                    }
-                }
+                self.refuse(producer, &f.topic, f.key.as_deref(), &f.position, e)
+                    .await
             }
             Err(_) => Err(SinkError::Fatal("the producer went away".into())),
+        }
+    }
+
+    /// A message that could not be delivered: retried (a transient error, or any error with
+    /// exactly-once, where the transaction is aborted and redone), or handled as `on_error` says.
+    async fn refuse(
+        &self,
+        producer: &FutureProducer,
+        topic: &str,
+        key: Option<&[u8]>,
+        position: &Position,
+        e: KafkaError,
+    ) -> Result<()> {
+        let err = self.permanent_or_retry(e);
+        if err.is_transient() || self.cfg.exactly_once {
+            return Err(err);
+        }
+        match self.cfg.on_error {
+            OnError::Halt => Err(SinkError::Fatal(format!(
+                "sink {} halted at {position}: topic {topic}: {err}",
+                self.cfg.name
+            ))),
+            OnError::Skip => {
+                tracing::warn!(sink = %self.cfg.name, %position, %topic, error = %err, "skipping a message (on_error = skip)");
+                self.progress.send_modify(|p| p.skipped += 1);
+                Ok(())
+            }
+            OnError::DeadLetter => {
+                let Some(dlq) = &self.cfg.dead_letter_topic else {
+                    return Err(SinkError::Config(format!(
+                        "sink {}: on_error = \"dead_letter\" needs dead_letter_topic",
+                        self.cfg.name
+                    )));
+                };
+                let reason = err.to_string();
+                let pos = position.to_string();
+                let headers = OwnedHeaders::new()
+                    .insert(Header {
+                        key: "ferry.error",
+                        value: Some(reason.as_bytes()),
+                    })
+                    .insert(Header {
+                        key: "ferry.topic",
+                        value: Some(topic.as_bytes()),
+                    })
+                    .insert(Header {
+                        key: "ferry.position",
+                        value: Some(pos.as_bytes()),
+                    });
+                // The refused payload (too large, most likely) stays out: the key, the topic,
+                // the position and the error say which change it was.
+                let mut record: FutureRecord<'_, [u8], [u8]> =
+                    FutureRecord::to(dlq).headers(headers);
+                if let Some(k) = key {
+                    record = record.key(k);
+                }
+                producer
+                    .send(record, Duration::from_secs(60))
+                    .await
+                    .map_err(|(e, _)| kafka(e))?;
+                tracing::warn!(sink = %self.cfg.name, %position, %topic, error = %reason, dead_letter_topic = %dlq, "message sent to the dead-letter topic");
+                self.progress.send_modify(|p| p.dead_lettered += 1);
+                Ok(())
+            }
         }
     }
 
@@ -539,8 +561,37 @@ impl KafkaSink {
         msgs: usize,
         cursors: &Cursors,
     ) -> Result<()> {
-        while let Some(f) = inflight.pop_front() {
-            self.settle(producer, f).await?;
+        // A broker that is down stalls the batch here (librdkafka keeps retrying); the state
+        // says so after a while, and goes back to running once the broker acknowledges.
+        let mut stalled = false;
+        while let Some(mut f) = inflight.pop_front() {
+            let waited = tokio::time::timeout(Duration::from_secs(5), &mut f.delivery).await;
+            let result = match waited {
+                Ok(r) => r,
+                Err(_) => {
+                    if !stalled {
+                        stalled = true;
+                        let n = inflight.len() + 1;
+                        tracing::warn!(sink = %self.cfg.name, unacknowledged = n, "waiting for the broker to acknowledge");
+                        self.set_state(SinkState::Retrying(format!(
+                            "waiting for the broker to acknowledge {n} message(s)"
+                        )));
+                    }
+                    f.delivery.await
+                }
+            };
+            match result {
+                Ok(Ok(_)) => {}
+                Ok(Err((e, _))) => {
+                    self.refuse(producer, &f.topic, f.key.as_deref(), &f.position, e)
+                        .await?
+                }
+                Err(_) => return Err(SinkError::Fatal("the producer went away".into())),
+            }
+        }
+        if stalled {
+            tracing::info!(sink = %self.cfg.name, "the broker acknowledges again");
+            self.set_state(SinkState::Running);
         }
         let Some((offset, position)) = last.clone() else {
             return Ok(());
