@@ -242,6 +242,7 @@ async fn every_row_keeps_its_order_across_partitions_in_both_envelopes() {
             .replace("ferry.{schema}.{table}", "dbz.{schema}.{table}"),
     )
     .unwrap();
+    create_topic(&kafka, "dbz.public.counters", 2).await;
     let ferry = config.start(1).unwrap();
     let msgs = consume(
         &kafka,
@@ -249,6 +250,11 @@ async fn every_row_keeps_its_order_across_partitions_in_both_envelopes() {
         false,
         Duration::from_secs(60),
         |m| m.len() >= 421,
+    );
+    assert!(
+        !msgs.is_empty(),
+        "no debezium messages:\n{}",
+        ferry.log_text()
     );
     ferry.stop().unwrap();
     let snapshot = msgs[0].value.as_ref().unwrap();

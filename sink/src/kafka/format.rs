@@ -14,7 +14,9 @@
 
 use base64::Engine as _;
 use ferry_proto::{Begin, Event, Relation, Row, Value, frame};
-use serde_json::{Map, Value as Json, json};
+use serde::ser::{SerializeMap, SerializeSeq};
+use serde::{Serialize, Serializer};
+use serde_json::{Value as Json, json};
 
 use crate::error::{Result, SinkError};
 
@@ -135,35 +137,85 @@ fn timestamp(us: i64, zone: bool) -> String {
     }
 }
 
-/// A row as a JSON object of its columns (unchanged values left out when `skip_unchanged`).
-pub fn row(rel: &Relation, row: &Row, skip_unchanged: bool) -> Json {
-    let mut m = Map::new();
-    for (c, v) in rel.columns.iter().zip(row) {
-        if skip_unchanged && matches!(v, Value::Unchanged) {
-            continue;
+/// A value serialized straight into the output: no intermediate JSON tree (most of the sink's
+/// CPU went to allocating one per message).
+struct ValueRef<'a>(&'a Value);
+
+impl Serialize for ValueRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self.0 {
+            Value::Null => s.serialize_unit(),
+            Value::Bool(b) => s.serialize_bool(*b),
+            Value::Int(i) => s.serialize_i64(*i),
+            Value::UInt(u) => s.serialize_u64(*u),
+            Value::Float(f) if f.is_finite() => s.serialize_f64(*f),
+            Value::Numeric(t) | Value::Text(t) | Value::Json(t) => s.serialize_str(t),
+            Value::Other { text, .. } => s.serialize_str(text),
+            Value::Array(items) => {
+                let mut seq = s.serialize_seq(Some(items.len()))?;
+                for v in items {
+                    seq.serialize_element(&ValueRef(v))?;
+                }
+                seq.end()
+            }
+            other => value(other).serialize(s),
         }
-        m.insert(c.name.clone(), value(v));
     }
-    Json::Object(m)
+}
+
+/// A row as a JSON object of its columns (unchanged values left out when `skip_unchanged`).
+struct RowRef<'a> {
+    rel: &'a Relation,
+    row: &'a Row,
+    skip_unchanged: bool,
+}
+
+impl Serialize for RowRef<'_> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        let mut m = s.serialize_map(None)?;
+        for (c, v) in self.rel.columns.iter().zip(self.row) {
+            if self.skip_unchanged && matches!(v, Value::Unchanged) {
+                continue;
+            }
+            m.serialize_entry(&c.name, &ValueRef(v))?;
+        }
+        m.end()
+    }
+}
+
+fn row_ref<'a>(
+    rel: &'a Relation,
+    row: Option<&'a Row>,
+    skip_unchanged: bool,
+) -> Option<RowRef<'a>> {
+    row.map(|row| RowRef {
+        rel,
+        row,
+        skip_unchanged,
+    })
 }
 
 /// The message key: the key columns of `row` as a JSON object, or `None` for a table without a
 /// key (its messages are spread over partitions).
 pub fn key(rel: &Relation, row: &Row) -> Option<Vec<u8>> {
-    let mut m = Map::new();
-    for i in rel.key_columns() {
-        m.insert(
-            rel.columns[i].name.clone(),
-            value(row.get(i).unwrap_or(&Value::Null)),
-        );
+    struct KeyRef<'a>(&'a Relation, &'a Row);
+    impl Serialize for KeyRef<'_> {
+        fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+            let mut m = s.serialize_map(None)?;
+            for i in self.0.key_columns() {
+                m.serialize_entry(
+                    &self.0.columns[i].name,
+                    &ValueRef(self.1.get(i).unwrap_or(&Value::Null)),
+                )?;
+            }
+            m.end()
+        }
     }
-    if m.is_empty() {
-        return None;
-    }
-    serde_json::to_vec(&Json::Object(m)).ok()
+    rel.key_columns().next()?;
+    serde_json::to_vec(&KeyRef(rel, row)).ok()
 }
 
-/// The row whose key identifies the change (the old row of an update or delete when sent).
+/// The row whose key identifies the change (the old row of a delete).
 pub fn key_row(event: &Event) -> Option<&Row> {
     match event {
         Event::Insert(i) => Some(&i.new),
@@ -173,12 +225,56 @@ pub fn key_row(event: &Event) -> Option<&Row> {
     }
 }
 
-/// Where a change comes from, for the envelopes.
+/// Where a change comes from, for the envelopes; the texts are made once per transaction.
 #[derive(Debug, Clone)]
 pub struct Origin<'a> {
     pub begin: &'a Begin,
     pub database: &'a str,
     pub server: &'a str,
+    pub position: &'a str,
+    pub commit_time: &'a str,
+}
+
+/// The commit time as the json envelope writes it.
+pub fn commit_time(begin: &Begin) -> String {
+    timestamp(begin.commit_time, true)
+}
+
+#[derive(Serialize)]
+struct FerryEnvelope<'a> {
+    op: &'a str,
+    schema: &'a str,
+    table: &'a str,
+    before: Option<RowRef<'a>>,
+    after: Option<RowRef<'a>>,
+    unchanged: Vec<&'a str>,
+    position: &'a str,
+    xid: u64,
+    commit_time: &'a str,
+}
+
+#[derive(Serialize)]
+struct DebeziumSource<'a> {
+    version: &'a str,
+    connector: &'a str,
+    name: &'a str,
+    ts_ms: i64,
+    snapshot: &'a str,
+    db: &'a str,
+    schema: &'a str,
+    table: &'a str,
+    #[serde(rename = "txId")]
+    tx_id: u64,
+    lsn: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct DebeziumEnvelope<'a> {
+    before: Option<RowRef<'a>>,
+    after: Option<RowRef<'a>>,
+    source: DebeziumSource<'a>,
+    op: &'a str,
+    ts_ms: i64,
 }
 
 /// The message value of a row change or truncate, in `format`.
@@ -191,28 +287,26 @@ pub fn message(
     if format == Format::Binary {
         return frame::encode_to_vec(event).map_err(|e| SinkError::Fatal(e.to_string()));
     }
+    let json_format = format == Format::Json;
     let (op, before, after, unchanged) = match event {
-        Event::Insert(i) => ("c", Json::Null, row(rel, &i.new, false), Vec::new()),
+        Event::Insert(i) => ("c", None, Some(&i.new), Vec::new()),
         Event::Update(u) => {
-            let unchanged: Vec<String> = rel
+            let unchanged = rel
                 .columns
                 .iter()
                 .zip(&u.new)
                 .filter(|(_, v)| matches!(v, Value::Unchanged))
-                .map(|(c, _)| c.name.clone())
+                .map(|(c, _)| c.name.as_str())
                 .collect();
-            let skip = format == Format::Json;
             (
                 "u",
-                u.old
-                    .as_ref()
-                    .map_or(Json::Null, |o| row(rel, o.row(), false)),
-                row(rel, &u.new, skip),
+                u.old.as_ref().map(|o| o.row()),
+                Some(&u.new),
                 unchanged,
             )
         }
-        Event::Delete(d) => ("d", row(rel, d.old.row(), false), Json::Null, Vec::new()),
-        Event::Truncate(_) => ("t", Json::Null, Json::Null, Vec::new()),
+        Event::Delete(d) => ("d", Some(d.old.row()), None, Vec::new()),
+        Event::Truncate(_) => ("t", None, None, Vec::new()),
         _ => {
             return Err(SinkError::Fatal(format!(
                 "no message for a {} event",
@@ -220,45 +314,43 @@ pub fn message(
             )));
         }
     };
-    let ts_ms = origin.begin.commit_time.div_euclid(1000);
-    let v = match format {
-        Format::Json => json!({
-            "op": op,
-            "schema": rel.schema,
-            "table": rel.name,
-            "before": before,
-            "after": after,
-            "unchanged": unchanged,
-            "position": origin.begin.position.to_string(),
-            "xid": origin.begin.xid,
-            "commit_time": timestamp(origin.begin.commit_time, true),
-        }),
-        _ => {
-            let lsn = match &origin.begin.position {
-                ferry_proto::Position::Postgres(l) => Json::from(l.0),
-                _ => Json::Null,
-            };
-            json!({
-                "before": before,
-                "after": after,
-                "source": {
-                    "version": env!("CARGO_PKG_VERSION"),
-                    "connector": "postgresql",
-                    "name": origin.server,
-                    "ts_ms": ts_ms,
-                    "snapshot": if origin.begin.xid == 0 { "true" } else { "false" },
-                    "db": origin.database,
-                    "schema": rel.schema,
-                    "table": rel.name,
-                    "txId": origin.begin.xid,
-                    "lsn": lsn,
+    let out = if json_format {
+        serde_json::to_vec(&FerryEnvelope {
+            op,
+            schema: &rel.schema,
+            table: &rel.name,
+            before: row_ref(rel, before, false),
+            after: row_ref(rel, after, true),
+            unchanged,
+            position: origin.position,
+            xid: origin.begin.xid,
+            commit_time: origin.commit_time,
+        })
+    } else {
+        let snapshot = origin.begin.xid == 0;
+        serde_json::to_vec(&DebeziumEnvelope {
+            before: row_ref(rel, before, false),
+            after: row_ref(rel, after, false),
+            source: DebeziumSource {
+                version: env!("CARGO_PKG_VERSION"),
+                connector: "postgresql",
+                name: origin.server,
+                ts_ms: origin.begin.commit_time.div_euclid(1000),
+                snapshot: if snapshot { "true" } else { "false" },
+                db: origin.database,
+                schema: &rel.schema,
+                table: &rel.name,
+                tx_id: origin.begin.xid,
+                lsn: match &origin.begin.position {
+                    ferry_proto::Position::Postgres(l) => Some(l.0),
+                    _ => None,
                 },
-                "op": if origin.begin.xid == 0 && op == "c" { "r" } else { op },
-                "ts_ms": ts_ms,
-            })
-        }
+            },
+            op: if snapshot && op == "c" { "r" } else { op },
+            ts_ms: origin.begin.commit_time.div_euclid(1000),
+        })
     };
-    serde_json::to_vec(&v).map_err(|e| SinkError::Fatal(e.to_string()))
+    out.map_err(|e| SinkError::Fatal(e.to_string()))
 }
 
 #[cfg(test)]

@@ -334,6 +334,8 @@ impl KafkaSink {
                     };
                     *count += 1;
                     let b = b.clone();
+                    let position_text = b.position.to_string();
+                    let commit_time = format::commit_time(&b);
                     let ids: Vec<_> = match &event {
                         Event::Truncate(t) => t.relations.clone(),
                         _ => event.relation_id().into_iter().collect(),
@@ -352,6 +354,8 @@ impl KafkaSink {
                             begin: &b,
                             database: &self.cfg.database,
                             server: &self.cfg.server,
+                            position: &position_text,
+                            commit_time: &commit_time,
                         };
                         let key = format::key_row(&event).and_then(|r| format::key(rel, r));
                         let payload = format::message(self.cfg.format, rel, &event, &origin)?;

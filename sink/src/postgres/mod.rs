@@ -483,17 +483,17 @@ impl PgSink {
                     s.last_position = Some(h.position.clone());
                     s.last_offset = after;
                     s.committed_offset = after;
+                    // The checkpoint follows idle progress (heartbeats come at most once a
+                    // second), so `verify` and `status` see the target as current, and the
+                    // position published for the source's acknowledgement is always one the
+                    // target has recorded.
+                    self.save_checkpoint(s, false).await?;
+                    Cursors::new(&self.cfg.spool_dir).save(&self.cfg.name, after)?;
+                    s.last_heartbeat_save = Instant::now();
                     self.progress.send_modify(|p| {
                         p.offset = after;
                         p.position = Some(h.position.clone());
                     });
-                    // The checkpoint follows idle progress now and then, so `verify` and
-                    // `status` see the target as current.
-                    if s.last_heartbeat_save.elapsed() >= Duration::from_secs(1) {
-                        self.save_checkpoint(s, false).await?;
-                        Cursors::new(&self.cfg.spool_dir).save(&self.cfg.name, after)?;
-                        s.last_heartbeat_save = Instant::now();
-                    }
                 }
             }
         }
