@@ -94,3 +94,40 @@ pub fn write_state(spool_dir: &std::path::Path, sink: &str, state: &SinkState) {
         }
     }
 }
+
+/// What a sink's run loop does when a session ends with `e`: a transient error waits out the
+/// backoff (true: run another session; false: shutdown came meanwhile), a permanent one halts
+/// the sink (the error is returned). States are recorded for `ferry status`.
+pub async fn after_failure(
+    e: crate::SinkError,
+    sink: &str,
+    spool_dir: &std::path::Path,
+    progress: &tokio::sync::watch::Sender<SinkProgress>,
+    backoff: &mut crate::Backoff,
+    session_started: std::time::Instant,
+    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+) -> crate::error::Result<bool> {
+    let set = |state: SinkState| {
+        write_state(spool_dir, sink, &state);
+        progress.send_modify(|p| p.state = state);
+    };
+    if !e.is_transient() {
+        tracing::error!(%sink, error = %e, "sink halted");
+        set(SinkState::Halted(e.to_string()));
+        return Err(e);
+    }
+    if session_started.elapsed() > std::time::Duration::from_secs(30) {
+        backoff.reset();
+    }
+    let delay = backoff.next_delay();
+    tracing::warn!(%sink, error = %e, retry_in = ?delay, "sink failed; retrying");
+    set(SinkState::Retrying(e.to_string()));
+    progress.send_modify(|p| p.retries += 1);
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => Ok(true),
+        _ = async { shutdown.wait_for(|s| *s).await.is_ok() } => {
+            set(SinkState::Stopped);
+            Ok(false)
+        }
+    }
+}

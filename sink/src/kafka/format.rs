@@ -88,15 +88,7 @@ pub fn value(v: &Value) -> Json {
 }
 
 fn ymd(days: i64) -> String {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
+    let (y, m, d) = crate::postgres::encode::civil_from_days(days);
     // ISO 8601 years: 0000 is 1 BC, negative before it.
     if (0..=9999).contains(&y) {
         format!("{y:04}-{m:02}-{d:02}")

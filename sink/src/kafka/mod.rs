@@ -138,26 +138,20 @@ impl KafkaSink {
                     self.set_state(SinkState::Stopped);
                     return Ok(());
                 }
-                Err(e) if e.is_transient() => {
-                    if started.elapsed() > Duration::from_secs(30) {
-                        backoff.reset();
-                    }
-                    let delay = backoff.next_delay();
-                    tracing::warn!(sink = %self.cfg.name, error = %e, retry_in = ?delay, "kafka sink failed; retrying");
-                    self.set_state(SinkState::Retrying(e.to_string()));
-                    self.progress.send_modify(|p| p.retries += 1);
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => {}
-                        _ = async { shutdown.wait_for(|s| *s).await.is_ok() } => {
-                            self.set_state(SinkState::Stopped);
-                            return Ok(());
-                        }
-                    }
-                }
                 Err(e) => {
-                    tracing::error!(sink = %self.cfg.name, error = %e, "sink halted");
-                    self.set_state(SinkState::Halted(e.to_string()));
-                    return Err(e);
+                    let again = crate::progress::after_failure(
+                        e,
+                        &self.cfg.name,
+                        &self.cfg.spool_dir,
+                        &self.progress,
+                        &mut backoff,
+                        started,
+                        &mut shutdown,
+                    )
+                    .await?;
+                    if !again {
+                        return Ok(());
+                    }
                 }
             }
         }

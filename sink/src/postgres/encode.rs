@@ -112,8 +112,9 @@ fn write_float(f: f64, out: &mut String) {
     }
 }
 
-/// Proleptic Gregorian (year, month, day) of a day count from 1970-01-01.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
+/// Proleptic Gregorian (year, month, day) of a day count from 1970-01-01 (astronomical years:
+/// 0 is 1 BC).
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z.rem_euclid(146_097);
