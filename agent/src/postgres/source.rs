@@ -59,6 +59,20 @@ const GROUP_BYTES: u64 = 4 << 20;
 const GROUP_DELAY: Duration = Duration::from_millis(10);
 /// Standby status updates at least this often while the acknowledged position moves.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
+/// A connection that is not ready after this long is given up and tried again.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// The server sends a keepalive at least every `wal_sender_timeout / 2` (30 s by default): a
+/// stream silent for longer than this is dead (a half-open connection) and is reconnected.
+const SILENCE_LIMIT: Duration = Duration::from_secs(75);
+
+/// A connection that stopped answering: retried like a lost one.
+fn stalled(what: &str) -> Error {
+    Error::io(
+        what,
+        std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer from the server"),
+    )
+}
+
 /// Progress lines in the log this often.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -232,6 +246,8 @@ pub struct PgSource {
     spill_dir: PathBuf,
     /// With `applied`: (spool end after an event, the position it lets the server forget).
     marks: std::collections::VecDeque<(u64, u64)>,
+    /// The current session got its replication stream started.
+    streaming: bool,
     /// The highest position every sink has applied (with `applied`).
     applied_ack: u64,
     stats: SourceStats,
@@ -280,6 +296,7 @@ impl PgSource {
             in_stream: None,
             spill_dir,
             marks: std::collections::VecDeque::new(),
+            streaming: false,
             applied_ack: 0,
             stats,
             stats_tx,
@@ -299,12 +316,14 @@ impl PgSource {
     pub async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         let mut backoff = ferry_sink::Backoff::default();
         loop {
-            let started = Instant::now();
+            self.streaming = false;
             match self.session(&mut shutdown).await {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_transient() => {
                     self.reset_session_state()?;
-                    if started.elapsed() > Duration::from_secs(30) {
+                    // A stream that was running and broke is retried at once; only attempts
+                    // that fail to get a stream going back off further and further.
+                    if self.streaming {
                         backoff.reset();
                     }
                     let delay = backoff.next_delay();
@@ -334,10 +353,12 @@ impl PgSource {
 
     async fn session(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<()> {
         let params = &self.settings.params;
-        let (client, conn_task) = params
-            .tls
-            .connect_client(&params.pg_config, "source query")
-            .await?;
+        let (client, conn_task) = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            params.tls.connect_client(&params.pg_config, "source query"),
+        )
+        .await
+        .map_err(|_| stalled("the query connection did not become ready"))??;
         let result = self.stream(&client, shutdown).await;
         drop(client);
         conn_task.abort();
@@ -386,7 +407,12 @@ impl PgSource {
             version,
         )
         .await?;
-        let mut repl = ReplicationConn::connect(&self.settings.params).await?;
+        let mut repl = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            ReplicationConn::connect(&self.settings.params),
+        )
+        .await
+        .map_err(|_| stalled("the replication connection did not become ready"))??;
         let system = repl.simple_query("IDENTIFY_SYSTEM").await?;
         let system_id = system
             .first()
@@ -509,7 +535,10 @@ impl PgSource {
             Lsn(start)
         );
         tracing::info!(slot = %self.settings.slot, start = %Lsn(start), streaming, "starting replication");
-        repl.start_replication(&sql).await?;
+        tokio::time::timeout(CONNECT_TIMEOUT, repl.start_replication(&sql))
+            .await
+            .map_err(|_| stalled("START_REPLICATION did not answer"))??;
+        self.streaming = true;
 
         let mut status_timer = tokio::time::interval(STATUS_INTERVAL);
         let mut group_timer = tokio::time::interval(GROUP_DELAY);
@@ -529,7 +558,8 @@ impl PgSource {
                     self.log_totals("source stopped");
                     return Ok(());
                 }
-                msg = repl.recv() => {
+                msg = tokio::time::timeout(SILENCE_LIMIT, repl.recv()) => {
+                    let msg = msg.map_err(|_| stalled("the replication stream was silent"))?;
                     match msg? {
                         ReplMessage::XLogData { data, wal_end, wal_start } => {
                             tracing::trace!(wal_start = %Lsn(wal_start), wal_end = %Lsn(wal_end), kind = %data.first().map_or('?', |b| *b as char), "xlogdata");

@@ -68,11 +68,19 @@ fn secret(key: &str) -> bool {
     k.contains("password") || k.contains("secret") || k.contains("token") || k.ends_with(".key")
 }
 
+/// The header texts of the transaction being sent.
+#[derive(Debug, Default)]
+struct TxnTexts {
+    position: String,
+    xid: String,
+    commit_time: String,
+}
+
 /// A message waiting for the broker's acknowledgement.
 struct InFlight {
     delivery: DeliveryFuture,
     /// What to name in the log or the dead-letter topic if it fails for good.
-    topic: String,
+    topic: std::sync::Arc<str>,
     key: Option<Vec<u8>>,
     position: Position,
 }
@@ -186,6 +194,11 @@ impl KafkaSink {
 
         let mut inflight: VecDeque<InFlight> = VecDeque::new();
         let mut txn: Option<(Begin, usize)> = None;
+        // Texts every message of a transaction carries, made once per transaction; topic names
+        // once per table.
+        let mut texts = TxnTexts::default();
+        let mut topics: std::collections::HashMap<ferry_proto::RelationId, std::sync::Arc<str>> =
+            std::collections::HashMap::new();
         let mut batch_txns = 0u64;
         let mut batch_msgs = 0usize;
         let mut batch_started: Option<Instant> = None;
@@ -250,16 +263,21 @@ impl KafkaSink {
                     }
                     batch_started.get_or_insert_with(Instant::now);
                     txn = Some((b.clone(), 0));
+                    texts = TxnTexts {
+                        position: b.position.to_string(),
+                        xid: b.xid.to_string(),
+                        commit_time: format::commit_time(b),
+                    };
                     if let Some(t) = &self.cfg.transaction_topic {
                         let v = serde_json::json!({"status": "BEGIN", "id": b.xid, "position": b.position.to_string()});
                         self.send(
                             &producer,
                             &mut inflight,
-                            t,
+                            &std::sync::Arc::from(t.as_str()),
                             None,
                             Some(v.to_string().into_bytes()),
                             &b.position,
-                            b.xid,
+                            &texts,
                             "begin",
                         )
                         .await?;
@@ -274,11 +292,11 @@ impl KafkaSink {
                         self.send(
                             &producer,
                             &mut inflight,
-                            t,
+                            &std::sync::Arc::from(t.as_str()),
                             None,
                             Some(v.to_string().into_bytes()),
                             &c.position,
-                            b.xid,
+                            &texts,
                             "end",
                         )
                         .await?;
@@ -328,8 +346,6 @@ impl KafkaSink {
                     };
                     *count += 1;
                     let b = b.clone();
-                    let position_text = b.position.to_string();
-                    let commit_time = format::commit_time(&b);
                     let ids: Vec<_> = match &event {
                         Event::Truncate(t) => t.relations.clone(),
                         _ => event.relation_id().into_iter().collect(),
@@ -338,18 +354,23 @@ impl KafkaSink {
                         let Some(rel) = reader.relation(id) else {
                             return Err(SinkError::Fatal(format!("relation {} unknown", id.0)));
                         };
-                        let topic = self
-                            .cfg
-                            .topic
-                            .replace("{schema}", &rel.schema)
-                            .replace("{table}", &rel.name)
-                            .replace("{database}", &self.cfg.database);
+                        let topic = topics
+                            .entry(id)
+                            .or_insert_with(|| {
+                                self.cfg
+                                    .topic
+                                    .replace("{schema}", &rel.schema)
+                                    .replace("{table}", &rel.name)
+                                    .replace("{database}", &self.cfg.database)
+                                    .into()
+                            })
+                            .clone();
                         let origin = Origin {
                             begin: &b,
                             database: &self.cfg.database,
                             server: &self.cfg.server,
-                            position: &position_text,
-                            commit_time: &commit_time,
+                            position: &texts.position,
+                            commit_time: &texts.commit_time,
                         };
                         let key = format::key_row(&event).and_then(|r| format::key(rel, r));
                         let payload = format::message(self.cfg.format, rel, &event, &origin)?;
@@ -361,7 +382,7 @@ impl KafkaSink {
                             key.clone(),
                             Some(payload),
                             &b.position,
-                            b.xid,
+                            &texts,
                             event.kind(),
                         )
                         .await?;
@@ -374,7 +395,7 @@ impl KafkaSink {
                                 key,
                                 None,
                                 &b.position,
-                                b.xid,
+                                &texts,
                                 "tombstone",
                             )
                             .await?;
@@ -382,7 +403,10 @@ impl KafkaSink {
                         }
                     }
                 }
-                Event::Relation(_) | Event::Message(_) => {}
+                Event::Relation(r) => {
+                    topics.remove(&r.id);
+                }
+                Event::Message(_) => {}
             }
         }
     }
@@ -393,24 +417,22 @@ impl KafkaSink {
         &self,
         producer: &FutureProducer,
         inflight: &mut VecDeque<InFlight>,
-        topic: &str,
+        topic: &std::sync::Arc<str>,
         key: Option<Vec<u8>>,
         payload: Option<Vec<u8>>,
         position: &Position,
-        xid: u64,
+        texts: &TxnTexts,
         op: &str,
     ) -> Result<()> {
-        let pos = position.to_string();
-        let xid_text = xid.to_string();
         loop {
-            let headers = OwnedHeaders::new()
+            let headers = OwnedHeaders::new_with_capacity(3)
                 .insert(Header {
                     key: "ferry.position",
-                    value: Some(pos.as_bytes()),
+                    value: Some(texts.position.as_bytes()),
                 })
                 .insert(Header {
                     key: "ferry.xid",
-                    value: Some(xid_text.as_bytes()),
+                    value: Some(texts.xid.as_bytes()),
                 })
                 .insert(Header {
                     key: "ferry.op",
@@ -427,7 +449,7 @@ impl KafkaSink {
                 Ok(delivery) => {
                     inflight.push_back(InFlight {
                         delivery,
-                        topic: topic.to_owned(),
+                        topic: topic.clone(),
                         key,
                         position: position.clone(),
                     });
