@@ -21,9 +21,7 @@ pub struct CreatedSlot {
     pub snapshot_name: Option<String>,
 }
 
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
+pub use ferry_sink::postgres::schema::quote_ident;
 
 pub fn quote_literal(s: &str) -> String {
     format!("'{}'", s.replace('\'', "''"))

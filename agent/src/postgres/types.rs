@@ -297,10 +297,10 @@ fn parse_interval(s: &str) -> Option<Value> {
     let mut num = String::new();
     for c in date.chars() {
         match c {
-            'Y' => months += num.parse::<i64>().ok()? * 12,
-            'M' => months += num.parse::<i64>().ok()?,
-            'W' => days += num.parse::<i64>().ok()? * 7,
-            'D' => days += num.parse::<i64>().ok()?,
+            'Y' => months = months.checked_add(num.parse::<i64>().ok()?.checked_mul(12)?)?,
+            'M' => months = months.checked_add(num.parse::<i64>().ok()?)?,
+            'W' => days = days.checked_add(num.parse::<i64>().ok()?.checked_mul(7)?)?,
+            'D' => days = days.checked_add(num.parse::<i64>().ok()?)?,
             _ => {
                 num.push(c);
                 continue;
@@ -525,6 +525,11 @@ mod tests {
                 micros: -4 * 3_600_000_000 - 1
             }
         );
+        // Out of range is kept as text, never an overflow.
+        assert!(matches!(
+            v(oid::INTERVAL, "P9223372036854775807Y9223372036854775807M"),
+            Value::Other { .. }
+        ));
         assert_eq!(
             v(oid::INTERVAL, "PT0S"),
             Value::Interval {

@@ -213,11 +213,12 @@ impl Applier {
 
     /// Adds one row change (Insert, Update or Delete) of a table [`relation`](Self::relation)
     /// announced. FULL tables and key changes with unchanged values are written at once.
-    pub async fn change(&mut self, client: &Client, event: &Event) -> Result<()> {
+    /// `bytes` is the change's [`event_bytes`], which the caller has computed already.
+    pub async fn change(&mut self, client: &Client, event: &Event, bytes: usize) -> Result<()> {
         let Some(id) = event.relation_id() else {
             return Ok(());
         };
-        self.pending_bytes += event_bytes(event);
+        self.pending_bytes += bytes;
         let table = self
             .tables
             .get_mut(&id)

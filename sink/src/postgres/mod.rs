@@ -126,7 +126,6 @@ struct Session<'a> {
     last_offset: Offset,
     /// Spool offset of the last checkpoint committed on the target.
     committed_offset: Offset,
-    last_heartbeat_save: Instant,
 }
 
 impl PgSink {
@@ -275,7 +274,6 @@ impl PgSink {
             last_position: None,
             last_offset: start,
             committed_offset: start,
-            last_heartbeat_save: Instant::now(),
         };
         loop {
             match self.step(&mut s, &mut reader, shutdown, &cursors).await {
@@ -459,9 +457,12 @@ impl PgSink {
                     }
                 }
                 let rel = event.relation_id().and_then(|id| reader.relation(id));
-                self.guarded(s, &event, rel, Op::Change(&event)).await?;
+                // Sized once: the applier bounds its pending changes by it, the batch its size.
+                let bytes = apply::event_bytes(&event);
+                self.guarded(s, &event, rel, Op::Change(&event, bytes))
+                    .await?;
                 s.batch_rows += 1;
-                s.batch_bytes += apply::event_bytes(&event);
+                s.batch_bytes += bytes;
                 if s.applier.pending() >= FLUSH_ROWS || s.applier.pending_bytes() >= FLUSH_BYTES {
                     s.applier.flush(s.client).await?;
                 }
@@ -481,9 +482,8 @@ impl PgSink {
                     // second), so `verify` and `status` see the target as current, and the
                     // position published for the source's acknowledgement is always one the
                     // target has recorded.
-                    self.save_checkpoint(s, false).await?;
+                    self.save_checkpoint(s).await?;
                     Cursors::new(&self.cfg.spool_dir).save(&self.cfg.name, after)?;
-                    s.last_heartbeat_save = Instant::now();
                     self.progress.send_modify(|p| {
                         p.offset = after;
                         p.position = Some(h.position.clone());
@@ -566,7 +566,7 @@ impl PgSink {
         }
     }
 
-    async fn save_checkpoint(&self, s: &Session<'_>, in_txn: bool) -> Result<()> {
+    async fn save_checkpoint(&self, s: &Session<'_>) -> Result<()> {
         let Some(position) = &s.last_position else {
             return Ok(());
         };
@@ -578,7 +578,6 @@ impl PgSink {
         s.client
             .execute(sql, &[&self.cfg.name, &position.to_string(), &offset])
             .await?;
-        let _ = in_txn;
         Ok(())
     }
 
@@ -588,7 +587,7 @@ impl PgSink {
             return Ok(());
         }
         s.applier.flush(s.client).await?;
-        self.save_checkpoint(s, true).await?;
+        self.save_checkpoint(s).await?;
         s.client.batch_execute("COMMIT").await?;
         s.in_target_txn = false;
         s.checkpoint = s.last_position.clone();
@@ -614,19 +613,20 @@ impl PgSink {
 /// One thing the applier does for an event.
 enum Op<'e> {
     Relation(&'e Relation),
-    Change(&'e Event),
+    /// A row change or truncate, with its size from [`apply::event_bytes`].
+    Change(&'e Event, usize),
 }
 
 impl Op<'_> {
     async fn run(&self, applier: &mut Applier, client: &Client) -> Result<()> {
         match self {
             Op::Relation(rel) => applier.relation(client, rel).await,
-            Op::Change(Event::Truncate(t)) => {
+            Op::Change(Event::Truncate(t), _) => {
                 applier
                     .truncate(client, &t.relations, t.cascade, t.restart_identity)
                     .await
             }
-            Op::Change(ev) => applier.change(client, ev).await,
+            Op::Change(ev, bytes) => applier.change(client, ev, *bytes).await,
         }
     }
 }
