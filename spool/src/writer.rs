@@ -353,17 +353,30 @@ fn remember(relations: &mut BTreeMap<RelationId, Relation>, ev: Event) {
     }
 }
 
+/// Creates a segment whose header is complete the moment its name appears: it is written under a
+/// temporary name and renamed, so a reader listing the directory never finds a segment shorter
+/// than its header.
 fn create_segment(dir: &Path, base: u64) -> Result<(File, u64), SpoolError> {
     let path = segment::segment_path(dir, base);
+    if path.exists() {
+        return Err(SpoolError::io(
+            "create",
+            &path,
+            std::io::Error::from(std::io::ErrorKind::AlreadyExists),
+        ));
+    }
+    let tmp = path.with_extension("seg.tmp");
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(|e| SpoolError::io("create", &path, e))?;
+        .create(true)
+        .truncate(true)
+        .open(&tmp)
+        .map_err(|e| SpoolError::io("create", &tmp, e))?;
     file.write_all(&segment::header_bytes(base))
         .and_then(|_| file.sync_data())
-        .map_err(|e| SpoolError::io("write", &path, e))?;
+        .map_err(|e| SpoolError::io("write", &tmp, e))?;
+    fs::rename(&tmp, &path).map_err(|e| SpoolError::io("rename", &tmp, e))?;
     segment::sync_dir(dir)?;
     Ok((file, SEGMENT_HEADER_LEN))
 }

@@ -32,25 +32,19 @@ fn events(dir: &Path) -> Vec<Event> {
     if !dir.exists() {
         return Vec::new();
     }
-    read_all(dir, Offset(0))
-        .unwrap()
-        .into_iter()
-        .map(|(_, e)| e)
-        .collect()
+    match read_all(dir, Offset(0)) {
+        Ok(v) => v.into_iter().map(|(_, e)| e).collect(),
+        // The directory exists but its first segment does not yet.
+        Err(ferry_spool::SpoolError::Empty(_)) => Vec::new(),
+        Err(e) => panic!("reading the spool: {e}"),
+    }
 }
 
-/// Polls the spool until `done` holds for its events. A spool being created (a segment whose
-/// header is not written yet) counts as empty.
+/// Polls the spool until `done` holds for its events.
 fn wait_for(dir: &Path, what: &str, timeout: Duration, done: impl Fn(&[Event]) -> bool) {
     let deadline = Instant::now() + timeout;
     loop {
-        let evs: Vec<Event> = if dir.exists() {
-            read_all(dir, Offset(0))
-                .map(|v| v.into_iter().map(|(_, e)| e).collect())
-                .unwrap_or_default()
-        } else {
-            Vec::new()
-        };
+        let evs = events(dir);
         if done(&evs) {
             return;
         }
