@@ -345,7 +345,7 @@ impl KafkaSink {
                         ));
                     };
                     *count += 1;
-                    let b = b.clone();
+                    let b = &*b;
                     let ids: Vec<_> = match &event {
                         Event::Truncate(t) => t.relations.clone(),
                         _ => event.relation_id().into_iter().collect(),
@@ -366,7 +366,7 @@ impl KafkaSink {
                             })
                             .clone();
                         let origin = Origin {
-                            begin: &b,
+                            begin: b,
                             database: &self.cfg.database,
                             server: &self.cfg.server,
                             position: &texts.position,
