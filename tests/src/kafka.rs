@@ -47,6 +47,17 @@ const LOG4J2: &str = r#"<?xml version="1.0" encoding="UTF-8"?>
 "#;
 
 fn cluster_id() -> Result<String> {
+    // An id starting with '-' would be read as an option by kafka-storage's
+    // argument parser (Kafka's own Uuid.randomUuid avoids those too).
+    loop {
+        let id = random_cluster_id()?;
+        if !id.starts_with('-') {
+            return Ok(id);
+        }
+    }
+}
+
+fn random_cluster_id() -> Result<String> {
     // A Kafka cluster id is a base64url UUID without padding (22 characters).
     let mut bytes = [0u8; 16];
     fs::File::open("/dev/urandom")
