@@ -169,6 +169,8 @@ pub struct SinkConfig {
     /// Kafka sinks.
     pub brokers: Option<Expanded>,
     pub topic: Option<Expanded>,
+    /// Kafka: per-table topic overrides, `"schema.table" = "topic"` (`[sink.topics]`).
+    pub topics: Option<std::collections::BTreeMap<String, Expanded>>,
     pub format: Option<KafkaFormat>,
 }
 
@@ -278,6 +280,7 @@ impl Config {
                 ("dead_letter_topic", sink.dead_letter_topic.is_some()),
                 ("transaction_topic", sink.transaction_topic.is_some()),
                 ("kafka", sink.kafka.is_some()),
+                ("topics", sink.topics.is_some()),
             ] {
                 if present && is_db {
                     stray.push(key);

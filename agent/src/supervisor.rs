@@ -43,7 +43,7 @@ pub fn pg_settings(config: &Config) -> Result<SourceSettings> {
 #[derive(Debug)]
 pub enum SinkSettings {
     Postgres(PgSinkConfig),
-    Kafka(KafkaSinkConfig),
+    Kafka(Box<KafkaSinkConfig>),
 }
 
 impl SinkSettings {
@@ -68,10 +68,16 @@ pub fn sink_settings(config: &Config) -> Result<Vec<SinkSettings>> {
             continue;
         }
         let text = |v: &Option<crate::config::Expanded>| v.as_ref().map(|x| x.as_str().to_owned());
-        out.push(SinkSettings::Kafka(KafkaSinkConfig {
+        out.push(SinkSettings::Kafka(Box::new(KafkaSinkConfig {
             name: sink.name.as_str().to_owned(),
             brokers: text(&sink.brokers).unwrap_or_default(),
             topic: text(&sink.topic).unwrap_or_default(),
+            topics: sink
+                .topics
+                .iter()
+                .flatten()
+                .map(|(k, v)| (k.clone(), v.as_str().to_owned()))
+                .collect(),
             format: match sink.format {
                 Some(crate::config::KafkaFormat::Debezium) => Format::Debezium,
                 Some(crate::config::KafkaFormat::Binary) => Format::Binary,
@@ -95,7 +101,7 @@ pub fn sink_settings(config: &Config) -> Result<Vec<SinkSettings>> {
             server: "ferry".into(),
             max_batch_messages: 10_000,
             max_batch_delay: Duration::from_millis(u64::from(sink.max_batch_ms.unwrap_or(100))),
-        }));
+        })));
     }
     Ok(out)
 }
@@ -205,7 +211,7 @@ pub async fn run(
                 tasks.spawn(async move { (name, sink.run(durable, stop).await) });
             }
             SinkSettings::Kafka(cfg) => {
-                let (sink, rx) = KafkaSink::new(cfg);
+                let (sink, rx) = KafkaSink::new(*cfg);
                 progress.push((name.clone(), rx));
                 tasks.spawn(async move { (name, sink.run(durable, stop).await) });
             }

@@ -143,12 +143,19 @@ async fn every_row_keeps_its_order_across_partitions_in_both_envelopes() {
     let s = connect(&pg).await;
     s.batch_execute(
         "CREATE TABLE counters (id int PRIMARY KEY, n int, note text, amount numeric(10,2), at timestamptz);
-         INSERT INTO counters SELECT g, 0, 'c' || g, 1.50, '2024-02-29 12:00:00+01' FROM generate_series(1, 20) g;",
+         INSERT INTO counters SELECT g, 0, 'c' || g, 1.50, '2024-02-29 12:00:00+01' FROM generate_series(1, 20) g;
+         CREATE TABLE notes (id int PRIMARY KEY, body text);
+         INSERT INTO notes VALUES (1, 'a'), (2, 'b'), (3, 'c');",
     )
     .await
     .unwrap();
     create_topic(&kafka, "ferry.public.counters", 4).await;
-    let config = kafka_config(&pg, &kafka, "tombstones = true");
+    // notes has a topic of its own (a per-table override of the template).
+    let config = kafka_config(
+        &pg,
+        &kafka,
+        "tombstones = true\n[sink.topics]\n\"public.notes\" = \"notes-{database}\"",
+    );
     let mut ferry = config.start(0).unwrap();
     // The snapshot first, so every update below is streamed.
     let snap = consume(
@@ -231,15 +238,35 @@ async fn every_row_keeps_its_order_across_partitions_in_both_envelopes() {
     assert_eq!(key20.last().unwrap().value, None, "tombstone last");
     assert_eq!(key20[key20.len() - 2].value.as_ref().unwrap()["op"], "d");
     assert!(msgs.iter().all(|m| m.position.starts_with("pg:")));
+    let notes = consume(
+        &kafka,
+        "notes-postgres",
+        false,
+        Duration::from_secs(30),
+        |m| m.len() >= 3,
+    );
+    let mut bodies: Vec<&str> = notes
+        .iter()
+        .map(|m| m.value.as_ref().unwrap()["after"]["body"].as_str().unwrap())
+        .collect();
+    bodies.sort();
+    assert_eq!(
+        bodies,
+        ["a", "b", "c"],
+        "the override topic has notes' rows"
+    );
     ferry.stop().unwrap();
 
     // The Debezium envelope, from a second sink reading the same spool from its start.
     let text = std::fs::read_to_string(config.path()).unwrap();
     std::fs::write(
         config.path(),
-        text.replace("tombstones = true", "format = \"debezium\"")
-            .replace("name = \"events\"", "name = \"debezium\"")
-            .replace("ferry.{schema}.{table}", "dbz.{schema}.{table}"),
+        text.replace(
+            "tombstones = true",
+            "format = \"debezium\"\ntransaction_topic = \"dbz.transactions\"",
+        )
+        .replace("name = \"events\"", "name = \"debezium\"")
+        .replace("ferry.{schema}.{table}", "dbz.{schema}.{table}"),
     )
     .unwrap();
     create_topic(&kafka, "dbz.public.counters", 2).await;
@@ -268,6 +295,32 @@ async fn every_row_keeps_its_order_across_partitions_in_both_envelopes() {
         .find(|m| m.value.as_ref().is_some_and(|v| v["op"] == "u"))
         .unwrap();
     assert!(update.value.as_ref().unwrap()["source"]["lsn"].is_u64());
+
+    // Transaction markers: a BEGIN and an END per source transaction, in order, the END
+    // counting the transaction's row changes: 23 snapshot rows, 400 updates, 1 delete.
+    let markers = consume(
+        &kafka,
+        "dbz.transactions",
+        false,
+        Duration::from_secs(30),
+        |m| {
+            m.iter()
+                .filter_map(|m| m.value.as_ref())
+                .filter_map(|v| v["event_count"].as_u64())
+                .sum::<u64>()
+                >= 424
+        },
+    );
+    let values: Vec<&Json> = markers.iter().filter_map(|m| m.value.as_ref()).collect();
+    assert!(values.len() >= 2 * 402, "{} markers", values.len());
+    let mut total = 0;
+    for pair in values.chunks(2) {
+        assert_eq!(pair[0]["status"], "BEGIN", "{pair:?}");
+        assert_eq!(pair[1]["status"], "END", "{pair:?}");
+        assert_eq!(pair[0]["id"], pair[1]["id"]);
+        total += pair[1]["event_count"].as_u64().unwrap();
+    }
+    assert_eq!(total, 424);
 }
 
 /// A workload of inserts with ferry killed at pseudo-random moments; returns the ids inserted.

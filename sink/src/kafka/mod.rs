@@ -15,18 +15,18 @@
 
 pub mod format;
 
-use std::collections::VecDeque;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use ferry_proto::{Begin, Event, Position};
 use ferry_spool::{Cursors, Offset, SpoolReader, segment};
-use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, OwnedHeaders};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
-use rdkafka::{Message, TopicPartitionList};
+use rdkafka::message::{Header, Headers, OwnedHeaders};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
+use rdkafka::{ClientConfig, ClientContext, Message, TopicPartitionList};
 use tokio::sync::watch;
 
 use self::format::{Format, Origin};
@@ -41,6 +41,8 @@ pub struct KafkaSinkConfig {
     pub brokers: String,
     /// Topic template: `{schema}`, `{table}`, `{database}`.
     pub topic: String,
+    /// Per-table overrides of the template, by `schema.table`.
+    pub topics: std::collections::HashMap<String, String>,
     pub format: Format,
     pub on_error: OnError,
     /// A null-value message after each delete, for compacted topics.
@@ -76,13 +78,126 @@ struct TxnTexts {
     commit_time: String,
 }
 
-/// A message waiting for the broker's acknowledgement.
-struct InFlight {
-    delivery: DeliveryFuture,
-    /// What to name in the log or the dead-letter topic if it fails for good.
-    topic: std::sync::Arc<str>,
+/// A message the broker refused, as librdkafka's delivery report gives it back.
+struct Failed {
+    topic: String,
     key: Option<Vec<u8>>,
-    position: Position,
+    /// The `ferry.position` header: which source transaction it belonged to.
+    position: String,
+    error: KafkaError,
+}
+
+/// Delivery accounting shared with librdkafka's polling thread. A delivery report per message,
+/// counted instead of answered through a channel each: the sink only needs to know that every
+/// message of a batch is settled, and which ones failed.
+#[derive(Default)]
+struct Deliveries {
+    /// Messages handed to librdkafka and not yet acknowledged or refused.
+    pending: AtomicUsize,
+    failed: Mutex<Vec<Failed>>,
+    settled: tokio::sync::Notify,
+}
+
+struct Tracker(Arc<Deliveries>);
+
+impl ClientContext for Tracker {}
+
+impl ProducerContext for Tracker {
+    type DeliveryOpaque = ();
+
+    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
+        if let Err((error, m)) = result {
+            let position = m
+                .headers()
+                .and_then(|h| h.iter().find(|h| h.key == "ferry.position"))
+                .and_then(|h| h.value)
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+                .unwrap_or_default();
+            let failed = Failed {
+                topic: m.topic().to_string(),
+                key: m.key().map(<[u8]>::to_vec),
+                position,
+                error: error.clone(),
+            };
+            self.0
+                .failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push(failed);
+        }
+        if self.0.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.settled.notify_waiters();
+        }
+    }
+}
+
+/// A session's producer and its delivery accounting.
+struct Out {
+    producer: Arc<ThreadedProducer<Tracker>>,
+    deliveries: Arc<Deliveries>,
+}
+
+impl Out {
+    /// Waits until every message handed over is settled; `on_slow` runs once if that takes long
+    /// (a broker that is down: librdkafka keeps retrying, with no delivery timeout).
+    async fn settle(&self, mut on_slow: impl FnMut(usize)) -> Vec<Failed> {
+        let mut slow = false;
+        loop {
+            let notified = self.deliveries.settled.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let n = self.deliveries.pending.load(Ordering::Acquire);
+            if n == 0 {
+                break;
+            }
+            if tokio::time::timeout(Duration::from_secs(5), notified)
+                .await
+                .is_err()
+                && !slow
+            {
+                slow = true;
+                on_slow(n);
+            }
+        }
+        std::mem::take(
+            &mut *self
+                .deliveries
+                .failed
+                .lock()
+                .unwrap_or_else(|p| p.into_inner()),
+        )
+    }
+
+    /// Hands one message to librdkafka, waiting while its queue is full.
+    async fn send(
+        &self,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
+        headers: OwnedHeaders,
+    ) -> std::result::Result<(), KafkaError> {
+        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).headers(headers);
+        if let Some(k) = key {
+            record = record.key(k);
+        }
+        if let Some(p) = payload {
+            record = record.payload(p);
+        }
+        loop {
+            self.deliveries.pending.fetch_add(1, Ordering::AcqRel);
+            match self.producer.send(record) {
+                Ok(()) => return Ok(()),
+                Err((e, back)) => {
+                    self.deliveries.pending.fetch_sub(1, Ordering::AcqRel);
+                    if e != KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) {
+                        return Err(e);
+                    }
+                    record = back;
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+    }
 }
 
 /// A Kafka sink worker.
@@ -101,6 +216,19 @@ impl KafkaSink {
     fn set_state(&self, state: SinkState) {
         write_state(&self.cfg.spool_dir, &self.cfg.name, &state);
         self.progress.send_modify(|p| p.state = state);
+    }
+
+    /// The table's topic: its override, or the template filled in.
+    fn topic_for(&self, schema: &str, table: &str) -> String {
+        let template = self
+            .cfg
+            .topics
+            .get(&format!("{schema}.{table}"))
+            .unwrap_or(&self.cfg.topic);
+        template
+            .replace("{schema}", schema)
+            .replace("{table}", table)
+            .replace("{database}", &self.cfg.database)
     }
 
     fn client_config(&self) -> ClientConfig {
@@ -171,14 +299,22 @@ impl KafkaSink {
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<()> {
         let name = self.cfg.name.clone();
-        let producer: FutureProducer = self.client_config().create().map_err(kafka)?;
+        let deliveries = Arc::new(Deliveries::default());
+        let producer: ThreadedProducer<Tracker> = self
+            .client_config()
+            .create_with_context(Tracker(deliveries.clone()))
+            .map_err(kafka)?;
+        let out = Out {
+            producer: Arc::new(producer),
+            deliveries,
+        };
         let cursors = Cursors::new(&self.cfg.spool_dir);
         let oldest = segment::list(&self.cfg.spool_dir)?
             .first()
             .copied()
             .unwrap_or(0);
         let start = if self.cfg.exactly_once {
-            let p = producer.clone();
+            let p = out.producer.clone();
             tokio::task::spawn_blocking(move || p.init_transactions(Duration::from_secs(60)))
                 .await
                 .map_err(|e| SinkError::Fatal(e.to_string()))?
@@ -192,7 +328,6 @@ impl KafkaSink {
         self.set_state(SinkState::Running);
         self.progress.send_modify(|p| p.offset = start);
 
-        let mut inflight: VecDeque<InFlight> = VecDeque::new();
         let mut txn: Option<(Begin, usize)> = None;
         // Texts every message of a transaction carries, made once per transaction; topic names
         // once per table.
@@ -217,8 +352,7 @@ impl KafkaSink {
                     Some(ev) => Some(ev),
                     None if txn.is_none() => {
                         self.finish_batch(
-                            &producer,
-                            &mut inflight,
+                            &out,
                             &mut in_kafka_txn,
                             &last,
                             batch_txns,
@@ -234,7 +368,7 @@ impl KafkaSink {
                     None => tokio::select! {
                         biased;
                         _ = async { shutdown.wait_for(|v| *v).await.is_ok() } => {
-                            self.abort(&producer, &mut in_kafka_txn).await;
+                            self.abort(&out, &mut in_kafka_txn).await;
                             return Ok(());
                         }
                         ev = reader.next_wait() => ev?,
@@ -243,8 +377,7 @@ impl KafkaSink {
             };
             let Some((_, event)) = next else {
                 self.finish_batch(
-                    &producer,
-                    &mut inflight,
+                    &out,
                     &mut in_kafka_txn,
                     &last,
                     batch_txns,
@@ -258,7 +391,7 @@ impl KafkaSink {
             match &event {
                 Event::Begin(b) => {
                     if self.cfg.exactly_once && !in_kafka_txn {
-                        producer.begin_transaction().map_err(kafka)?;
+                        out.producer.begin_transaction().map_err(kafka)?;
                         in_kafka_txn = true;
                     }
                     batch_started.get_or_insert_with(Instant::now);
@@ -271,12 +404,10 @@ impl KafkaSink {
                     if let Some(t) = &self.cfg.transaction_topic {
                         let v = serde_json::json!({"status": "BEGIN", "id": b.xid, "position": b.position.to_string()});
                         self.send(
-                            &producer,
-                            &mut inflight,
-                            &std::sync::Arc::from(t.as_str()),
+                            &out,
+                            t,
                             None,
-                            Some(v.to_string().into_bytes()),
-                            &b.position,
+                            Some(v.to_string().as_bytes()),
                             &texts,
                             "begin",
                         )
@@ -289,17 +420,8 @@ impl KafkaSink {
                     };
                     if let Some(t) = &self.cfg.transaction_topic {
                         let v = serde_json::json!({"status": "END", "id": b.xid, "position": c.position.to_string(), "event_count": count});
-                        self.send(
-                            &producer,
-                            &mut inflight,
-                            &std::sync::Arc::from(t.as_str()),
-                            None,
-                            Some(v.to_string().into_bytes()),
-                            &c.position,
-                            &texts,
-                            "end",
-                        )
-                        .await?;
+                        self.send(&out, t, None, Some(v.to_string().as_bytes()), &texts, "end")
+                            .await?;
                     }
                     last = Some((after, c.position.clone()));
                     batch_txns += 1;
@@ -307,8 +429,7 @@ impl KafkaSink {
                         || batch_started.is_some_and(|t| t.elapsed() >= self.cfg.max_batch_delay);
                     if due || *shutdown.borrow() {
                         self.finish_batch(
-                            &producer,
-                            &mut inflight,
+                            &out,
                             &mut in_kafka_txn,
                             &last,
                             batch_txns,
@@ -356,14 +477,7 @@ impl KafkaSink {
                         };
                         let topic = topics
                             .entry(id)
-                            .or_insert_with(|| {
-                                self.cfg
-                                    .topic
-                                    .replace("{schema}", &rel.schema)
-                                    .replace("{table}", &rel.name)
-                                    .replace("{database}", &self.cfg.database)
-                                    .into()
-                            })
+                            .or_insert_with(|| self.topic_for(&rel.schema, &rel.name).into())
                             .clone();
                         let origin = Origin {
                             begin: b,
@@ -376,29 +490,18 @@ impl KafkaSink {
                         let payload = format::message(self.cfg.format, rel, &event, &origin)?;
                         let tombstone = self.cfg.tombstones && matches!(event, Event::Delete(_));
                         self.send(
-                            &producer,
-                            &mut inflight,
+                            &out,
                             &topic,
-                            key.clone(),
-                            Some(payload),
-                            &b.position,
+                            key.as_deref(),
+                            Some(&payload),
                             &texts,
                             event.kind(),
                         )
                         .await?;
                         batch_msgs += 1;
                         if tombstone {
-                            self.send(
-                                &producer,
-                                &mut inflight,
-                                &topic,
-                                key,
-                                None,
-                                &b.position,
-                                &texts,
-                                "tombstone",
-                            )
-                            .await?;
+                            self.send(&out, &topic, key.as_deref(), None, &texts, "tombstone")
+                                .await?;
                             batch_msgs += 1;
                         }
                     }
@@ -411,74 +514,32 @@ impl KafkaSink {
         }
     }
 
-    /// Queues one message; when librdkafka's queue is full, waits for the oldest delivery.
-    #[allow(clippy::too_many_arguments)]
+    /// Queues one message with the transaction's headers.
     async fn send(
         &self,
-        producer: &FutureProducer,
-        inflight: &mut VecDeque<InFlight>,
-        topic: &std::sync::Arc<str>,
-        key: Option<Vec<u8>>,
-        payload: Option<Vec<u8>>,
-        position: &Position,
+        out: &Out,
+        topic: &str,
+        key: Option<&[u8]>,
+        payload: Option<&[u8]>,
         texts: &TxnTexts,
         op: &str,
     ) -> Result<()> {
-        loop {
-            let headers = OwnedHeaders::new_with_capacity(3)
-                .insert(Header {
-                    key: "ferry.position",
-                    value: Some(texts.position.as_bytes()),
-                })
-                .insert(Header {
-                    key: "ferry.xid",
-                    value: Some(texts.xid.as_bytes()),
-                })
-                .insert(Header {
-                    key: "ferry.op",
-                    value: Some(op.as_bytes()),
-                });
-            let mut record: FutureRecord<'_, [u8], [u8]> = FutureRecord::to(topic).headers(headers);
-            if let Some(k) = &key {
-                record = record.key(k.as_slice());
-            }
-            if let Some(p) = &payload {
-                record = record.payload(p.as_slice());
-            }
-            match producer.send_result(record) {
-                Ok(delivery) => {
-                    inflight.push_back(InFlight {
-                        delivery,
-                        topic: topic.clone(),
-                        key,
-                        position: position.clone(),
-                    });
-                    return Ok(());
-                }
-                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), _)) => {
-                    match inflight.pop_front() {
-                        Some(f) => self.settle(producer, f).await?,
-                        None => tokio::time::sleep(Duration::from_millis(10)).await,
-                    }
-                }
-                Err((e, _)) => {
-                    return self
-                        .refuse(producer, topic, key.as_deref(), position, e)
-                        .await;
-                }
-            }
-        }
-    }
-
-    /// Awaits one delivery; a message the broker refuses for good follows `on_error`.
-    async fn settle(&self, producer: &FutureProducer, f: InFlight) -> Result<()> {
-        match f.delivery.await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err((e, _))) => {
-                self.refuse(producer, &f.topic, f.key.as_deref(), &f.position, e)
-                    .await
-            }
-            Err(_) => Err(SinkError::Fatal("the producer went away".into())),
+        let headers = OwnedHeaders::new_with_capacity(3)
+            .insert(Header {
+                key: "ferry.position",
+                value: Some(texts.position.as_bytes()),
+            })
+            .insert(Header {
+                key: "ferry.xid",
+                value: Some(texts.xid.as_bytes()),
+            })
+            .insert(Header {
+                key: "ferry.op",
+                value: Some(op.as_bytes()),
+            });
+        match out.send(topic, key, payload, headers).await {
+            Ok(()) => Ok(()),
+            Err(e) => self.refuse(out, topic, key, &texts.position, e).await,
         }
     }
 
@@ -486,10 +547,10 @@ impl KafkaSink {
     /// exactly-once, where the transaction is aborted and redone), or handled as `on_error` says.
     async fn refuse(
         &self,
-        producer: &FutureProducer,
+        out: &Out,
         topic: &str,
         key: Option<&[u8]>,
-        position: &Position,
+        position: &str,
         e: KafkaError,
     ) -> Result<()> {
         let err = self.permanent_or_retry(e);
@@ -514,7 +575,6 @@ impl KafkaSink {
                     )));
                 };
                 let reason = err.to_string();
-                let pos = position.to_string();
                 let headers = OwnedHeaders::new()
                     .insert(Header {
                         key: "ferry.error",
@@ -526,19 +586,12 @@ impl KafkaSink {
                     })
                     .insert(Header {
                         key: "ferry.position",
-                        value: Some(pos.as_bytes()),
+                        value: Some(position.as_bytes()),
                     });
                 // The refused payload (too large, most likely) stays out: the key, the topic,
                 // the position and the error say which change it was.
-                let mut record: FutureRecord<'_, [u8], [u8]> =
-                    FutureRecord::to(dlq).headers(headers);
-                if let Some(k) = key {
-                    record = record.key(k);
-                }
-                producer
-                    .send(record, Duration::from_secs(60))
-                    .await
-                    .map_err(|(e, _)| kafka(e))?;
+                // Its delivery is settled with the batch's; a refused dead letter stops the sink.
+                out.send(dlq, key, None, headers).await.map_err(kafka)?;
                 tracing::warn!(sink = %self.cfg.name, %position, %topic, error = %reason, dead_letter_topic = %dlq, "message sent to the dead-letter topic");
                 self.progress.send_modify(|p| p.dead_lettered += 1);
                 Ok(())
@@ -573,8 +626,7 @@ impl KafkaSink {
     #[allow(clippy::too_many_arguments)]
     async fn finish_batch(
         &self,
-        producer: &FutureProducer,
-        inflight: &mut VecDeque<InFlight>,
+        out: &Out,
         in_kafka_txn: &mut bool,
         last: &Option<(Offset, Position)>,
         txns: u64,
@@ -584,29 +636,28 @@ impl KafkaSink {
         // A broker that is down stalls the batch here (librdkafka keeps retrying); the state
         // says so after a while, and goes back to running once the broker acknowledges.
         let mut stalled = false;
-        while let Some(mut f) = inflight.pop_front() {
-            let waited = tokio::time::timeout(Duration::from_secs(5), &mut f.delivery).await;
-            let result = match waited {
-                Ok(r) => r,
-                Err(_) => {
-                    if !stalled {
-                        stalled = true;
-                        let n = inflight.len() + 1;
-                        tracing::warn!(sink = %self.cfg.name, unacknowledged = n, "waiting for the broker to acknowledge");
-                        self.set_state(SinkState::Retrying(format!(
-                            "waiting for the broker to acknowledge {n} message(s)"
-                        )));
-                    }
-                    f.delivery.await
+        loop {
+            let failed = out
+                .settle(|n| {
+                    stalled = true;
+                    tracing::warn!(sink = %self.cfg.name, unacknowledged = n, "waiting for the broker to acknowledge");
+                    self.set_state(SinkState::Retrying(format!(
+                        "waiting for the broker to acknowledge {n} message(s)"
+                    )));
+                })
+                .await;
+            if failed.is_empty() {
+                break;
+            }
+            for f in failed {
+                if self.cfg.dead_letter_topic.as_deref() == Some(f.topic.as_str()) {
+                    return Err(SinkError::Fatal(format!(
+                        "sink {}: the dead-letter topic {} refused a message: {}",
+                        self.cfg.name, f.topic, f.error
+                    )));
                 }
-            };
-            match result {
-                Ok(Ok(_)) => {}
-                Ok(Err((e, _))) => {
-                    self.refuse(producer, &f.topic, f.key.as_deref(), &f.position, e)
-                        .await?
-                }
-                Err(_) => return Err(SinkError::Fatal("the producer went away".into())),
+                self.refuse(out, &f.topic, f.key.as_deref(), &f.position, f.error)
+                    .await?;
             }
         }
         if stalled {
@@ -620,14 +671,16 @@ impl KafkaSink {
             // The checkpoint record commits with the batch, in the same Kafka transaction.
             let value = serde_json::json!({"offset": offset.0, "position": position.to_string()})
                 .to_string();
-            let record: FutureRecord<'_, str, str> = FutureRecord::to(&self.cfg.checkpoint_topic)
-                .key(self.cfg.name.as_str())
-                .payload(value.as_str());
-            producer
-                .send(record, Duration::from_secs(60))
-                .await
-                .map_err(|(e, _)| kafka(e))?;
-            let p = producer.clone();
+            out.send(
+                &self.cfg.checkpoint_topic,
+                Some(self.cfg.name.as_bytes()),
+                Some(value.as_bytes()),
+                OwnedHeaders::new(),
+            )
+            .await
+            .map_err(kafka)?;
+            // commit_transaction flushes; a refused checkpoint record fails the commit.
+            let p = out.producer.clone();
             tokio::task::spawn_blocking(move || p.commit_transaction(Duration::from_secs(60)))
                 .await
                 .map_err(|e| SinkError::Fatal(e.to_string()))?
@@ -645,9 +698,9 @@ impl KafkaSink {
         Ok(())
     }
 
-    async fn abort(&self, producer: &FutureProducer, in_kafka_txn: &mut bool) {
+    async fn abort(&self, out: &Out, in_kafka_txn: &mut bool) {
         if self.cfg.exactly_once && *in_kafka_txn {
-            let p = producer.clone();
+            let p = out.producer.clone();
             let _ =
                 tokio::task::spawn_blocking(move || p.abort_transaction(Duration::from_secs(30)))
                     .await;
