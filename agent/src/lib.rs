@@ -7,6 +7,7 @@ pub mod dump;
 pub mod error;
 pub mod filter;
 pub mod logging;
+pub mod mysql;
 pub mod postgres;
 pub mod status;
 pub mod supervisor;

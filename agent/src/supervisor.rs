@@ -18,6 +18,76 @@ use crate::filter::TableFilter;
 use crate::postgres::replication::ConnParams;
 use crate::postgres::{PgSource, SourceSettings};
 
+/// Builds the MySQL/MariaDB source settings from the configuration.
+pub fn mysql_settings(config: &Config) -> Result<crate::mysql::MysqlSettings> {
+    let src = &config.source;
+    let filter = TableFilter::new(
+        src.tables.iter().map(|t| t.as_str()),
+        src.exclude.iter().map(|t| t.as_str()),
+    )
+    .map_err(|e| Error::Config(format!("source.tables: {e}")))?;
+    Ok(crate::mysql::MysqlSettings {
+        url: src.url.expose().to_owned(),
+        server_id: src.server_id.unwrap_or_default(),
+        filter,
+        snapshot: src.snapshot == SnapshotMode::Initial,
+        zero_dates: src.zero_dates.unwrap_or_default(),
+        txn_memory: src.txn_memory_bytes(),
+    })
+}
+
+/// The database a source URL names (`{database}` in Kafka topics).
+fn source_database(config: &Config) -> Result<String> {
+    match config.source.kind {
+        SourceKind::Postgres => Ok(ConnParams::parse(config.source.url.expose())?.dbname),
+        SourceKind::Mysql => Ok(mysql_async::Opts::from_url(config.source.url.expose())
+            .map_err(|e| Error::Config(format!("source url: {e}")))?
+            .db_name()
+            .unwrap_or("")
+            .to_owned()),
+    }
+}
+
+/// The running source, by kind.
+enum Source {
+    Postgres(Box<PgSource>),
+    Mysql(Box<crate::mysql::MysqlSource>),
+}
+
+impl Source {
+    async fn run(&mut self, shutdown: watch::Receiver<bool>) -> Result<()> {
+        match self {
+            Source::Postgres(s) => s.run(shutdown).await,
+            Source::Mysql(s) => s.run(shutdown).await,
+        }
+    }
+
+    fn spool(&self) -> &SpoolWriter {
+        match self {
+            Source::Postgres(s) => s.spool(),
+            Source::Mysql(s) => s.spool(),
+        }
+    }
+}
+
+/// The Postgres source settings; for a mysql source, only what the supervisor reads of them.
+fn pg_settings_or_default(config: &Config, mysql: bool) -> Result<SourceSettings> {
+    if !mysql {
+        return pg_settings(config);
+    }
+    Ok(SourceSettings {
+        params: ConnParams::parse("postgres://ferry@localhost/x")?,
+        slot: String::new(),
+        publication: String::new(),
+        filter: TableFilter::new(std::iter::empty(), std::iter::empty()).map_err(Error::Config)?,
+        snapshot: false,
+        snapshot_workers: 1,
+        txn_memory: 0,
+        until: None,
+        applied: None,
+    })
+}
+
 /// Builds the Postgres source settings from the configuration.
 pub fn pg_settings(config: &Config) -> Result<SourceSettings> {
     let src = &config.source;
@@ -61,7 +131,7 @@ pub fn sink_settings(config: &Config) -> Result<Vec<SinkSettings>> {
         .into_iter()
         .map(SinkSettings::Postgres)
         .collect();
-    let dbname = ConnParams::parse(config.source.url.expose())?.dbname;
+    let dbname = source_database(config)?;
     for spanned in &config.sinks {
         let sink = spanned.get_ref();
         if sink.kind != SinkKind::Kafka {
@@ -147,13 +217,14 @@ pub async fn run(
     until: Option<ferry_proto::Lsn>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
-    if config.source.kind == SourceKind::Mysql {
-        return Err(Error::Fatal(
-            "the mysql source is not built yet; only type = \"postgres\" runs".into(),
+    let sink_configs = sink_settings(&config)?;
+    let mysql = config.source.kind == SourceKind::Mysql;
+    if mysql && until.is_some() {
+        return Err(Error::Config(
+            "--until takes a PostgreSQL LSN; it does not apply to a mysql source".into(),
         ));
     }
-    let sink_configs = sink_settings(&config)?;
-    let mut settings = pg_settings(&config)?;
+    let mut settings = pg_settings_or_default(&config, mysql)?;
     settings.until = until.map(|l| l.0);
     let opts = WriterOptions {
         segment_bytes: u64::from(config.spool.segment_mb.unwrap_or(64)) << 20,
@@ -190,12 +261,18 @@ pub async fn run(
     tracing::info!(
         spool = %dir.display(),
         source = %config.source.url,
-        slot = %settings.slot,
         sinks = sink_configs.len(),
         ack = ?config.spool.ack,
         "ferry starting"
     );
-    let mut source = PgSource::new(settings, spool)?;
+    let mut source = if mysql {
+        Source::Mysql(Box::new(crate::mysql::MysqlSource::new(
+            mysql_settings(&config)?,
+            spool,
+        )?))
+    } else {
+        Source::Postgres(Box::new(PgSource::new(settings, spool)?))
+    };
 
     // Sinks stop after the source, so they apply what it spooled last.
     let (sink_stop_tx, sink_stop_rx) = watch::channel(false);

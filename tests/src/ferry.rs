@@ -64,6 +64,19 @@ impl FerryConfig {
         Ok(FerryConfig { dir })
     }
 
+    /// A MySQL/MariaDB source registering as replica `server_id`; `extra` lines go into
+    /// `[source]`, `sinks` (whole `[[sink]]` tables) after the spool.
+    pub fn mysql(url: &str, server_id: u32, extra: &str, sinks: &str) -> Result<FerryConfig> {
+        let config = Self::postgres(url, "")?;
+        let text = format!(
+            "[source]\ntype = \"mysql\"\nurl = \"{url}\"\nserver_id = {server_id}\n{extra}\n\n\
+             [spool]\ndir = \"{}\"\nack = \"spooled\"\n\n{sinks}\n",
+            config.spool_dir().display()
+        );
+        std::fs::write(config.path(), text).map_err(|e| e.to_string())?;
+        Ok(config)
+    }
+
     /// A Postgres source and one Postgres sink named `replica`; `extra_sink` lines go into the
     /// `[[sink]]` table. `ack` is "applied" (the default policy).
     pub fn pg_to_pg(

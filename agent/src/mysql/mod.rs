@@ -1,0 +1,9 @@
+//! The MySQL/MariaDB source: table schemas from `information_schema` checked against the binlog's
+//! own column metadata, value decoding for binlog images and snapshot results, and the binlog
+//! streaming loop with its consistent initial snapshot.
+
+pub mod decode;
+pub mod schema;
+pub mod source;
+
+pub use source::{MysqlSettings, MysqlSource};

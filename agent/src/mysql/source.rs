@@ -1,0 +1,925 @@
+//! The MySQL/MariaDB source: registers as a replica with the configured `server_id`, reads the
+//! row binlog from the spool's last position, and writes each committed transaction to the spool
+//! whole, in commit order; takes the initial snapshot consistent with a binlog position first.
+//!
+//! Positions are binlog `file:position` after a transaction's commit event: exact on MySQL and
+//! MariaDB alike, with or without GTIDs, so a restart resumes after the last spooled transaction
+//! and nothing is read twice. The MariaDB GTID of each transaction becomes its id.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ferry_proto::{
+    Begin, BinlogPos, Commit, Delete, Event, Heartbeat, Insert, OldRow, Position, Relation,
+    Truncate, Update, Value,
+};
+use ferry_spool::{Offset, SpoolReader, SpoolWriter, segment};
+use futures_util::StreamExt;
+use mysql_async::binlog::events::{EventData, RowsEventData};
+use mysql_async::prelude::Queryable;
+use mysql_async::{BinlogStreamRequest, Conn, Opts};
+use tokio::sync::watch;
+
+use super::decode::{self, ZeroDates};
+use super::schema::{self, Catalog, TableSchema};
+use crate::error::{Error, Result};
+use crate::filter::TableFilter;
+use crate::postgres::spill::TxnBuffer;
+
+/// Spool bytes written before the spool is made durable even while the binlog keeps coming.
+const GROUP_BYTES: u64 = 4 << 20;
+/// How long the source waits for the next event before making what it wrote durable.
+const GROUP_DELAY: Duration = Duration::from_millis(2);
+/// Rows per key-ordered snapshot chunk.
+const CHUNK_ROWS: usize = 10_000;
+/// MariaDB's GTID event, which mysql_common does not decode.
+const MARIADB_GTID_EVENT: u8 = 162;
+
+#[derive(Debug, Clone)]
+pub struct MysqlSettings {
+    pub url: String,
+    pub server_id: u32,
+    pub filter: TableFilter,
+    pub snapshot: bool,
+    pub zero_dates: ZeroDates,
+    pub txn_memory: usize,
+}
+
+impl MysqlSettings {
+    fn wanted(&self, db: &str, table: &str) -> bool {
+        self.filter.accepts(db, table)
+    }
+}
+
+/// Where the spool ends for this source: the last Commit or Heartbeat position, and the start of
+/// a transaction a crash cut short.
+fn spool_tail(dir: &Path) -> Result<(Option<BinlogPos>, Option<Offset>)> {
+    let bases = segment::list(dir)?;
+    let mut resume = None;
+    let mut open_begin = None;
+    if let Some(&first) = bases.first() {
+        let mut reader = SpoolReader::open(dir, Offset(first))?;
+        while let Some((off, ev)) = reader.try_next()? {
+            let pos = match &ev {
+                Event::Begin(_) => {
+                    open_begin = Some(off);
+                    continue;
+                }
+                Event::Commit(c) => {
+                    open_begin = None;
+                    &c.position
+                }
+                Event::Heartbeat(h) => &h.position,
+                _ => continue,
+            };
+            match pos {
+                Position::Binlog(b) => resume = Some(b.clone()),
+                other => {
+                    return Err(Error::Config(format!(
+                        "the spool in {} holds changes of another kind of source (position \
+                         {other}); give this source its own spool directory",
+                        dir.display()
+                    )));
+                }
+            }
+        }
+    }
+    Ok((resume, open_begin))
+}
+
+/// A transaction being read from the binlog.
+struct OpenTxn {
+    xid: u64,
+    time: i64,
+    buf: TxnBuffer,
+    /// A DDL statement logged on its own (MariaDB's standalone GTID): it ends at its query.
+    standalone: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+struct MariaGtid {
+    domain: u32,
+    seq: u64,
+    standalone: bool,
+}
+
+/// MariaDB's GTID event body: sequence number, domain id, flags.
+fn parse_maria_gtid(data: &[u8]) -> Option<MariaGtid> {
+    let seq = u64::from_le_bytes(data.get(0..8)?.try_into().ok()?);
+    let domain = u32::from_le_bytes(data.get(8..12)?.try_into().ok()?);
+    let flags = *data.get(12)?;
+    Some(MariaGtid {
+        domain,
+        seq,
+        standalone: flags & 1 != 0,
+    })
+}
+
+pub struct MysqlSource {
+    settings: MysqlSettings,
+    spool: SpoolWriter,
+    catalog: Catalog,
+    resume: Option<BinlogPos>,
+    spill_dir: PathBuf,
+    pending_since: Option<Instant>,
+    registered_once: bool,
+}
+
+impl std::fmt::Debug for MysqlSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MysqlSource")
+            .field("server_id", &self.settings.server_id)
+            .field("resume", &self.resume)
+            .finish()
+    }
+}
+
+impl MysqlSource {
+    /// Prepares the source over an open spool: cuts a transaction a crash left incomplete and
+    /// learns where to resume.
+    pub fn new(settings: MysqlSettings, mut spool: SpoolWriter) -> Result<MysqlSource> {
+        let (resume, incomplete) = spool_tail(spool.dir())?;
+        if let Some(off) = incomplete {
+            tracing::warn!(offset = %off, "cutting an incomplete transaction from the spool's end");
+            spool.truncate_from(off)?;
+        }
+        let spill_dir = spool.dir().join("spill");
+        let _ = std::fs::remove_dir_all(&spill_dir);
+        std::fs::create_dir_all(&spill_dir)
+            .map_err(|e| Error::io(format!("create {}", spill_dir.display()), e))?;
+        Ok(MysqlSource {
+            settings,
+            spool,
+            catalog: Catalog::default(),
+            resume,
+            spill_dir,
+            pending_since: None,
+            registered_once: false,
+        })
+    }
+
+    pub fn spool(&self) -> &SpoolWriter {
+        &self.spool
+    }
+
+    /// Streams until `shutdown` turns true, reconnecting after transient failures with backoff.
+    pub async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+        let mut backoff = ferry_sink::Backoff::default();
+        loop {
+            let started = Instant::now();
+            match self.session(&mut shutdown).await {
+                Ok(()) => {
+                    self.commit_spool()?;
+                    return Ok(());
+                }
+                Err(e) if e.is_transient() => {
+                    self.commit_spool()?;
+                    if started.elapsed() > Duration::from_secs(30) {
+                        backoff = ferry_sink::Backoff::default();
+                    }
+                    let wait = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?wait, "mysql source: connection failed; reconnecting");
+                    tokio::select! {
+                        _ = tokio::time::sleep(wait) => {}
+                        _ = shutdown.wait_for(|v| *v) => return Ok(()),
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    async fn session(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<()> {
+        let opts = Opts::from_url(&self.settings.url)
+            .map_err(|e| Error::Config(format!("source url: {e}")))?;
+        let mut meta = tokio::time::timeout(Duration::from_secs(30), Conn::new(opts.clone()))
+            .await
+            .map_err(|_| Error::Fatal("connecting to the mysql source timed out".into()))??;
+        if !self.registered_once {
+            check_server(&mut meta, self.settings.server_id).await?;
+        }
+        if self.resume.is_none() {
+            let pos = if self.settings.snapshot {
+                match self.snapshot(opts.clone(), shutdown).await? {
+                    Some(p) => p,
+                    None => return Ok(()),
+                }
+            } else {
+                let pos = master_position(&mut meta).await?;
+                self.spool.append(&Event::Heartbeat(Heartbeat {
+                    position: Position::Binlog(pos.clone()),
+                    time: now_micros(),
+                }))?;
+                self.commit_spool()?;
+                pos
+            };
+            self.resume = Some(pos);
+        }
+        let Some(start) = self.resume.clone() else {
+            return Ok(());
+        };
+        let mut conn = Conn::new(opts).await?;
+        // MariaDB sends its GTID events only to a replica that says it understands them; MySQL
+        // ignores the variable.
+        conn.query_drop("SET @mariadb_slave_capability = 4").await?;
+        // Heartbeats every second keep a quiet connection alive and prove it is.
+        conn.query_drop("SET @master_heartbeat_period = 1000000000")
+            .await?;
+        let request = BinlogStreamRequest::new(self.settings.server_id)
+            .with_filename(start.file.as_bytes())
+            .with_pos(start.pos);
+        let mut stream = conn.get_binlog_stream(request).await.map_err(gap_or)?;
+        self.registered_once = true;
+        tracing::info!(position = %start, server_id = self.settings.server_id, "mysql source: streaming the binlog");
+        let mut file = start.file.clone();
+        let mut gtid: Option<MariaGtid> = None;
+        let mut txn: Option<OpenTxn> = None;
+        loop {
+            let pending = self.spool.end().0 > self.spool.durable_end().0;
+            let next = if pending {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.wait_for(|v| *v) => return Ok(()),
+                    r = tokio::time::timeout(GROUP_DELAY, stream.next()) => match r {
+                        Ok(ev) => ev,
+                        Err(_) => { self.commit_spool()?; continue; }
+                    },
+                }
+            } else {
+                tokio::select! {
+                    biased;
+                    _ = shutdown.wait_for(|v| *v) => return Ok(()),
+                    r = tokio::time::timeout(Duration::from_secs(10), stream.next()) => match r {
+                        Ok(ev) => ev,
+                        Err(_) => return Err(Error::io(
+                            "mysql source",
+                            std::io::Error::new(std::io::ErrorKind::TimedOut, "no binlog event or heartbeat for 10 s"),
+                        )),
+                    },
+                }
+            };
+            let Some(event) = next else {
+                return Err(Error::io(
+                    "mysql source",
+                    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "binlog stream ended"),
+                ));
+            };
+            let event = event.map_err(gap_or)?;
+            let header = event.header();
+            let end = u64::from(header.log_pos());
+            if header.event_type_raw() == MARIADB_GTID_EVENT {
+                gtid = parse_maria_gtid(event.data());
+                if gtid.is_none() {
+                    return Err(Error::Protocol("a MariaDB GTID event too short".into()));
+                }
+                txn = Some(self.open_txn(gtid, header.timestamp(), true));
+                continue;
+            }
+            let Some(data) = event
+                .read_data()
+                .map_err(|e| Error::Protocol(format!("binlog event at {file}:{end}: {e}")))?
+            else {
+                continue;
+            };
+            match data {
+                EventData::RotateEvent(r) => {
+                    file = binlog_name(r.name_raw()).ok_or_else(|| {
+                        Error::Protocol(format!(
+                            "a rotate event names no binlog file: {:?}",
+                            String::from_utf8_lossy(r.name_raw())
+                        ))
+                    })?;
+                }
+                EventData::QueryEvent(q) => {
+                    let sql = q.query();
+                    let word = sql
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or("")
+                        .to_ascii_uppercase();
+                    match word.as_str() {
+                        "BEGIN" => {
+                            if txn.as_ref().is_none_or(|t| t.buf.events() > 0) {
+                                txn = Some(self.open_txn(gtid, header.timestamp(), false));
+                            }
+                            if let Some(t) = txn.as_mut() {
+                                t.standalone = false;
+                            }
+                        }
+                        "COMMIT" => {
+                            if let Some(t) = txn.take() {
+                                self.write_txn(
+                                    t,
+                                    BinlogPos {
+                                        file: file.clone(),
+                                        pos: end,
+                                    },
+                                )?;
+                            }
+                            gtid = None;
+                        }
+                        "ROLLBACK" => {
+                            if let Some(t) = txn.take() {
+                                t.buf.discard();
+                            }
+                        }
+                        _ => {
+                            let db = q.schema().into_owned();
+                            self.ddl(
+                                &mut meta,
+                                &db,
+                                &sql,
+                                txn.take(),
+                                BinlogPos {
+                                    file: file.clone(),
+                                    pos: end,
+                                },
+                                header.timestamp(),
+                            )
+                            .await?;
+                            gtid = None;
+                        }
+                    }
+                }
+                EventData::XidEvent(x) => {
+                    if let Some(mut t) = txn.take() {
+                        if gtid.is_none() {
+                            t.xid = x.xid;
+                        }
+                        self.write_txn(
+                            t,
+                            BinlogPos {
+                                file: file.clone(),
+                                pos: end,
+                            },
+                        )?;
+                    }
+                    gtid = None;
+                }
+                EventData::RowsEvent(rows) => {
+                    let Some(tme) = stream.get_tme(rows.table_id()) else {
+                        return Err(Error::Protocol(format!(
+                            "rows event for table id {} without its table map at {file}:{end}",
+                            rows.table_id()
+                        )));
+                    };
+                    let db = tme.database_name().into_owned();
+                    let table = tme.table_name().into_owned();
+                    if !self.settings.wanted(&db, &table) {
+                        continue;
+                    }
+                    let Some(t) = txn.as_mut() else {
+                        return Err(Error::Protocol(format!(
+                            "a row event outside a transaction at {file}:{end}"
+                        )));
+                    };
+                    let mut changes = Vec::new();
+                    let mut names: Option<Vec<String>> = None;
+                    for row in rows.rows(tme) {
+                        let (before, after) = row.map_err(|e| {
+                            Error::Protocol(format!("{db}.{table} row at {file}:{end}: {e}"))
+                        })?;
+                        if names.is_none() {
+                            let r = after.as_ref().or(before.as_ref());
+                            names = r.map(|r| {
+                                r.columns_ref()
+                                    .iter()
+                                    .map(|c| c.name_str().into_owned())
+                                    .collect()
+                            });
+                        }
+                        changes.push((before, after));
+                    }
+                    let kind = match &rows {
+                        RowsEventData::WriteRowsEventV1(_) | RowsEventData::WriteRowsEvent(_) => 0,
+                        RowsEventData::UpdateRowsEventV1(_)
+                        | RowsEventData::UpdateRowsEvent(_)
+                        | RowsEventData::PartialUpdateRowsEvent(_) => 1,
+                        _ => 2,
+                    };
+                    let Some(schema) = self
+                        .catalog
+                        .get(&mut meta, &db, &table, names.as_deref())
+                        .await?
+                    else {
+                        // Dropped since: its rows have nowhere to go in the current schema.
+                        tracing::warn!(table = %format!("{db}.{table}"), "rows of a table that no longer exists are skipped");
+                        continue;
+                    };
+                    let zero = self.settings.zero_dates;
+                    let at = || format!("{db}.{table} at {file}:{end}");
+                    t.buf
+                        .push(&self.spill_dir, 0, Event::Relation(schema.relation.clone()))?;
+                    for (before, after) in changes {
+                        let conv = |r: Option<mysql_async::binlog::row::BinlogRow>| -> Result<Option<Vec<Value>>> {
+                            let Some(r) = r else { return Ok(None) };
+                            let vals = r.unwrap();
+                            if vals.len() != schema.columns.len() {
+                                return Err(Error::Fatal(format!(
+                                    "{}: the row image has {} columns, the table {}; ferry needs binlog_row_image=FULL",
+                                    at(), vals.len(), schema.columns.len()
+                                )));
+                            }
+                            vals.into_iter()
+                                .zip(&schema.columns)
+                                .map(|(v, c)| {
+                                    let v = match v {
+                                        mysql_async::binlog::value::BinlogValue::Value(v) => v,
+                                        mysql_async::binlog::value::BinlogValue::Jsonb(j) => {
+                                            let json: serde_json::Value = j.try_into().map_err(|e| {
+                                                Error::Fatal(format!("{}: column {}: {e}", at(), c.name))
+                                            })?;
+                                            return Ok(Value::Json(json.to_string()));
+                                        }
+                                        mysql_async::binlog::value::BinlogValue::JsonDiff(_) => {
+                                            return Err(Error::Fatal(format!(
+                                                "{}: column {}: partial JSON updates; set binlog_row_value_options='' on the server",
+                                                at(), c.name
+                                            )));
+                                        }
+                                    };
+                                    decode::binlog(c, v, zero)
+                                        .map_err(|e| Error::Fatal(format!("{}: {e}", at())))
+                                })
+                                .collect::<Result<Vec<_>>>()
+                                .map(Some)
+                        };
+                        let rel = schema.relation.id;
+                        let ev = match (kind, conv(before)?, conv(after)?) {
+                            (0, _, Some(new)) => Event::Insert(Insert { relation: rel, new }),
+                            (1, Some(old), Some(new)) => Event::Update(Update {
+                                relation: rel,
+                                old: Some(OldRow::Full(old)),
+                                new,
+                            }),
+                            (2, Some(old), _) => Event::Delete(Delete {
+                                relation: rel,
+                                old: OldRow::Full(old),
+                            }),
+                            _ => {
+                                return Err(Error::Protocol(format!(
+                                    "{}: a row event without its row image",
+                                    at()
+                                )));
+                            }
+                        };
+                        t.buf.push(&self.spill_dir, 0, ev)?;
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
+    fn open_txn(&self, gtid: Option<MariaGtid>, time: u32, from_gtid: bool) -> OpenTxn {
+        OpenTxn {
+            xid: gtid
+                .map(|g| (u64::from(g.domain) << 48) ^ g.seq)
+                .unwrap_or(0),
+            time: i64::from(time) * 1_000_000,
+            buf: TxnBuffer::new("mysql".into(), self.settings.txn_memory),
+            standalone: from_gtid && gtid.is_some_and(|g| g.standalone),
+        }
+    }
+
+    /// A statement other than BEGIN/COMMIT: DDL. Captured tables it touches are read again when
+    /// their rows next arrive; TRUNCATE becomes a Truncate event. The position after it is
+    /// recorded so a restart does not read it again.
+    async fn ddl(
+        &mut self,
+        meta: &mut Conn,
+        db: &str,
+        sql: &str,
+        open: Option<OpenTxn>,
+        pos: BinlogPos,
+        time: u32,
+    ) -> Result<()> {
+        if let Some(t) = open {
+            if !t.standalone && t.buf.events() > 0 {
+                // A statement inside a transaction (a temporary table, say): keep the transaction.
+                return Err(Error::Protocol(format!(
+                    "a statement inside a transaction with row changes at {pos}: {sql}"
+                )));
+            }
+            t.buf.discard();
+        }
+        self.catalog.invalidate(None);
+        let words: Vec<String> = sql
+            .split_whitespace()
+            .take(3)
+            .map(|w| w.to_ascii_uppercase())
+            .collect();
+        if words.first().map(String::as_str) == Some("TRUNCATE") {
+            let name = sql
+                .split_whitespace()
+                .nth(if words.get(1).map(String::as_str) == Some("TABLE") {
+                    2
+                } else {
+                    1
+                })
+                .unwrap_or("")
+                .trim_end_matches(';');
+            let (d, t) = match name.split_once('.') {
+                Some((d, t)) => (unquote(d), unquote(t)),
+                None => (db.to_owned(), unquote(name)),
+            };
+            if self.settings.wanted(&d, &t)
+                && let Some(schema) = self.catalog.get(meta, &d, &t, None).await?
+            {
+                let rel: Relation = schema.relation.clone();
+                let position = Position::Binlog(pos.clone());
+                let commit_time = i64::from(time) * 1_000_000;
+                self.append(&Event::Begin(Begin {
+                    position: position.clone(),
+                    xid: 0,
+                    commit_time,
+                }))?;
+                self.append(&Event::Relation(rel.clone()))?;
+                self.append(&Event::Truncate(Truncate {
+                    relations: vec![rel.id],
+                    cascade: false,
+                    restart_identity: false,
+                }))?;
+                self.append(&Event::Commit(Commit {
+                    position,
+                    xid: 0,
+                    commit_time,
+                }))?;
+                return Ok(());
+            }
+        }
+        self.append(&Event::Heartbeat(Heartbeat {
+            position: Position::Binlog(pos),
+            time: i64::from(time) * 1_000_000,
+        }))
+    }
+
+    fn write_txn(&mut self, t: OpenTxn, pos: BinlogPos) -> Result<()> {
+        if t.buf.events() == 0 {
+            t.buf.discard();
+            return Ok(());
+        }
+        let position = Position::Binlog(pos);
+        self.append(&Event::Begin(Begin {
+            position: position.clone(),
+            xid: t.xid,
+            commit_time: t.time,
+        }))?;
+        t.buf.replay(|ev| self.append(&ev))?;
+        self.append(&Event::Commit(Commit {
+            position,
+            xid: t.xid,
+            commit_time: t.time,
+        }))
+    }
+
+    fn append(&mut self, event: &Event) -> Result<()> {
+        if let Event::Relation(r) = event
+            && self.spool.relations().get(&r.id) == Some(r)
+        {
+            return Ok(());
+        }
+        self.spool.append(event)?;
+        self.pending_since.get_or_insert_with(Instant::now);
+        if self.spool.end().0 - self.spool.durable_end().0 >= GROUP_BYTES {
+            self.commit_spool()?;
+        }
+        Ok(())
+    }
+
+    fn commit_spool(&mut self) -> Result<()> {
+        if self.spool.end().0 > self.spool.durable_end().0 {
+            tokio::task::block_in_place(|| self.spool.commit())?;
+        }
+        self.pending_since = None;
+        Ok(())
+    }
+
+    /// The initial snapshot: every captured table read in one consistent-snapshot transaction
+    /// whose binlog position is known, written as one spool transaction at that position.
+    /// `None` when shutdown interrupted it (it starts over at the next start).
+    async fn snapshot(
+        &mut self,
+        opts: Opts,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Result<Option<BinlogPos>> {
+        let mut conn = Conn::new(opts).await?;
+        // Values in each column's own character set, timestamps in UTC, as the binlog has them.
+        conn.query_drop("SET SESSION time_zone = '+00:00', SESSION character_set_results = NULL")
+            .await?;
+        conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            .await?;
+        let version: String = conn
+            .query_first("SELECT VERSION()")
+            .await?
+            .unwrap_or_default();
+        let mariadb = version.contains("MariaDB");
+        let pos = if mariadb {
+            // MariaDB reports the binlog position of a consistent snapshot without any lock.
+            conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+                .await?;
+            let rows: Vec<(String, String)> =
+                conn.query("SHOW STATUS LIKE 'binlog_snapshot_%'").await?;
+            let get = |k: &str| {
+                rows.iter()
+                    .find(|(n, _)| n.eq_ignore_ascii_case(k))
+                    .map(|(_, v)| v.clone())
+            };
+            let (Some(file), Some(p)) =
+                (get("binlog_snapshot_file"), get("binlog_snapshot_position"))
+            else {
+                return Err(Error::Fatal(
+                    "the server did not report binlog_snapshot_file".into(),
+                ));
+            };
+            BinlogPos {
+                file,
+                pos: p
+                    .parse()
+                    .map_err(|_| Error::Protocol(format!("binlog_snapshot_position {p:?}")))?,
+            }
+        } else {
+            // MySQL: the global read lock is held only while the snapshot starts and the
+            // position is read.
+            conn.query_drop("FLUSH TABLES WITH READ LOCK").await?;
+            conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
+                .await?;
+            let pos = master_position(&mut conn).await;
+            conn.query_drop("UNLOCK TABLES").await?;
+            pos?
+        };
+        let settings = self.settings.clone();
+        let tables = schema::list_tables(&mut conn, &|d, t| settings.wanted(d, t)).await?;
+        tracing::info!(tables = tables.len(), position = %pos, "initial snapshot: starting");
+        let position = Position::Binlog(pos.clone());
+        let now = now_micros();
+        let begin = self.spool.end();
+        self.append(&Event::Begin(Begin {
+            position: position.clone(),
+            xid: 0,
+            commit_time: now,
+        }))?;
+        let started = Instant::now();
+        let mut total = 0u64;
+        for (i, (db, table)) in tables.iter().enumerate() {
+            let Some(schema) = schema::load(&mut conn, db, table).await? else {
+                continue;
+            };
+            self.append(&Event::Relation(schema.relation.clone()))?;
+            let rows = self.copy_table(&mut conn, &schema, shutdown).await?;
+            let Some(rows) = rows else {
+                self.spool.truncate_from(begin)?;
+                tracing::warn!(
+                    "initial snapshot interrupted by shutdown; it starts over at the next start"
+                );
+                return Ok(None);
+            };
+            total += rows;
+            let secs = started.elapsed().as_secs_f64().max(0.001);
+            tracing::info!(table = %format!("{db}.{table}"), rows, tables_done = i + 1, tables = tables.len(), rows_per_sec = (total as f64 / secs) as u64, "initial snapshot: table copied");
+        }
+        conn.query_drop("COMMIT").await?;
+        self.append(&Event::Commit(Commit {
+            position,
+            xid: 0,
+            commit_time: now,
+        }))?;
+        self.commit_spool()?;
+        tracing::info!(
+            rows = total,
+            secs = started.elapsed().as_secs_f64(),
+            "initial snapshot: done"
+        );
+        Ok(Some(pos))
+    }
+
+    /// Copies one table in key-ordered chunks (all at once when it has no key).
+    async fn copy_table(
+        &mut self,
+        conn: &mut Conn,
+        schema: &TableSchema,
+        shutdown: &watch::Receiver<bool>,
+    ) -> Result<Option<u64>> {
+        let rel = &schema.relation;
+        let cols: Vec<String> = schema.columns.iter().map(|c| quote(&c.name)).collect();
+        let key: Vec<usize> = rel.key_columns().collect();
+        let from = format!("{}.{}", quote(&rel.schema), quote(&rel.name));
+        let mut last: Option<Vec<mysql_async::Value>> = None;
+        let mut rows = 0u64;
+        loop {
+            if *shutdown.borrow() {
+                return Ok(None);
+            }
+            let order: Vec<String> = key.iter().map(|&i| cols[i].clone()).collect();
+            let (sql, params) = if key.is_empty() {
+                (
+                    format!("SELECT {} FROM {from}", cols.join(", ")),
+                    Vec::new(),
+                )
+            } else {
+                let cond = match &last {
+                    None => String::new(),
+                    Some(_) => format!(
+                        " WHERE ({}) > ({})",
+                        order.join(", "),
+                        vec!["?"; order.len()].join(", ")
+                    ),
+                };
+                (
+                    format!(
+                        "SELECT {} FROM {from}{cond} ORDER BY {} LIMIT {CHUNK_ROWS}",
+                        cols.join(", "),
+                        order.join(", ")
+                    ),
+                    last.clone().unwrap_or_default(),
+                )
+            };
+            let batch: Vec<mysql_async::Row> = if params.is_empty() {
+                conn.query(sql).await?
+            } else {
+                conn.exec(sql, params).await?
+            };
+            let n = batch.len();
+            for row in batch {
+                let raw = row.unwrap();
+                if !key.is_empty() {
+                    last = Some(key.iter().map(|&i| raw[i].clone()).collect());
+                }
+                let values = raw
+                    .into_iter()
+                    .zip(&schema.columns)
+                    .map(|(v, c)| {
+                        decode::text_result(c, v, self.settings.zero_dates).map_err(|e| {
+                            Error::Fatal(format!("snapshot of {}: {e}", rel.qualified_name()))
+                        })
+                    })
+                    .collect::<Result<Vec<_>>>()?;
+                self.append(&Event::Insert(Insert {
+                    relation: rel.id,
+                    new: values,
+                }))?;
+                rows += 1;
+            }
+            if key.is_empty() || n < CHUNK_ROWS {
+                return Ok(Some(rows));
+            }
+        }
+    }
+}
+
+/// The binlog file a rotate event names. The server's first, artificial rotate event comes
+/// before the format description that says events carry a checksum, so its name still has the
+/// 4 checksum bytes after it: a binlog name ends with its numeric extension, and what follows
+/// that is not part of it.
+fn binlog_name(raw: &[u8]) -> Option<String> {
+    let dot = raw.iter().rposition(|&b| b == b'.')?;
+    let digits = raw[dot + 1..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    if digits == 0 {
+        return None;
+    }
+    String::from_utf8(raw[..dot + 1 + digits].to_vec()).ok()
+}
+
+fn quote(ident: &str) -> String {
+    format!("`{}`", ident.replace('`', "``"))
+}
+
+fn unquote(s: &str) -> String {
+    s.trim_matches('`').replace("``", "`")
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+async fn master_position(conn: &mut Conn) -> Result<BinlogPos> {
+    let row: Option<mysql_async::Row> = conn.query_first("SHOW MASTER STATUS").await?;
+    let Some(row) = row else {
+        return Err(Error::Config(
+            "the source has no binary log: start it with log_bin (and binlog_format=ROW)".into(),
+        ));
+    };
+    let file: Option<String> = row.get(0);
+    let pos: Option<u64> = row.get(1);
+    match (file, pos) {
+        (Some(file), Some(pos)) => Ok(BinlogPos { file, pos }),
+        _ => Err(Error::Protocol(
+            "SHOW MASTER STATUS without a file and position".into(),
+        )),
+    }
+}
+
+/// The server settings the binlog source needs, and a `server_id` no connected replica uses.
+async fn check_server(conn: &mut Conn, server_id: u32) -> Result<()> {
+    let vars: Vec<(String, String)> = conn
+        .query(
+            "SHOW GLOBAL VARIABLES WHERE Variable_name IN \
+             ('log_bin', 'binlog_format', 'binlog_row_image', 'binlog_row_metadata', 'server_id')",
+        )
+        .await?;
+    let get = |k: &str| {
+        vars.iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(k))
+            .map(|(_, v)| v.to_ascii_uppercase())
+    };
+    let want = [
+        ("log_bin", "ON", "start the server with log_bin"),
+        ("binlog_format", "ROW", "set binlog_format = ROW"),
+        ("binlog_row_image", "FULL", "set binlog_row_image = FULL"),
+        (
+            "binlog_row_metadata",
+            "FULL",
+            "set binlog_row_metadata = FULL (MySQL 8.0.1+, MariaDB 10.5+)",
+        ),
+    ];
+    for (var, value, fix) in want {
+        match get(var) {
+            Some(v) if v == value => {}
+            Some(v) => {
+                return Err(Error::Config(format!(
+                    "{var} is {v}: {fix} and restart the server"
+                )));
+            }
+            None => return Err(Error::Config(format!("{var} is not set: {fix}"))),
+        }
+    }
+    if get("server_id").as_deref() == Some(&server_id.to_string()) {
+        return Err(Error::Config(format!(
+            "server_id {server_id} is the source server's own id: give ferry another"
+        )));
+    }
+    // MariaDB spells it SHOW SLAVE HOSTS, MySQL 8.0.22+ SHOW REPLICAS (and still accepts the old).
+    let hosts: Vec<mysql_async::Row> = conn.query("SHOW SLAVE HOSTS").await.unwrap_or_default();
+    for h in hosts {
+        let id: Option<u32> = h.get(0);
+        if id == Some(server_id) {
+            return Err(Error::Config(format!(
+                "another replica connected to the source already uses server_id {server_id}: \
+                 give ferry a server_id no replica uses"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// A binlog the server no longer has is a gap, never skipped.
+fn gap_or(e: mysql_async::Error) -> Error {
+    if let mysql_async::Error::Server(s) = &e
+        && s.code == 1236
+    {
+        return Error::Gap(format!(
+            "the source can no longer send the binlog ferry needs ({}): binlogs were purged \
+             before ferry read them; take a new snapshot with a new spool directory",
+            s.message
+        ));
+    }
+    Error::from(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn maria_gtid() {
+        let mut d = 42u64.to_le_bytes().to_vec();
+        d.extend(7u32.to_le_bytes());
+        d.push(1);
+        let g = parse_maria_gtid(&d).unwrap();
+        assert_eq!((g.domain, g.seq, g.standalone), (7, 42, true));
+        assert!(parse_maria_gtid(&d[..12]).is_none());
+    }
+
+    #[test]
+    fn rotate_names() {
+        assert_eq!(
+            binlog_name(b"mysql-bin.000001").unwrap(),
+            "mysql-bin.000001"
+        );
+        assert_eq!(
+            binlog_name(b"mysql-bin.000001\x8a\x07)_").unwrap(),
+            "mysql-bin.000001"
+        );
+        assert_eq!(binlog_name(b"db.log.000012").unwrap(), "db.log.000012");
+        assert!(binlog_name(b"nodigits.").is_none());
+    }
+
+    proptest! {
+        #[test]
+        fn rotate_names_never_panic(d in proptest::collection::vec(any::<u8>(), 0..32)) {
+            let _ = binlog_name(&d);
+        }
+
+        #[test]
+        fn maria_gtid_never_panics(d in proptest::collection::vec(any::<u8>(), 0..32)) {
+            let _ = parse_maria_gtid(&d);
+        }
+    }
+}

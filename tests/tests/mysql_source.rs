@@ -1,0 +1,424 @@
+//! The MySQL/MariaDB binlog source against a real MariaDB: values of every supported type through
+//! the snapshot and the binlog alike, exact resume after a restart, DDL and TRUNCATE, refusals
+//! (a server_id in use), and MariaDB replicated into PostgreSQL through the Postgres sink.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use ferry_proto::{Event, Position, Value};
+use ferry_spool::{Offset, read_all};
+use ferry_tests::ferry::FerryConfig;
+use ferry_tests::{MariaDb, Postgres};
+use mysql_async::prelude::Queryable;
+
+fn id(v: &Value) -> i64 {
+    match v {
+        Value::Int(i) => *i,
+        other => panic!("id {other:?}"),
+    }
+}
+
+fn events(dir: &Path) -> Vec<Event> {
+    if !dir.exists() {
+        return Vec::new();
+    }
+    match read_all(dir, Offset(0)) {
+        Ok(v) => v.into_iter().map(|(_, e)| e).collect(),
+        Err(ferry_spool::SpoolError::Empty(_)) => Vec::new(),
+        Err(e) => panic!("reading the spool: {e}"),
+    }
+}
+
+fn wait_for(dir: &Path, what: &str, timeout: Duration, mut done: impl FnMut(&[Event]) -> bool) {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let evs = events(dir);
+        if done(&evs) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+async fn connect(db: &MariaDb) -> mysql_async::Conn {
+    mysql_async::Conn::new(mysql_async::Opts::from_url(&db.url("")).unwrap())
+        .await
+        .unwrap()
+}
+
+const TYPES: &str = "CREATE DATABASE app;
+CREATE TABLE app.types (
+  id int PRIMARY KEY,
+  tiny tinyint, small_u smallint unsigned, big bigint, big_u bigint unsigned,
+  dec_ decimal(30,10), f float, d double, b bit(10),
+  name varchar(40) CHARACTER SET utf8mb4, l1 varchar(20) CHARACTER SET latin1,
+  body text, bin varbinary(10), blb blob,
+  day date, t time(6), dt datetime(6), ts timestamp(6) NULL, y year,
+  e enum('small','large'), s set('x','y','z'), j json, g geometry
+) ENGINE=InnoDB";
+
+/// One row of every type; `n` varies the values.
+fn types_insert(n: i64) -> String {
+    format!(
+        "INSERT INTO app.types VALUES ({n}, -{m}, 65535, -9223372036854775807, 18446744073709551615, \
+         '-12345678901234567890.0123456789', 1.5, -2.25, b'1000000001', 'héllo ✓ {n}', 'café', \
+         repeat('long text ', 50), x'00ff10', x'deadbeef', '2024-02-29', '-838:59:59.5', \
+         '2024-02-29 12:34:56.123456', '2001-09-09 01:46:40.5', 2024, 'large', 'x,z', \
+         '{{\"k\": [1, 2.5, \"v\"]}}', ST_GeomFromText('POINT(1 2)'))",
+        m = n % 128
+    )
+}
+
+/// The values a row written by [`types_insert`] must have in the spool.
+fn check_types_row(row: &[Value], n: i64) {
+    assert_eq!(row[0], Value::Int(n));
+    assert_eq!(row[1], Value::Int(-(n % 128)));
+    assert_eq!(row[2], Value::Int(65535));
+    assert_eq!(row[3], Value::Int(-9_223_372_036_854_775_807));
+    assert_eq!(row[4], Value::UInt(u64::MAX));
+    assert_eq!(
+        row[5],
+        Value::Numeric("-12345678901234567890.0123456789".into())
+    );
+    assert_eq!(row[6], Value::Float(1.5));
+    assert_eq!(row[7], Value::Float(-2.25));
+    assert_eq!(
+        row[8],
+        Value::Other {
+            type_name: "bit(10)".into(),
+            text: "1000000001".into()
+        }
+    );
+    assert_eq!(row[9], Value::Text(format!("héllo ✓ {n}")));
+    assert_eq!(row[10], Value::Text("café".into()));
+    assert_eq!(row[11], Value::Text("long text ".repeat(50)));
+    assert_eq!(row[12], Value::Bytes(vec![0, 0xff, 0x10]));
+    assert_eq!(row[13], Value::Bytes(vec![0xde, 0xad, 0xbe, 0xef]));
+    assert_eq!(row[14], Value::Date(19_782));
+    assert_eq!(
+        row[15],
+        Value::Time(-(838 * 3600 + 59 * 60 + 59) * 1_000_000 - 500_000)
+    );
+    assert_eq!(row[16], Value::Timestamp(1_709_210_096_123_456));
+    assert_eq!(row[17], Value::TimestampTz(1_000_000_000_500_000));
+    assert_eq!(row[18], Value::Int(2024));
+    assert_eq!(row[19], Value::Text("large".into()));
+    assert_eq!(row[20], Value::Text("x,z".into()));
+    match &row[21] {
+        Value::Json(j) => {
+            let v: serde_json::Value = serde_json::from_str(j).unwrap();
+            assert_eq!(v, serde_json::json!({"k": [1, 2.5, "v"]}));
+        }
+        other => panic!("json column: {other:?}"),
+    }
+    // WKB of POINT(1 2): little-endian, type 1, x, y.
+    let mut wkb = vec![1, 1, 0, 0, 0];
+    wkb.extend(1.0f64.to_le_bytes());
+    wkb.extend(2.0f64.to_le_bytes());
+    assert_eq!(row[22], Value::Bytes(wkb));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_type_through_snapshot_and_binlog_and_an_exact_resume() {
+    let db = MariaDb::start().unwrap();
+    let mut c = connect(&db).await;
+    c.query_drop(TYPES).await.unwrap();
+    c.query_drop(
+        "CREATE TABLE app.log (id int PRIMARY KEY, v varchar(20)); \
+         CREATE TABLE app.nokey (a int, b varchar(10)); \
+         CREATE TABLE app.skipped (id int PRIMARY KEY)",
+    )
+    .await
+    .unwrap();
+    for n in 1..=3 {
+        c.query_drop(types_insert(n)).await.unwrap();
+    }
+    c.query_drop("INSERT INTO app.nokey VALUES (1, 'a'), (1, 'a'), (2, NULL)")
+        .await
+        .unwrap();
+    // A zero date: NULL by default (zero_dates = "null").
+    c.query_drop("INSERT INTO app.log VALUES (0, 'before')")
+        .await
+        .unwrap();
+    let config = FerryConfig::mysql(
+        &db.url("app"),
+        db.server_id() + 1,
+        "exclude = [\"app.skipped\"]",
+        "",
+    )
+    .unwrap();
+    let spool = config.spool_dir();
+    let mut ferry = config.start(0).unwrap();
+    let t0 = Instant::now();
+    wait_for(&spool, "the snapshot", Duration::from_secs(60), |e| {
+        let done = e.iter().any(|e| matches!(e, Event::Commit(_)));
+        if !done {
+            ferry.check_alive().unwrap();
+            assert!(
+                t0.elapsed() < Duration::from_secs(55),
+                "{}",
+                ferry.log_text()
+            );
+        }
+        done
+    });
+    // Streamed: more rows of every type, updates, deletes, a multi-statement transaction.
+    for n in 4..=5 {
+        c.query_drop(types_insert(n)).await.unwrap();
+    }
+    c.query_drop(
+        "START TRANSACTION; \
+         UPDATE app.types SET name = 'renamed', big_u = 1 WHERE id = 2; \
+         DELETE FROM app.types WHERE id = 3; \
+         INSERT INTO app.skipped VALUES (1); \
+         UPDATE app.nokey SET b = 'z' WHERE a = 2; \
+         COMMIT",
+    )
+    .await
+    .unwrap();
+    for i in 1..=50 {
+        c.query_drop(format!("INSERT INTO app.log VALUES ({i}, 'v{i}')"))
+            .await
+            .unwrap();
+    }
+    wait_for(&spool, "row 50", Duration::from_secs(60), |e| {
+        e.iter()
+            .any(|e| matches!(e, Event::Insert(i) if i.new[0] == Value::Int(50)))
+    });
+    ferry.check_alive().unwrap();
+    ferry.stop().unwrap();
+    // Written while ferry is down, read after the restart: each exactly once.
+    for i in 51..=80 {
+        c.query_drop(format!("INSERT INTO app.log VALUES ({i}, 'v{i}')"))
+            .await
+            .unwrap();
+    }
+    let mut ferry = config.start(1).unwrap();
+    // The schema change comes once ferry has caught up: ferry reads column types from
+    // information_schema, so a table altered while ferry is behind stops it (documented).
+    let t0 = Instant::now();
+    wait_for(&spool, "row 80", Duration::from_secs(60), |e| {
+        let done = e
+            .iter()
+            .any(|e| matches!(e, Event::Insert(i) if i.new[0] == Value::Int(80)));
+        assert!(
+            done || t0.elapsed() < Duration::from_secs(55),
+            "{}",
+            ferry.log_text()
+        );
+        done
+    });
+    c.query_drop("ALTER TABLE app.log ADD COLUMN extra int DEFAULT 7")
+        .await
+        .unwrap();
+    c.query_drop("INSERT INTO app.log VALUES (81, 'v81', 8)")
+        .await
+        .unwrap();
+    c.query_drop("TRUNCATE TABLE app.nokey").await.unwrap();
+    c.query_drop("INSERT INTO app.log VALUES (82, 'last', 9)")
+        .await
+        .unwrap();
+    wait_for(&spool, "row 82", Duration::from_secs(60), |e| {
+        e.iter()
+            .any(|e| matches!(e, Event::Insert(i) if i.new[0] == Value::Int(82)))
+    });
+    ferry.check_alive().unwrap();
+    ferry.stop().unwrap();
+
+    let evs = events(&spool);
+    let mut relations = BTreeMap::new();
+    let mut inserts: BTreeMap<(String, String), usize> = BTreeMap::new();
+    let mut types_rows = BTreeMap::new();
+    let mut log_ids = Vec::new();
+    let mut open = false;
+    let mut last_commit: Option<Position> = None;
+    let mut truncated = false;
+    for e in &evs {
+        match e {
+            Event::Begin(_) => {
+                assert!(!open, "nested Begin");
+                open = true;
+            }
+            Event::Commit(c) => {
+                assert!(open);
+                open = false;
+                if let Some(prev) = &last_commit {
+                    assert!(c.position > *prev, "commit positions increase");
+                }
+                last_commit = Some(c.position.clone());
+            }
+            Event::Relation(r) => {
+                relations.insert(r.id, r.clone());
+            }
+            Event::Insert(i) => {
+                let r = &relations[&i.relation];
+                if r.name != "nokey" {
+                    *inserts
+                        .entry((r.name.clone(), format!("{:?}", i.new[0])))
+                        .or_default() += 1;
+                }
+                if r.name == "types" {
+                    types_rows.insert(id(&i.new[0]), i.new.clone());
+                }
+                if r.name == "log" {
+                    log_ids.push(i.new[0].clone());
+                }
+            }
+            Event::Update(u) => {
+                let r = &relations[&u.relation];
+                if r.name == "types" {
+                    assert!(u.old.is_some());
+                    types_rows.insert(id(&u.new[0]), u.new.clone());
+                }
+            }
+            Event::Delete(d) => {
+                let r = &relations[&d.relation];
+                if r.name == "types" {
+                    types_rows.remove(&id(&d.old.row()[0]));
+                }
+            }
+            Event::Truncate(t) => {
+                assert_eq!(relations[&t.relations[0]].name, "nokey");
+                truncated = true;
+            }
+            _ => {}
+        }
+    }
+    assert!(!open);
+    assert!(truncated, "TRUNCATE became a Truncate event");
+    assert!(relations.values().all(|r| r.name != "skipped"));
+    // Every insert exactly once, across the snapshot, the stream and the restart.
+    assert!(inserts.values().all(|&n| n == 1), "{inserts:?}");
+    assert_eq!(log_ids.len(), 83, "log rows 0..=82");
+    for (n, row) in &types_rows {
+        if *n == 2 {
+            assert_eq!(row[9], Value::Text("renamed".into()));
+            assert_eq!(row[4], Value::UInt(1));
+        } else {
+            check_types_row(row, *n);
+        }
+    }
+    let ids: Vec<i64> = types_rows.keys().copied().collect();
+    assert_eq!(ids, [1, 2, 4, 5]);
+    // The added column appears in a new definition of the same relation.
+    let log = relations.values().find(|r| r.name == "log").unwrap();
+    assert_eq!(log.columns.len(), 3, "{log:?}");
+    assert!(matches!(last_commit, Some(Position::Binlog(_))));
+
+    // A server_id in use is refused with the reason.
+    let other = FerryConfig::mysql(&db.url("app"), db.server_id(), "", "").unwrap();
+    let (code, log) = other
+        .start(0)
+        .unwrap()
+        .wait_exit(Duration::from_secs(30))
+        .unwrap();
+    assert_eq!(code, 1, "{log}");
+    assert!(log.contains("server_id"), "{log}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mariadb_into_postgres_equals_the_source() {
+    let db = MariaDb::start().unwrap();
+    let pg = Postgres::start().unwrap();
+    let mut c = connect(&db).await;
+    c.query_drop(
+        "CREATE DATABASE shop; \
+         CREATE TABLE shop.orders (id bigint PRIMARY KEY, customer varchar(40), \
+           amount decimal(12,2), placed datetime(3), paid timestamp NULL, state enum('new','paid','gone'), \
+           qty int unsigned)",
+    )
+    .await
+    .unwrap();
+    let values: Vec<String> = (1..=500)
+        .map(|n| {
+            format!(
+                "({n}, 'c{}', {n} * 1.25, '2024-01-01 00:00:00' + INTERVAL {n} MINUTE, NULL, 'new', {})",
+                n % 7,
+                n % 5
+            )
+        })
+        .collect();
+    c.query_drop(format!(
+        "INSERT INTO shop.orders VALUES {}",
+        values.join(", ")
+    ))
+    .await
+    .unwrap();
+    let (pgc, conn) = tokio_postgres::connect(&pg.conn_str("postgres"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    pgc.batch_execute(
+        "CREATE SCHEMA shop; CREATE TABLE shop.orders (id bigint PRIMARY KEY, customer varchar(40), \
+         amount numeric(12,2), placed timestamp(3), paid timestamptz, state text, qty bigint)",
+    )
+    .await
+    .unwrap();
+    let config = FerryConfig::mysql(
+        &db.url("shop"),
+        db.server_id() + 7,
+        "",
+        &format!(
+            "[[sink]]\nname = \"replica\"\ntype = \"postgres\"\nurl = \"{}\"\n",
+            pg.url("postgres")
+        ),
+    )
+    .unwrap();
+    let mut ferry = config.start(0).unwrap();
+    // Concurrent changes while the snapshot and the stream run.
+    for i in 0..40 {
+        c.query_drop(format!(
+            "START TRANSACTION; \
+             UPDATE shop.orders SET state = 'paid', paid = '2024-06-01 10:00:00' + INTERVAL {i} SECOND WHERE id % 40 = {i}; \
+             DELETE FROM shop.orders WHERE id = {}; \
+             INSERT INTO shop.orders VALUES ({}, 'late', 9.99, NOW(3), NULL, 'new', 1); \
+             COMMIT",
+            i * 3 + 1,
+            1000 + i
+        ))
+        .await
+        .unwrap();
+    }
+    c.query_drop("UPDATE shop.orders SET id = id + 10000 WHERE id = 2")
+        .await
+        .unwrap();
+    // The replica converges to the source, compared row by row in a common text form.
+    let source_rows: Vec<String> = c
+        .query(
+            "SELECT concat_ws('|', id, customer, amount, date_format(placed, '%Y-%m-%d %H:%i:%s.%f'), \
+             ifnull(unix_timestamp(paid), 'null'), state, qty) FROM shop.orders ORDER BY id",
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let rows = pgc
+            .query(
+                "SELECT concat_ws('|', id, customer, amount, to_char(placed, 'YYYY-MM-DD HH24:MI:SS.US'), \
+                 coalesce(extract(epoch from paid)::bigint::text, 'null'), state, qty) FROM shop.orders ORDER BY id",
+                &[],
+            )
+            .await
+            .unwrap();
+        let target: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        if target == source_rows {
+            break;
+        }
+        ferry.check_alive().unwrap();
+        assert!(
+            Instant::now() < deadline,
+            "replica differs: {} rows vs {} source rows; first difference: {:?}\n{}",
+            target.len(),
+            source_rows.len(),
+            target.iter().zip(&source_rows).find(|(a, b)| a != b),
+            ferry.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert_eq!(source_rows.len(), 500);
+    ferry.stop().unwrap();
+}
