@@ -33,6 +33,7 @@ pub fn mysql_settings(config: &Config) -> Result<crate::mysql::MysqlSettings> {
         snapshot: src.snapshot == SnapshotMode::Initial,
         zero_dates: src.zero_dates.unwrap_or_default(),
         txn_memory: src.txn_memory_bytes(),
+        applied: None,
     })
 }
 
@@ -266,10 +267,9 @@ pub async fn run(
         "ferry starting"
     );
     let mut source = if mysql {
-        Source::Mysql(Box::new(crate::mysql::MysqlSource::new(
-            mysql_settings(&config)?,
-            spool,
-        )?))
+        let mut my = mysql_settings(&config)?;
+        my.applied = settings.applied.take();
+        Source::Mysql(Box::new(crate::mysql::MysqlSource::new(my, spool)?))
     } else {
         Source::Postgres(Box::new(PgSource::new(settings, spool)?))
     };

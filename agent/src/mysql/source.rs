@@ -43,6 +43,9 @@ pub struct MysqlSettings {
     pub snapshot: bool,
     pub zero_dates: ZeroDates,
     pub txn_memory: usize,
+    /// With `ack = "applied"`: the spool offset every sink has applied below, so segments all
+    /// sinks are past can be deleted.
+    pub applied: Option<watch::Receiver<Offset>>,
 }
 
 impl MysqlSettings {
@@ -123,6 +126,7 @@ pub struct MysqlSource {
     spill_dir: PathBuf,
     pending_since: Option<Instant>,
     registered_once: bool,
+    last_truncate: Instant,
 }
 
 impl std::fmt::Debug for MysqlSource {
@@ -155,6 +159,7 @@ impl MysqlSource {
             spill_dir,
             pending_since: None,
             registered_once: false,
+            last_truncate: Instant::now(),
         })
     }
 
@@ -592,6 +597,16 @@ impl MysqlSource {
             tokio::task::block_in_place(|| self.spool.commit())?;
         }
         self.pending_since = None;
+        if let Some(applied) = &self.settings.applied
+            && self.last_truncate.elapsed() >= Duration::from_secs(1)
+        {
+            self.last_truncate = Instant::now();
+            let below = *applied.borrow();
+            let n = self.spool.truncate_before(below)?;
+            if n > 0 {
+                tracing::debug!(segments = n, below = %below, "deleted spool segments every sink has applied");
+            }
+        }
         Ok(())
     }
 
