@@ -5,6 +5,7 @@
 //! what every sink shares, the error policy ([`OnError`]) and the retry schedule ([`Backoff`]);
 //! the target-specific workers live in their own modules as they are built.
 
+pub mod db;
 pub mod deadletter;
 pub mod error;
 pub mod kafka;

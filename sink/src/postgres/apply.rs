@@ -19,7 +19,7 @@
 
 use std::collections::HashMap;
 
-use ferry_proto::{Event, OldRow, Relation, RelationId, ReplicaIdentity, Row, Value};
+use ferry_proto::{Event, Relation, RelationId, ReplicaIdentity, Row, Value};
 use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
@@ -86,13 +86,6 @@ pub struct Applier {
     create_tables: bool,
 }
 
-/// Which table and key a failed change touched, for error reports and dead letters.
-#[derive(Debug, Clone)]
-pub struct Culprit {
-    pub table: String,
-    pub key: String,
-}
-
 impl Applier {
     pub fn new(changes: SchemaChanges, create_tables: bool) -> Self {
         Applier {
@@ -130,41 +123,6 @@ impl Applier {
         self.tables.clear();
         self.pending = 0;
         self.pending_bytes = 0;
-    }
-
-    /// The table and key a row event touches, described for people.
-    pub fn culprit(event: &Event, rel: Option<&Relation>) -> Culprit {
-        let Some(rel) = rel else {
-            return Culprit {
-                table: "?".into(),
-                key: "?".into(),
-            };
-        };
-        let row = match event {
-            Event::Insert(i) => Some(&i.new),
-            Event::Update(u) => Some(u.old.as_ref().map_or(&u.new, OldRow::row)),
-            Event::Delete(d) => Some(d.old.row()),
-            _ => None,
-        };
-        let key = row
-            .map(|r| {
-                let parts: Vec<String> = rel
-                    .key_columns()
-                    .map(|i| {
-                        format!(
-                            "{}={:?}",
-                            rel.columns[i].name,
-                            r.get(i).unwrap_or(&Value::Null)
-                        )
-                    })
-                    .collect();
-                format!("({})", parts.join(", "))
-            })
-            .unwrap_or_else(|| "-".into());
-        Culprit {
-            table: rel.qualified_name(),
-            key,
-        }
     }
 
     /// Makes sure the target has the table as `rel` defines it, flushing what is pending for it
@@ -455,16 +413,7 @@ impl Applier {
     }
 }
 
-/// Rough size of a row change, to bound what is held before a flush.
-pub fn event_bytes(event: &Event) -> usize {
-    let row = |r: &Row| r.iter().map(|v| v.approx_size() + 24).sum::<usize>();
-    match event {
-        Event::Insert(i) => row(&i.new),
-        Event::Update(u) => row(&u.new) + u.old.as_ref().map_or(0, |o| row(o.row())),
-        Event::Delete(d) => row(d.old.row()),
-        _ => 0,
-    }
-}
+pub use crate::db::event_bytes;
 
 /// Records `state` as the final state of `key`; returns 1 if the key is new in the window.
 fn put(table: &mut Table, key: Key, state: RowState) -> usize {
