@@ -89,24 +89,7 @@ impl Error {
                 // No SQLSTATE: closed connection, I/O, timeout.
                 None => e.is_closed() || std::error::Error::source(e).is_some(),
             },
-            Error::MySql(e) => match e {
-                mysql_async::Error::Io(_) => true,
-                mysql_async::Error::Driver(d) => matches!(
-                    d,
-                    mysql_async::DriverError::ConnectionClosed
-                        | mysql_async::DriverError::PoolDisconnected
-                ),
-                // Too many connections, shutdown in progress, connection killed, read-only
-                // during a failover, lock wait timeout, deadlock.
-                mysql_async::Error::Server(s) => {
-                    matches!(
-                        s.code,
-                        1040 | 1053 | 1077 | 1152 | 1158
-                            ..=1161 | 1205 | 1213 | 1290 | 1317 | 1836 | 1927
-                    )
-                }
-                _ => false,
-            },
+            Error::MySql(e) => ferry_sink::error::is_transient_mysql(e),
             _ => false,
         }
     }

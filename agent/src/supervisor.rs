@@ -114,13 +114,14 @@ pub fn pg_settings(config: &Config) -> Result<SourceSettings> {
 #[derive(Debug)]
 pub enum SinkSettings {
     Postgres(PgSinkConfig),
+    Mysql(PgSinkConfig),
     Kafka(Box<KafkaSinkConfig>),
 }
 
 impl SinkSettings {
     pub fn name(&self) -> &str {
         match self {
-            SinkSettings::Postgres(c) => &c.name,
+            SinkSettings::Postgres(c) | SinkSettings::Mysql(c) => &c.name,
             SinkSettings::Kafka(c) => &c.name,
         }
     }
@@ -128,9 +129,12 @@ impl SinkSettings {
 
 /// Every sink's settings from the configuration.
 pub fn sink_settings(config: &Config) -> Result<Vec<SinkSettings>> {
-    let mut out: Vec<SinkSettings> = pg_sink_configs(config)?
+    let mut out: Vec<SinkSettings> = db_sink_configs(config)?
         .into_iter()
-        .map(SinkSettings::Postgres)
+        .map(|(kind, c)| match kind {
+            SinkKind::Mysql => SinkSettings::Mysql(c),
+            _ => SinkSettings::Postgres(c),
+        })
         .collect();
     let dbname = source_database(config)?;
     for spanned in &config.sinks {
@@ -179,33 +183,38 @@ pub fn sink_settings(config: &Config) -> Result<Vec<SinkSettings>> {
 
 /// The PostgreSQL sinks' settings from the configuration.
 pub fn pg_sink_configs(config: &Config) -> Result<Vec<PgSinkConfig>> {
+    Ok(db_sink_configs(config)?
+        .into_iter()
+        .filter(|(k, _)| *k == SinkKind::Postgres)
+        .map(|(_, c)| c)
+        .collect())
+}
+
+/// The database sinks' settings from the configuration, with their kind.
+pub fn db_sink_configs(config: &Config) -> Result<Vec<(SinkKind, PgSinkConfig)>> {
     let mut out = Vec::new();
     for spanned in &config.sinks {
         let sink = spanned.get_ref();
-        match sink.kind {
-            SinkKind::Postgres => {}
-            SinkKind::Kafka => continue,
-            other => {
-                return Err(Error::Fatal(format!(
-                    "sink {:?}: the {other} sink is not built yet; postgres and kafka sinks run",
-                    sink.name.as_str()
-                )));
-            }
+        if sink.kind == SinkKind::Kafka {
+            continue;
         }
         let url = sink
             .url
             .as_ref()
             .ok_or_else(|| Error::Config(format!("sink {:?} needs url", sink.name.as_str())))?;
-        out.push(PgSinkConfig {
-            name: sink.name.as_str().to_owned(),
-            url: url.expose().to_owned(),
-            on_error: sink.on_error,
-            schema_changes: sink.schema_changes.unwrap_or_default(),
-            create_tables: sink.create_tables.unwrap_or(false),
-            spool_dir: config.spool.dir().to_owned(),
-            max_batch_rows: sink.max_batch_rows.unwrap_or(10_000) as usize,
-            max_batch_delay: Duration::from_millis(u64::from(sink.max_batch_ms.unwrap_or(200))),
-        });
+        out.push((
+            sink.kind,
+            PgSinkConfig {
+                name: sink.name.as_str().to_owned(),
+                url: url.expose().to_owned(),
+                on_error: sink.on_error,
+                schema_changes: sink.schema_changes.unwrap_or_default(),
+                create_tables: sink.create_tables.unwrap_or(false),
+                spool_dir: config.spool.dir().to_owned(),
+                max_batch_rows: sink.max_batch_rows.unwrap_or(10_000) as usize,
+                max_batch_delay: Duration::from_millis(u64::from(sink.max_batch_ms.unwrap_or(200))),
+            },
+        ));
     }
     Ok(out)
 }
@@ -284,6 +293,11 @@ pub async fn run(
         match cfg {
             SinkSettings::Postgres(cfg) => {
                 let (sink, rx) = PgSink::new(cfg);
+                progress.push((name.clone(), rx));
+                tasks.spawn(async move { (name, sink.run(durable, stop).await) });
+            }
+            SinkSettings::Mysql(cfg) => {
+                let (sink, rx) = ferry_sink::mysql::MySink::new(cfg);
                 progress.push((name.clone(), rx));
                 tasks.spawn(async move { (name, sink.run(durable, stop).await) });
             }

@@ -13,6 +13,8 @@ pub enum SinkError {
     /// retried by restarting the session (a fenced or failed producer is created anew).
     #[error("kafka: {0}")]
     Kafka(rdkafka::error::KafkaError),
+    #[error("target: {0}")]
+    MySql(#[from] mysql_async::Error),
     #[error("{0}")]
     Config(String),
     #[error("{context}: {source}")]
@@ -82,6 +84,7 @@ impl SinkError {
                 None => true,
             },
             SinkError::Io { .. } | SinkError::Kafka(_) => true,
+            SinkError::MySql(e) => is_transient_mysql(e),
             _ => false,
         }
     }
@@ -92,6 +95,25 @@ impl SinkError {
             SinkError::Postgres(e) => e.code().map(|c| c.code()),
             _ => None,
         }
+    }
+}
+
+/// MySQL/MariaDB errors worth retrying: the connection lost or refused (I/O, 2006/2013 arrive as
+/// I/O errors in mysql_async), too many connections (1040), shutdown in progress (1053, 1077),
+/// network errors (1152, 1158–1161), lock wait timeout (1205), deadlock (1213), read-only during
+/// a failover (1290, 1836), query interrupted or connection killed (1317, 1927).
+pub fn is_transient_mysql(e: &mysql_async::Error) -> bool {
+    match e {
+        mysql_async::Error::Io(_) => true,
+        mysql_async::Error::Driver(d) => matches!(
+            d,
+            mysql_async::DriverError::ConnectionClosed | mysql_async::DriverError::PoolDisconnected
+        ),
+        mysql_async::Error::Server(s) => matches!(
+            s.code,
+            1040 | 1053 | 1077 | 1152 | 1158..=1161 | 1205 | 1213 | 1290 | 1317 | 1836 | 1927
+        ),
+        _ => false,
     }
 }
 

@@ -9,10 +9,12 @@ pub mod db;
 pub mod deadletter;
 pub mod error;
 pub mod kafka;
+pub mod mysql;
 pub mod policy;
 pub mod postgres;
 pub mod progress;
 pub mod retry;
+pub mod types;
 
 pub use error::{SinkError, is_transient_sqlstate};
 pub use policy::OnError;

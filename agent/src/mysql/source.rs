@@ -224,6 +224,8 @@ impl MysqlSource {
             return Ok(());
         };
         let mut conn = Conn::new(opts).await?;
+        let checksum: Option<String> = conn.query_first("SELECT @@global.binlog_checksum").await?;
+        let checksummed = checksum.is_some_and(|c| !c.eq_ignore_ascii_case("NONE"));
         // MariaDB sends its GTID events only to a replica that says it understands them; MySQL
         // ignores the variable.
         conn.query_drop("SET @mariadb_slave_capability = 4").await?;
@@ -239,6 +241,7 @@ impl MysqlSource {
         let mut file = start.file.clone();
         let mut gtid: Option<MariaGtid> = None;
         let mut txn: Option<OpenTxn> = None;
+        let mut seen_format = false;
         loop {
             let pending = self.spool.end().0 > self.spool.durable_end().0;
             let next = if pending {
@@ -287,8 +290,18 @@ impl MysqlSource {
                 continue;
             };
             match data {
+                EventData::FormatDescriptionEvent(_) => seen_format = true,
                 EventData::RotateEvent(r) => {
-                    file = binlog_name(r.name_raw()).ok_or_else(|| {
+                    // The server's first, artificial rotate event comes before the format
+                    // description that tells the reader events end with a checksum, so its name
+                    // still has the 4 checksum bytes after it.
+                    let raw = r.name_raw();
+                    let raw = if checksummed && !seen_format {
+                        &raw[..raw.len().saturating_sub(4)]
+                    } else {
+                        raw
+                    };
+                    file = binlog_name(raw).ok_or_else(|| {
                         Error::Protocol(format!(
                             "a rotate event names no binlog file: {:?}",
                             String::from_utf8_lossy(r.name_raw())
@@ -782,20 +795,14 @@ impl MysqlSource {
     }
 }
 
-/// The binlog file a rotate event names. The server's first, artificial rotate event comes
-/// before the format description that says events carry a checksum, so its name still has the
-/// 4 checksum bytes after it: a binlog name ends with its numeric extension, and what follows
-/// that is not part of it.
+/// The binlog file a rotate event names: a base name and a numeric extension.
 fn binlog_name(raw: &[u8]) -> Option<String> {
     let dot = raw.iter().rposition(|&b| b == b'.')?;
-    let digits = raw[dot + 1..]
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .count();
-    if digits == 0 {
+    let ext = &raw[dot + 1..];
+    if ext.is_empty() || !ext.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    String::from_utf8(raw[..dot + 1 + digits].to_vec()).ok()
+    String::from_utf8(raw.to_vec()).ok()
 }
 
 fn quote(ident: &str) -> String {
@@ -918,10 +925,7 @@ mod tests {
             binlog_name(b"mysql-bin.000001").unwrap(),
             "mysql-bin.000001"
         );
-        assert_eq!(
-            binlog_name(b"mysql-bin.000001\x8a\x07)_").unwrap(),
-            "mysql-bin.000001"
-        );
+        assert!(binlog_name(b"mysql-bin.000001\x8a\x07)_").is_none());
         assert_eq!(binlog_name(b"db.log.000012").unwrap(), "db.log.000012");
         assert!(binlog_name(b"nodigits.").is_none());
     }

@@ -2,6 +2,7 @@
 //! target column's own type), created when missing if `create_tables = true`, and kept in step
 //! with the source's schema changes when `schema_changes = "apply"`.
 
+use crate::types::to_postgres;
 use std::collections::HashMap;
 
 use ferry_proto::{Relation, ReplicaIdentity};
@@ -73,7 +74,7 @@ pub async fn ensure(
             let mut cols: Vec<String> = rel
                 .columns
                 .iter()
-                .map(|c| format!("{} {}", quote_ident(&c.name), c.type_name))
+                .map(|c| format!("{} {}", quote_ident(&c.name), to_postgres(&c.type_name)))
                 .collect();
             let keys: Vec<String> = rel
                 .columns
@@ -114,12 +115,12 @@ pub async fn ensure(
             (None, _) => alters.push(format!(
                 "ADD COLUMN IF NOT EXISTS {} {}",
                 quote_ident(&c.name),
-                c.type_name
+                to_postgres(&c.type_name)
             )),
             (Some(_), Some(old)) if old.type_name != c.type_name => alters.push(format!(
                 "ALTER COLUMN {0} TYPE {1} USING {0}::{1}",
                 quote_ident(&c.name),
-                c.type_name
+                to_postgres(&c.type_name)
             )),
             _ => {}
         }

@@ -1,0 +1,824 @@
+//! The MySQL/MariaDB replica target of the database sink ([`crate::db`]): the checkpoint in
+//! `ferry.checkpoints` (InnoDB, in the batch's transaction), foreign key checks off in the apply
+//! session as native replication does, strict SQL mode so a value that does not fit is an error,
+//! and set-based statements.
+//!
+//! Changes are gathered per table and key, each key keeping its final state in the window, as
+//! the PostgreSQL target does; a flush then writes grouped deletes (`WHERE (key) IN (…)`) and
+//! multi-row `INSERT … ON DUPLICATE KEY UPDATE`, a few statements per table whatever the row count.
+//! Upserts make a replay converge, which matters here: MySQL has no transactional DDL, so a schema
+//! change (or a table created with `create_tables`) commits the open batch implicitly. Tables
+//! without a primary key are applied one statement per change, matching the whole old row.
+
+use std::collections::HashMap;
+
+use ferry_proto::{Event, Position, Relation, RelationId, ReplicaIdentity, Row, Value};
+use ferry_spool::Offset;
+use mysql_async::prelude::Queryable;
+use mysql_async::{Conn, Opts, Value as My};
+
+use crate::db::{DbSink, DbSinkConfig, Target};
+use crate::error::{Result, SinkError};
+use crate::postgres::encode::civil_from_days;
+use crate::postgres::schema::SchemaChanges;
+use crate::types::to_mysql;
+
+/// A MySQL/MariaDB sink worker.
+pub type MySink = DbSink<MyTarget>;
+
+const CHECKPOINT_DDL: [&str; 2] = [
+    "CREATE DATABASE IF NOT EXISTS ferry",
+    "CREATE TABLE IF NOT EXISTS ferry.checkpoints (
+        sink varchar(191) PRIMARY KEY,
+        position text NOT NULL,
+        spool_offset bigint NOT NULL,
+        updated_at timestamp(6) NOT NULL DEFAULT CURRENT_TIMESTAMP(6)) ENGINE=InnoDB",
+];
+
+/// Placeholders per statement stay below the protocol's 65,535.
+const MAX_PARAMS: usize = 60_000;
+
+/// Backtick-quotes an identifier.
+pub fn quote(s: &str) -> String {
+    format!("`{}`", s.replace('`', "``"))
+}
+
+fn quoted_name(rel: &Relation) -> String {
+    format!("{}.{}", quote(&rel.schema), quote(&rel.name))
+}
+
+/// A ferry value as a MySQL parameter; what MySQL cannot hold is an error for `on_error`.
+pub fn to_param(v: &Value) -> Result<My> {
+    Ok(match v {
+        Value::Null => My::NULL,
+        Value::Unchanged => {
+            return Err(SinkError::Fatal(
+                "an unchanged value reached a statement".into(),
+            ));
+        }
+        Value::Bool(b) => My::Int(i64::from(*b)),
+        Value::Int(i) => My::Int(*i),
+        Value::UInt(u) => My::UInt(*u),
+        Value::Float(f) => My::Double(*f),
+        Value::Numeric(s) => {
+            if s.eq_ignore_ascii_case("nan") || s.to_ascii_lowercase().contains("infinity") {
+                return Err(SinkError::Value(format!(
+                    "numeric {s} has no MySQL decimal value"
+                )));
+            }
+            My::Bytes(s.clone().into_bytes())
+        }
+        Value::Text(s) | Value::Json(s) => My::Bytes(s.clone().into_bytes()),
+        Value::Bytes(b) => My::Bytes(b.clone()),
+        Value::Date(d) => {
+            let (y, m, d) = civil_from_days(i64::from(*d));
+            let y = u16::try_from(y)
+                .ok()
+                .filter(|y| *y <= 9999)
+                .ok_or_else(|| SinkError::Value(format!("year {y} is outside MySQL's dates")))?;
+            My::Date(y, m as u8, d as u8, 0, 0, 0, 0)
+        }
+        Value::Time(us) => {
+            let neg = *us < 0;
+            let a = us.unsigned_abs();
+            let secs = a / 1_000_000;
+            let days = secs / 86_400;
+            My::Time(
+                neg,
+                u32::try_from(days).unwrap_or(u32::MAX),
+                (secs / 3600 % 24) as u8,
+                (secs / 60 % 60) as u8,
+                (secs % 60) as u8,
+                (a % 1_000_000) as u32,
+            )
+        }
+        Value::TimeTz {
+            micros,
+            offset_secs,
+        } => {
+            let t = crate::postgres::encode::to_text(&Value::TimeTz {
+                micros: *micros,
+                offset_secs: *offset_secs,
+            })?
+            .unwrap_or_default();
+            My::Bytes(t.into_bytes())
+        }
+        Value::Timestamp(us) | Value::TimestampTz(us) => {
+            if *us == i64::MAX || *us == i64::MIN {
+                return Err(SinkError::Value(
+                    "an infinite timestamp has no MySQL value".into(),
+                ));
+            }
+            let days = us.div_euclid(86_400_000_000);
+            let rem = us.rem_euclid(86_400_000_000);
+            let (y, m, d) = civil_from_days(days);
+            let y = u16::try_from(y)
+                .ok()
+                .filter(|y| *y <= 9999)
+                .ok_or_else(|| SinkError::Value(format!("year {y} is outside MySQL's dates")))?;
+            let secs = rem / 1_000_000;
+            My::Date(
+                y,
+                m as u8,
+                d as u8,
+                (secs / 3600) as u8,
+                (secs / 60 % 60) as u8,
+                (secs % 60) as u8,
+                (rem % 1_000_000) as u32,
+            )
+        }
+        Value::Interval { .. } => {
+            return Err(SinkError::Value(
+                "an interval has no MySQL type to hold it".into(),
+            ));
+        }
+        Value::Uuid(_) | Value::Other { .. } => {
+            let t = crate::postgres::encode::to_text(v)?.unwrap_or_default();
+            match v {
+                // bit(n) text into a MySQL bit column: its number.
+                Value::Other { type_name, text } if type_name.starts_with("bit") => {
+                    match u64::from_str_radix(text, 2) {
+                        Ok(n) => My::UInt(n),
+                        Err(_) => My::Bytes(t.into_bytes()),
+                    }
+                }
+                _ => My::Bytes(t.into_bytes()),
+            }
+        }
+        Value::Array(items) => My::Bytes(array_json(items)?.to_string().into_bytes()),
+    })
+}
+
+fn array_json(items: &[Value]) -> Result<serde_json::Value> {
+    items
+        .iter()
+        .map(|v| {
+            Ok(match v {
+                Value::Null => serde_json::Value::Null,
+                Value::Int(i) => (*i).into(),
+                Value::Bool(b) => (*b).into(),
+                Value::Float(f) => serde_json::Number::from_f64(*f)
+                    .map(serde_json::Value::Number)
+                    .unwrap_or(serde_json::Value::Null),
+                Value::Array(inner) => array_json(inner)?,
+                other => crate::postgres::encode::to_text(other)?
+                    .map(serde_json::Value::String)
+                    .unwrap_or(serde_json::Value::Null),
+            })
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(serde_json::Value::Array)
+}
+
+#[derive(Debug, Clone)]
+enum RowState {
+    Upsert(Row),
+    /// The changed columns; the others are [`Value::Unchanged`].
+    Patch(Row),
+    Delete,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum KeyMode {
+    Keyed,
+    Full,
+    None,
+}
+
+#[derive(Debug)]
+struct Table {
+    rel: Relation,
+    name: String,
+    cols: Vec<String>,
+    keys: Vec<usize>,
+    mode: KeyMode,
+    index: HashMap<String, usize>,
+    rows: Vec<(Row, RowState)>,
+}
+
+/// A MySQL/MariaDB target: a connection and the pending changes of its open transaction.
+pub struct MyTarget {
+    conn: Conn,
+    tables: HashMap<RelationId, Table>,
+    pending: usize,
+    pending_bytes: usize,
+    changes: SchemaChanges,
+    create_tables: bool,
+}
+
+impl std::fmt::Debug for MyTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MyTarget")
+            .field("pending", &self.pending)
+            .finish_non_exhaustive()
+    }
+}
+
+fn key_of(keys: &[usize], row: &[Value]) -> (String, Row) {
+    let vals: Row = keys
+        .iter()
+        .map(|&i| row.get(i).cloned().unwrap_or(Value::Null))
+        .collect();
+    (format!("{vals:?}"), vals)
+}
+
+fn merge(old: &[Value], new: &[Value]) -> Row {
+    old.iter()
+        .zip(new)
+        .map(|(o, n)| match n {
+            Value::Unchanged => o.clone(),
+            n => n.clone(),
+        })
+        .collect()
+}
+
+/// Reads a sink's checkpoint from a MySQL target.
+pub async fn read_checkpoint(conn: &mut Conn, sink: &str) -> Result<Option<(Position, Offset)>> {
+    let row: Option<(String, i64)> = conn
+        .exec_first(
+            "SELECT position, spool_offset FROM ferry.checkpoints WHERE sink = ?",
+            (sink,),
+        )
+        .await?;
+    let Some((text, offset)) = row else {
+        return Ok(None);
+    };
+    let position = text
+        .parse()
+        .map_err(|e| SinkError::Fatal(format!("ferry.checkpoints of sink {sink}: {e}")))?;
+    Ok(Some((position, Offset(offset as u64))))
+}
+
+impl MyTarget {
+    /// The target's columns of a table, `None` when it does not exist.
+    async fn columns(&mut self, rel: &Relation) -> Result<Option<Vec<String>>> {
+        let cols: Vec<String> = self
+            .conn
+            .exec(
+                "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? ORDER BY ORDINAL_POSITION",
+                (&rel.schema, &rel.name),
+            )
+            .await?;
+        Ok((!cols.is_empty()).then_some(cols))
+    }
+
+    async fn ensure(&mut self, rel: &Relation, prev: Option<&Relation>) -> Result<()> {
+        let name = quoted_name(rel);
+        let existing = match self.columns(rel).await? {
+            Some(c) => c,
+            None if self.create_tables => {
+                let mut cols: Vec<String> = rel
+                    .columns
+                    .iter()
+                    .map(|c| {
+                        format!(
+                            "{} {}{}",
+                            quote(&c.name),
+                            to_mysql(&c.type_name),
+                            if c.key { " NOT NULL" } else { "" }
+                        )
+                    })
+                    .collect();
+                let keys: Vec<String> = rel
+                    .columns
+                    .iter()
+                    .filter(|c| c.key)
+                    .map(|c| quote(&c.name))
+                    .collect();
+                if matches!(
+                    rel.replica_identity,
+                    ReplicaIdentity::Default | ReplicaIdentity::Index
+                ) && !keys.is_empty()
+                {
+                    cols.push(format!("PRIMARY KEY ({})", keys.join(", ")));
+                }
+                self.conn
+                    .query_drop(format!(
+                        "CREATE DATABASE IF NOT EXISTS {}",
+                        quote(&rel.schema)
+                    ))
+                    .await?;
+                let sql = format!(
+                    "CREATE TABLE IF NOT EXISTS {name} ({}) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
+                    cols.join(", ")
+                );
+                tracing::info!(table = %rel.qualified_name(), %sql, "creating target table");
+                self.conn.query_drop(&sql).await?;
+                self.columns(rel).await?.ok_or_else(|| {
+                    SinkError::Fatal(format!("{name} was created but cannot be found"))
+                })?
+            }
+            None => {
+                return Err(SinkError::Config(format!(
+                    "target table {name} does not exist: create it, or set create_tables = true"
+                )));
+            }
+        };
+        let mut alters = Vec::new();
+        for c in &rel.columns {
+            let old = prev.and_then(|p| p.columns.iter().find(|x| x.name == c.name));
+            if !existing.iter().any(|e| e.eq_ignore_ascii_case(&c.name)) {
+                alters.push(format!(
+                    "ADD COLUMN {} {}",
+                    quote(&c.name),
+                    to_mysql(&c.type_name)
+                ));
+            } else if old.is_some_and(|o| o.type_name != c.type_name) {
+                alters.push(format!(
+                    "MODIFY COLUMN {} {}",
+                    quote(&c.name),
+                    to_mysql(&c.type_name)
+                ));
+            }
+        }
+        if let Some(prev) = prev {
+            for old in &prev.columns {
+                if !rel.columns.iter().any(|c| c.name == old.name)
+                    && existing.iter().any(|e| e.eq_ignore_ascii_case(&old.name))
+                {
+                    alters.push(format!("DROP COLUMN {}", quote(&old.name)));
+                }
+            }
+        }
+        if alters.is_empty() {
+            return Ok(());
+        }
+        if self.changes == SchemaChanges::Halt {
+            return Err(SinkError::Config(format!(
+                "the source's schema of {} changed ({}) and schema_changes = \"halt\": change \
+                 the target table to match, then restart",
+                rel.qualified_name(),
+                alters.join(", ")
+            )));
+        }
+        let sql = format!("ALTER TABLE {name} {}", alters.join(", "));
+        tracing::info!(table = %rel.qualified_name(), %sql, "applying a schema change");
+        self.conn.query_drop(&sql).await?;
+        Ok(())
+    }
+
+    fn put(&mut self, id: RelationId, key: String, keyvals: Row, state: RowState) -> Result<()> {
+        let table = self
+            .tables
+            .get_mut(&id)
+            .ok_or_else(|| SinkError::Fatal(format!("row of unknown relation {}", id.0)))?;
+        match table.index.get(&key) {
+            Some(&i) => table.rows[i].1 = state,
+            None => {
+                table.index.insert(key, table.rows.len());
+                table.rows.push((keyvals, state));
+                self.pending += 1;
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush_table(&mut self, id: RelationId) -> Result<()> {
+        let Some(table) = self.tables.get_mut(&id) else {
+            return Ok(());
+        };
+        if table.rows.is_empty() {
+            return Ok(());
+        }
+        let rows = std::mem::take(&mut table.rows);
+        table.index.clear();
+        let (name, cols, keys) = (table.name.clone(), table.cols.clone(), table.keys.clone());
+        self.pending = self.pending.saturating_sub(rows.len());
+        let key_cols: Vec<&String> = keys.iter().map(|&i| &cols[i]).collect();
+        // Deletes first: a key that moved frees its old value before a row takes it.
+        let deletes: Vec<&Row> = rows
+            .iter()
+            .filter(|(_, s)| matches!(s, RowState::Delete))
+            .map(|(k, _)| k)
+            .collect();
+        let tuple = format!("({})", vec!["?"; keys.len()].join(", "));
+        for chunk in deletes.chunks((MAX_PARAMS / keys.len().max(1)).max(1)) {
+            let sql = format!(
+                "DELETE FROM {name} WHERE ({}) IN ({})",
+                key_cols
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                vec![tuple.as_str(); chunk.len()].join(", ")
+            );
+            let params = chunk
+                .iter()
+                .flat_map(|k| k.iter())
+                .map(to_param)
+                .collect::<Result<Vec<_>>>()?;
+            self.conn.exec_drop(sql, params).await?;
+        }
+        let upserts: Vec<&Row> = rows
+            .iter()
+            .filter_map(|(_, s)| match s {
+                RowState::Upsert(r) => Some(r),
+                _ => None,
+            })
+            .collect();
+        let row_tuple = format!("({})", vec!["?"; cols.len()].join(", "));
+        let updates: Vec<String> = cols
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| !keys.contains(i))
+            .map(|(_, c)| format!("{c} = VALUES({c})"))
+            .collect();
+        let on_dup = if updates.is_empty() {
+            // Every column is the key: an existing row is already this row.
+            format!("{} = {}", cols[0], cols[0])
+        } else {
+            updates.join(", ")
+        };
+        for chunk in upserts.chunks((MAX_PARAMS / cols.len().max(1)).max(1)) {
+            let sql = format!(
+                "INSERT INTO {name} ({}) VALUES {} ON DUPLICATE KEY UPDATE {on_dup}",
+                cols.join(", "),
+                vec![row_tuple.as_str(); chunk.len()].join(", ")
+            );
+            let params = chunk
+                .iter()
+                .flat_map(|r| r.iter())
+                .map(to_param)
+                .collect::<Result<Vec<_>>>()?;
+            self.conn.exec_drop(sql, params).await?;
+        }
+        for (keyvals, state) in &rows {
+            let RowState::Patch(row) = state else {
+                continue;
+            };
+            let set: Vec<(usize, &Value)> = row
+                .iter()
+                .enumerate()
+                .filter(|(i, v)| !matches!(v, Value::Unchanged) && !keys.contains(i))
+                .collect();
+            if set.is_empty() {
+                continue;
+            }
+            let sql = format!(
+                "UPDATE {name} SET {} WHERE {}",
+                set.iter()
+                    .map(|(i, _)| format!("{} = ?", cols[*i]))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                key_cols
+                    .iter()
+                    .map(|c| format!("{c} = ?"))
+                    .collect::<Vec<_>>()
+                    .join(" AND ")
+            );
+            let params = set
+                .iter()
+                .map(|(_, v)| *v)
+                .chain(keyvals.iter())
+                .map(to_param)
+                .collect::<Result<Vec<_>>>()?;
+            self.conn.exec_drop(sql, params).await?;
+        }
+        Ok(())
+    }
+
+    /// A change of a table without a key: one statement, matching the whole old row.
+    async fn full_change(&mut self, id: RelationId, event: &Event) -> Result<()> {
+        let Some(table) = self.tables.get(&id) else {
+            return Ok(());
+        };
+        let (name, cols) = (table.name.clone(), table.cols.clone());
+        let matching = |old: &Row| -> Result<(String, Vec<My>)> {
+            let mut conds = Vec::new();
+            let mut params = Vec::new();
+            for (c, v) in cols.iter().zip(old) {
+                if matches!(v, Value::Unchanged) {
+                    continue;
+                }
+                conds.push(format!("{c} <=> ?"));
+                params.push(to_param(v)?);
+            }
+            Ok((conds.join(" AND "), params))
+        };
+        match event {
+            Event::Insert(i) => {
+                let sql = format!(
+                    "INSERT INTO {name} ({}) VALUES ({})",
+                    cols.join(", "),
+                    vec!["?"; cols.len()].join(", ")
+                );
+                let params = i.new.iter().map(to_param).collect::<Result<Vec<_>>>()?;
+                self.conn.exec_drop(sql, params).await?;
+            }
+            Event::Delete(d) => {
+                let (cond, params) = matching(d.old.row())?;
+                self.conn
+                    .exec_drop(format!("DELETE FROM {name} WHERE {cond} LIMIT 1"), params)
+                    .await?;
+            }
+            Event::Update(u) => {
+                let Some(old) = &u.old else {
+                    return Err(SinkError::Value(format!(
+                        "{name}: an update without its old row cannot be matched"
+                    )));
+                };
+                let set: Vec<(usize, &Value)> = u
+                    .new
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, v)| !matches!(v, Value::Unchanged))
+                    .collect();
+                let (cond, where_params) = matching(old.row())?;
+                let mut params = set
+                    .iter()
+                    .map(|(_, v)| to_param(v))
+                    .collect::<Result<Vec<_>>>()?;
+                params.extend(where_params);
+                let sql = format!(
+                    "UPDATE {name} SET {} WHERE {cond} LIMIT 1",
+                    set.iter()
+                        .map(|(i, _)| format!("{} = ?", cols[*i]))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                );
+                self.conn.exec_drop(sql, params).await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+impl Target for MyTarget {
+    async fn connect(cfg: &DbSinkConfig) -> Result<(Self, bool)> {
+        let opts = Opts::from_url(&cfg.url)
+            .map_err(|e| SinkError::Config(format!("sink {} url: {e}", cfg.name)))?;
+        let mut conn = Conn::new(opts).await?;
+        for ddl in CHECKPOINT_DDL {
+            conn.query_drop(ddl).await?;
+        }
+        // As a native replica's applier: no foreign key checks (tables are written in batches,
+        // not in source order), values that do not fit are errors, an id 0 stays 0, and
+        // date-times are the UTC wall clock the source recorded.
+        conn.query_drop(
+            "SET SESSION foreign_key_checks = 0, \
+             sql_mode = 'STRICT_ALL_TABLES,NO_AUTO_VALUE_ON_ZERO,NO_ENGINE_SUBSTITUTION', \
+             time_zone = '+00:00', autocommit = 1",
+        )
+        .await?;
+        Ok((
+            MyTarget {
+                conn,
+                tables: HashMap::new(),
+                pending: 0,
+                pending_bytes: 0,
+                changes: cfg.schema_changes,
+                create_tables: cfg.create_tables,
+            },
+            false,
+        ))
+    }
+
+    async fn execute(&mut self, sql: &str) -> Result<()> {
+        Ok(self.conn.query_drop(sql).await?)
+    }
+
+    async fn read_checkpoint(&mut self, sink: &str) -> Result<Option<(Position, Offset)>> {
+        read_checkpoint(&mut self.conn, sink).await
+    }
+
+    async fn save_checkpoint(&mut self, sink: &str, position: &str, offset: Offset) -> Result<()> {
+        self.conn
+            .exec_drop(
+                "INSERT INTO ferry.checkpoints (sink, position, spool_offset) VALUES (?, ?, ?) \
+                 ON DUPLICATE KEY UPDATE position = VALUES(position), \
+                 spool_offset = VALUES(spool_offset), updated_at = CURRENT_TIMESTAMP(6)",
+                (sink, position, offset.0 as i64),
+            )
+            .await?;
+        Ok(())
+    }
+
+    fn knows(&self, id: RelationId) -> bool {
+        self.tables.contains_key(&id)
+    }
+
+    fn differs(&self, rel: &Relation) -> bool {
+        self.tables.get(&rel.id).is_some_and(|t| t.rel != *rel)
+    }
+
+    fn pending(&self) -> usize {
+        self.pending
+    }
+
+    fn pending_bytes(&self) -> usize {
+        self.pending_bytes
+    }
+
+    fn reset(&mut self) {
+        self.tables.clear();
+        self.pending = 0;
+        self.pending_bytes = 0;
+    }
+
+    async fn relation(&mut self, rel: &Relation) -> Result<()> {
+        let prev = match self.tables.get(&rel.id) {
+            Some(t) if t.rel == *rel => return Ok(()),
+            Some(t) => {
+                let prev = t.rel.clone();
+                self.flush_table(rel.id).await?;
+                Some(prev)
+            }
+            None => None,
+        };
+        self.ensure(rel, prev.as_ref()).await?;
+        let keys: Vec<usize> = rel.key_columns().collect();
+        let mode = match rel.replica_identity {
+            ReplicaIdentity::Full => KeyMode::Full,
+            ReplicaIdentity::Nothing => KeyMode::None,
+            _ if keys.is_empty() => KeyMode::None,
+            _ => KeyMode::Keyed,
+        };
+        self.tables.insert(
+            rel.id,
+            Table {
+                rel: rel.clone(),
+                name: quoted_name(rel),
+                cols: rel.columns.iter().map(|c| quote(&c.name)).collect(),
+                keys,
+                mode,
+                index: HashMap::new(),
+                rows: Vec::new(),
+            },
+        );
+        Ok(())
+    }
+
+    async fn change(&mut self, event: &Event, bytes: usize) -> Result<()> {
+        let Some(id) = event.relation_id() else {
+            return Ok(());
+        };
+        let (mode, keys) = match self.tables.get(&id) {
+            Some(t) => (t.mode, t.keys.clone()),
+            None => {
+                return Err(SinkError::Fatal(format!(
+                    "row of unknown relation {}",
+                    id.0
+                )));
+            }
+        };
+        match mode {
+            KeyMode::Full => return self.full_change(id, event).await,
+            KeyMode::None => {
+                if matches!(event, Event::Insert(_)) {
+                    return self.full_change(id, event).await;
+                }
+                let name = self.tables.get(&id).map(|t| t.rel.qualified_name());
+                return Err(SinkError::Value(format!(
+                    "{} has no key: its updates and deletes cannot be applied",
+                    name.unwrap_or_default()
+                )));
+            }
+            KeyMode::Keyed => {}
+        }
+        self.pending_bytes += bytes;
+        match event {
+            Event::Insert(i) => {
+                let (k, kv) = key_of(&keys, &i.new);
+                self.put(id, k, kv, RowState::Upsert(i.new.clone()))?;
+            }
+            Event::Delete(d) => {
+                let (k, kv) = key_of(&keys, d.old.row());
+                self.put(id, k, kv, RowState::Delete)?;
+            }
+            Event::Update(u) => {
+                let (new_key, new_kv) = key_of(&keys, &u.new);
+                let (old_key, old_kv) = match &u.old {
+                    Some(o) => key_of(&keys, o.row()),
+                    None => (new_key.clone(), new_kv.clone()),
+                };
+                let prev = self
+                    .tables
+                    .get(&id)
+                    .and_then(|t| t.index.get(&old_key).map(|&i| t.rows[i].1.clone()));
+                let has_unchanged = u.new.iter().any(|v| matches!(v, Value::Unchanged));
+                let state = match (prev, has_unchanged) {
+                    (Some(RowState::Upsert(old)), _) => RowState::Upsert(merge(&old, &u.new)),
+                    (Some(RowState::Patch(old)), true) => RowState::Patch(merge(&old, &u.new)),
+                    (_, true) if old_key != new_key => {
+                        // The unchanged values live only in the target's old row: move it there.
+                        self.flush_table(id).await?;
+                        return self.move_key(id, &old_kv, &u.new).await;
+                    }
+                    (_, true) => RowState::Patch(u.new.clone()),
+                    (_, false) => RowState::Upsert(u.new.clone()),
+                };
+                if old_key != new_key {
+                    self.put(id, old_key, old_kv, RowState::Delete)?;
+                }
+                self.put(id, new_key, new_kv, state)?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn truncate(
+        &mut self,
+        ids: &[RelationId],
+        _cascade: bool,
+        _restart_identity: bool,
+    ) -> Result<()> {
+        self.flush().await?;
+        for id in ids {
+            if let Some(t) = self.tables.get(id) {
+                // DELETE, not TRUNCATE: MySQL's TRUNCATE commits the open transaction.
+                let sql = format!("DELETE FROM {}", t.name);
+                self.conn.query_drop(sql).await?;
+            }
+        }
+        Ok(())
+    }
+
+    async fn flush(&mut self) -> Result<()> {
+        let ids: Vec<RelationId> = self.tables.keys().copied().collect();
+        for id in ids {
+            self.flush_table(id).await?;
+        }
+        self.pending = 0;
+        self.pending_bytes = 0;
+        Ok(())
+    }
+}
+
+impl MyTarget {
+    /// A key change whose new row has unchanged values: one UPDATE of the old row.
+    async fn move_key(&mut self, id: RelationId, old_key: &[Value], new: &Row) -> Result<()> {
+        let Some(t) = self.tables.get(&id) else {
+            return Ok(());
+        };
+        let set: Vec<(usize, &Value)> = new
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| !matches!(v, Value::Unchanged))
+            .collect();
+        let sql = format!(
+            "UPDATE {} SET {} WHERE {}",
+            t.name,
+            set.iter()
+                .map(|(i, _)| format!("{} = ?", t.cols[*i]))
+                .collect::<Vec<_>>()
+                .join(", "),
+            t.keys
+                .iter()
+                .map(|&i| format!("{} = ?", t.cols[i]))
+                .collect::<Vec<_>>()
+                .join(" AND ")
+        );
+        let params = set
+            .iter()
+            .map(|(_, v)| *v)
+            .chain(old_key.iter())
+            .map(to_param)
+            .collect::<Result<Vec<_>>>()?;
+        self.conn.exec_drop(sql, params).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params() {
+        assert_eq!(
+            to_param(&Value::Date(0)).unwrap(),
+            My::Date(1970, 1, 1, 0, 0, 0, 0)
+        );
+        assert_eq!(
+            to_param(&Value::Time(-(30 * 3600 + 1) * 1_000_000)).unwrap(),
+            My::Time(true, 1, 6, 0, 1, 0)
+        );
+        assert_eq!(
+            to_param(&Value::TimestampTz(1_000_000_000_500_000)).unwrap(),
+            My::Date(2001, 9, 9, 1, 46, 40, 500_000)
+        );
+        assert!(matches!(
+            to_param(&Value::Interval {
+                months: 1,
+                days: 0,
+                micros: 0
+            }),
+            Err(SinkError::Value(_))
+        ));
+        assert!(matches!(
+            to_param(&Value::Numeric("NaN".into())),
+            Err(SinkError::Value(_))
+        ));
+        assert_eq!(
+            to_param(&Value::Other {
+                type_name: "bit(4)".into(),
+                text: "0101".into()
+            })
+            .unwrap(),
+            My::UInt(5)
+        );
+    }
+}
