@@ -422,3 +422,56 @@ async fn mariadb_into_postgres_equals_the_source() {
     assert_eq!(source_rows.len(), 500);
     ferry.stop().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_purged_binlog_stops_ferry_with_the_reason() {
+    let db = MariaDb::start().unwrap();
+    let mut c = connect(&db).await;
+    c.query_drop("CREATE DATABASE app; CREATE TABLE app.t (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let config = FerryConfig::mysql(&db.url("app"), db.server_id() + 3, "", "").unwrap();
+    let spool = config.spool_dir();
+    let ferry = config.start(0).unwrap();
+    c.query_drop("INSERT INTO app.t VALUES (1)").await.unwrap();
+    wait_for(&spool, "row 1", Duration::from_secs(60), |e| {
+        e.iter().any(|e| matches!(e, Event::Insert(_)))
+    });
+    ferry.stop().unwrap();
+    // Written and purged while ferry is down: the binlog it needs is gone.
+    c.query_drop("INSERT INTO app.t VALUES (2); FLUSH BINARY LOGS")
+        .await
+        .unwrap();
+    // MariaDB purges a binlog only once its binlog checkpoint has moved past it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        c.query_drop("FLUSH BINARY LOGS").await.unwrap();
+        let row: mysql_async::Row = c.query_first("SHOW MASTER STATUS").await.unwrap().unwrap();
+        let newest: String = row.get(0).unwrap();
+        c.query_drop(format!("PURGE BINARY LOGS TO '{newest}'"))
+            .await
+            .unwrap();
+        let logs: Vec<mysql_async::Row> = c.query("SHOW BINARY LOGS").await.unwrap();
+        let names: Vec<String> = logs.iter().map(|r| r.get(0).unwrap()).collect();
+        if !names.iter().any(|n| n.ends_with(".000001")) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cannot purge: {names:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let run = config.start(1).unwrap();
+    std::thread::sleep(Duration::from_secs(2));
+    let early = run.log_text();
+    let (code, log) = run
+        .wait_exit(Duration::from_secs(60))
+        .map_err(|e| format!("{e}\n{early}"))
+        .unwrap();
+    assert_eq!(code, 1, "{log}");
+    assert!(log.contains("purged"), "{log}");
+    // Nothing was skipped: row 2 is not in the spool.
+    assert!(
+        !events(&spool)
+            .iter()
+            .any(|e| matches!(e, Event::Insert(i) if i.new[0] == Value::Int(2)))
+    );
+}

@@ -512,6 +512,12 @@ impl MysqlSource {
         pos: BinlogPos,
         time: u32,
     ) -> Result<()> {
+        // The statement's transaction id: its GTID's, or its position (0 marks the snapshot).
+        let xid = open
+            .as_ref()
+            .map(|t| t.xid)
+            .filter(|x| *x != 0)
+            .unwrap_or(pos.pos.max(1));
         if let Some(t) = open {
             if !t.standalone && t.buf.events() > 0 {
                 // A statement inside a transaction (a temporary table, say): keep the transaction.
@@ -549,7 +555,7 @@ impl MysqlSource {
                 let commit_time = i64::from(time) * 1_000_000;
                 self.append(&Event::Begin(Begin {
                     position: position.clone(),
-                    xid: 0,
+                    xid,
                     commit_time,
                 }))?;
                 self.append(&Event::Relation(rel.clone()))?;
@@ -560,7 +566,7 @@ impl MysqlSource {
                 }))?;
                 self.append(&Event::Commit(Commit {
                     position,
-                    xid: 0,
+                    xid,
                     commit_time,
                 }))?;
                 return Ok(());
@@ -577,16 +583,19 @@ impl MysqlSource {
             t.buf.discard();
             return Ok(());
         }
+        // Without a GTID or an XID (a non-transactional table's COMMIT), the position is the id;
+        // 0 is the snapshot's.
+        let xid = if t.xid == 0 { pos.pos.max(1) } else { t.xid };
         let position = Position::Binlog(pos);
         self.append(&Event::Begin(Begin {
             position: position.clone(),
-            xid: t.xid,
+            xid,
             commit_time: t.time,
         }))?;
         t.buf.replay(|ev| self.append(&ev))?;
         self.append(&Event::Commit(Commit {
             position,
-            xid: t.xid,
+            xid,
             commit_time: t.time,
         }))
     }

@@ -257,7 +257,13 @@ struct DebeziumSource<'a> {
     table: &'a str,
     #[serde(rename = "txId")]
     tx_id: u64,
+    #[serde(skip_serializing_if = "Option::is_none")]
     lsn: Option<u64>,
+    /// MySQL/MariaDB: the binlog file and position of the transaction's commit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    file: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pos: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -325,7 +331,10 @@ pub fn message(
             after: row_ref(rel, after, false),
             source: DebeziumSource {
                 version: env!("CARGO_PKG_VERSION"),
-                connector: "postgresql",
+                connector: match &origin.begin.position {
+                    ferry_proto::Position::Postgres(_) => "postgresql",
+                    _ => "mysql",
+                },
                 name: origin.server,
                 ts_ms: origin.begin.commit_time.div_euclid(1000),
                 snapshot: if snapshot { "true" } else { "false" },
@@ -335,6 +344,14 @@ pub fn message(
                 tx_id: origin.begin.xid,
                 lsn: match &origin.begin.position {
                     ferry_proto::Position::Postgres(l) => Some(l.0),
+                    _ => None,
+                },
+                file: match &origin.begin.position {
+                    ferry_proto::Position::Binlog(b) => Some(b.file.as_str()),
+                    _ => None,
+                },
+                pos: match &origin.begin.position {
+                    ferry_proto::Position::Binlog(b) => Some(b.pos),
                     _ => None,
                 },
             },
