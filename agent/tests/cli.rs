@@ -54,14 +54,13 @@ fn a_misspelt_key_names_its_place_and_the_closest_key() {
 }
 
 #[test]
-fn run_refuses_sinks_it_cannot_feed_yet_and_bad_tls_settings() {
+fn run_refuses_options_that_do_not_apply_and_bad_tls_settings() {
     let (_dir, path) = config(
-        "[source]\ntype = \"postgres\"\nurl = \"postgres://u@127.0.0.1:1/db\"\n\n[spool]\ndir = \"/tmp/x\"\n\n\
-         [[sink]]\nname = \"m\"\ntype = \"mysql\"\nurl = \"mysql://u@127.0.0.1:1/db\"\n",
+        "[source]\ntype = \"mysql\"\nurl = \"mysql://u@127.0.0.1:1/db\"\nserver_id = 7\n\n[spool]\ndir = \"/tmp/x\"\n",
     );
-    let (code, out) = ferry(&["run", "--config", &path]);
+    let (code, out) = ferry(&["run", "--config", &path, "--until", "0/10"]);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("the mysql sink is not built yet"), "{out}");
+    assert!(out.contains("does not apply to a mysql source"), "{out}");
 
     let (dir, path) = config("");
     let spool = dir.path().join("spool");
