@@ -67,12 +67,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Check(args) => {
-            Config::load(&args.config)?;
-            Err(NotBuilt {
-                command: "check",
-                what: "the configuration parses, but the server prerequisite checks are not written",
+            let config = Config::load(&args.config)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            let report = runtime.block_on(ferry_agent::check::check(&config))?;
+            print!("{report}");
+            if report.passes() {
+                Ok(())
+            } else {
+                let n = report
+                    .findings
+                    .iter()
+                    .filter(|f| f.level == ferry_agent::check::Level::Error)
+                    .count();
+                anyhow::bail!("{n} problem(s) to fix before ferry can run")
             }
-            .into())
         }
         Command::Status(args) => {
             let config = Config::load(&args.config)?;

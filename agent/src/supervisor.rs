@@ -228,6 +228,22 @@ pub async fn run(
     shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let sink_configs = sink_settings(&config)?;
+    // The same checks as `ferry check`: refuse what retrying cannot fix.
+    let report = crate::check::check(&config).await?;
+    for f in &report.findings {
+        match f.level {
+            crate::check::Level::Warning => tracing::warn!("check: {}", f.text),
+            crate::check::Level::Error if f.transient => tracing::warn!("check: {}", f.text),
+            _ => {}
+        }
+    }
+    let fatal: Vec<String> = report.fatal().iter().map(|f| f.text.clone()).collect();
+    if !fatal.is_empty() {
+        return Err(Error::Config(format!(
+            "ferry cannot run (see `ferry check`): {}",
+            fatal.join("; ")
+        )));
+    }
     let mysql = config.source.kind == SourceKind::Mysql;
     if mysql && until.is_some() {
         return Err(Error::Config(

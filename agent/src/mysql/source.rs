@@ -846,8 +846,9 @@ async fn master_position(conn: &mut Conn) -> Result<BinlogPos> {
     }
 }
 
-/// The server settings the binlog source needs, and a `server_id` no connected replica uses.
-async fn check_server(conn: &mut Conn, server_id: u32) -> Result<()> {
+/// The server settings the binlog source needs, and a `server_id` no connected replica uses:
+/// (satisfied, what was found or what to change).
+pub async fn prerequisites(conn: &mut Conn, server_id: u32) -> Result<Vec<(bool, String)>> {
     let vars: Vec<(String, String)> = conn
         .query(
             "SHOW GLOBAL VARIABLES WHERE Variable_name IN \
@@ -869,34 +870,49 @@ async fn check_server(conn: &mut Conn, server_id: u32) -> Result<()> {
             "set binlog_row_metadata = FULL (MySQL 8.0.1+, MariaDB 10.5+)",
         ),
     ];
+    let mut out = Vec::new();
     for (var, value, fix) in want {
-        match get(var) {
-            Some(v) if v == value => {}
-            Some(v) => {
-                return Err(Error::Config(format!(
-                    "{var} is {v}: {fix} and restart the server"
-                )));
-            }
-            None => return Err(Error::Config(format!("{var} is not set: {fix}"))),
-        }
+        out.push(match get(var) {
+            Some(v) if v == value => (true, format!("{var} = {v}")),
+            Some(v) => (false, format!("{var} is {v}: {fix} and restart the server")),
+            None => (false, format!("{var} is not set: {fix}")),
+        });
     }
     if get("server_id").as_deref() == Some(&server_id.to_string()) {
-        return Err(Error::Config(format!(
-            "server_id {server_id} is the source server's own id: give ferry another"
-        )));
+        out.push((
+            false,
+            format!("server_id {server_id} is the source server's own id: give ferry another"),
+        ));
     }
     // MariaDB spells it SHOW SLAVE HOSTS, MySQL 8.0.22+ SHOW REPLICAS (and still accepts the old).
     let hosts: Vec<mysql_async::Row> = conn.query("SHOW SLAVE HOSTS").await.unwrap_or_default();
-    for h in hosts {
-        let id: Option<u32> = h.get(0);
-        if id == Some(server_id) {
-            return Err(Error::Config(format!(
+    if hosts.iter().any(|h| h.get::<u32, _>(0) == Some(server_id)) {
+        out.push((
+            false,
+            format!(
                 "another replica connected to the source already uses server_id {server_id}: \
                  give ferry a server_id no replica uses"
-            )));
+            ),
+        ));
+    }
+    Ok(out)
+}
+
+async fn check_server(conn: &mut Conn, server_id: u32) -> Result<()> {
+    for (ok, text) in prerequisites(conn, server_id).await? {
+        if !ok {
+            return Err(Error::Config(text));
         }
     }
     Ok(())
+}
+
+/// Where a spool of this source would resume, if it has a position.
+pub fn resume_position(dir: &Path) -> Result<Option<BinlogPos>> {
+    if !dir.exists() {
+        return Ok(None);
+    }
+    Ok(spool_tail(dir)?.0)
 }
 
 /// A binlog the server no longer has is a gap, never skipped.

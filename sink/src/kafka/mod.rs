@@ -64,6 +64,18 @@ pub struct KafkaSinkConfig {
     pub max_batch_delay: Duration,
 }
 
+/// A table's topic: its override, or the template filled in.
+pub fn topic_name(cfg: &KafkaSinkConfig, schema: &str, table: &str) -> String {
+    let template = cfg
+        .topics
+        .get(&format!("{schema}.{table}"))
+        .unwrap_or(&cfg.topic);
+    template
+        .replace("{schema}", schema)
+        .replace("{table}", table)
+        .replace("{database}", &cfg.database)
+}
+
 /// Property names whose values never appear in logs.
 fn secret(key: &str) -> bool {
     let k = key.to_ascii_lowercase();
@@ -218,17 +230,8 @@ impl KafkaSink {
         self.progress.send_modify(|p| p.state = state);
     }
 
-    /// The table's topic: its override, or the template filled in.
     fn topic_for(&self, schema: &str, table: &str) -> String {
-        let template = self
-            .cfg
-            .topics
-            .get(&format!("{schema}.{table}"))
-            .unwrap_or(&self.cfg.topic);
-        template
-            .replace("{schema}", schema)
-            .replace("{table}", table)
-            .replace("{database}", &self.cfg.database)
+        topic_name(&self.cfg, schema, table)
     }
 
     fn client_config(&self) -> ClientConfig {

@@ -1,0 +1,642 @@
+//! `ferry check`: connects to the source and every sink and checks what ferry needs of each,
+//! reporting one line per finding with what to change. `ferry run` performs the same checks at
+//! start and refuses a fatal one; what may pass by itself (a server not reachable yet) is left to
+//! its retries.
+
+use std::fmt;
+use std::time::Duration;
+
+use ferry_sink::kafka::KafkaSinkConfig;
+use mysql_async::prelude::Queryable;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, ResourceSpecifier};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+
+use crate::config::{Config, SourceKind};
+use crate::error::Result;
+use crate::postgres::tls;
+use crate::supervisor::{SinkSettings, pg_settings, sink_settings};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Level {
+    Ok,
+    Warning,
+    Error,
+}
+
+/// One line of the report.
+#[derive(Debug, Clone)]
+pub struct Finding {
+    pub level: Level,
+    /// Whether it may pass by itself (a server not reachable yet): `run` retries instead.
+    pub transient: bool,
+    pub text: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let tag = match self.level {
+            Level::Ok => "ok",
+            Level::Warning => "warning",
+            Level::Error => "error",
+        };
+        write!(f, "{tag}: {}", self.text)
+    }
+}
+
+#[derive(Debug, Default)]
+pub struct Report {
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    fn push(&mut self, level: Level, text: impl Into<String>) {
+        self.findings.push(Finding {
+            level,
+            transient: false,
+            text: text.into(),
+        });
+    }
+
+    fn unreachable(&mut self, text: impl Into<String>) {
+        self.findings.push(Finding {
+            level: Level::Error,
+            transient: true,
+            text: text.into(),
+        });
+    }
+
+    fn ok(&mut self, text: impl Into<String>) {
+        self.push(Level::Ok, text);
+    }
+
+    fn warn(&mut self, text: impl Into<String>) {
+        self.push(Level::Warning, text);
+    }
+
+    fn error(&mut self, text: impl Into<String>) {
+        self.push(Level::Error, text);
+    }
+
+    /// Whether ferry would run: no error at all.
+    pub fn passes(&self) -> bool {
+        !self.findings.iter().any(|f| f.level == Level::Error)
+    }
+
+    /// Errors that retrying cannot fix.
+    pub fn fatal(&self) -> Vec<&Finding> {
+        self.findings
+            .iter()
+            .filter(|f| f.level == Level::Error && !f.transient)
+            .collect()
+    }
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for finding in &self.findings {
+            writeln!(f, "{finding}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The captured tables: (schema or database, table, has a key).
+type Tables = Vec<(String, String, bool)>;
+
+/// Checks the source and every sink.
+pub async fn check(config: &Config) -> Result<Report> {
+    let mut r = Report::default();
+    let tables = match config.source.kind {
+        SourceKind::Postgres => check_postgres_source(config, &mut r).await?,
+        SourceKind::Mysql => check_mysql_source(config, &mut r).await?,
+    };
+    for sink in sink_settings(config)? {
+        match sink {
+            SinkSettings::Postgres(c) => check_postgres_sink(&c, &tables, &mut r).await,
+            SinkSettings::Mysql(c) => check_mysql_sink(&c, &tables, &mut r).await,
+            SinkSettings::Kafka(c) => check_kafka_sink(&c, &tables, &mut r).await,
+        }
+    }
+    Ok(r)
+}
+
+async fn check_postgres_source(config: &Config, r: &mut Report) -> Result<Tables> {
+    let settings = pg_settings(config)?;
+    let (cfg, tls) = tls::parse_url(config.source.url.expose())?;
+    let client = match tokio::time::timeout(
+        Duration::from_secs(15),
+        tls.connect_client(&cfg, "check source"),
+    )
+    .await
+    {
+        Ok(Ok((c, _task))) => c,
+        Ok(Err(e)) => {
+            r.unreachable(format!(
+                "cannot connect to the source {}: {e} (check host, port, user and password)",
+                config.source.url
+            ));
+            return Ok(Vec::new());
+        }
+        Err(_) => {
+            r.unreachable(format!(
+                "the source {} did not answer within 15 s",
+                config.source.url
+            ));
+            return Ok(Vec::new());
+        }
+    };
+    r.ok(format!("source {} reachable", config.source.url));
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await?
+        .get(0);
+    if version < 100_000 {
+        r.error(format!(
+            "PostgreSQL {version} has no pgoutput: ferry needs PostgreSQL 10 or later"
+        ));
+    } else if version < 140_000 {
+        r.warn(format!(
+            "PostgreSQL {version} cannot stream transactions in progress (14+): a large \
+             transaction reaches ferry only at its commit"
+        ));
+    }
+    let wal_level: String = client.query_one("SHOW wal_level", &[]).await?.get(0);
+    if wal_level == "logical" {
+        r.ok("wal_level = logical");
+    } else {
+        r.error(format!(
+            "wal_level is {wal_level}: set wal_level = logical in postgresql.conf and restart \
+             the server"
+        ));
+    }
+    let role = client
+        .query_one(
+            "SELECT rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await?;
+    let (sup, repl): (bool, bool) = (role.get(0), role.get(1));
+    if sup || repl {
+        r.ok("the role may replicate");
+    } else {
+        r.error(
+            "the role has neither REPLICATION nor superuser: ALTER ROLE <user> REPLICATION \
+             (as a superuser)",
+        );
+    }
+    let slot_exists =
+        match crate::postgres::slot::inspect_slot(&client, &settings.slot, &settings.params.dbname)
+            .await
+        {
+            Ok(s) => {
+                if s.is_some() {
+                    r.ok(format!(
+                        "replication slot {:?} exists and fits",
+                        settings.slot
+                    ));
+                }
+                s.is_some()
+            }
+            Err(e) => {
+                r.error(e.to_string());
+                true
+            }
+        };
+    let row = client
+        .query_one(
+            "SELECT current_setting('max_replication_slots')::int,
+                    (SELECT count(*)::int FROM pg_replication_slots),
+                    current_setting('max_wal_senders')::int,
+                    (SELECT count(*)::int FROM pg_stat_replication)",
+            &[],
+        )
+        .await?;
+    let (max_slots, slots, max_senders, senders): (i32, i32, i32, i32) =
+        (row.get(0), row.get(1), row.get(2), row.get(3));
+    if !slot_exists && slots >= max_slots {
+        r.error(format!(
+            "all {max_slots} replication slots are in use: raise max_replication_slots and \
+             restart, or drop an unused slot"
+        ));
+    }
+    if senders >= max_senders {
+        // Maybe a departing walsender of ferry's own: it may pass by itself.
+        r.unreachable(format!(
+            "all {max_senders} WAL senders are busy: raise max_wal_senders and restart"
+        ));
+    }
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text, c.relreplident::text,
+                    has_table_privilege(c.oid, 'SELECT'),
+                    EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = c.oid AND i.indisprimary)
+             FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'ferry')
+               AND n.nspname NOT LIKE 'pg_toast%'
+             ORDER BY 1, 2",
+            &[],
+        )
+        .await?;
+    let mut tables = Vec::new();
+    for row in rows {
+        let (schema, name, ident, select, pk): (String, String, String, bool, bool) =
+            (row.get(0), row.get(1), row.get(2), row.get(3), row.get(4));
+        if !settings.filter.accepts(&schema, &name) {
+            continue;
+        }
+        if !select {
+            r.error(format!(
+                "no SELECT on {schema}.{name}: GRANT SELECT ON {schema}.{name} TO <user>"
+            ));
+        }
+        match (ident.as_str(), pk) {
+            ("d", false) => r.warn(format!(
+                "{schema}.{name} has no primary key: once published, its updates and deletes \
+                 fail on the source; add a primary key or ALTER TABLE {schema}.{name} REPLICA \
+                 IDENTITY FULL"
+            )),
+            ("n", _) => r.warn(format!(
+                "{schema}.{name} has REPLICA IDENTITY NOTHING: its updates and deletes cannot \
+                 be replicated"
+            )),
+            _ => {}
+        }
+        tables.push((schema, name, pk || ident == "f"));
+    }
+    if tables.is_empty() {
+        r.warn("no table matches source.tables and source.exclude: nothing would be captured");
+    } else {
+        r.ok(format!("{} table(s) to capture", tables.len()));
+    }
+    let publication = client
+        .query_opt(
+            "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+            &[&settings.publication],
+        )
+        .await?;
+    if let Some(p) = publication
+        && !p.get::<_, bool>(0)
+    {
+        let published: Vec<(String, String)> = client
+            .query(
+                "SELECT schemaname::text, tablename::text FROM pg_publication_tables WHERE pubname = $1",
+                &[&settings.publication],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect();
+        for (s, t, _) in &tables {
+            if !published.iter().any(|(ps, pt)| ps == s && pt == t) {
+                r.warn(format!(
+                    "publication {:?} does not include {s}.{t}: ALTER PUBLICATION {} ADD TABLE {s}.{t}",
+                    settings.publication, settings.publication
+                ));
+            }
+        }
+    }
+    Ok(tables)
+}
+
+async fn check_mysql_source(config: &Config, r: &mut Report) -> Result<Tables> {
+    let settings = crate::supervisor::mysql_settings(config)?;
+    let opts = match mysql_async::Opts::from_url(config.source.url.expose()) {
+        Ok(o) => o,
+        Err(e) => {
+            r.error(format!("source url: {e}"));
+            return Ok(Vec::new());
+        }
+    };
+    let mut conn =
+        match tokio::time::timeout(Duration::from_secs(15), mysql_async::Conn::new(opts)).await {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => {
+                r.unreachable(format!(
+                    "cannot connect to the source {}: {e} (check host, port, user and password)",
+                    config.source.url
+                ));
+                return Ok(Vec::new());
+            }
+            Err(_) => {
+                r.unreachable(format!(
+                    "the source {} did not answer within 15 s",
+                    config.source.url
+                ));
+                return Ok(Vec::new());
+            }
+        };
+    r.ok(format!("source {} reachable", config.source.url));
+    for (ok, text) in crate::mysql::source::prerequisites(&mut conn, settings.server_id).await? {
+        if ok {
+            r.ok(text);
+        } else {
+            r.error(text);
+        }
+    }
+    let grants: Vec<String> = conn.query("SHOW GRANTS").await.unwrap_or_default();
+    let all = grants.join(" ").to_ascii_uppercase();
+    let has = |p: &[&str]| all.contains("ALL PRIVILEGES") || p.iter().any(|x| all.contains(x));
+    if !has(&["REPLICATION SLAVE", "REPLICATION REPLICA"]) {
+        r.error("the account lacks REPLICATION SLAVE: GRANT REPLICATION SLAVE ON *.* TO <user>");
+    }
+    if !has(&["REPLICATION CLIENT", "BINLOG MONITOR", "SUPER"]) {
+        r.error(
+            "the account lacks REPLICATION CLIENT (MariaDB: BINLOG MONITOR): GRANT REPLICATION \
+             CLIENT ON *.* TO <user>",
+        );
+    }
+    if !has(&["SELECT"]) {
+        r.error("the account lacks SELECT for the snapshot: GRANT SELECT ON <db>.* TO <user>");
+    }
+    let version: String = conn
+        .query_first("SELECT VERSION()")
+        .await?
+        .unwrap_or_default();
+    if !version.contains("MariaDB") {
+        let gtid: Option<String> = conn.query_first("SELECT @@gtid_mode").await.unwrap_or(None);
+        if gtid.as_deref() != Some("ON") {
+            r.warn("gtid_mode is not ON (advisory): ferry resumes by file:position either way");
+        }
+    }
+    let expire: Option<String> = conn
+        .query_first("SELECT @@expire_logs_days")
+        .await
+        .unwrap_or(None);
+    if expire.as_deref().is_some_and(|d| {
+        d.trim_start_matches('0')
+            .trim_start_matches('.')
+            .trim_matches('0')
+            .is_empty()
+    }) {
+        r.warn(
+            "binlogs are never expired (expire_logs_days = 0): the disk grows; ferry needs them \
+             kept only as long as it may be down",
+        );
+    }
+    // The position the spool would resume from must still be on the server.
+    if let Ok(Some(pos)) = crate::mysql::source::resume_position(config.spool.dir()) {
+        let logs: Vec<mysql_async::Row> = conn.query("SHOW BINARY LOGS").await.unwrap_or_default();
+        let names: Vec<String> = logs.iter().filter_map(|l| l.get(0)).collect();
+        if names.contains(&pos.file) {
+            r.ok(format!(
+                "binlog {} (the spool's resume position) is on the server",
+                pos.file
+            ));
+        } else {
+            r.error(format!(
+                "binlog {} (the spool's resume position) is no longer on the server: it was \
+                 purged; take a new snapshot with a new spool directory",
+                pos.file
+            ));
+        }
+    }
+    let rows: Vec<(String, String, i64)> = conn
+        .query(
+            "SELECT t.TABLE_SCHEMA, t.TABLE_NAME, \
+               (SELECT COUNT(*) FROM information_schema.TABLE_CONSTRAINTS c \
+                WHERE c.TABLE_SCHEMA = t.TABLE_SCHEMA AND c.TABLE_NAME = t.TABLE_NAME \
+                  AND c.CONSTRAINT_TYPE = 'PRIMARY KEY') \
+             FROM information_schema.TABLES t WHERE t.TABLE_TYPE = 'BASE TABLE' \
+               AND t.TABLE_SCHEMA NOT IN ('mysql', 'information_schema', 'performance_schema', 'sys', 'ferry') \
+             ORDER BY 1, 2",
+        )
+        .await?;
+    let mut tables = Vec::new();
+    for (db, t, pk) in rows {
+        if !settings.filter.accepts(&db, &t) {
+            continue;
+        }
+        if pk == 0 {
+            r.warn(format!(
+                "{db}.{t} has no primary key: replicas apply its updates and deletes by matching \
+                 whole rows, slowly"
+            ));
+        }
+        tables.push((db, t, pk > 0));
+    }
+    if tables.is_empty() {
+        r.warn("no table matches source.tables and source.exclude: nothing would be captured");
+    } else {
+        r.ok(format!("{} table(s) to capture", tables.len()));
+    }
+    Ok(tables)
+}
+
+async fn check_postgres_sink(c: &ferry_sink::db::DbSinkConfig, tables: &Tables, r: &mut Report) {
+    let client = match tokio::time::timeout(
+        Duration::from_secs(15),
+        tokio_postgres::connect(&c.url, tokio_postgres::NoTls),
+    )
+    .await
+    {
+        Ok(Ok((client, conn))) => {
+            tokio::spawn(async move {
+                let _ = conn.await;
+            });
+            client
+        }
+        Ok(Err(e)) => {
+            r.unreachable(format!("sink {}: cannot connect: {e}", c.name));
+            return;
+        }
+        Err(_) => {
+            r.unreachable(format!("sink {}: no answer within 15 s", c.name));
+            return;
+        }
+    };
+    r.ok(format!("sink {}: reachable", c.name));
+    let can_write = client
+        .query_one(
+            "SELECT has_database_privilege(current_database(), 'CREATE')
+                 OR (to_regclass('ferry.checkpoints') IS NOT NULL
+                     AND has_table_privilege('ferry.checkpoints', 'INSERT, UPDATE'))",
+            &[],
+        )
+        .await
+        .map(|row| row.get::<_, bool>(0))
+        .unwrap_or(false);
+    if !can_write {
+        r.error(format!(
+            "sink {}: the role may not create the ferry schema for its checkpoint table: GRANT \
+             CREATE ON DATABASE <db> TO <user>, or create ferry.checkpoints for it",
+            c.name
+        ));
+    }
+    for (schema, table, _) in tables {
+        let name = format!(
+            "{}.{}",
+            ferry_sink::postgres::schema::quote_ident(schema),
+            ferry_sink::postgres::schema::quote_ident(table)
+        );
+        let exists = client
+            .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
+            .await
+            .map(|row| row.get::<_, bool>(0))
+            .unwrap_or(false);
+        if !exists && !c.create_tables {
+            r.error(format!(
+                "sink {}: target table {schema}.{table} does not exist: create it, or set \
+                 create_tables = true",
+                c.name
+            ));
+        }
+    }
+}
+
+async fn check_mysql_sink(c: &ferry_sink::db::DbSinkConfig, tables: &Tables, r: &mut Report) {
+    let opts = match mysql_async::Opts::from_url(&c.url) {
+        Ok(o) => o,
+        Err(e) => {
+            r.error(format!("sink {}: url: {e}", c.name));
+            return;
+        }
+    };
+    let mut conn =
+        match tokio::time::timeout(Duration::from_secs(15), mysql_async::Conn::new(opts)).await {
+            Ok(Ok(conn)) => conn,
+            Ok(Err(e)) => {
+                r.unreachable(format!("sink {}: cannot connect: {e}", c.name));
+                return;
+            }
+            Err(_) => {
+                r.unreachable(format!("sink {}: no answer within 15 s", c.name));
+                return;
+            }
+        };
+    r.ok(format!("sink {}: reachable", c.name));
+    let grants: Vec<String> = conn.query("SHOW GRANTS").await.unwrap_or_default();
+    let all = grants.join(" ").to_ascii_uppercase();
+    let has = |p: &str| all.contains("ALL PRIVILEGES") || all.contains(p);
+    for p in ["INSERT", "UPDATE", "DELETE", "CREATE"] {
+        if !has(p) {
+            r.error(format!(
+                "sink {}: the account may lack {p} (for rows and the ferry.checkpoints table): \
+                 GRANT {p} ON *.* TO <user>",
+                c.name
+            ));
+        }
+    }
+    for (db, table, _) in tables {
+        let n: Option<i64> = conn
+            .exec_first(
+                "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                (db, table),
+            )
+            .await
+            .unwrap_or(None);
+        if n.unwrap_or(0) == 0 && !c.create_tables {
+            r.error(format!(
+                "sink {}: target table {db}.{table} does not exist: create it, or set \
+                 create_tables = true",
+                c.name
+            ));
+        }
+    }
+}
+
+async fn check_kafka_sink(c: &KafkaSinkConfig, tables: &Tables, r: &mut Report) {
+    let mut cc = ClientConfig::new();
+    cc.set("bootstrap.servers", &c.brokers);
+    for (k, v) in &c.properties {
+        if !k.starts_with("transaction")
+            && !k.starts_with("enable.idempotence")
+            && !k.starts_with("acks")
+        {
+            cc.set(k, v);
+        }
+    }
+    let consumer: BaseConsumer = match cc.create() {
+        Ok(x) => x,
+        Err(e) => {
+            r.error(format!("sink {}: kafka client: {e}", c.name));
+            return;
+        }
+    };
+    let metadata = match tokio::task::spawn_blocking(move || {
+        consumer.fetch_metadata(None, Duration::from_secs(10))
+    })
+    .await
+    {
+        Ok(Ok(m)) => m,
+        Ok(Err(e)) => {
+            r.unreachable(format!(
+                "sink {}: brokers {} unreachable: {e}",
+                c.name, c.brokers
+            ));
+            return;
+        }
+        Err(e) => {
+            r.error(format!("sink {}: {e}", c.name));
+            return;
+        }
+    };
+    r.ok(format!("sink {}: brokers {} reachable", c.name, c.brokers));
+    let existing: Vec<String> = metadata
+        .topics()
+        .iter()
+        .map(|t| t.name().to_owned())
+        .collect();
+    let mut wanted: Vec<String> = tables
+        .iter()
+        .map(|(s, t, _)| ferry_sink::kafka::topic_name(c, s, t))
+        .collect();
+    if c.exactly_once {
+        wanted.push(c.checkpoint_topic.clone());
+    }
+    wanted.extend(c.transaction_topic.clone());
+    wanted.extend(c.dead_letter_topic.clone());
+    wanted.sort();
+    wanted.dedup();
+    let missing: Vec<&String> = wanted.iter().filter(|t| !existing.contains(t)).collect();
+    if missing.is_empty() {
+        return;
+    }
+    let auto = match broker_auto_create(&cc, metadata.brokers().first().map(|b| b.id())).await {
+        Some(a) => a,
+        None => {
+            r.warn(format!(
+                "sink {}: topics {} do not exist and the broker's auto.create.topics.enable \
+                 could not be read",
+                c.name,
+                missing
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+            return;
+        }
+    };
+    for t in missing {
+        if auto {
+            r.ok(format!(
+                "sink {}: topic {t} will be created by the broker",
+                c.name
+            ));
+        } else {
+            r.error(format!(
+                "sink {}: topic {t} does not exist and the broker does not create topics \
+                 (auto.create.topics.enable = false): create it",
+                c.name
+            ));
+        }
+    }
+}
+
+/// The broker's `auto.create.topics.enable`, if it can be read.
+async fn broker_auto_create(cc: &ClientConfig, broker: Option<i32>) -> Option<bool> {
+    let admin: AdminClient<DefaultClientContext> = cc.create().ok()?;
+    let results = admin
+        .describe_configs(
+            &[ResourceSpecifier::Broker(broker?)],
+            &AdminOptions::new().request_timeout(Some(Duration::from_secs(10))),
+        )
+        .await
+        .ok()?;
+    let resource = results.into_iter().next()?.ok()?;
+    let entry = resource.get("auto.create.topics.enable")?;
+    entry.value.as_deref().map(|v| v == "true")
+}
