@@ -140,6 +140,11 @@ pub struct Truncate {
     pub restart_identity: bool,
 }
 
+/// The [`Message`] prefix of a table rename a source saw (a MySQL `RENAME TABLE`): content
+/// `{"from": [schema, table], "to": [schema, table]}` as JSON. Database sinks rename their table,
+/// so its rows stay with it; rows that follow use the new name's relation.
+pub const RENAME_PREFIX: &str = "ferry.rename";
+
 /// A logical decoding message (`pg_logical_emit_message`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {

@@ -96,6 +96,32 @@ pub trait Target: Send + Sized + 'static {
     ) -> impl Future<Output = Result<()>> + Send;
     /// Writes every pending change.
     fn flush(&mut self) -> impl Future<Output = Result<()>> + Send;
+    /// Renames a table (a source's `RENAME TABLE`), after writing what is pending.
+    fn rename(
+        &mut self,
+        from: (&str, &str),
+        to: (&str, &str),
+    ) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// A table rename carried by a [`ferry_proto::RENAME_PREFIX`] message: (from, to).
+pub fn parse_rename(content: &[u8]) -> Result<((String, String), (String, String))> {
+    let v: serde_json::Value = serde_json::from_slice(content)
+        .map_err(|e| SinkError::Fatal(format!("a rename message: {e}")))?;
+    let pair = |k: &str| -> Option<(String, String)> {
+        let a = v.get(k)?.as_array()?;
+        Some((
+            a.first()?.as_str()?.to_owned(),
+            a.get(1)?.as_str()?.to_owned(),
+        ))
+    };
+    match (pair("from"), pair("to")) {
+        (Some(f), Some(t)) => Ok((f, t)),
+        _ => Err(SinkError::Fatal(format!(
+            "a rename message without from and to: {}",
+            String::from_utf8_lossy(content)
+        ))),
+    }
 }
 
 /// A rough size of a change in bytes, to bound batches and pending changes.
@@ -532,6 +558,15 @@ impl<T: Target> DbSink<T> {
                     s.t.flush().await?;
                 }
             }
+            Event::Message(m) if m.prefix == ferry_proto::RENAME_PREFIX => {
+                if s.txn.as_ref().is_some_and(|t| t.skip) {
+                    return Ok(());
+                }
+                self.begin_target(s).await?;
+                let (from, to) = parse_rename(&m.content)?;
+                self.guarded(s, &event, None, Op::Rename(&from, &to))
+                    .await?;
+            }
             Event::Message(_) => {}
             Event::Heartbeat(h) if s.txn.is_none() && s.in_target_txn => {
                 // Between transactions of an open batch: the batch's checkpoint covers it.
@@ -671,6 +706,7 @@ enum Op<'e> {
     Relation(&'e Relation),
     /// A row change or truncate, with its size from [`event_bytes`].
     Change(&'e Event, usize),
+    Rename(&'e (String, String), &'e (String, String)),
 }
 
 impl Op<'_> {
@@ -682,6 +718,7 @@ impl Op<'_> {
                     .await
             }
             Op::Change(ev, bytes) => t.change(ev, *bytes).await,
+            Op::Rename(from, to) => t.rename((&from.0, &from.1), (&to.0, &to.1)).await,
         }
     }
 }

@@ -736,6 +736,33 @@ impl Target for MyTarget {
         Ok(())
     }
 
+    async fn rename(&mut self, from: (&str, &str), to: (&str, &str)) -> Result<()> {
+        self.flush().await?;
+        let exists: Option<i64> = self
+            .conn
+            .exec_first(
+                "SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ?",
+                (from.0, from.1),
+            )
+            .await?;
+        if exists.unwrap_or(0) > 0 {
+            self.conn
+                .query_drop(format!("CREATE DATABASE IF NOT EXISTS {}", quote(to.0)))
+                .await?;
+            let sql = format!(
+                "RENAME TABLE {}.{} TO {}.{}",
+                quote(from.0),
+                quote(from.1),
+                quote(to.0),
+                quote(to.1)
+            );
+            tracing::info!(%sql, "renaming a table as the source did");
+            self.conn.query_drop(sql).await?;
+        }
+        self.reset();
+        Ok(())
+    }
+
     async fn flush(&mut self) -> Result<()> {
         let ids: Vec<RelationId> = self.tables.keys().copied().collect();
         for id in ids {

@@ -176,6 +176,17 @@ async fn mariadb_into_mariadb_survives_kills_ddl_and_a_large_transaction() {
         .await
         .unwrap();
     assert_eq!(cols, ["id", "item", "delta", "memo"]);
+    // A table renamed: the replica's table is renamed with its rows, and later rows follow.
+    s.query_drop("RENAME TABLE app.moves TO app.moved; INSERT INTO app.moved VALUES (1000001, 2, 2, 'after')")
+        .await
+        .unwrap();
+    let tables = ["app.items", "app.moved", "app.big", "app.digits"];
+    converge(&mut s, &mut d, &tables, &mut ferry, 60).await;
+    let gone: Option<i64> = d
+        .query_first("SELECT COUNT(*) FROM information_schema.TABLES WHERE TABLE_SCHEMA = 'app' AND TABLE_NAME = 'moves'")
+        .await
+        .unwrap();
+    assert_eq!(gone, Some(0), "the old name is gone on the replica");
     // The checkpoint is on the target, in ferry.checkpoints.
     let cp: Option<String> = d
         .query_first("SELECT position FROM ferry.checkpoints WHERE sink = 'replica'")

@@ -183,4 +183,28 @@ impl Target for PgTarget {
     async fn flush(&mut self) -> Result<()> {
         self.applier.flush(&self.client).await
     }
+
+    async fn rename(&mut self, from: (&str, &str), to: (&str, &str)) -> Result<()> {
+        use self::schema::quote_ident;
+        self.applier.flush(&self.client).await?;
+        let mut sql = format!(
+            "ALTER TABLE IF EXISTS {}.{} RENAME TO {}",
+            quote_ident(from.0),
+            quote_ident(from.1),
+            quote_ident(to.1)
+        );
+        if from.0 != to.0 {
+            sql.push_str(&format!(
+                "; CREATE SCHEMA IF NOT EXISTS {0}; ALTER TABLE IF EXISTS {1}.{2} SET SCHEMA {0}",
+                quote_ident(to.0),
+                quote_ident(from.0),
+                quote_ident(to.1)
+            ));
+        }
+        tracing::info!(%sql, "renaming a table as the source did");
+        self.client.batch_execute(&sql).await?;
+        // What the applier knew of either table is stale now.
+        self.applier.reset();
+        Ok(())
+    }
 }
