@@ -57,6 +57,9 @@ pub struct TableReport {
 /// Compares every captured table on every PostgreSQL sink; writes a report to `out` and returns
 /// the tables that differ.
 pub async fn verify(config: &Config, out: &mut String) -> Result<Vec<TableReport>> {
+    if config.source.kind == crate::config::SourceKind::Mysql {
+        return crate::mysql::verify::verify(config, out).await;
+    }
     let settings = pg_settings(config)?;
     let (cfg, tls) = tls::parse_url(config.source.url.expose())?;
     let (source, _task) = tls.connect_client(&cfg, "verify source").await?;

@@ -187,13 +187,29 @@ async fn mariadb_into_mariadb_survives_kills_ddl_and_a_large_transaction() {
         .await
         .unwrap();
     assert_eq!(gone, Some(0), "the old name is gone on the replica");
+
+    // `ferry verify` agrees, and finds a row changed behind ferry's back.
+    let path = config.path();
+    let (code, out, err) =
+        ferry_tests::ferry::command(&["verify", "--config", path.to_str().unwrap()]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("app.big"), "{out}");
+    assert_eq!(out.matches("equal").count(), 4, "{out}");
+    ferry.stop().unwrap();
+    d.query_drop("UPDATE app.big SET v = 'tampered' WHERE id = 123456")
+        .await
+        .unwrap();
+    let (code, out, err) =
+        ferry_tests::ferry::command(&["verify", "--config", path.to_str().unwrap()]).unwrap();
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(out.contains("DIFFERS (1 of 5 chunks)"), "{out}");
+    assert!(err.contains("app.big on replica"), "{err}");
     // The checkpoint is on the target, in ferry.checkpoints.
     let cp: Option<String> = d
         .query_first("SELECT position FROM ferry.checkpoints WHERE sink = 'replica'")
         .await
         .unwrap();
     assert!(cp.unwrap().starts_with("binlog:"));
-    ferry.stop().unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

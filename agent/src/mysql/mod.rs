@@ -5,5 +5,6 @@
 pub mod decode;
 pub mod schema;
 pub mod source;
+pub mod verify;
 
 pub use source::{MysqlSettings, MysqlSource};

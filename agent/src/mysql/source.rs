@@ -49,7 +49,8 @@ pub struct MysqlSettings {
 }
 
 impl MysqlSettings {
-    fn wanted(&self, db: &str, table: &str) -> bool {
+    /// Whether the table is captured.
+    pub fn wanted(&self, db: &str, table: &str) -> bool {
         self.filter.accepts(db, table)
     }
 }
