@@ -22,6 +22,9 @@ use crate::verify::{CHUNK_ROWS, TableReport};
 
 const RECHECKS: usize = 3;
 
+/// A key's values.
+type Key = Vec<My>;
+
 async fn connect(url: &str) -> Result<Conn> {
     let opts = Opts::from_url(url).map_err(|e| Error::Config(format!("url: {e}")))?;
     let mut conn = Conn::new(opts).await?;
@@ -174,7 +177,7 @@ async fn compare(
     t: &TableSchema,
 ) -> Result<TableReport> {
     let bounds = boundaries(source, t).await?;
-    let ranges: Vec<(Option<&Vec<My>>, Option<&Vec<My>>)> = (0..=bounds.len())
+    let ranges: Vec<(Option<&Key>, Option<&Key>)> = (0..=bounds.len())
         .map(|i| (i.checked_sub(1).map(|j| &bounds[j]), bounds.get(i)))
         .collect();
     let mut report = TableReport {
