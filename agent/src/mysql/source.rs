@@ -445,10 +445,9 @@ impl MysqlSource {
                                     let v = match v {
                                         mysql_async::binlog::value::BinlogValue::Value(v) => v,
                                         mysql_async::binlog::value::BinlogValue::Jsonb(j) => {
-                                            let json: serde_json::Value = j.try_into().map_err(|e| {
+                                            return decode::mysql_json(j).map_err(|e| {
                                                 Error::Fatal(format!("{}: column {}: {e}", at(), c.name))
-                                            })?;
-                                            return Ok(Value::Json(json.to_string()));
+                                            });
                                         }
                                         mysql_async::binlog::value::BinlogValue::JsonDiff(_) => {
                                             return Err(Error::Fatal(format!(
