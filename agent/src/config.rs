@@ -155,6 +155,8 @@ pub struct SinkConfig {
     pub max_batch_rows: Option<u32>,
     /// Database sinks: commit a batch once it is this old, in milliseconds (default 200).
     pub max_batch_ms: Option<u32>,
+    /// `/readyz` reports not ready while this sink is further behind (default 300 s).
+    pub max_lag_seconds: Option<u32>,
     /// Kafka: a null-value message after each delete, for compacted topics.
     pub tombstones: Option<bool>,
     /// Kafka: each batch and the checkpoint in one Kafka transaction.

@@ -7,6 +7,7 @@ pub mod config;
 pub mod dump;
 pub mod error;
 pub mod filter;
+pub mod http;
 pub mod logging;
 pub mod mysql;
 pub mod postgres;

@@ -69,6 +69,13 @@ impl Source {
             Source::Mysql(s) => s.spool(),
         }
     }
+
+    fn stats(&self) -> watch::Receiver<crate::postgres::source::SourceStats> {
+        match self {
+            Source::Postgres(s) => s.stats(),
+            Source::Mysql(s) => s.stats(),
+        }
+    }
 }
 
 /// The Postgres source settings; for a mysql source, only what the supervisor reads of them.
@@ -326,6 +333,48 @@ pub async fn run(
     }
     let watchers: Vec<watch::Receiver<SinkProgress>> =
         progress.iter().map(|(_, rx)| rx.clone()).collect();
+    let (http_stop_tx, http_stop_rx) = watch::channel(false);
+    let http_task = match &config.http {
+        Some(http) => {
+            let sinks = progress
+                .iter()
+                .map(|(name, rx)| {
+                    let cfg = config
+                        .sinks
+                        .iter()
+                        .map(|s| s.get_ref())
+                        .find(|s| s.name.as_str() == name);
+                    crate::http::SinkView {
+                        name: name.clone(),
+                        kind: match cfg.map(|c| c.kind) {
+                            Some(SinkKind::Postgres) => "postgres",
+                            Some(SinkKind::Mysql) => "mysql",
+                            _ => "kafka",
+                        },
+                        max_lag_seconds: f64::from(
+                            cfg.and_then(|c| c.max_lag_seconds).unwrap_or(300),
+                        ),
+                        progress: rx.clone(),
+                    }
+                })
+                .collect();
+            let shared = crate::http::Shared {
+                source_kind: if mysql { "mysql" } else { "postgres" },
+                source: source.stats(),
+                sinks,
+                durable: durable.clone(),
+                spool_dir: dir.clone(),
+                tick: std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0)),
+            };
+            let listener = crate::http::bind(http.listen).await?;
+            Some(tokio::spawn(crate::http::serve(
+                listener,
+                shared,
+                http_stop_rx,
+            )))
+        }
+        None => None,
+    };
     let min_task = tokio::spawn(track_min_applied(watchers, applied_tx));
 
     let source_result = source.run(shutdown).await;
@@ -349,6 +398,12 @@ pub async fn run(
         }
     }
     min_task.abort();
+    let _ = http_stop_tx.send(true);
+    if let Some(t) = http_task
+        && let Ok(Err(e)) = t.await
+    {
+        tracing::warn!(error = %e, "http endpoint");
+    }
     source_result?;
     match halted {
         Some(e) => Err(e),

@@ -208,6 +208,7 @@ struct Session<T> {
     batch_started: Option<Instant>,
     txn: Option<Txn>,
     last_position: Option<Position>,
+    last_commit_time: Option<i64>,
     last_offset: Offset,
     /// Spool offset of the last checkpoint committed on the target.
     committed_offset: Offset,
@@ -347,6 +348,7 @@ impl<T: Target> DbSink<T> {
             batch_started: None,
             txn: None,
             last_position: None,
+            last_commit_time: None,
             last_offset: start,
             committed_offset: start,
         };
@@ -487,6 +489,7 @@ impl<T: Target> DbSink<T> {
                     )));
                 };
                 s.last_position = Some(c.position.clone());
+                s.last_commit_time = Some(c.commit_time);
                 s.last_offset = after;
                 if txn.skip {
                     if !s.in_target_txn {
@@ -690,9 +693,11 @@ impl<T: Target> DbSink<T> {
         s.batch_txns = 0;
         s.batch_started = None;
         let (offset, position) = (s.last_offset, s.last_position.clone());
+        let commit_time = s.last_commit_time;
         self.progress.send_modify(|p| {
             p.offset = offset;
             p.position = position;
+            p.last_commit_time = commit_time.or(p.last_commit_time);
             p.rows += rows;
             p.transactions += txns;
             p.batches += 1;

@@ -56,6 +56,8 @@ pub struct SinkProgress {
     pub skipped: u64,
     pub dead_lettered: u64,
     pub retries: u64,
+    /// Source commit time (µs since the epoch) of the last transaction applied, for lag.
+    pub last_commit_time: Option<i64>,
 }
 
 impl SinkProgress {
@@ -70,6 +72,7 @@ impl SinkProgress {
             skipped: 0,
             dead_lettered: 0,
             retries: 0,
+            last_commit_time: None,
         }
     }
 }

@@ -24,6 +24,7 @@ use super::decode::{self, ZeroDates};
 use super::schema::{self, Catalog, TableSchema};
 use crate::error::{Error, Result};
 use crate::filter::TableFilter;
+use crate::postgres::source::SourceStats;
 use crate::postgres::spill::TxnBuffer;
 
 /// Spool bytes written before the spool is made durable even while the binlog keeps coming.
@@ -128,6 +129,8 @@ pub struct MysqlSource {
     pending_since: Option<Instant>,
     registered_once: bool,
     last_truncate: Instant,
+    stats: SourceStats,
+    stats_tx: watch::Sender<SourceStats>,
 }
 
 impl std::fmt::Debug for MysqlSource {
@@ -161,6 +164,8 @@ impl MysqlSource {
             pending_since: None,
             registered_once: false,
             last_truncate: Instant::now(),
+            stats: SourceStats::default(),
+            stats_tx: watch::channel(SourceStats::default()).0,
         })
     }
 
@@ -168,12 +173,24 @@ impl MysqlSource {
         &self.spool
     }
 
+    /// The source's progress, updated as it moves.
+    pub fn stats(&self) -> watch::Receiver<SourceStats> {
+        self.stats_tx.subscribe()
+    }
+
+    fn set_connected(&mut self, connected: bool) {
+        self.stats.connected = connected;
+        self.stats_tx.send_replace(self.stats.clone());
+    }
+
     /// Streams until `shutdown` turns true, reconnecting after transient failures with backoff.
     pub async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
         let mut backoff = ferry_sink::Backoff::default();
         loop {
             let started = Instant::now();
-            match self.session(&mut shutdown).await {
+            let result = self.session(&mut shutdown).await;
+            self.set_connected(false);
+            match result {
                 Ok(()) => {
                     self.commit_spool()?;
                     return Ok(());
@@ -238,6 +255,7 @@ impl MysqlSource {
             .with_pos(start.pos);
         let mut stream = conn.get_binlog_stream(request).await.map_err(gap_or)?;
         self.registered_once = true;
+        self.set_connected(true);
         tracing::info!(position = %start, server_id = self.settings.server_id, "mysql source: streaming the binlog");
         let mut file = start.file.clone();
         let mut gtid: Option<MariaGtid> = None;
@@ -621,12 +639,24 @@ impl MysqlSource {
             xid,
             commit_time: t.time,
         }))?;
-        t.buf.replay(|ev| self.append(&ev))?;
+        let mut rows = 0u64;
+        t.buf.replay(|ev| {
+            rows += u64::from(matches!(
+                ev,
+                Event::Insert(_) | Event::Update(_) | Event::Delete(_)
+            ));
+            self.append(&ev)
+        })?;
         self.append(&Event::Commit(Commit {
             position,
             xid,
             commit_time: t.time,
-        }))
+        }))?;
+        self.stats.transactions += 1;
+        self.stats.rows += rows;
+        self.stats.last_commit_time = Some(t.time);
+        self.stats_tx.send_replace(self.stats.clone());
+        Ok(())
     }
 
     fn append(&mut self, event: &Event) -> Result<()> {

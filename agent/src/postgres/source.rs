@@ -93,6 +93,8 @@ pub struct SourceStats {
     /// Transactions the server streamed while in progress (larger than its
     /// `logical_decoding_work_mem`).
     pub streamed: u64,
+    /// Streaming from the server right now.
+    pub connected: bool,
 }
 
 impl SourceStats {
@@ -317,7 +319,10 @@ impl PgSource {
         let mut backoff = ferry_sink::Backoff::default();
         loop {
             self.streaming = false;
-            match self.session(&mut shutdown).await {
+            let result = self.session(&mut shutdown).await;
+            self.stats.connected = false;
+            self.publish_stats();
+            match result {
                 Ok(()) => return Ok(()),
                 Err(e) if e.is_transient() => {
                     self.reset_session_state()?;
@@ -539,6 +544,8 @@ impl PgSource {
             .await
             .map_err(|_| stalled("START_REPLICATION did not answer"))??;
         self.streaming = true;
+        self.stats.connected = true;
+        self.publish_stats();
 
         let mut status_timer = tokio::time::interval(STATUS_INTERVAL);
         let mut group_timer = tokio::time::interval(GROUP_DELAY);

@@ -340,8 +340,9 @@ impl KafkaSink {
         let mut batch_txns = 0u64;
         let mut batch_msgs = 0usize;
         let mut batch_started: Option<Instant> = None;
-        let mut last: Option<(Offset, Position)> = None;
+        let mut last: Option<(Offset, Position, Option<i64>)> = None;
         let mut in_kafka_txn = false;
+        let mut last_commit_time: Option<i64> = None;
         loop {
             let idle = txn.is_none() && batch_started.is_none();
             let next = if idle {
@@ -426,7 +427,8 @@ impl KafkaSink {
                         self.send(&out, t, None, Some(v.to_string().as_bytes()), &texts, "end")
                             .await?;
                     }
-                    last = Some((after, c.position.clone()));
+                    last_commit_time = Some(c.commit_time);
+                    last = Some((after, c.position.clone(), last_commit_time));
                     batch_txns += 1;
                     let due = batch_msgs >= self.cfg.max_batch_messages
                         || batch_started.is_some_and(|t| t.elapsed() >= self.cfg.max_batch_delay);
@@ -451,7 +453,7 @@ impl KafkaSink {
                 }
                 Event::Heartbeat(h) => {
                     if txn.is_none() && batch_started.is_none() {
-                        last = Some((after, h.position.clone()));
+                        last = Some((after, h.position.clone(), last_commit_time));
                         cursors.save(&name, after)?;
                         let position = h.position.clone();
                         self.progress.send_modify(|p| {
@@ -459,7 +461,7 @@ impl KafkaSink {
                             p.position = Some(position);
                         });
                     } else {
-                        last = Some((after, h.position.clone()));
+                        last = Some((after, h.position.clone(), last_commit_time));
                     }
                 }
                 Event::Insert(_) | Event::Update(_) | Event::Delete(_) | Event::Truncate(_) => {
@@ -631,7 +633,7 @@ impl KafkaSink {
         &self,
         out: &Out,
         in_kafka_txn: &mut bool,
-        last: &Option<(Offset, Position)>,
+        last: &Option<(Offset, Position, Option<i64>)>,
         txns: u64,
         msgs: usize,
         cursors: &Cursors,
@@ -667,7 +669,7 @@ impl KafkaSink {
             tracing::info!(sink = %self.cfg.name, "the broker acknowledges again");
             self.set_state(SinkState::Running);
         }
-        let Some((offset, position)) = last.clone() else {
+        let Some((offset, position, last_commit_time)) = last.clone() else {
             return Ok(());
         };
         if self.cfg.exactly_once && *in_kafka_txn {
@@ -694,6 +696,7 @@ impl KafkaSink {
         self.progress.send_modify(|p| {
             p.offset = offset;
             p.position = Some(position);
+            p.last_commit_time = last_commit_time.or(p.last_commit_time);
             p.transactions += txns;
             p.rows += msgs as u64;
             p.batches += 1;

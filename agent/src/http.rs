@@ -1,0 +1,452 @@
+//! The HTTP endpoint (`[http] listen`): `/metrics` in Prometheus text format, `/healthz` (the
+//! process answers and its runtime is not wedged), `/readyz` (the source is connected and every
+//! sink runs within its `max_lag_seconds`), and `/status` (positions and lag as JSON).
+//!
+//! Every metric is computed at scrape time from what the source and sinks already publish
+//! (their progress channels), the spool directory and `/proc/self`; labels are the source kind
+//! and the configured sink names only, so their number is bounded.
+
+use std::convert::Infallible;
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::Duration;
+
+use ferry_sink::postgres::{SinkProgress, SinkState};
+use ferry_spool::{Offset, segment};
+use http_body_util::Full;
+use hyper::body::{Bytes, Incoming};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::sync::watch;
+
+use crate::error::{Error, Result};
+use crate::postgres::source::SourceStats;
+
+/// A sink as the endpoint sees it.
+#[derive(Debug, Clone)]
+pub struct SinkView {
+    pub name: String,
+    pub kind: &'static str,
+    pub max_lag_seconds: f64,
+    pub progress: watch::Receiver<SinkProgress>,
+}
+
+/// What the endpoint reads.
+#[derive(Debug, Clone)]
+pub struct Shared {
+    pub source_kind: &'static str,
+    pub source: watch::Receiver<SourceStats>,
+    pub sinks: Vec<SinkView>,
+    pub durable: watch::Receiver<Offset>,
+    pub spool_dir: PathBuf,
+    /// Unix seconds of the runtime's last tick: a wedged runtime stops ticking.
+    pub tick: Arc<AtomicI64>,
+}
+
+fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_micros() as i64)
+        .unwrap_or(0)
+}
+
+/// A sink's lag in seconds: 0 when it has applied everything spooled, else the age of the last
+/// source transaction it applied (or of the process, if it has applied none).
+fn lag_seconds(p: &SinkProgress, durable: Offset, started: i64) -> f64 {
+    if p.offset >= durable {
+        return 0.0;
+    }
+    let since = p.last_commit_time.unwrap_or(started);
+    ((now_micros() - since) as f64 / 1e6).max(0.0)
+}
+
+/// Process resident memory in bytes and CPU seconds, from `/proc/self`.
+fn process() -> (u64, f64) {
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|kb| kb.parse::<u64>().ok())
+        })
+        .unwrap_or(0)
+        * 1024;
+    // utime and stime, fields 14 and 15, in clock ticks (100 a second on Linux).
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = s.rsplit_once(')')?.1;
+            let f: Vec<&str> = rest.split_whitespace().collect();
+            let u: f64 = f.get(11)?.parse().ok()?;
+            let k: f64 = f.get(12)?.parse().ok()?;
+            Some((u + k) / 100.0)
+        })
+        .unwrap_or(0.0);
+    (rss, cpu)
+}
+
+fn spool_usage(dir: &std::path::Path) -> (u64, usize) {
+    let bases = segment::list(dir).unwrap_or_default();
+    let bytes = bases
+        .iter()
+        .filter_map(|b| std::fs::metadata(segment::segment_path(dir, *b)).ok())
+        .map(|m| m.len())
+        .sum();
+    (bytes, bases.len())
+}
+
+fn started_micros() -> i64 {
+    static STARTED: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+    *STARTED.get_or_init(now_micros)
+}
+
+/// The Prometheus text exposition.
+pub fn metrics(s: &Shared) -> String {
+    let mut out = String::new();
+    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(out, "{name}{labels} {v}");
+        }
+    };
+    let src = s.source.borrow().clone();
+    let sl = format!("{{source=\"{}\"}}", s.source_kind);
+    family(
+        "ferry_source_transactions_total",
+        "counter",
+        "Source transactions written to the spool.",
+        &[(sl.clone(), src.transactions as f64)],
+    );
+    family(
+        "ferry_source_rows_total",
+        "counter",
+        "Row changes (insert, update, delete) written to the spool.",
+        &[(sl.clone(), src.rows as f64)],
+    );
+    family(
+        "ferry_source_connected",
+        "gauge",
+        "1 while the source streams from its server.",
+        &[(sl.clone(), f64::from(u8::from(src.connected)))],
+    );
+    family(
+        "ferry_source_lag_bytes",
+        "gauge",
+        "PostgreSQL: WAL the slot holds for ferry (server WAL end minus acknowledged position).",
+        &[(sl.clone(), src.lag_bytes() as f64)],
+    );
+    family(
+        "ferry_source_last_commit_timestamp_seconds",
+        "gauge",
+        "Source commit time of the last transaction spooled.",
+        &[(
+            sl.clone(),
+            src.last_commit_time.map_or(0.0, |t| t as f64 / 1e6),
+        )],
+    );
+    family(
+        "ferry_source_spilled_transactions_total",
+        "counter",
+        "Transactions larger than txn_memory_mb, spilled to disk before their commit.",
+        &[(sl, src.spilled as f64)],
+    );
+    let durable = *s.durable.borrow();
+    let (bytes, segments) = spool_usage(&s.spool_dir);
+    family(
+        "ferry_spool_bytes",
+        "gauge",
+        "Bytes of the spool's segments on disk.",
+        &[(String::new(), bytes as f64)],
+    );
+    family(
+        "ferry_spool_segments",
+        "gauge",
+        "Segments in the spool.",
+        &[(String::new(), segments as f64)],
+    );
+    family(
+        "ferry_spool_durable_offset",
+        "gauge",
+        "Spool offset up to which events are fsynced.",
+        &[(String::new(), durable.0 as f64)],
+    );
+    let started = started_micros();
+    let sinks: Vec<(String, SinkProgress, f64)> = s
+        .sinks
+        .iter()
+        .map(|v| {
+            let p = v.progress.borrow().clone();
+            let lag = lag_seconds(&p, durable, started);
+            (
+                format!("{{sink=\"{}\",type=\"{}\"}}", v.name, v.kind),
+                p,
+                lag,
+            )
+        })
+        .collect();
+    let per = |f: &dyn Fn(&SinkProgress, f64) -> f64| -> Vec<(String, f64)> {
+        sinks
+            .iter()
+            .map(|(l, p, lag)| (l.clone(), f(p, *lag)))
+            .collect()
+    };
+    family(
+        "ferry_sink_transactions_total",
+        "counter",
+        "Source transactions applied (or delivered) by the sink.",
+        &per(&|p, _| p.transactions as f64),
+    );
+    family(
+        "ferry_sink_rows_total",
+        "counter",
+        "Row changes applied (database sinks) or messages delivered (Kafka) by the sink.",
+        &per(&|p, _| p.rows as f64),
+    );
+    family(
+        "ferry_sink_batches_total",
+        "counter",
+        "Batches committed (target transactions, or Kafka batches); rows_total / batches_total is the mean batch size.",
+        &per(&|p, _| p.batches as f64),
+    );
+    family(
+        "ferry_sink_retries_total",
+        "counter",
+        "Transient failures retried (reconnecting).",
+        &per(&|p, _| p.retries as f64),
+    );
+    family(
+        "ferry_sink_skipped_total",
+        "counter",
+        "Changes that failed permanently and were skipped (on_error = skip).",
+        &per(&|p, _| p.skipped as f64),
+    );
+    family(
+        "ferry_sink_dead_lettered_total",
+        "counter",
+        "Changes that failed permanently and went to the dead-letter file or topic.",
+        &per(&|p, _| p.dead_lettered as f64),
+    );
+    family(
+        "ferry_sink_lag_bytes",
+        "gauge",
+        "Spool bytes the sink has not applied yet.",
+        &per(&|p, _| durable.0.saturating_sub(p.offset.0) as f64),
+    );
+    family(
+        "ferry_sink_lag_seconds",
+        "gauge",
+        "0 when the sink has applied everything spooled; else the age of the last source transaction it applied.",
+        &per(&|_, lag| lag),
+    );
+    family(
+        "ferry_sink_up",
+        "gauge",
+        "1 while the sink runs (not retrying, halted or stopped).",
+        &per(&|p, _| f64::from(u8::from(p.state == SinkState::Running))),
+    );
+    family(
+        "ferry_sink_halted",
+        "gauge",
+        "1 when the sink halted on a permanent failure (on_error = halt).",
+        &per(&|p, _| f64::from(u8::from(matches!(p.state, SinkState::Halted(_))))),
+    );
+    let (rss, cpu) = process();
+    family(
+        "ferry_process_resident_memory_bytes",
+        "gauge",
+        "Resident memory of the ferry process.",
+        &[(String::new(), rss as f64)],
+    );
+    family(
+        "ferry_process_cpu_seconds_total",
+        "counter",
+        "CPU time (user and system) of the ferry process.",
+        &[(String::new(), cpu)],
+    );
+    family(
+        "ferry_process_start_time_seconds",
+        "gauge",
+        "When the process started, Unix seconds.",
+        &[(String::new(), started as f64 / 1e6)],
+    );
+    out
+}
+
+/// Why ferry is not ready, or `None` when it is.
+pub fn unready(s: &Shared) -> Option<String> {
+    if !s.source.borrow().connected {
+        return Some("the source is not connected".into());
+    }
+    let durable = *s.durable.borrow();
+    let started = started_micros();
+    for v in &s.sinks {
+        let p = v.progress.borrow().clone();
+        if let SinkState::Halted(why) = &p.state {
+            return Some(format!("sink {} halted: {why}", v.name));
+        }
+        let lag = lag_seconds(&p, durable, started);
+        if lag > v.max_lag_seconds {
+            return Some(format!(
+                "sink {} is {lag:.0} s behind (max_lag_seconds = {})",
+                v.name, v.max_lag_seconds
+            ));
+        }
+    }
+    None
+}
+
+/// The `/status` document.
+pub fn status_json(s: &Shared) -> serde_json::Value {
+    let src = s.source.borrow().clone();
+    let durable = *s.durable.borrow();
+    let started = started_micros();
+    let (bytes, segments) = spool_usage(&s.spool_dir);
+    let sinks: Vec<serde_json::Value> = s
+        .sinks
+        .iter()
+        .map(|v| {
+            let p = v.progress.borrow().clone();
+            serde_json::json!({
+                "name": v.name,
+                "type": v.kind,
+                "state": p.state.to_string(),
+                "position": p.position.as_ref().map(ToString::to_string),
+                "offset": p.offset.0,
+                "lag_bytes": durable.0.saturating_sub(p.offset.0),
+                "lag_seconds": lag_seconds(&p, durable, started),
+                "transactions": p.transactions,
+                "rows": p.rows,
+                "batches": p.batches,
+                "retries": p.retries,
+                "skipped": p.skipped,
+                "dead_lettered": p.dead_lettered,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "source": {
+            "type": s.source_kind,
+            "connected": src.connected,
+            "transactions": src.transactions,
+            "rows": src.rows,
+            "lag_bytes": src.lag_bytes(),
+        },
+        "spool": {
+            "dir": s.spool_dir.display().to_string(),
+            "bytes": bytes,
+            "segments": segments,
+            "durable_offset": durable.0,
+        },
+        "sinks": sinks,
+        "ready": unready(s).is_none(),
+    })
+}
+
+fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    if let Ok(v) = content_type.parse() {
+        r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+    }
+    r
+}
+
+fn route(s: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() != hyper::Method::GET {
+        return respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "GET only\n".into(),
+        );
+    }
+    match req.uri().path() {
+        "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4", metrics(s)),
+        "/healthz" => {
+            let age = now_micros() / 1_000_000 - s.tick.load(Ordering::Relaxed);
+            if age <= 30 {
+                respond(StatusCode::OK, "text/plain", "ok\n".into())
+            } else {
+                respond(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("the runtime has not ticked for {age} s\n"),
+                )
+            }
+        }
+        "/readyz" => match unready(s) {
+            None => respond(StatusCode::OK, "text/plain", "ready\n".into()),
+            Some(why) => respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("{why}\n"),
+            ),
+        },
+        "/status" => respond(
+            StatusCode::OK,
+            "application/json",
+            format!("{}\n", status_json(s)),
+        ),
+        _ => respond(
+            StatusCode::NOT_FOUND,
+            "text/plain",
+            "not found: /metrics, /healthz, /readyz, /status\n".into(),
+        ),
+    }
+}
+
+/// Binds the endpoint's address (a failure stops ferry's start, not only the endpoint).
+pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| Error::io(format!("[http] listen {addr}"), e))?;
+    tracing::info!(%addr, "http endpoint: /metrics /healthz /readyz /status");
+    Ok(listener)
+}
+
+/// Serves until `shutdown` turns true.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Shared,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<()> {
+    let tick = shared.tick.clone();
+    tick.store(now_micros() / 1_000_000, Ordering::Relaxed);
+    let ticker = tokio::spawn(async move {
+        loop {
+            tick.store(now_micros() / 1_000_000, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    });
+    let shared = Arc::new(shared);
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = shutdown.wait_for(|v| *v) => break,
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "http endpoint: accept failed");
+                    continue;
+                }
+            },
+        };
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let shared = shared.clone();
+                async move { Ok::<_, Infallible>(route(&shared, &req)) }
+            });
+            let _ = http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+    ticker.abort();
+    Ok(())
+}

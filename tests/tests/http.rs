@@ -1,0 +1,194 @@
+//! The HTTP endpoint against a running ferry (PostgreSQL to PostgreSQL): `/metrics` counts match
+//! the changes made, `/readyz` goes unready while a sink is over its lag limit and ready again when
+//! it catches up, and unready for good when a sink halts; `/healthz` and `/status` answer.
+
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use ferry_tests::Postgres;
+use ferry_tests::ferry::{FerryConfig, FerryRun};
+use tokio_postgres::{Client, NoTls};
+
+async fn connect(pg: &Postgres) -> Client {
+    let (client, conn) = tokio_postgres::connect(&pg.conn_str("postgres"), NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    client
+}
+
+/// GET `path`: (status code, body).
+fn get(port: u16, path: &str) -> (u16, String) {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    let code = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap();
+    let body = text.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    (code, body.to_owned())
+}
+
+/// The value of one sample line `name{labels} value`.
+fn sample(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or_else(|| panic!("no {series} in\n{metrics}"))
+}
+
+fn wait_http(port: u16, path: &str, code: u16, secs: u64, ferry: &mut FerryRun) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", port)) {
+            let _ = s.flush();
+            let (c, body) = get(port, path);
+            if c == code {
+                return body;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{path} answered {c} {body}, waiting for {code}\n{}",
+                ferry.log_text()
+            );
+        } else {
+            ferry.check_alive().unwrap();
+            assert!(
+                Instant::now() < deadline,
+                "no endpoint\n{}",
+                ferry.log_text()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_the_changes_and_readyz_follows_lag_and_halts() {
+    let source = Postgres::start().unwrap();
+    let replica = Postgres::start().unwrap();
+    let s = connect(&source).await;
+    let r = connect(&replica).await;
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY, v int CHECK (v >= 0))";
+    s.batch_execute(&ddl.replace(" CHECK (v >= 0)", ""))
+        .await
+        .unwrap();
+    r.batch_execute(ddl).await.unwrap();
+    let port = ferry_tests::process::free_port();
+    let config = FerryConfig::pg_to_pg(
+        &source.url("postgres"),
+        &replica.url("postgres"),
+        "",
+        "max_lag_seconds = 2",
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(config.path()).unwrap();
+    std::fs::write(
+        config.path(),
+        format!("{text}\n[http]\nlisten = \"127.0.0.1:{port}\"\n"),
+    )
+    .unwrap();
+    let mut ferry = config.start(0).unwrap();
+    wait_http(port, "/readyz", 200, 60, &mut ferry);
+    assert_eq!(get(port, "/healthz").0, 200);
+
+    // 10 transactions of 10 inserts, then 25 updates and 5 deletes: 130 row changes.
+    for txn in 0..10 {
+        let values: Vec<String> = (0..10).map(|i| format!("({}, 1)", txn * 10 + i)).collect();
+        s.batch_execute(&format!("INSERT INTO t VALUES {}", values.join(", ")))
+            .await
+            .unwrap();
+    }
+    s.batch_execute("UPDATE t SET v = 2 WHERE id < 25; DELETE FROM t WHERE id >= 95")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let metrics = loop {
+        let (_, m) = get(port, "/metrics");
+        // The source publishes its counters every second.
+        if sample(
+            &m,
+            "ferry_sink_rows_total{sink=\"replica\",type=\"postgres\"}",
+        ) >= 130.0
+            && sample(&m, "ferry_source_rows_total{source=\"postgres\"}") >= 130.0
+        {
+            break m;
+        }
+        assert!(Instant::now() < deadline, "{m}\n{}", ferry.log_text());
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        sample(
+            &metrics,
+            "ferry_sink_rows_total{sink=\"replica\",type=\"postgres\"}"
+        ),
+        130.0
+    );
+    assert_eq!(
+        sample(&metrics, "ferry_source_rows_total{source=\"postgres\"}"),
+        130.0
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "ferry_sink_transactions_total{sink=\"replica\",type=\"postgres\"}"
+        ),
+        12.0,
+        "the (empty) snapshot, 10 inserts, the update and delete"
+    );
+    assert_eq!(
+        sample(&metrics, "ferry_source_connected{source=\"postgres\"}"),
+        1.0
+    );
+    assert!(sample(&metrics, "ferry_spool_segments") >= 1.0);
+    assert!(sample(&metrics, "ferry_process_resident_memory_bytes") > 1e6);
+    assert!(metrics.contains("# TYPE ferry_sink_lag_seconds gauge"));
+    let (code, status) = get(port, "/status");
+    assert_eq!(code, 200);
+    let status: serde_json::Value = serde_json::from_str(&status).unwrap();
+    assert_eq!(status["sinks"][0]["name"], "replica");
+    assert_eq!(status["sinks"][0]["rows"], 130);
+    assert_eq!(status["ready"], true);
+
+    // A lock on the replica holds the sink back: over its 2 s limit it is not ready, and ready
+    // again once it catches up.
+    let (locker, conn) = tokio_postgres::connect(&replica.conn_str("postgres"), NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    locker
+        .batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    s.batch_execute("INSERT INTO t VALUES (1000, 1)")
+        .await
+        .unwrap();
+    let body = wait_http(port, "/readyz", 503, 30, &mut ferry);
+    assert!(body.contains("behind"), "{body}");
+    locker.batch_execute("COMMIT").await.unwrap();
+    wait_http(port, "/readyz", 200, 30, &mut ferry);
+
+    // A value the replica refuses halts the sink (on_error = halt): not ready, for good.
+    s.batch_execute("INSERT INTO t VALUES (2000, -1)")
+        .await
+        .unwrap();
+    let body = wait_http(port, "/readyz", 503, 30, &mut ferry);
+    assert!(body.contains("halted"), "{body}");
+    let (_, m) = get(port, "/metrics");
+    assert_eq!(
+        sample(&m, "ferry_sink_halted{sink=\"replica\",type=\"postgres\"}"),
+        1.0
+    );
+}
