@@ -21,6 +21,8 @@ pub struct ConfigError(String);
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
+    /// Seconds a stop (SIGTERM, SIGINT) may take before ferry exits anyway (default 10).
+    pub shutdown_grace_seconds: Option<u32>,
     pub source: SourceConfig,
     pub spool: SpoolConfig,
     #[serde(default, rename = "sink")]

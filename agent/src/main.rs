@@ -47,6 +47,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(args) => {
             let config = Config::load(&args.config.config)?;
             let until = args.until;
+            let grace = std::time::Duration::from_secs(u64::from(
+                config.shutdown_grace_seconds.unwrap_or(10),
+            ));
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
@@ -58,9 +61,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                         "shutdown requested; stopping cleanly (signal again to exit now)"
                     );
                     let _ = stop_tx.send(true);
-                    wait_for_signal().await;
-                    tracing::warn!("second signal: exiting at once");
-                    std::process::exit(130);
+                    tokio::select! {
+                        _ = wait_for_signal() => {
+                            tracing::warn!("second signal: exiting at once");
+                            std::process::exit(130);
+                        }
+                        _ = tokio::time::sleep(grace) => {
+                            // Whatever was not committed is read again at the next start.
+                            tracing::error!(grace_secs = grace.as_secs(), "not stopped within the grace period (shutdown_grace_seconds): exiting");
+                            std::process::exit(1);
+                        }
+                    }
                 });
                 supervisor::run(config, until, stop_rx).await
             })?;
