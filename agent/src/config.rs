@@ -319,6 +319,16 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 /// Adds "did you mean" to serde's unknown-field and unknown-variant messages.
 fn explain(message: &str) -> String {
     let msg = message.trim();
+    // Rust's integer type names mean nothing to a person writing TOML.
+    for (rust, plain) in [
+        ("expected u16", "expected a whole number (0 to 65535)"),
+        ("expected u32", "expected a whole number (0 to 4294967295)"),
+        ("expected u64", "expected a whole number"),
+    ] {
+        if let Some(i) = msg.find(rust) {
+            return format!("{}{plain}{}", &msg[..i], &msg[i + rust.len()..]);
+        }
+    }
     let Some(rest) = msg
         .strip_prefix("unknown field `")
         .or_else(|| msg.strip_prefix("unknown variant `"))

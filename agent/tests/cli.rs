@@ -76,3 +76,52 @@ fn run_refuses_options_that_do_not_apply_and_bad_tls_settings() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("sslrootcert /nonexistent/ca.pem"), "{out}");
 }
+
+#[test]
+fn every_bad_input_is_one_line_and_exit_1_without_a_panic() {
+    let base = "[source]\ntype = \"postgres\"\nurl = \"postgres://u@127.0.0.1:1/db\"\n\n[spool]\ndir = \"/tmp/ferry-cli-x\"\n";
+    let cases: [(String, &str); 6] = [
+        ("[source\ntype = 1".into(), "ferry.toml:1:8: unclosed table"),
+        (
+            base.replace("\"postgres\"\nurl", "\"oracle\"\nurl"),
+            "postgres",
+        ),
+        (
+            base.replace("postgres://u@", "postgres://u:${FERRY_TEST_UNSET_VAR}@"),
+            "FERRY_TEST_UNSET_VAR",
+        ),
+        (
+            format!(
+                "{base}\n[[sink]]\nname = \"s\"\ntype = \"postgres\"\nurl = \"postgres://u@h/db\"\non_error = \"ignore\"\n"
+            ),
+            "halt",
+        ),
+        (
+            format!("{base}\n[[sink]]\nname = \"k\"\ntype = \"kafka\"\nbrokers = \"b:9092\"\n"),
+            "needs `topic`",
+        ),
+        (
+            format!("shutdown_grace_seconds = \"ten\"\n{base}"),
+            "expected a whole number",
+        ),
+    ];
+    for (text, expect) in cases {
+        let (_dir, path) = config(&text);
+        for cmd in ["run", "check"] {
+            let (code, out) = ferry(&[cmd, "--config", &path]);
+            assert_eq!(code, 1, "{cmd} {text:?}: {out}");
+            assert!(out.contains(expect), "{cmd} {text:?}: {out}");
+            assert_eq!(out.trim().lines().count(), 1, "one line: {out}");
+            assert!(
+                !out.contains("panicked") && !out.contains("backtrace"),
+                "{out}"
+            );
+        }
+    }
+    // An unreachable host: `check` names it and exits 1.
+    let (_dir, path) = config(base);
+    let (code, out) = ferry(&["check", "--config", &path]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("error: cannot connect to the source"), "{out}");
+    assert!(!out.contains("panicked"), "{out}");
+}

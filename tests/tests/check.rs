@@ -162,4 +162,22 @@ async fn mysql_source_settings_and_privileges_are_checked() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("lacks REPLICATION SLAVE"), "{out}");
     assert!(out.contains("is the source server's own id"), "{out}");
+
+    // A wrong password: one line from `check`, and `run` exits 1 instead of retrying.
+    let url = db
+        .url("app")
+        .replace(ferry_tests::mariadb::PASSWORD, "wrong");
+    let config = FerryConfig::mysql(&url, db.server_id() + 9, "", "").unwrap();
+    let (code, out) = check(&config);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("error: cannot connect to the source"), "{out}");
+    assert!(out.contains("Access denied"), "{out}");
+    let (code, log) = config
+        .start(0)
+        .unwrap()
+        .wait_exit(Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(code, 1, "{log}");
+    assert!(log.contains("Access denied"), "{log}");
+    assert!(!log.contains("panicked"), "{log}");
 }
