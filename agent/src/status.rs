@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use ferry_proto::{Lsn, Position};
 use ferry_spool::{Cursors, segment};
 
-use crate::config::{Config, SinkKind};
+use crate::config::{Config, SinkKind, SourceKind};
 use crate::error::Result;
 use crate::postgres::source::spool_tail;
 use crate::postgres::tls;
@@ -25,10 +25,13 @@ pub async fn status(config: &Config) -> Result<String> {
         .filter_map(|b| std::fs::metadata(segment::segment_path(dir, *b)).ok())
         .map(|m| m.len())
         .sum();
-    let spooled = if bases.is_empty() {
+    let mysql = config.source.kind == SourceKind::Mysql;
+    let spooled: Option<String> = if bases.is_empty() {
         None
+    } else if mysql {
+        crate::mysql::source::resume_position(dir)?.map(|p| p.to_string())
     } else {
-        spool_tail(dir)?.resume_from
+        spool_tail(dir)?.resume_from.map(|l| Lsn(l).to_string())
     };
     let _ = writeln!(
         out,
@@ -36,53 +39,58 @@ pub async fn status(config: &Config) -> Result<String> {
         dir.display(),
         bases.len(),
         bytes >> 20,
-        spooled.map_or("nothing yet".into(), |l| Lsn(l).to_string())
+        spooled.unwrap_or_else(|| "nothing yet".into())
     );
     let mut wal_now = None;
-    match tls::parse_url(config.source.url.expose()) {
-        Ok((cfg, tls)) => match tls.connect_client(&cfg, "status").await {
-            Ok((client, _task)) => {
-                let row = client
-                    .query_opt(
-                        "SELECT pg_current_wal_lsn()::text, s.confirmed_flush_lsn::text,
+    let mut binlog_now: Option<ferry_proto::BinlogPos> = None;
+    if mysql {
+        binlog_now = mysql_source_line(config, &mut out).await;
+    } else {
+        match tls::parse_url(config.source.url.expose()) {
+            Ok((cfg, tls)) => match tls.connect_client(&cfg, "status").await {
+                Ok((client, _task)) => {
+                    let row = client
+                        .query_opt(
+                            "SELECT pg_current_wal_lsn()::text, s.confirmed_flush_lsn::text,
                                 s.active, s.wal_status
                          FROM (SELECT 1) x LEFT JOIN pg_replication_slots s ON s.slot_name = $1",
-                        &[&config.source.slot()],
-                    )
-                    .await?;
-                if let Some(row) = row {
-                    let now: String = row.get(0);
-                    wal_now = now.parse::<Lsn>().ok();
-                    let confirmed: Option<String> = row.get(1);
-                    let active: Option<bool> = row.get(2);
-                    let wal_status: Option<String> = row.get(3);
-                    let lag = match (
-                        wal_now,
-                        confirmed.as_deref().and_then(|c| c.parse::<Lsn>().ok()),
-                    ) {
-                        (Some(n), Some(c)) => format!("{} bytes", n.0.saturating_sub(c.0)),
-                        _ => "-".into(),
-                    };
-                    let _ = writeln!(
-                        out,
-                        "source: WAL at {now}; slot {:?} {} confirmed {} (slot lag {lag}, wal_status {})",
-                        config.source.slot(),
-                        match active {
-                            Some(true) => "active,",
-                            Some(false) => "inactive,",
-                            None => "MISSING,",
-                        },
-                        confirmed.unwrap_or_else(|| "-".into()),
-                        wal_status.unwrap_or_else(|| "-".into())
-                    );
+                            &[&config.source.slot()],
+                        )
+                        .await?;
+                    if let Some(row) = row {
+                        let now: String = row.get(0);
+                        wal_now = now.parse::<Lsn>().ok();
+                        let confirmed: Option<String> = row.get(1);
+                        let active: Option<bool> = row.get(2);
+                        let wal_status: Option<String> = row.get(3);
+                        let lag = match (
+                            wal_now,
+                            confirmed.as_deref().and_then(|c| c.parse::<Lsn>().ok()),
+                        ) {
+                            (Some(n), Some(c)) => format!("{} bytes", n.0.saturating_sub(c.0)),
+                            _ => "-".into(),
+                        };
+                        let _ = writeln!(
+                            out,
+                            "source: WAL at {now}; slot {:?} {} confirmed {} (slot lag {lag}, wal_status {})",
+                            config.source.slot(),
+                            match active {
+                                Some(true) => "active,",
+                                Some(false) => "inactive,",
+                                None => "MISSING,",
+                            },
+                            confirmed.unwrap_or_else(|| "-".into()),
+                            wal_status.unwrap_or_else(|| "-".into())
+                        );
+                    }
                 }
-            }
+                Err(e) => {
+                    let _ = writeln!(out, "source: unreachable: {e}");
+                }
+            },
             Err(e) => {
-                let _ = writeln!(out, "source: unreachable: {e}");
+                let _ = writeln!(out, "source: {e}");
             }
-        },
-        Err(e) => {
-            let _ = writeln!(out, "source: {e}");
         }
     }
     let cursors = Cursors::new(dir);
@@ -101,6 +109,29 @@ pub async fn status(config: &Config) -> Result<String> {
             .map_or("-".into(), |o| o.to_string());
         let state =
             ferry_sink::postgres::read_state(dir, name).map_or("-".to_owned(), |s| s.to_string());
+        if sink.kind == SinkKind::Mysql {
+            let line = match mysql_checkpoint(&sink.url_exposed(), name).await {
+                Ok(Some((position, age))) => {
+                    let lag = match (&binlog_now, position.parse::<Position>()) {
+                        (Some(n), Ok(Position::Binlog(p))) if n.file == p.file => {
+                            n.pos.saturating_sub(p.pos).to_string()
+                        }
+                        _ => "-".into(),
+                    };
+                    format!(
+                        "{name:<16} {:<10} {position:<20} {lag:>14} {age:>12.1} {cursor:>14}",
+                        "mysql"
+                    )
+                }
+                Ok(None) => format!(
+                    "{name:<16} {:<10} {:<20} {:>14} {:>12} {cursor:>14}",
+                    "mysql", "(no checkpoint yet)", "-", "-"
+                ),
+                Err(e) => format!("{name:<16} {:<10} unreachable: {e}", "mysql"),
+            };
+            let _ = writeln!(out, "{line}  {state}");
+            continue;
+        }
         if sink.kind != SinkKind::Postgres {
             // A Kafka sink's position is its cursor in the spool (or, exactly once, the
             // checkpoint topic, which this command does not read).
@@ -131,9 +162,12 @@ pub async fn status(config: &Config) -> Result<String> {
                     Ok(Some(r)) => {
                         let position: String = r.get(0);
                         let age: f64 = r.get(1);
-                        let lag = match (wal_now, position.parse::<Position>()) {
-                            (Some(n), Ok(Position::Postgres(p))) => {
+                        let lag = match (wal_now, &binlog_now, position.parse::<Position>()) {
+                            (Some(n), _, Ok(Position::Postgres(p))) => {
                                 n.0.saturating_sub(p.0).to_string()
+                            }
+                            (_, Some(n), Ok(Position::Binlog(p))) if n.file == p.file => {
+                                n.pos.saturating_sub(p.pos).to_string()
                             }
                             _ => "-".into(),
                         };
@@ -155,4 +189,57 @@ pub async fn status(config: &Config) -> Result<String> {
         let _ = writeln!(out, "{line}  {state}");
     }
     Ok(out)
+}
+
+/// The MySQL source's line: its binlog position now.
+async fn mysql_source_line(config: &Config, out: &mut String) -> Option<ferry_proto::BinlogPos> {
+    use mysql_async::prelude::Queryable;
+    let opts = match mysql_async::Opts::from_url(config.source.url.expose()) {
+        Ok(o) => o,
+        Err(e) => {
+            let _ = writeln!(out, "source: url: {e}");
+            return None;
+        }
+    };
+    let mut conn = match mysql_async::Conn::new(opts).await {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = writeln!(out, "source: unreachable: {e}");
+            return None;
+        }
+    };
+    let row: Option<mysql_async::Row> = conn.query_first("SHOW MASTER STATUS").await.ok()?;
+    let now = row.and_then(|r| {
+        Some(ferry_proto::BinlogPos {
+            file: r.get(0)?,
+            pos: r.get(1)?,
+        })
+    });
+    let _ = writeln!(
+        out,
+        "source: binlog at {}",
+        now.as_ref()
+            .map_or("- (no binary log)".into(), ToString::to_string)
+    );
+    now
+}
+
+/// A MySQL sink's checkpoint: (position, age in seconds).
+async fn mysql_checkpoint(url: &str, sink: &str) -> Result<Option<(String, f64)>> {
+    use mysql_async::prelude::Queryable;
+    let opts = mysql_async::Opts::from_url(url)
+        .map_err(|e| crate::error::Error::Config(format!("sink url: {e}")))?;
+    let mut conn = mysql_async::Conn::new(opts).await?;
+    let row: std::result::Result<Option<(String, f64)>, mysql_async::Error> = conn
+        .exec_first(
+            "SELECT position, CAST(TIMESTAMPDIFF(MICROSECOND, updated_at, CURRENT_TIMESTAMP(6)) / 1e6 AS DOUBLE) \
+             FROM ferry.checkpoints WHERE sink = ?",
+            (sink,),
+        )
+        .await;
+    match row {
+        Ok(r) => Ok(r),
+        Err(mysql_async::Error::Server(e)) if e.code == 1146 || e.code == 1049 => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }

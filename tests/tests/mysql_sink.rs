@@ -195,6 +195,17 @@ async fn mariadb_into_mariadb_survives_kills_ddl_and_a_large_transaction() {
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains("app.big"), "{out}");
     assert_eq!(out.matches("equal").count(), 4, "{out}");
+    // `ferry status` shows the binlog position and the sink's checkpoint on its target.
+    let (code, out, err) =
+        ferry_tests::ferry::command(&["status", "--config", path.to_str().unwrap()]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("source: binlog at mysql-bin."), "{out}");
+    assert!(out.contains("holds the source up to mysql-bin."), "{out}");
+    let line = out.lines().find(|l| l.starts_with("replica")).unwrap();
+    assert!(
+        line.contains("mysql") && line.contains("binlog:mysql-bin."),
+        "{out}"
+    );
     ferry.stop().unwrap();
     d.query_drop("UPDATE app.big SET v = 'tampered' WHERE id = 123456")
         .await
