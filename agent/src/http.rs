@@ -127,7 +127,7 @@ pub fn metrics(s: &Shared) -> String {
     family(
         "ferry_source_rows_total",
         "counter",
-        "Row changes (insert, update, delete) written to the spool.",
+        "Row changes (insert, update, delete) streamed into the spool; the initial snapshot's copied rows are not counted.",
         &[(sl.clone(), src.rows as f64)],
     );
     family(
