@@ -157,6 +157,57 @@ pub fn metrics(s: &Shared) -> String {
         "Transactions larger than txn_memory_mb, spilled to disk before their commit.",
         &[(sl, src.spilled as f64)],
     );
+    let tables: Vec<(String, f64)> = src
+        .tables
+        .iter()
+        .map(|(t, n)| {
+            (
+                format!(
+                    "{{source=\"{}\",table=\"{}\"}}",
+                    s.source_kind,
+                    t.replace('"', "")
+                ),
+                *n as f64,
+            )
+        })
+        .collect();
+    family(
+        "ferry_source_table_rows_total",
+        "counter",
+        "Row changes read per captured table (one series per table).",
+        &tables,
+    );
+    let snap = &crate::progress::SNAPSHOT;
+    family(
+        "ferry_snapshot_running",
+        "gauge",
+        "1 while the initial snapshot copies tables.",
+        &[(String::new(), snap.running.load(Ordering::Relaxed) as f64)],
+    );
+    family(
+        "ferry_snapshot_tables",
+        "gauge",
+        "Tables the initial snapshot copies.",
+        &[(
+            String::new(),
+            snap.tables_total.load(Ordering::Relaxed) as f64,
+        )],
+    );
+    family(
+        "ferry_snapshot_tables_done",
+        "gauge",
+        "Tables the initial snapshot has copied.",
+        &[(
+            String::new(),
+            snap.tables_done.load(Ordering::Relaxed) as f64,
+        )],
+    );
+    family(
+        "ferry_snapshot_rows_total",
+        "counter",
+        "Rows the initial snapshot has copied.",
+        &[(String::new(), snap.rows.load(Ordering::Relaxed) as f64)],
+    );
     let durable = *s.durable.borrow();
     let (bytes, segments) = spool_usage(&s.spool_dir);
     family(

@@ -11,6 +11,7 @@ pub mod http;
 pub mod logging;
 pub mod mysql;
 pub mod postgres;
+pub mod progress;
 pub mod status;
 pub mod supervisor;
 pub mod verify;

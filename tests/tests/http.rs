@@ -153,6 +153,16 @@ async fn metrics_count_the_changes_and_readyz_follows_lag_and_halts() {
         1.0
     );
     assert!(sample(&metrics, "ferry_spool_segments") >= 1.0);
+    assert_eq!(
+        sample(
+            &metrics,
+            "ferry_source_table_rows_total{source=\"postgres\",table=\"public.t\"}"
+        ),
+        130.0
+    );
+    assert_eq!(sample(&metrics, "ferry_snapshot_tables"), 1.0);
+    assert_eq!(sample(&metrics, "ferry_snapshot_tables_done"), 1.0);
+    assert_eq!(sample(&metrics, "ferry_snapshot_running"), 0.0);
     assert!(sample(&metrics, "ferry_process_resident_memory_bytes") > 1e6);
     assert!(metrics.contains("# TYPE ferry_sink_lag_seconds gauge"));
     let (code, status) = get(port, "/status");

@@ -131,6 +131,7 @@ pub struct MysqlSource {
     last_truncate: Instant,
     stats: SourceStats,
     stats_tx: watch::Sender<SourceStats>,
+    last_published: Instant,
 }
 
 impl std::fmt::Debug for MysqlSource {
@@ -166,6 +167,7 @@ impl MysqlSource {
             last_truncate: Instant::now(),
             stats: SourceStats::default(),
             stats_tx: watch::channel(SourceStats::default()).0,
+            last_published: Instant::now(),
         })
     }
 
@@ -292,6 +294,10 @@ impl MysqlSource {
                 ));
             };
             let event = event.map_err(gap_or)?;
+            if self.last_published.elapsed() >= Duration::from_secs(1) {
+                self.last_published = Instant::now();
+                self.stats_tx.send_replace(self.stats.clone());
+            }
             let header = event.header();
             let end = u64::from(header.log_pos());
             if header.event_type_raw() == MARIADB_GTID_EVENT {
@@ -500,6 +506,11 @@ impl MysqlSource {
                             }
                         };
                         t.buf.push(&self.spill_dir, 0, ev)?;
+                        *self
+                            .stats
+                            .tables
+                            .entry(schema.relation.qualified_name())
+                            .or_default() += 1;
                     }
                 }
                 _ => {}
@@ -655,7 +666,11 @@ impl MysqlSource {
         self.stats.transactions += 1;
         self.stats.rows += rows;
         self.stats.last_commit_time = Some(t.time);
-        self.stats_tx.send_replace(self.stats.clone());
+        // Published at most once a second: the per-table counts are a map.
+        if self.last_published.elapsed() >= Duration::from_secs(1) {
+            self.last_published = Instant::now();
+            self.stats_tx.send_replace(self.stats.clone());
+        }
         Ok(())
     }
 
@@ -747,6 +762,7 @@ impl MysqlSource {
         let settings = self.settings.clone();
         let tables = schema::list_tables(&mut conn, &|d, t| settings.wanted(d, t)).await?;
         tracing::info!(tables = tables.len(), position = %pos, "initial snapshot: starting");
+        crate::progress::SNAPSHOT.start(tables.len() as u64);
         let position = Position::Binlog(pos.clone());
         let now = now_micros();
         let begin = self.spool.end();
@@ -771,10 +787,12 @@ impl MysqlSource {
                 return Ok(None);
             };
             total += rows;
+            crate::progress::SNAPSHOT.set(i as u64 + 1, total);
             let secs = started.elapsed().as_secs_f64().max(0.001);
             tracing::info!(table = %format!("{db}.{table}"), rows, tables_done = i + 1, tables = tables.len(), rows_per_sec = (total as f64 / secs) as u64, "initial snapshot: table copied");
         }
         conn.query_drop("COMMIT").await?;
+        crate::progress::SNAPSHOT.finish();
         self.append(&Event::Commit(Commit {
             position,
             xid: 0,

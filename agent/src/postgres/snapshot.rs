@@ -117,6 +117,7 @@ pub async fn copy_all(
         "initial snapshot: starting"
     );
 
+    crate::progress::SNAPSHOT.start(total as u64);
     let queue = Arc::new(Mutex::new(tables.into_iter().collect::<VecDeque<_>>()));
     let progress = Arc::new(Progress::default());
     let workers = if edges.is_empty() {
@@ -153,6 +154,10 @@ pub async fn copy_all(
     });
     tick.tick().await;
     let report = |final_line: bool| {
+        crate::progress::SNAPSHOT.set(
+            progress.tables_done.load(Ordering::Relaxed),
+            progress.rows.load(Ordering::Relaxed),
+        );
         let rows = progress.rows.load(Ordering::Relaxed);
         let done = progress.tables_done.load(Ordering::Relaxed);
         let rate = (rows as f64 / started.elapsed().as_secs_f64().max(1e-3)) as u64;
@@ -203,6 +208,7 @@ pub async fn copy_all(
         res.map_err(|e| Error::Fatal(format!("snapshot worker: {e}")))??;
     }
     report(true);
+    crate::progress::SNAPSHOT.finish();
     spool.append(&Event::Commit(Commit {
         position,
         xid: 0,

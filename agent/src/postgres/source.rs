@@ -95,6 +95,8 @@ pub struct SourceStats {
     pub streamed: u64,
     /// Streaming from the server right now.
     pub connected: bool,
+    /// Row changes read per captured table (`schema.table`), committed or not.
+    pub tables: std::collections::BTreeMap<String, u64>,
 }
 
 impl SourceStats {
@@ -254,6 +256,8 @@ pub struct PgSource {
     applied_ack: u64,
     stats: SourceStats,
     stats_tx: watch::Sender<SourceStats>,
+    /// Row changes read per relation OID (named in `stats.tables` when published).
+    table_counts: HashMap<u32, u64>,
 }
 
 impl std::fmt::Debug for PgSource {
@@ -302,6 +306,7 @@ impl PgSource {
             applied_ack: 0,
             stats,
             stats_tx,
+            table_counts: HashMap::new(),
         })
     }
 
@@ -709,6 +714,11 @@ impl PgSource {
 
     fn publish_stats(&mut self) {
         self.stats.acknowledged = self.ack_position();
+        for (oid, n) in &self.table_counts {
+            if let Some(rel) = self.relations.get(oid) {
+                self.stats.tables.insert(rel.relation.qualified_name(), *n);
+            }
+        }
         self.stats_tx.send_replace(self.stats.clone());
     }
 
@@ -931,6 +941,7 @@ impl PgSource {
                     let new = row(rel, &new)?;
                     let id = rel.relation.id;
                     self.change(xid, Event::Insert(Insert { relation: id, new }))?;
+                    *self.table_counts.entry(oid).or_default() += 1;
                 }
             }
             PgMessage::Update { xid, oid, old, new } => {
@@ -941,6 +952,7 @@ impl PgSource {
                         new: row(rel, &new)?,
                     });
                     self.change(xid, event)?;
+                    *self.table_counts.entry(oid).or_default() += 1;
                 }
             }
             PgMessage::Delete { xid, oid, old } => {
@@ -950,6 +962,7 @@ impl PgSource {
                         old: old_row(rel, &old)?,
                     });
                     self.change(xid, event)?;
+                    *self.table_counts.entry(oid).or_default() += 1;
                 }
             }
             PgMessage::Truncate {
