@@ -97,6 +97,27 @@ async fn postgres_source_and_sinks_pass_and_each_missing_prerequisite_is_named()
     assert_eq!(code, 1, "{log}");
     assert!(log.contains("ferry cannot run"), "{log}");
     assert!(log.contains("public.nokey does not exist"), "{log}");
+    // Refused before it touched anything: no slot, no publication, no ferry schema.
+    let created: i64 = c
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_replication_slots)
+                  + (SELECT count(*) FROM pg_publication)
+                  + (SELECT count(*) FROM pg_namespace WHERE nspname = 'ferry')",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(created, 0, "ferry created something on the source");
+    let created: i64 = r
+        .query_one(
+            "SELECT count(*) FROM pg_namespace WHERE nspname = 'ferry'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(created, 0, "ferry created its schema on the replica");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
