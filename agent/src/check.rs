@@ -102,6 +102,28 @@ impl fmt::Display for Report {
     }
 }
 
+/// Awaits a connection for at most 15 s; a failure becomes a finding naming `what` (transient:
+/// `run` retries it), and `None`.
+async fn reach<T, E: fmt::Display>(
+    r: &mut Report,
+    what: &str,
+    connect: impl std::future::Future<Output = std::result::Result<T, E>>,
+) -> Option<T> {
+    match tokio::time::timeout(Duration::from_secs(15), connect).await {
+        Ok(Ok(x)) => Some(x),
+        Ok(Err(e)) => {
+            r.unreachable(format!(
+                "cannot connect to {what}: {e} (check host, port, user and password)"
+            ));
+            None
+        }
+        Err(_) => {
+            r.unreachable(format!("{what} did not answer within 15 s"));
+            None
+        }
+    }
+}
+
 /// The captured tables: (schema or database, table, has a key).
 type Tables = Vec<(String, String, bool)>;
 
@@ -125,27 +147,10 @@ pub async fn check(config: &Config) -> Result<Report> {
 async fn check_postgres_source(config: &Config, r: &mut Report) -> Result<Tables> {
     let settings = pg_settings(config)?;
     let (cfg, tls) = tls::parse_url(config.source.url.expose())?;
-    let client = match tokio::time::timeout(
-        Duration::from_secs(15),
-        tls.connect_client(&cfg, "check source"),
-    )
-    .await
-    {
-        Ok(Ok((c, _task))) => c,
-        Ok(Err(e)) => {
-            r.unreachable(format!(
-                "cannot connect to the source {}: {e} (check host, port, user and password)",
-                config.source.url
-            ));
-            return Ok(Vec::new());
-        }
-        Err(_) => {
-            r.unreachable(format!(
-                "the source {} did not answer within 15 s",
-                config.source.url
-            ));
-            return Ok(Vec::new());
-        }
+    let what = format!("the source {}", config.source.url);
+    let Some((client, _task)) = reach(r, &what, tls.connect_client(&cfg, "check source")).await
+    else {
+        return Ok(Vec::new());
     };
     r.ok(format!("source {} reachable", config.source.url));
     let version: i32 = client
@@ -310,24 +315,10 @@ async fn check_mysql_source(config: &Config, r: &mut Report) -> Result<Tables> {
             return Ok(Vec::new());
         }
     };
-    let mut conn =
-        match tokio::time::timeout(Duration::from_secs(15), mysql_async::Conn::new(opts)).await {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => {
-                r.unreachable(format!(
-                    "cannot connect to the source {}: {e} (check host, port, user and password)",
-                    config.source.url
-                ));
-                return Ok(Vec::new());
-            }
-            Err(_) => {
-                r.unreachable(format!(
-                    "the source {} did not answer within 15 s",
-                    config.source.url
-                ));
-                return Ok(Vec::new());
-            }
-        };
+    let what = format!("the source {}", config.source.url);
+    let Some(mut conn) = reach(r, &what, mysql_async::Conn::new(opts)).await else {
+        return Ok(Vec::new());
+    };
     r.ok(format!("source {} reachable", config.source.url));
     for (ok, text) in crate::mysql::source::prerequisites(&mut conn, settings.server_id).await? {
         if ok {
@@ -426,27 +417,19 @@ async fn check_mysql_source(config: &Config, r: &mut Report) -> Result<Tables> {
 }
 
 async fn check_postgres_sink(c: &ferry_sink::db::DbSinkConfig, tables: &Tables, r: &mut Report) {
-    let client = match tokio::time::timeout(
-        Duration::from_secs(15),
+    let what = format!("sink {}", c.name);
+    let Some((client, conn)) = reach(
+        r,
+        &what,
         tokio_postgres::connect(&c.url, tokio_postgres::NoTls),
     )
     .await
-    {
-        Ok(Ok((client, conn))) => {
-            tokio::spawn(async move {
-                let _ = conn.await;
-            });
-            client
-        }
-        Ok(Err(e)) => {
-            r.unreachable(format!("sink {}: cannot connect: {e}", c.name));
-            return;
-        }
-        Err(_) => {
-            r.unreachable(format!("sink {}: no answer within 15 s", c.name));
-            return;
-        }
+    else {
+        return;
     };
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
     r.ok(format!("sink {}: reachable", c.name));
     let can_write = client
         .query_one(
@@ -494,18 +477,10 @@ async fn check_mysql_sink(c: &ferry_sink::db::DbSinkConfig, tables: &Tables, r: 
             return;
         }
     };
-    let mut conn =
-        match tokio::time::timeout(Duration::from_secs(15), mysql_async::Conn::new(opts)).await {
-            Ok(Ok(conn)) => conn,
-            Ok(Err(e)) => {
-                r.unreachable(format!("sink {}: cannot connect: {e}", c.name));
-                return;
-            }
-            Err(_) => {
-                r.unreachable(format!("sink {}: no answer within 15 s", c.name));
-                return;
-            }
-        };
+    let what = format!("sink {}", c.name);
+    let Some(mut conn) = reach(r, &what, mysql_async::Conn::new(opts)).await else {
+        return;
+    };
     r.ok(format!("sink {}: reachable", c.name));
     let grants: Vec<String> = conn.query("SHOW GRANTS").await.unwrap_or_default();
     let all = grants.join(" ").to_ascii_uppercase();

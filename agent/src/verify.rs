@@ -54,6 +54,30 @@ pub struct TableReport {
     pub chunks: usize,
 }
 
+/// The heading of a sink's table of results.
+pub fn write_header(out: &mut String, sink: &str) {
+    let _ = writeln!(out, "sink {sink}:");
+    let _ = writeln!(
+        out,
+        "  {:<40} {:>12} {:>12}  result",
+        "table", "source rows", "sink rows"
+    );
+}
+
+/// One table's result line.
+pub fn write_line(out: &mut String, r: &TableReport) {
+    let verdict = if r.differing_chunks == 0 {
+        "equal".to_owned()
+    } else {
+        format!("DIFFERS ({} of {} chunks)", r.differing_chunks, r.chunks)
+    };
+    let _ = writeln!(
+        out,
+        "  {:<40} {:>12} {:>12}  {verdict}",
+        r.table, r.source_rows, r.sink_rows
+    );
+}
+
 /// Compares every captured table on every PostgreSQL sink; writes a report to `out` and returns
 /// the tables that differ.
 pub async fn verify(config: &Config, out: &mut String) -> Result<Vec<TableReport>> {
@@ -84,24 +108,10 @@ pub async fn verify(config: &Config, out: &mut String) -> Result<Vec<TableReport
         });
         target.batch_execute(SESSION).await?;
         let name = sink.name.as_str().to_owned();
-        let _ = writeln!(out, "sink {name}:");
-        let _ = writeln!(
-            out,
-            "  {:<40} {:>12} {:>12}  result",
-            "table", "source rows", "sink rows"
-        );
+        write_header(out, &name);
         for t in &tables {
             let r = compare(&source, &target, &name, t).await?;
-            let verdict = if r.differing_chunks == 0 {
-                "equal".to_owned()
-            } else {
-                format!("DIFFERS ({} of {} chunks)", r.differing_chunks, r.chunks)
-            };
-            let _ = writeln!(
-                out,
-                "  {:<40} {:>12} {:>12}  {verdict}",
-                r.table, r.source_rows, r.sink_rows
-            );
+            write_line(out, &r);
             reports.push(r);
         }
     }

@@ -564,27 +564,19 @@ impl MysqlSource {
         if !moves.is_empty() {
             // A renamed table: sinks rename theirs, so its rows stay where they are.
             let position = Position::Binlog(pos.clone());
-            let commit_time = i64::from(time) * 1_000_000;
-            self.append(&Event::Begin(Begin {
-                position: position.clone(),
-                xid,
-                commit_time,
-            }))?;
-            for ((fd, ft), (td, tt)) in moves {
-                let content = serde_json::json!({"from": [fd, ft], "to": [td, tt]});
-                self.append(&Event::Message(Message {
-                    transactional: true,
-                    position: position.clone(),
-                    prefix: ferry_proto::RENAME_PREFIX.into(),
-                    content: content.to_string().into_bytes(),
-                }))?;
-            }
-            self.append(&Event::Commit(Commit {
-                position,
-                xid,
-                commit_time,
-            }))?;
-            return Ok(());
+            let events: Vec<Event> = moves
+                .into_iter()
+                .map(|((fd, ft), (td, tt))| {
+                    let content = serde_json::json!({"from": [fd, ft], "to": [td, tt]});
+                    Event::Message(Message {
+                        transactional: true,
+                        position: position.clone(),
+                        prefix: ferry_proto::RENAME_PREFIX.into(),
+                        content: content.to_string().into_bytes(),
+                    })
+                })
+                .collect();
+            return self.append_txn(position, xid, time, &events);
         }
         let words: Vec<String> = sql
             .split_whitespace()
@@ -609,30 +601,42 @@ impl MysqlSource {
                 && let Some(schema) = self.catalog.get(meta, &d, &t, None).await?
             {
                 let rel: Relation = schema.relation.clone();
-                let position = Position::Binlog(pos.clone());
-                let commit_time = i64::from(time) * 1_000_000;
-                self.append(&Event::Begin(Begin {
-                    position: position.clone(),
-                    xid,
-                    commit_time,
-                }))?;
-                self.append(&Event::Relation(rel.clone()))?;
-                self.append(&Event::Truncate(Truncate {
+                let truncate = Event::Truncate(Truncate {
                     relations: vec![rel.id],
                     cascade: false,
                     restart_identity: false,
-                }))?;
-                self.append(&Event::Commit(Commit {
-                    position,
-                    xid,
-                    commit_time,
-                }))?;
-                return Ok(());
+                });
+                let events = [Event::Relation(rel), truncate];
+                return self.append_txn(Position::Binlog(pos.clone()), xid, time, &events);
             }
         }
         self.append(&Event::Heartbeat(Heartbeat {
             position: Position::Binlog(pos),
             time: i64::from(time) * 1_000_000,
+        }))
+    }
+
+    /// One transaction of a statement's events (a rename, a truncate).
+    fn append_txn(
+        &mut self,
+        position: Position,
+        xid: u64,
+        time: u32,
+        events: &[Event],
+    ) -> Result<()> {
+        let commit_time = i64::from(time) * 1_000_000;
+        self.append(&Event::Begin(Begin {
+            position: position.clone(),
+            xid,
+            commit_time,
+        }))?;
+        for e in events {
+            self.append(e)?;
+        }
+        self.append(&Event::Commit(Commit {
+            position,
+            xid,
+            commit_time,
         }))
     }
 

@@ -18,7 +18,7 @@ use mysql_async::{Conn, Opts, Value as My};
 use super::schema::{self, TableSchema};
 use crate::config::{Config, SinkKind};
 use crate::error::{Error, Result};
-use crate::verify::{CHUNK_ROWS, TableReport};
+use crate::verify::{CHUNK_ROWS, TableReport, write_header, write_line};
 
 const RECHECKS: usize = 3;
 
@@ -61,24 +61,10 @@ pub async fn verify(config: &Config, out: &mut String) -> Result<Vec<TableReport
         }
         let mut target = connect(&sink.url_exposed()).await?;
         let name = sink.name.as_str().to_owned();
-        let _ = writeln!(out, "sink {name}:");
-        let _ = writeln!(
-            out,
-            "  {:<40} {:>12} {:>12}  result",
-            "table", "source rows", "sink rows"
-        );
+        write_header(out, &name);
         for t in &tables {
             let r = compare(&mut source, &mut target, &name, t).await?;
-            let verdict = if r.differing_chunks == 0 {
-                "equal".to_owned()
-            } else {
-                format!("DIFFERS ({} of {} chunks)", r.differing_chunks, r.chunks)
-            };
-            let _ = writeln!(
-                out,
-                "  {:<40} {:>12} {:>12}  {verdict}",
-                r.table, r.source_rows, r.sink_rows
-            );
+            write_line(out, &r);
             reports.push(r);
         }
     }
