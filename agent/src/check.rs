@@ -418,18 +418,15 @@ async fn check_mysql_source(config: &Config, r: &mut Report) -> Result<Tables> {
 
 async fn check_postgres_sink(c: &ferry_sink::db::DbSinkConfig, tables: &Tables, r: &mut Report) {
     let what = format!("sink {}", c.name);
-    let Some((client, conn)) = reach(
+    let Some((client, _task)) = reach(
         r,
         &what,
-        tokio_postgres::connect(&c.url, tokio_postgres::NoTls),
+        crate::postgres::tls::Tls::connect_url(&c.url, "check sink"),
     )
     .await
     else {
         return;
     };
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
     r.ok(format!("sink {}: reachable", c.name));
     let can_write = client
         .query_one(

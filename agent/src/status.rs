@@ -146,11 +146,8 @@ pub async fn status(config: &Config) -> Result<String> {
             continue;
         }
         let url = sink.url_exposed();
-        let line = match tokio_postgres::connect(&url, tokio_postgres::NoTls).await {
-            Ok((client, conn)) => {
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
+        let line = match tls::Tls::connect_url(&url, "status sink").await {
+            Ok((client, _task)) => {
                 let row = client
                     .query_opt(
                         "SELECT position, extract(epoch FROM now() - updated_at)::float8

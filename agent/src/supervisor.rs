@@ -214,6 +214,11 @@ pub fn db_sink_configs(config: &Config) -> Result<Vec<(SinkKind, PgSinkConfig)>>
             PgSinkConfig {
                 name: sink.name.as_str().to_owned(),
                 url: url.expose().to_owned(),
+                pg_connector: if sink.kind == SinkKind::Postgres {
+                    Some(crate::postgres::tls::Tls::sink_connector(url.expose())?)
+                } else {
+                    None
+                },
                 on_error: sink.on_error,
                 schema_changes: sink.schema_changes.unwrap_or_default(),
                 create_tables: sink.create_tables.unwrap_or(false),

@@ -102,10 +102,7 @@ pub async fn verify(config: &Config, out: &mut String) -> Result<Vec<TableReport
             continue;
         }
         let url = sink.url_exposed();
-        let (target, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
+        let (target, _task) = tls::Tls::connect_url(&url, "verify sink").await?;
         target.batch_execute(SESSION).await?;
         let name = sink.name.as_str().to_owned();
         write_header(out, &name);

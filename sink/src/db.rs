@@ -34,12 +34,37 @@ use crate::postgres::schema::SchemaChanges;
 use crate::progress::{SinkProgress, SinkState};
 use crate::{Backoff, OnError};
 
+/// Opens a PostgreSQL target connection (and the task driving it). The agent supplies one that
+/// speaks TLS as the URL's `sslmode` says; without one the sink connects in plain text.
+#[derive(Clone)]
+pub struct PgConnector(
+    #[allow(clippy::type_complexity)]
+    pub  std::sync::Arc<
+        dyn Fn() -> std::pin::Pin<
+                Box<
+                    dyn Future<
+                            Output = Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>)>,
+                        > + Send,
+                >,
+            > + Send
+            + Sync,
+    >,
+);
+
+impl std::fmt::Debug for PgConnector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PgConnector")
+    }
+}
+
 /// How a database sink is set up.
 #[derive(Debug, Clone)]
 pub struct DbSinkConfig {
     pub name: String,
     /// Connection URL of the target.
     pub url: String,
+    /// PostgreSQL targets: how to connect (TLS); plain text when `None`.
+    pub pg_connector: Option<PgConnector>,
     pub on_error: OnError,
     pub schema_changes: SchemaChanges,
     pub create_tables: bool,

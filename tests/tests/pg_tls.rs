@@ -223,3 +223,56 @@ fn tls_modes_against_a_server_without_tls() {
     let log = fails(&url("sslmode=require"));
     assert!(log.contains("server does not support TLS"), "{log}");
 }
+
+/// TLS to a PostgreSQL replica: the sink, `verify` and `check` connect as the sink URL's
+/// `sslmode` says (the replica rejects plain connections), and a certificate from an unknown CA
+/// is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_the_replica_sink() {
+    let certs = Certs::new();
+    let replica = certs.start_server();
+    let source = Postgres::start().unwrap();
+    setup(&source);
+    replica
+        .psql("postgres", "CREATE TABLE t (id serial PRIMARY KEY, v text)")
+        .unwrap();
+    let ca = certs.path("ca.pem").display().to_string();
+    let other = certs.path("other-ca.pem").display().to_string();
+    let sink_url = |ca: &str| {
+        format!(
+            "postgres://postgres@127.0.0.1:{}/postgres?sslmode=verify-full&sslrootcert={ca}",
+            replica.port()
+        )
+    };
+    let config = FerryConfig::pg_to_pg(&source.url("postgres"), &sink_url(&ca), "", "").unwrap();
+    let mut ferry = config.start(0).unwrap();
+    source
+        .psql("postgres", "INSERT INTO t (v) VALUES ('streamed')")
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while replica
+        .psql("postgres", "SELECT count(*) FROM t")
+        .unwrap()
+        .trim()
+        != "2"
+    {
+        ferry.check_alive().unwrap();
+        assert!(Instant::now() < deadline, "{}", ferry.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let path = config.path().display().to_string();
+    let (code, out, err) = ferry_tests::ferry::command(&["verify", "--config", &path]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("equal"), "{out}");
+    ferry.stop().unwrap();
+
+    let text = fs::read_to_string(config.path()).unwrap();
+    fs::write(config.path(), text.replace(&ca, &other)).unwrap();
+    let (code, out, err) = ferry_tests::ferry::command(&["check", "--config", &path]).unwrap();
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(
+        out.contains("error: cannot connect to sink replica"),
+        "{out}"
+    );
+    assert!(out.contains("UnknownIssuer"), "{out}");
+}

@@ -156,6 +156,32 @@ impl Tls {
         })
     }
 
+    /// Opens a connection to `url` (with its `sslmode` and `sslrootcert`) and drives it on a task.
+    pub async fn connect_url(
+        url: &str,
+        what: &'static str,
+    ) -> Result<(tokio_postgres::Client, JoinHandle<()>)> {
+        let (cfg, tls) = parse_url(url)?;
+        tls.connect_client(&cfg, what).await
+    }
+
+    /// A sink's connector: TLS as its URL says, errors classified for the sink's retries (a
+    /// certificate that does not verify is permanent, a lost connection transient).
+    pub fn sink_connector(url: &str) -> Result<ferry_sink::db::PgConnector> {
+        let (cfg, tls) = parse_url(url)?;
+        let (cfg, tls) = (Arc::new(cfg), Arc::new(tls));
+        Ok(ferry_sink::db::PgConnector(Arc::new(move || {
+            let (cfg, tls) = (cfg.clone(), tls.clone());
+            Box::pin(async move {
+                tls.connect_client(&cfg, "sink").await.map_err(|e| match e {
+                    Error::Postgres(p) => ferry_sink::SinkError::Postgres(p),
+                    Error::Tls(t) => ferry_sink::SinkError::Config(format!("TLS: {t}")),
+                    other => ferry_sink::SinkError::Fatal(other.to_string()),
+                })
+            })
+        })))
+    }
+
     /// Opens a tokio-postgres connection with these TLS settings and drives it on a task.
     pub async fn connect_client(
         &self,

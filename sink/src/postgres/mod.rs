@@ -90,12 +90,19 @@ impl Drop for PgTarget {
 
 impl Target for PgTarget {
     async fn connect(cfg: &DbSinkConfig) -> Result<(Self, bool)> {
-        let (client, conn) = tokio_postgres::connect(&cfg.url, tokio_postgres::NoTls).await?;
-        let conn_task = tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "sink connection closed");
+        let (client, conn_task) = match &cfg.pg_connector {
+            Some(connect) => (connect.0)().await?,
+            None => {
+                let (client, conn) =
+                    tokio_postgres::connect(&cfg.url, tokio_postgres::NoTls).await?;
+                let task = tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "sink connection closed");
+                    }
+                });
+                (client, task)
             }
-        });
+        };
         let t = PgTarget {
             client,
             conn_task,
