@@ -308,7 +308,7 @@ async fn check_postgres_source(config: &Config, r: &mut Report) -> Result<Tables
 
 async fn check_mysql_source(config: &Config, r: &mut Report) -> Result<Tables> {
     let settings = crate::supervisor::mysql_settings(config)?;
-    let opts = match mysql_async::Opts::from_url(config.source.url.expose()) {
+    let opts = match ferry_sink::mysql::opts_from_url(config.source.url.expose()) {
         Ok(o) => o,
         Err(e) => {
             r.error(format!("source url: {e}"));
@@ -467,7 +467,7 @@ async fn check_postgres_sink(c: &ferry_sink::db::DbSinkConfig, tables: &Tables, 
 }
 
 async fn check_mysql_sink(c: &ferry_sink::db::DbSinkConfig, tables: &Tables, r: &mut Report) {
-    let opts = match mysql_async::Opts::from_url(&c.url) {
+    let opts = match ferry_sink::mysql::opts_from_url(&c.url) {
         Ok(o) => o,
         Err(e) => {
             r.error(format!("sink {}: url: {e}", c.name));

@@ -191,7 +191,7 @@ pub async fn status(config: &Config) -> Result<String> {
 /// The MySQL source's line: its binlog position now.
 async fn mysql_source_line(config: &Config, out: &mut String) -> Option<ferry_proto::BinlogPos> {
     use mysql_async::prelude::Queryable;
-    let opts = match mysql_async::Opts::from_url(config.source.url.expose()) {
+    let opts = match ferry_sink::mysql::opts_from_url(config.source.url.expose()) {
         Ok(o) => o,
         Err(e) => {
             let _ = writeln!(out, "source: url: {e}");
@@ -224,7 +224,7 @@ async fn mysql_source_line(config: &Config, out: &mut String) -> Option<ferry_pr
 /// A MySQL sink's checkpoint: (position, age in seconds).
 async fn mysql_checkpoint(url: &str, sink: &str) -> Result<Option<(String, f64)>> {
     use mysql_async::prelude::Queryable;
-    let opts = mysql_async::Opts::from_url(url)
+    let opts = ferry_sink::mysql::opts_from_url(url)
         .map_err(|e| crate::error::Error::Config(format!("sink url: {e}")))?;
     let mut conn = mysql_async::Conn::new(opts).await?;
     let row: std::result::Result<Option<(String, f64)>, mysql_async::Error> = conn

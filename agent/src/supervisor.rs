@@ -41,7 +41,7 @@ pub fn mysql_settings(config: &Config) -> Result<crate::mysql::MysqlSettings> {
 fn source_database(config: &Config) -> Result<String> {
     match config.source.kind {
         SourceKind::Postgres => Ok(ConnParams::parse(config.source.url.expose())?.dbname),
-        SourceKind::Mysql => Ok(mysql_async::Opts::from_url(config.source.url.expose())
+        SourceKind::Mysql => Ok(ferry_sink::mysql::opts_from_url(config.source.url.expose())
             .map_err(|e| Error::Config(format!("source url: {e}")))?
             .db_name()
             .unwrap_or("")

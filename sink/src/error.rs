@@ -104,7 +104,11 @@ impl SinkError {
 /// a failover (1290, 1836), query interrupted or connection killed (1317, 1927).
 pub fn is_transient_mysql(e: &mysql_async::Error) -> bool {
     match e {
-        mysql_async::Error::Io(_) => true,
+        // A certificate that does not verify needs a person, not a retry.
+        mysql_async::Error::Io(mysql_async::IoError::Tls(_)) => false,
+        mysql_async::Error::Io(mysql_async::IoError::Io(io)) => !io
+            .get_ref()
+            .is_some_and(|inner| inner.is::<rustls::Error>()),
         mysql_async::Error::Driver(d) => matches!(
             d,
             mysql_async::DriverError::ConnectionClosed | mysql_async::DriverError::PoolDisconnected

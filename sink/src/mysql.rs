@@ -38,6 +38,45 @@ const CHECKPOINT_DDL: [&str; 2] = [
 /// Placeholders per statement stay below the protocol's 65,535.
 const MAX_PARAMS: usize = 60_000;
 
+/// Connection options from a `mysql://` URL. Besides mysql_async's own parameters
+/// (`require_ssl=true`, `verify_ca`, `verify_identity`, `built_in_roots`), `ssl_ca=PATH` names the
+/// CA certificate (PEM) the server's certificate must chain to, and turns TLS on.
+pub fn opts_from_url(url: &str) -> std::result::Result<Opts, String> {
+    let (base, query) = match url.split_once('?') {
+        Some((b, q)) => (b, q),
+        None => (url, ""),
+    };
+    let mut ca = None;
+    let rest: Vec<&str> = query
+        .split('&')
+        .filter(|kv| !kv.is_empty())
+        .filter(|kv| match kv.split_once('=') {
+            Some(("ssl_ca", v)) => {
+                ca = Some(v.to_owned());
+                false
+            }
+            _ => true,
+        })
+        .collect();
+    let url = if rest.is_empty() {
+        base.to_owned()
+    } else {
+        format!("{base}?{}", rest.join("&"))
+    };
+    let opts = Opts::from_url(&url).map_err(|e| e.to_string())?;
+    let Some(ca) = ca else {
+        return Ok(opts);
+    };
+    let ssl = opts
+        .ssl_opts()
+        .cloned()
+        .unwrap_or_default()
+        .with_root_certs(vec![std::path::PathBuf::from(ca).into()]);
+    Ok(mysql_async::OptsBuilder::from_opts(opts)
+        .ssl_opts(Some(ssl))
+        .into())
+}
+
 /// Backtick-quotes an identifier.
 pub fn quote(s: &str) -> String {
     format!("`{}`", s.replace('`', "``"))
@@ -547,7 +586,7 @@ impl MyTarget {
 
 impl Target for MyTarget {
     async fn connect(cfg: &DbSinkConfig) -> Result<(Self, bool)> {
-        let opts = Opts::from_url(&cfg.url)
+        let opts = opts_from_url(&cfg.url)
             .map_err(|e| SinkError::Config(format!("sink {} url: {e}", cfg.name)))?;
         let mut conn = Conn::new(opts).await?;
         for ddl in CHECKPOINT_DDL {

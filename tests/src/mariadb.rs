@@ -35,6 +35,11 @@ pub struct MariaDb {
 
 impl MariaDb {
     pub fn start() -> Result<MariaDb> {
+        Self::start_with(&[])
+    }
+
+    /// A server with extra `mariadbd` arguments (TLS settings, say).
+    pub fn start_with(extra: &[String]) -> Result<MariaDb> {
         let install = process::find_bin("mariadb-install-db", &sbin())?;
         let mariadbd = process::find_bin("mariadbd", &sbin())?;
         let client = process::find_bin("mariadb", &[])?;
@@ -88,6 +93,7 @@ impl MariaDb {
                     "--sync-binlog=0",
                     "--max-connections=200",
                 ]);
+            cmd.args(extra);
             run_as.apply(&mut cmd);
             let log = dir.path().join("mariadb.log");
             run_as.own(dir.path())?;

@@ -475,3 +475,84 @@ async fn a_purged_binlog_stops_ferry_with_the_reason() {
             .any(|e| matches!(e, Event::Insert(i) if i.new[0] == Value::Int(2)))
     );
 }
+
+/// TLS to MariaDB: a server that requires secure transport, its certificate from a CA made here.
+/// ferry's URL asks for TLS with that CA (`require_ssl=true&ssl_ca=…`) and captures; with another
+/// CA it stops with the verification error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_to_a_mariadb_that_requires_it() {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+    let dir = tempfile::Builder::new()
+        .prefix("ferry-mtls-")
+        .tempdir()
+        .unwrap();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "ferry test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let other_key = KeyPair::generate().unwrap();
+    let mut other_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    other_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    let other = other_params.self_signed(&other_key).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "mariadb");
+    let server = params
+        .signed_by(&server_key, &Issuer::from_params(&ca_params, &ca_key))
+        .unwrap();
+    let p = dir.path();
+    std::fs::write(p.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(p.join("other.pem"), other.pem()).unwrap();
+    std::fs::write(p.join("server.pem"), server.pem()).unwrap();
+    std::fs::write(p.join("server.key"), server_key.serialize_pem()).unwrap();
+    ferry_tests::process::RunAs::service_user("mysql")
+        .unwrap()
+        .own(p)
+        .unwrap();
+    let arg = |k: &str, f: &str| format!("--{k}={}", p.join(f).display());
+    let db = MariaDb::start_with(&[
+        arg("ssl-ca", "ca.pem"),
+        arg("ssl-cert", "server.pem"),
+        arg("ssl-key", "server.key"),
+        "--require-secure-transport=ON".to_owned(),
+    ])
+    .unwrap();
+    db.sql_as_root("CREATE DATABASE app; CREATE TABLE app.t (id int PRIMARY KEY); INSERT INTO app.t VALUES (1)")
+        .unwrap();
+    let url = |ca: &str| {
+        format!(
+            "{}?require_ssl=true&ssl_ca={}",
+            db.url("app"),
+            p.join(ca).display()
+        )
+    };
+    let config = FerryConfig::mysql(&url("ca.pem"), db.server_id() + 11, "", "").unwrap();
+    let spool = config.spool_dir();
+    let mut ferry = config.start(0).unwrap();
+    db.sql_as_root("INSERT INTO app.t VALUES (2)").unwrap();
+    let t0 = Instant::now();
+    wait_for(&spool, "rows over TLS", Duration::from_secs(60), |e| {
+        let n = e.iter().filter(|e| matches!(e, Event::Insert(_))).count();
+        assert!(
+            n == 2 || t0.elapsed() < Duration::from_secs(55),
+            "{}",
+            ferry.log_text()
+        );
+        n == 2
+    });
+    ferry.check_alive().unwrap();
+    ferry.stop().unwrap();
+    let bad = FerryConfig::mysql(&url("other.pem"), db.server_id() + 12, "", "").unwrap();
+    let (code, log) = bad
+        .start(0)
+        .unwrap()
+        .wait_exit(Duration::from_secs(60))
+        .unwrap();
+    assert_eq!(code, 1, "{log}");
+    assert!(log.to_lowercase().contains("certificate"), "{log}");
+}

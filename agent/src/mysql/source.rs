@@ -215,7 +215,7 @@ impl MysqlSource {
     }
 
     async fn session(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<()> {
-        let opts = Opts::from_url(&self.settings.url)
+        let opts = ferry_sink::mysql::opts_from_url(&self.settings.url)
             .map_err(|e| Error::Config(format!("source url: {e}")))?;
         let mut meta = tokio::time::timeout(Duration::from_secs(30), Conn::new(opts.clone()))
             .await

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use ferry_proto::Position;
 use mysql_async::prelude::Queryable;
-use mysql_async::{Conn, Opts, Value as My};
+use mysql_async::{Conn, Value as My};
 
 use super::schema::{self, TableSchema};
 use crate::config::{Config, SinkKind};
@@ -26,7 +26,8 @@ const RECHECKS: usize = 3;
 type Key = Vec<My>;
 
 async fn connect(url: &str) -> Result<Conn> {
-    let opts = Opts::from_url(url).map_err(|e| Error::Config(format!("url: {e}")))?;
+    let opts =
+        ferry_sink::mysql::opts_from_url(url).map_err(|e| Error::Config(format!("url: {e}")))?;
     let mut conn = Conn::new(opts).await?;
     conn.query_drop("SET SESSION time_zone = '+00:00'").await?;
     Ok(conn)
