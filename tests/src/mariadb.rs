@@ -51,6 +51,10 @@ impl MariaDb {
         let data = dir.path().join("data");
         let binlog = dir.path().join("binlog");
         std::fs::create_dir_all(&binlog).map_err(|e| e.to_string())?;
+        // A private tmpdir: a starting server deletes the `#sql*` files it finds in its tmpdir,
+        // which in a shared /tmp are another server's bootstrap tables.
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(&tmp).map_err(|e| e.to_string())?;
         run_as.own(dir.path())?;
 
         let mut cmd = Command::new(&install);
@@ -60,7 +64,8 @@ impl MariaDb {
                 "--auth-root-authentication-method=normal",
                 "--skip-test-db",
                 "--skip-name-resolve",
-            ]);
+            ])
+            .env("TMPDIR", &tmp);
         run_as.apply(&mut cmd);
         process::run(&mut cmd, "mariadb-install-db")?;
 
@@ -80,6 +85,7 @@ impl MariaDb {
                     dir.path().join("mysqld.pid").display()
                 ))
                 .arg(format!("--port={port}"))
+                .arg(format!("--tmpdir={}", tmp.display()))
                 .arg(format!("--log-bin={}", binlog.join("mysql-bin").display()))
                 .arg(format!("--server-id={server_id}"))
                 .args([
