@@ -734,7 +734,7 @@ async fn a_lost_slot_or_an_advanced_slot_is_a_gap_not_a_silent_restart() {
         let (code, log) = config
             .start(n)
             .unwrap()
-            .wait_exit(Duration::from_secs(30))
+            .wait_exit(Duration::from_secs(90))
             .unwrap();
         assert_eq!(code, 1, "{log}");
         assert!(log.contains(needle), "{needle:?} not in: {log}");

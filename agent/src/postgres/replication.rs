@@ -314,9 +314,17 @@ impl ReplicationConn {
                     }
                 }
                 backend::Message::ErrorResponse(body) => return Err(self.server_error(&body)),
-                backend::Message::CopyDone => {
-                    return Err(Error::Protocol(
-                        "the server ended the replication stream".into(),
+                // The server ends the stream when it shuts down (CopyDone, then CommandComplete
+                // and ReadyForQuery): a restart to wait out and reconnect after, not a failure.
+                backend::Message::CopyDone
+                | backend::Message::CommandComplete(_)
+                | backend::Message::ReadyForQuery(_) => {
+                    return Err(Error::io(
+                        "replication stream",
+                        std::io::Error::new(
+                            std::io::ErrorKind::ConnectionAborted,
+                            "the server ended the replication stream (shutting down?)",
+                        ),
                     ));
                 }
                 backend::Message::NoticeResponse(_) | backend::Message::ParameterStatus(_) => {}
