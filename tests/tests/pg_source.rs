@@ -969,3 +969,53 @@ async fn authenticates_with_scram_md5_and_cleartext_passwords() {
         );
     }
 }
+
+/// A source server restart while ferry streams: the server ends the replication stream at its
+/// shutdown, ferry reconnects once it is back, and every committed change arrives exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_restart_is_waited_out_and_nothing_is_lost() {
+    let mut pg = Postgres::start().unwrap();
+    {
+        let c = connect(&pg).await;
+        c.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
+            .await
+            .unwrap();
+    }
+    let config = FerryConfig::postgres(&pg.url("postgres"), "").unwrap();
+    let mut ferry = config.start(0).unwrap();
+    wait_for_snapshot(&config.spool_dir(), 60);
+    {
+        let c = connect(&pg).await;
+        c.batch_execute("INSERT INTO t VALUES (1)").await.unwrap();
+    }
+    let has = |id: i32| {
+        move |e: &[Event]| {
+            e.iter()
+                .any(|e| matches!(e, Event::Insert(i) if i.new[0] == Value::Int(i64::from(id))))
+        }
+    };
+    wait_for(
+        &config.spool_dir(),
+        "row 1",
+        Duration::from_secs(60),
+        has(1),
+    );
+    pg.restart().unwrap();
+    {
+        let c = connect(&pg).await;
+        c.batch_execute("INSERT INTO t VALUES (2)").await.unwrap();
+    }
+    wait_for(
+        &config.spool_dir(),
+        "row 2 after the restart",
+        Duration::from_secs(90),
+        has(2),
+    );
+    ferry.check_alive().unwrap();
+    ferry.stop().unwrap();
+    let inserts = events(&config.spool_dir())
+        .iter()
+        .filter(|e| matches!(e, Event::Insert(_)))
+        .count();
+    assert_eq!(inserts, 2, "each row exactly once");
+}
