@@ -762,7 +762,7 @@ async fn a_lost_slot_or_an_advanced_slot_is_a_gap_not_a_silent_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reconnects_after_killed_walsenders_without_loss() {
-    let pg = Postgres::start_with(PostgresOptions {
+    let mut pg = Postgres::start_with(PostgresOptions {
         settings: vec![("logical_decoding_work_mem".into(), "64kB".into())],
     })
     .unwrap();
@@ -824,9 +824,42 @@ async fn reconnects_after_killed_walsenders_without_loss() {
         },
     );
 
-    // (A server restart during this workload is not tested here: under a loaded machine it
-    // left ferry connected to a stream that never ended, which is under investigation. The
-    // replica sink's tests restart their server.)
+    // Then the server restarts in the middle of more of the same workload.
+    let writer = {
+        let client = connect(&pg).await;
+        tokio::spawn(async move {
+            for i in 300..360 {
+                let rows = if i % 20 == 0 { 3000 } else { 1 };
+                let first = i * 10_000;
+                // The server goes away for a moment: a failed statement is simply not committed.
+                let _ = client
+                    .batch_execute(&format!(
+                        "INSERT INTO log SELECT g, 'b{i}' FROM generate_series({first}, {}) g",
+                        first + rows - 1
+                    ))
+                    .await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    pg.restart().unwrap();
+    let _ = writer.await;
+    let client = connect(&pg).await;
+    client
+        .batch_execute("SELECT pg_logical_emit_message(true, 'after-restart', '')")
+        .await
+        .unwrap();
+    wait_for(
+        &config.spool_dir(),
+        "the marker after the restart",
+        Duration::from_secs(150),
+        |e| {
+            e.iter()
+                .any(|e| matches!(e, Event::Message(m) if m.prefix == "after-restart"))
+        },
+    );
+    ferry.check_alive().unwrap();
     let log = ferry.log_text();
     assert!(
         log.contains("reconnecting"),
