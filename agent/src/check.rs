@@ -320,11 +320,12 @@ async fn check_mysql_source(config: &Config, r: &mut Report) -> Result<Tables> {
         return Ok(Vec::new());
     };
     r.ok(format!("source {} reachable", config.source.url));
-    for (ok, text) in crate::mysql::source::prerequisites(&mut conn, settings.server_id).await? {
-        if ok {
-            r.ok(text);
-        } else {
-            r.error(text);
+    for p in crate::mysql::source::prerequisites(&mut conn, settings.server_id).await? {
+        match (p.ok, p.transient) {
+            (true, _) => r.ok(p.text),
+            // `run` waits for it to pass (ferry's own killed predecessor, most likely).
+            (false, true) => r.unreachable(p.text),
+            (false, false) => r.error(p.text),
         }
     }
     let grants: Vec<String> = conn.query("SHOW GRANTS").await.unwrap_or_default();

@@ -982,7 +982,7 @@ async fn master_position(conn: &mut Conn) -> Result<BinlogPos> {
 
 /// The server settings the binlog source needs, and a `server_id` no connected replica uses:
 /// (satisfied, what was found or what to change).
-pub async fn prerequisites(conn: &mut Conn, server_id: u32) -> Result<Vec<(bool, String)>> {
+pub async fn prerequisites(conn: &mut Conn, server_id: u32) -> Result<Vec<Prerequisite>> {
     let vars: Vec<(String, String)> = conn
         .query(
             "SHOW GLOBAL VARIABLES WHERE Variable_name IN \
@@ -1007,38 +1007,81 @@ pub async fn prerequisites(conn: &mut Conn, server_id: u32) -> Result<Vec<(bool,
     let mut out = Vec::new();
     for (var, value, fix) in want {
         out.push(match get(var) {
-            Some(v) if v == value => (true, format!("{var} = {v}")),
-            Some(v) => (false, format!("{var} is {v}: {fix} and restart the server")),
-            None => (false, format!("{var} is not set: {fix}")),
+            Some(v) if v == value => Prerequisite::met(format!("{var} = {v}")),
+            Some(v) => Prerequisite::unmet(format!("{var} is {v}: {fix} and restart the server")),
+            None => Prerequisite::unmet(format!("{var} is not set: {fix}")),
         });
     }
     if get("server_id").as_deref() == Some(&server_id.to_string()) {
-        out.push((
-            false,
-            format!("server_id {server_id} is the source server's own id: give ferry another"),
-        ));
+        out.push(Prerequisite::unmet(format!(
+            "server_id {server_id} is the source server's own id: give ferry another"
+        )));
     }
     // MariaDB spells it SHOW SLAVE HOSTS, MySQL 8.0.22+ SHOW REPLICAS (and still accepts the old).
     let hosts: Vec<mysql_async::Row> = conn.query("SHOW SLAVE HOSTS").await.unwrap_or_default();
     if hosts.iter().any(|h| h.get::<u32, _>(0) == Some(server_id)) {
-        out.push((
-            false,
-            format!(
+        // Possibly ferry's own previous connection, killed a moment ago: the server drops it
+        // once it notices, within a heartbeat or two.
+        out.push(Prerequisite {
+            ok: false,
+            transient: true,
+            text: format!(
                 "another replica connected to the source already uses server_id {server_id}: \
                  give ferry a server_id no replica uses"
             ),
-        ));
+        });
     }
     Ok(out)
 }
 
-async fn check_server(conn: &mut Conn, server_id: u32) -> Result<()> {
-    for (ok, text) in prerequisites(conn, server_id).await? {
-        if !ok {
-            return Err(Error::Config(text));
+/// One prerequisite of the binlog source: met or not, and whether it may pass by itself.
+#[derive(Debug, Clone)]
+pub struct Prerequisite {
+    pub ok: bool,
+    pub transient: bool,
+    pub text: String,
+}
+
+impl Prerequisite {
+    fn met(text: String) -> Self {
+        Prerequisite {
+            ok: true,
+            transient: false,
+            text,
         }
     }
-    Ok(())
+
+    fn unmet(text: String) -> Self {
+        Prerequisite {
+            ok: false,
+            transient: false,
+            text,
+        }
+    }
+}
+
+/// Refuses an unmet prerequisite; one that may pass by itself (a server_id still registered by
+/// ferry's own killed predecessor) is given 30 s.
+async fn check_server(conn: &mut Conn, server_id: u32) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let unmet: Vec<Prerequisite> = prerequisites(conn, server_id)
+            .await?
+            .into_iter()
+            .filter(|p| !p.ok)
+            .collect();
+        match unmet.first() {
+            None => return Ok(()),
+            Some(p) if unmet.iter().all(|p| p.transient) && Instant::now() < deadline => {
+                tracing::info!("{}; waiting for it to go away", p.text);
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            Some(_) => {
+                let p = unmet.iter().find(|p| !p.transient).unwrap_or(&unmet[0]);
+                return Err(Error::Config(p.text.clone()));
+            }
+        }
+    }
 }
 
 /// Where a spool of this source would resume, if it has a position.
