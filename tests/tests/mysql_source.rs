@@ -556,3 +556,70 @@ async fn tls_to_a_mariadb_that_requires_it() {
     assert_eq!(code, 1, "{log}");
     assert!(log.to_lowercase().contains("certificate"), "{log}");
 }
+
+/// The binlog connection killed three times during a workload: ferry reconnects from the last
+/// transaction it spooled, so every insert is in the spool exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_after_killed_binlog_connections_without_duplicates() {
+    let db = MariaDb::start().unwrap();
+    let mut c = connect(&db).await;
+    c.query_drop("CREATE DATABASE app; CREATE TABLE app.log (id int PRIMARY KEY)")
+        .await
+        .unwrap();
+    let config = FerryConfig::mysql(&db.url("app"), db.server_id() + 21, "", "").unwrap();
+    let spool = config.spool_dir();
+    let mut ferry = config.start(0).unwrap();
+    wait_for(&spool, "the snapshot", Duration::from_secs(60), |e| {
+        e.iter().any(|e| matches!(e, Event::Commit(_)))
+    });
+    let writer = {
+        let mut w = connect(&db).await;
+        tokio::spawn(async move {
+            for i in 1..=600 {
+                w.query_drop(format!("INSERT INTO app.log VALUES ({i})"))
+                    .await
+                    .unwrap();
+                if i % 20 == 0 {
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            }
+        })
+    };
+    let mut kills = 0;
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let ids: Vec<u64> = c
+            .query(
+                "SELECT ID FROM information_schema.PROCESSLIST WHERE COMMAND LIKE 'Binlog Dump%'",
+            )
+            .await
+            .unwrap();
+        for id in ids {
+            if c.query_drop(format!("KILL {id}")).await.is_ok() {
+                kills += 1;
+            }
+        }
+    }
+    writer.await.unwrap();
+    assert!(kills >= 2, "the binlog connection was killed {kills} times");
+    wait_for(&spool, "row 600", Duration::from_secs(90), |e| {
+        e.iter()
+            .any(|e| matches!(e, Event::Insert(i) if i.new[0] == Value::Int(600)))
+    });
+    ferry.check_alive().unwrap();
+    assert!(
+        ferry.log_text().contains("reconnecting"),
+        "{}",
+        ferry.log_text()
+    );
+    ferry.stop().unwrap();
+    let mut seen: BTreeMap<i64, usize> = BTreeMap::new();
+    for e in events(&spool) {
+        if let Event::Insert(i) = e {
+            *seen.entry(id(&i.new[0])).or_default() += 1;
+        }
+    }
+    assert_eq!(seen.len(), 600);
+    let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
+    assert!(twice.is_empty(), "inserted more than once: {twice:?}");
+}

@@ -685,6 +685,19 @@ impl MysqlSource {
             return Ok(());
         }
         self.spool.append(event)?;
+        // A reconnect resumes after the last transaction (or statement) spooled, not where the
+        // session started: what is appended but not yet fsynced is made durable by this process.
+        if let Event::Commit(Commit {
+            position: Position::Binlog(p),
+            ..
+        })
+        | Event::Heartbeat(Heartbeat {
+            position: Position::Binlog(p),
+            ..
+        }) = event
+        {
+            self.resume = Some(p.clone());
+        }
         self.pending_since.get_or_insert_with(Instant::now);
         if self.spool.end().0 - self.spool.durable_end().0 >= GROUP_BYTES {
             self.commit_spool()?;
