@@ -97,6 +97,8 @@ struct OpenTxn {
     xid: u64,
     time: i64,
     buf: TxnBuffer,
+    /// Relations already in `buf`: one Relation event a table definition, not one a rows event.
+    announced: Vec<Relation>,
     /// A DDL statement logged on its own (MariaDB's standalone GTID): it ends at its query.
     standalone: bool,
 }
@@ -132,6 +134,10 @@ pub struct MysqlSource {
     stats: SourceStats,
     stats_tx: watch::Sender<SourceStats>,
     last_published: Instant,
+    /// Row changes read per table, named in `stats.tables` when published (counting by id keeps
+    /// the per-row path free of allocation).
+    table_rows: std::collections::HashMap<ferry_proto::RelationId, u64>,
+    table_names: std::collections::HashMap<ferry_proto::RelationId, String>,
 }
 
 impl std::fmt::Debug for MysqlSource {
@@ -168,6 +174,8 @@ impl MysqlSource {
             stats: SourceStats::default(),
             stats_tx: watch::channel(SourceStats::default()).0,
             last_published: Instant::now(),
+            table_rows: std::collections::HashMap::new(),
+            table_names: std::collections::HashMap::new(),
         })
     }
 
@@ -180,9 +188,23 @@ impl MysqlSource {
         self.stats_tx.subscribe()
     }
 
+    fn publish_stats(&mut self) {
+        for (id, n) in &self.table_rows {
+            if let Some(name) = self.table_names.get(id) {
+                match self.stats.tables.get_mut(name) {
+                    Some(v) => *v = *n,
+                    None => {
+                        self.stats.tables.insert(name.clone(), *n);
+                    }
+                }
+            }
+        }
+        self.stats_tx.send_replace(self.stats.clone());
+    }
+
     fn set_connected(&mut self, connected: bool) {
         self.stats.connected = connected;
-        self.stats_tx.send_replace(self.stats.clone());
+        self.publish_stats();
     }
 
     /// Streams until `shutdown` turns true, reconnecting after transient failures with backoff.
@@ -296,7 +318,7 @@ impl MysqlSource {
             let event = event.map_err(gap_or)?;
             if self.last_published.elapsed() >= Duration::from_secs(1) {
                 self.last_published = Instant::now();
-                self.stats_tx.send_replace(self.stats.clone());
+                self.publish_stats();
             }
             let header = event.header();
             let end = u64::from(header.log_pos());
@@ -451,8 +473,16 @@ impl MysqlSource {
                     };
                     let zero = self.settings.zero_dates;
                     let at = || format!("{db}.{table} at {file}:{end}");
-                    t.buf
-                        .push(&self.spill_dir, 0, Event::Relation(schema.relation.clone()))?;
+                    let rel_id = schema.relation.id;
+                    if !t.announced.contains(&schema.relation) {
+                        t.announced.push(schema.relation.clone());
+                        t.buf
+                            .push(&self.spill_dir, 0, Event::Relation(schema.relation.clone()))?;
+                    }
+                    self.table_names
+                        .entry(rel_id)
+                        .or_insert_with(|| schema.relation.qualified_name());
+                    *self.table_rows.entry(rel_id).or_default() += changes.len() as u64;
                     for (before, after) in changes {
                         let conv = |r: Option<mysql_async::binlog::row::BinlogRow>| -> Result<Option<Vec<Value>>> {
                             let Some(r) = r else { return Ok(None) };
@@ -506,11 +536,6 @@ impl MysqlSource {
                             }
                         };
                         t.buf.push(&self.spill_dir, 0, ev)?;
-                        *self
-                            .stats
-                            .tables
-                            .entry(schema.relation.qualified_name())
-                            .or_default() += 1;
                     }
                 }
                 _ => {}
@@ -525,6 +550,7 @@ impl MysqlSource {
                 .unwrap_or(0),
             time: i64::from(time) * 1_000_000,
             buf: TxnBuffer::new("mysql".into(), self.settings.txn_memory),
+            announced: Vec::new(),
             standalone: from_gtid && gtid.is_some_and(|g| g.standalone),
         }
     }
@@ -673,7 +699,7 @@ impl MysqlSource {
         // Published at most once a second: the per-table counts are a map.
         if self.last_published.elapsed() >= Duration::from_secs(1) {
             self.last_published = Instant::now();
-            self.stats_tx.send_replace(self.stats.clone());
+            self.publish_stats();
         }
         Ok(())
     }
