@@ -48,13 +48,6 @@ pub struct Shared {
     pub tick: Arc<AtomicI64>,
 }
 
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
-}
-
 /// A sink's lag in seconds: 0 when it has applied everything spooled, else the age of the last
 /// source transaction it applied (or of the process, if it has applied none).
 fn lag_seconds(p: &SinkProgress, durable: Offset, started: i64) -> f64 {
@@ -62,7 +55,7 @@ fn lag_seconds(p: &SinkProgress, durable: Offset, started: i64) -> f64 {
         return 0.0;
     }
     let since = p.last_commit_time.unwrap_or(started);
-    ((now_micros() - since) as f64 / 1e6).max(0.0)
+    ((crate::postgres::replication::unix_now_micros() - since) as f64 / 1e6).max(0.0)
 }
 
 /// Process resident memory in bytes and CPU seconds, from `/proc/self`.
@@ -103,7 +96,7 @@ fn spool_usage(dir: &std::path::Path) -> (u64, usize) {
 
 fn started_micros() -> i64 {
     static STARTED: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    *STARTED.get_or_init(now_micros)
+    *STARTED.get_or_init(crate::postgres::replication::unix_now_micros)
 }
 
 /// The Prometheus text exposition.
@@ -420,7 +413,8 @@ fn route(s: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4", metrics(s)),
         "/healthz" => {
-            let age = now_micros() / 1_000_000 - s.tick.load(Ordering::Relaxed);
+            let age = crate::postgres::replication::unix_now_micros() / 1_000_000
+                - s.tick.load(Ordering::Relaxed);
             if age <= 30 {
                 respond(StatusCode::OK, "text/plain", "ok\n".into())
             } else {
@@ -468,10 +462,16 @@ pub async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) -> Result<()> {
     let tick = shared.tick.clone();
-    tick.store(now_micros() / 1_000_000, Ordering::Relaxed);
+    tick.store(
+        crate::postgres::replication::unix_now_micros() / 1_000_000,
+        Ordering::Relaxed,
+    );
     let ticker = tokio::spawn(async move {
         loop {
-            tick.store(now_micros() / 1_000_000, Ordering::Relaxed);
+            tick.store(
+                crate::postgres::replication::unix_now_micros() / 1_000_000,
+                Ordering::Relaxed,
+            );
             tokio::time::sleep(Duration::from_secs(1)).await;
         }
     });

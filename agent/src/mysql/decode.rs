@@ -36,17 +36,6 @@ fn err(col: &ColInfo, reason: impl Into<String>) -> DecodeError {
     }
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-pub fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let m = i64::from(m);
-    let doy = (153 * (if m > 2 { m - 3 } else { m + 9 }) + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
 fn zero(col: &ColInfo, zero_dates: ZeroDates) -> Result<Value, DecodeError> {
     match zero_dates {
         ZeroDates::Null => Ok(Value::Null),
@@ -66,13 +55,16 @@ fn date_value(
     if mo == 0 || d == 0 {
         return zero(col, zero_dates);
     }
-    if mo > 12 || d > 31 || h > 23 || mi > 59 || s > 59 || us > 999_999 {
-        return Err(err(
-            col,
-            format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} is not a date"),
-        ));
-    }
-    let days = days_from_civil(i64::from(y), u32::from(mo), u32::from(d));
+    // A day the month does not have (2024-02-30, stored with ALLOW_INVALID_DATES) is an error,
+    // not a date shifted into the next month.
+    let days = crate::postgres::types::days_from_civil(i64::from(y), u32::from(mo), u32::from(d))
+        .filter(|_| h <= 23 && mi <= 59 && s <= 59 && us <= 999_999)
+        .ok_or_else(|| {
+            err(
+                col,
+                format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02} is not a date"),
+            )
+        })?;
     let micros = days * 86_400_000_000
         + (i64::from(h) * 3600 + i64::from(mi) * 60 + i64::from(s)) * 1_000_000
         + i64::from(us);
@@ -390,10 +382,21 @@ mod tests {
     }
 
     #[test]
-    fn civil_days() {
-        assert_eq!(days_from_civil(1970, 1, 1), 0);
-        assert_eq!(days_from_civil(2000, 3, 1), 11_017);
-        assert_eq!(days_from_civil(1969, 12, 31), -1);
+    fn dates_a_month_does_not_have_are_errors() {
+        let d = col(Kind::Date, "date");
+        assert_eq!(
+            binlog(&d, My::Date(2000, 3, 1, 0, 0, 0, 0), ZeroDates::Null).unwrap(),
+            Value::Date(11_017)
+        );
+        for bad in [
+            My::Date(2024, 2, 30, 0, 0, 0, 0),
+            My::Date(2023, 4, 31, 0, 0, 0, 0),
+        ] {
+            let e = binlog(&d, bad, ZeroDates::Null).unwrap_err();
+            assert!(e.to_string().contains("is not a date"), "{e}");
+        }
+        let e = text_result(&d, My::Bytes(b"2023-02-29".to_vec()), ZeroDates::Null).unwrap_err();
+        assert!(e.to_string().contains("is not a date"), "{e}");
     }
 
     #[test]

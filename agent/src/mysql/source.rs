@@ -13,6 +13,7 @@ use ferry_proto::{
     Begin, BinlogPos, Commit, Delete, Event, Heartbeat, Insert, Message, OldRow, Position,
     Relation, Truncate, Update, Value,
 };
+use ferry_sink::mysql::quote;
 use ferry_spool::{Offset, SpoolReader, SpoolWriter, segment};
 use futures_util::StreamExt;
 use mysql_async::binlog::events::{EventData, RowsEventData};
@@ -255,7 +256,7 @@ impl MysqlSource {
                 let pos = master_position(&mut meta).await?;
                 self.spool.append(&Event::Heartbeat(Heartbeat {
                     position: Position::Binlog(pos.clone()),
-                    time: now_micros(),
+                    time: crate::postgres::replication::unix_now_micros(),
                 }))?;
                 self.commit_spool()?;
                 pos
@@ -807,7 +808,7 @@ impl MysqlSource {
         tracing::info!(tables = tables.len(), position = %pos, "initial snapshot: starting");
         crate::progress::SNAPSHOT.start(tables.len() as u64);
         let position = Position::Binlog(pos.clone());
-        let now = now_micros();
+        let now = crate::postgres::replication::unix_now_micros();
         let begin = self.spool.end();
         self.append(&Event::Begin(Begin {
             position: position.clone(),
@@ -987,19 +988,8 @@ fn renames(sql: &str, db: &str) -> Vec<((String, String), (String, String))> {
     out
 }
 
-fn quote(ident: &str) -> String {
-    format!("`{}`", ident.replace('`', "``"))
-}
-
 fn unquote(s: &str) -> String {
     s.trim_matches('`').replace("``", "`")
-}
-
-fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0)
 }
 
 async fn master_position(conn: &mut Conn) -> Result<BinlogPos> {

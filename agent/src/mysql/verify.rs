@@ -12,6 +12,7 @@ use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use ferry_proto::Position;
+use ferry_sink::mysql::quote;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Value as My};
 
@@ -31,10 +32,6 @@ async fn connect(url: &str) -> Result<Conn> {
     let mut conn = Conn::new(opts).await?;
     conn.query_drop("SET SESSION time_zone = '+00:00'").await?;
     Ok(conn)
-}
-
-fn quote(s: &str) -> String {
-    format!("`{}`", s.replace('`', "``"))
 }
 
 /// Compares every captured table on every MySQL/MariaDB sink.
