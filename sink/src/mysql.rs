@@ -86,6 +86,15 @@ fn quoted_name(rel: &Relation) -> String {
     format!("{}.{}", quote(&rel.schema), quote(&rel.name))
 }
 
+/// As [`to_param`], moving text and bytes instead of copying them.
+pub fn into_param(v: Value) -> Result<My> {
+    match v {
+        Value::Text(s) | Value::Json(s) => Ok(My::Bytes(s.into_bytes())),
+        Value::Bytes(b) => Ok(My::Bytes(b)),
+        other => to_param(&other),
+    }
+}
+
 /// A ferry value as a MySQL parameter; what MySQL cannot hold is an error for `on_error`.
 pub fn to_param(v: &Value) -> Result<My> {
     Ok(match v {
@@ -425,12 +434,18 @@ impl MyTarget {
         let (name, cols, keys) = (table.name.clone(), table.cols.clone(), table.keys.clone());
         self.pending = self.pending.saturating_sub(rows.len());
         let key_cols: Vec<&String> = keys.iter().map(|&i| &cols[i]).collect();
+        // The window's rows are owned here: their values move into the statements' parameters.
+        let mut deletes: Vec<Row> = Vec::new();
+        let mut upserts: Vec<Row> = Vec::new();
+        let mut patches: Vec<(Row, Row)> = Vec::new();
+        for (keyvals, state) in rows {
+            match state {
+                RowState::Delete => deletes.push(keyvals),
+                RowState::Upsert(r) => upserts.push(r),
+                RowState::Patch(r) => patches.push((keyvals, r)),
+            }
+        }
         // Deletes first: a key that moved frees its old value before a row takes it.
-        let deletes: Vec<&Row> = rows
-            .iter()
-            .filter(|(_, s)| matches!(s, RowState::Delete))
-            .map(|(k, _)| k)
-            .collect();
         let tuple = format!("({})", vec!["?"; keys.len()].join(", "));
         for chunk in deletes.chunks((MAX_PARAMS / keys.len().max(1)).max(1)) {
             let sql = format!(
@@ -449,13 +464,6 @@ impl MyTarget {
                 .collect::<Result<Vec<_>>>()?;
             self.conn.exec_drop(sql, params).await?;
         }
-        let upserts: Vec<&Row> = rows
-            .iter()
-            .filter_map(|(_, s)| match s {
-                RowState::Upsert(r) => Some(r),
-                _ => None,
-            })
-            .collect();
         let row_tuple = format!("({})", vec!["?"; cols.len()].join(", "));
         let updates: Vec<String> = cols
             .iter()
@@ -469,23 +477,23 @@ impl MyTarget {
         } else {
             updates.join(", ")
         };
-        for chunk in upserts.chunks((MAX_PARAMS / cols.len().max(1)).max(1)) {
+        let per_statement = (MAX_PARAMS / cols.len().max(1)).max(1);
+        let mut upserts = upserts.into_iter().peekable();
+        while upserts.peek().is_some() {
+            let chunk: Vec<Row> = upserts.by_ref().take(per_statement).collect();
             let sql = format!(
                 "INSERT INTO {name} ({}) VALUES {} ON DUPLICATE KEY UPDATE {on_dup}",
                 cols.join(", "),
                 vec![row_tuple.as_str(); chunk.len()].join(", ")
             );
             let params = chunk
-                .iter()
-                .flat_map(|r| r.iter())
-                .map(to_param)
+                .into_iter()
+                .flatten()
+                .map(into_param)
                 .collect::<Result<Vec<_>>>()?;
             self.conn.exec_drop(sql, params).await?;
         }
-        for (keyvals, state) in &rows {
-            let RowState::Patch(row) = state else {
-                continue;
-            };
+        for (keyvals, row) in &patches {
             let set: Vec<(usize, &Value)> = row
                 .iter()
                 .enumerate()
