@@ -90,6 +90,14 @@ struct TxnTexts {
     commit_time: String,
 }
 
+/// The source transactions and messages of the batch being sent, and since when.
+#[derive(Debug, Default)]
+struct Batch {
+    txns: u64,
+    msgs: usize,
+    started: Option<Instant>,
+}
+
 /// A message the broker refused, as librdkafka's delivery report gives it back.
 struct Failed {
     topic: String,
@@ -337,14 +345,12 @@ impl KafkaSink {
         let mut texts = TxnTexts::default();
         let mut topics: std::collections::HashMap<ferry_proto::RelationId, std::sync::Arc<str>> =
             std::collections::HashMap::new();
-        let mut batch_txns = 0u64;
-        let mut batch_msgs = 0usize;
-        let mut batch_started: Option<Instant> = None;
+        let mut batch = Batch::default();
         let mut last: Option<(Offset, Position, Option<i64>)> = None;
         let mut in_kafka_txn = false;
         let mut last_commit_time: Option<i64> = None;
         loop {
-            let idle = txn.is_none() && batch_started.is_none();
+            let idle = txn.is_none() && batch.started.is_none();
             let next = if idle {
                 tokio::select! {
                     biased;
@@ -355,18 +361,8 @@ impl KafkaSink {
                 match reader.try_next()? {
                     Some(ev) => Some(ev),
                     None if txn.is_none() => {
-                        self.finish_batch(
-                            &out,
-                            &mut in_kafka_txn,
-                            &last,
-                            batch_txns,
-                            batch_msgs,
-                            &cursors,
-                        )
-                        .await?;
-                        batch_txns = 0;
-                        batch_msgs = 0;
-                        batch_started = None;
+                        self.finish_batch(&out, &mut in_kafka_txn, &last, &mut batch, &cursors)
+                            .await?;
                         continue;
                     }
                     None => tokio::select! {
@@ -380,15 +376,8 @@ impl KafkaSink {
                 }
             };
             let Some((_, event)) = next else {
-                self.finish_batch(
-                    &out,
-                    &mut in_kafka_txn,
-                    &last,
-                    batch_txns,
-                    batch_msgs,
-                    &cursors,
-                )
-                .await?;
+                self.finish_batch(&out, &mut in_kafka_txn, &last, &mut batch, &cursors)
+                    .await?;
                 return Ok(());
             };
             let after = reader.position();
@@ -398,7 +387,7 @@ impl KafkaSink {
                         out.producer.begin_transaction().map_err(kafka)?;
                         in_kafka_txn = true;
                     }
-                    batch_started.get_or_insert_with(Instant::now);
+                    batch.started.get_or_insert_with(Instant::now);
                     txn = Some((b.clone(), 0));
                     texts = TxnTexts {
                         position: b.position.to_string(),
@@ -429,22 +418,14 @@ impl KafkaSink {
                     }
                     last_commit_time = Some(c.commit_time);
                     last = Some((after, c.position.clone(), last_commit_time));
-                    batch_txns += 1;
-                    let due = batch_msgs >= self.cfg.max_batch_messages
-                        || batch_started.is_some_and(|t| t.elapsed() >= self.cfg.max_batch_delay);
+                    batch.txns += 1;
+                    let due = batch.msgs >= self.cfg.max_batch_messages
+                        || batch
+                            .started
+                            .is_some_and(|t| t.elapsed() >= self.cfg.max_batch_delay);
                     if due || *shutdown.borrow() {
-                        self.finish_batch(
-                            &out,
-                            &mut in_kafka_txn,
-                            &last,
-                            batch_txns,
-                            batch_msgs,
-                            &cursors,
-                        )
-                        .await?;
-                        batch_txns = 0;
-                        batch_msgs = 0;
-                        batch_started = None;
+                        self.finish_batch(&out, &mut in_kafka_txn, &last, &mut batch, &cursors)
+                            .await?;
                         let stop = *shutdown.borrow();
                         if stop {
                             return Ok(());
@@ -452,7 +433,7 @@ impl KafkaSink {
                     }
                 }
                 Event::Heartbeat(h) => {
-                    if txn.is_none() && batch_started.is_none() {
+                    if txn.is_none() && batch.started.is_none() {
                         last = Some((after, h.position.clone(), last_commit_time));
                         cursors.save(&name, after)?;
                         let position = h.position.clone();
@@ -503,11 +484,11 @@ impl KafkaSink {
                             event.kind(),
                         )
                         .await?;
-                        batch_msgs += 1;
+                        batch.msgs += 1;
                         if tombstone {
                             self.send(&out, &topic, key.as_deref(), None, &texts, "tombstone")
                                 .await?;
-                            batch_msgs += 1;
+                            batch.msgs += 1;
                         }
                     }
                 }
@@ -634,10 +615,11 @@ impl KafkaSink {
         out: &Out,
         in_kafka_txn: &mut bool,
         last: &Option<(Offset, Position, Option<i64>)>,
-        txns: u64,
-        msgs: usize,
+        batch: &mut Batch,
         cursors: &Cursors,
     ) -> Result<()> {
+        let (txns, msgs) = (batch.txns, batch.msgs);
+        *batch = Batch::default();
         // A broker that is down stalls the batch here (librdkafka keeps retrying); the state
         // says so after a while, and goes back to running once the broker acknowledges.
         let mut stalled = false;
