@@ -23,6 +23,8 @@ use ferry_proto::{Event, Relation, RelationId, ReplicaIdentity, Row, Value};
 use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
+use super::copy::{Binary, COPY_MIN_ROWS, Conn, CopyInto};
+
 use super::encode::to_text;
 use super::schema::{self, SchemaChanges, TargetTable, quote_ident};
 use super::wire::Wire;
@@ -66,7 +68,8 @@ struct Table {
     /// Each key's final state, and whether the target had the key before the window (its
     /// first change in the window was not an insert).
     rows: Vec<(Key, RowState, bool)>,
-    inserts: Vec<Vec<Option<String>>>,
+    /// Rows of a table without identity, to insert.
+    inserts: Vec<Row>,
 }
 
 impl Table {
@@ -127,18 +130,24 @@ impl Applier {
 
     /// Makes sure the target has the table as `rel` defines it, flushing what is pending for it
     /// under an older definition first.
-    pub async fn relation(&mut self, client: &Client, rel: &Relation) -> Result<()> {
+    pub async fn relation(&mut self, conn: &mut Conn, rel: &Relation) -> Result<()> {
         let prev = match self.tables.get(&rel.id) {
             Some(t) if t.rel == *rel => return Ok(()),
             Some(t) => {
                 let prev = t.rel.clone();
-                self.flush_table(client, rel.id).await?;
+                self.flush_table(conn, rel.id).await?;
                 Some(prev)
             }
             None => None,
         };
-        let target =
-            schema::ensure(client, rel, prev.as_ref(), self.changes, self.create_tables).await?;
+        let target = schema::ensure(
+            conn.client().await?,
+            rel,
+            prev.as_ref(),
+            self.changes,
+            self.create_tables,
+        )
+        .await?;
         let keys: Vec<usize> = rel.key_columns().collect();
         let mode = match rel.replica_identity {
             ReplicaIdentity::Full => KeyMode::Full,
@@ -172,7 +181,7 @@ impl Applier {
     /// Adds one row change (Insert, Update or Delete) of a table [`relation`](Self::relation)
     /// announced. FULL tables and key changes with unchanged values are written at once.
     /// `bytes` is the change's [`event_bytes`], which the caller has computed already.
-    pub async fn change(&mut self, client: &Client, event: &Event, bytes: usize) -> Result<()> {
+    pub async fn change(&mut self, conn: &mut Conn, event: &Event, bytes: usize) -> Result<()> {
         let Some(id) = event.relation_id() else {
             return Ok(());
         };
@@ -182,11 +191,13 @@ impl Applier {
             .get_mut(&id)
             .ok_or_else(|| SinkError::Fatal(format!("row of unknown relation {}", id.0)))?;
         match table.mode {
-            KeyMode::Full => return full_identity_change(client, table, event).await,
+            KeyMode::Full => {
+                return full_identity_change(conn.client().await?, table, event).await;
+            }
             KeyMode::None => {
                 return match event {
                     Event::Insert(i) => {
-                        table.inserts.push(encode_row(&i.new)?);
+                        table.inserts.push(i.new.clone());
                         self.pending += 1;
                         Ok(())
                     }
@@ -235,11 +246,17 @@ impl Applier {
                         }
                         (true, _) => {
                             // The unchanged values live only in the target's old row: move it.
-                            self.flush_table(client, id).await?;
+                            self.flush_table(conn, id).await?;
                             let table = self.tables.get(&id).ok_or_else(|| {
                                 SinkError::Fatal("table vanished during a flush".into())
                             })?;
-                            return key_change(client, table, &old_key, &encode_cells(new)?).await;
+                            return key_change(
+                                conn.client().await?,
+                                table,
+                                &old_key,
+                                &encode_cells(new)?,
+                            )
+                            .await;
                         }
                     }
                 } else {
@@ -261,12 +278,12 @@ impl Applier {
     /// Truncates tables, after flushing everything pending (a truncate is ordered against all).
     pub async fn truncate(
         &mut self,
-        client: &Client,
+        conn: &mut Conn,
         ids: &[RelationId],
         cascade: bool,
         restart_identity: bool,
     ) -> Result<()> {
-        self.flush(client).await?;
+        self.flush(conn).await?;
         let names: Vec<String> = ids
             .iter()
             .filter_map(|id| self.tables.get(id).map(|t| t.target.quoted.clone()))
@@ -284,12 +301,12 @@ impl Applier {
             },
             if cascade { " CASCADE" } else { "" }
         );
-        client.batch_execute(&sql).await?;
+        conn.client().await?.batch_execute(&sql).await?;
         Ok(())
     }
 
     /// Writes everything pending.
-    pub async fn flush(&mut self, client: &Client) -> Result<()> {
+    pub async fn flush(&mut self, conn: &mut Conn) -> Result<()> {
         let ids: Vec<RelationId> = self
             .tables
             .iter()
@@ -297,14 +314,14 @@ impl Applier {
             .map(|(id, _)| *id)
             .collect();
         for id in ids {
-            self.flush_table(client, id).await?;
+            self.flush_table(conn, id).await?;
         }
         self.pending = 0;
         self.pending_bytes = 0;
         Ok(())
     }
 
-    async fn flush_table(&mut self, client: &Client, id: RelationId) -> Result<()> {
+    async fn flush_table(&mut self, conn: &mut Conn, id: RelationId) -> Result<()> {
         let Some(table) = self.tables.get_mut(&id) else {
             return Ok(());
         };
@@ -316,14 +333,8 @@ impl Applier {
         let cols = &table.rel.columns;
         let all: Vec<usize> = (0..cols.len()).collect();
         if !inserts.is_empty() {
-            let sql = format!(
-                "INSERT INTO {} ({}) SELECT {} FROM {}",
-                table.target.quoted,
-                column_list(table, &all),
-                casts(table, &all),
-                unnest(all.len())
-            );
-            execute(client, &sql, columns_of(&inserts, &all)).await?;
+            let rows: Vec<&Row> = inserts.iter().collect();
+            write_new(conn, id, table, &rows).await?;
         }
         let mut deletes: Vec<&Key> = Vec::new();
         let mut upserts: Vec<&Row> = Vec::new();
@@ -349,17 +360,10 @@ impl Applier {
                 key_match(table)
             );
             let rows: Vec<Vec<Option<String>>> = deletes.into_iter().cloned().collect();
-            execute(client, &sql, columns_of(&rows, &idx)).await?;
+            execute(conn.client().await?, &sql, columns_of(&rows, &idx)).await?;
         }
         if !fresh.is_empty() {
-            let (from, wires) = typed_unnest(&fresh, &all)?;
-            let sql = format!(
-                "INSERT INTO {} ({}) SELECT {} FROM {from}",
-                table.target.quoted,
-                column_list(table, &all),
-                casts(table, &all),
-            );
-            execute_wires(client, &sql, &wires).await?;
+            write_new(conn, id, table, &fresh).await?;
         }
         if !upserts.is_empty() {
             let non_key: Vec<&str> = cols
@@ -385,7 +389,7 @@ impl Applier {
                 casts(table, &all),
                 column_list(table, &keys)
             );
-            execute_wires(client, &sql, &wires).await?;
+            execute_wires(conn.client().await?, &sql, &wires).await?;
         }
         for (mask, group) in patches {
             let set: Vec<usize> = mask
@@ -407,13 +411,41 @@ impl Applier {
                 assignments.join(", "),
                 key_match(table)
             );
-            execute_wires(client, &sql, &wires).await?;
+            execute_wires(conn.client().await?, &sql, &wires).await?;
         }
         Ok(())
     }
 }
 
 pub use crate::db::event_bytes;
+
+/// Inserts rows whose keys the target does not have: a COPY when there are many (continuing
+/// the one in progress), else one `INSERT … SELECT … FROM unnest(…)`.
+async fn write_new(conn: &mut Conn, id: RelationId, table: &Table, rows: &[&Row]) -> Result<()> {
+    let all: Vec<usize> = (0..table.rel.columns.len()).collect();
+    if rows.len() >= COPY_MIN_ROWS {
+        let copy = CopyInto {
+            table: &table.target.quoted,
+            columns: column_list(table, &all),
+            kinds: table
+                .rel
+                .columns
+                .iter()
+                .map(|c| Binary::of(&table.target.types[&c.name]))
+                .collect(),
+        };
+        return conn.copy_rows(id, &copy, rows).await;
+    }
+    let (from, wires) = typed_unnest(rows, &all)?;
+    let sql = format!(
+        "INSERT INTO {} ({}) SELECT {} FROM {from}",
+        table.target.quoted,
+        column_list(table, &all),
+        casts(table, &all),
+    );
+    execute_wires(conn.client().await?, &sql, &wires).await?;
+    Ok(())
+}
 
 /// Records `state` as the final state of `key`; returns 1 if the key is new in the window.
 fn put(table: &mut Table, key: Key, state: RowState) -> usize {

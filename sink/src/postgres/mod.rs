@@ -17,6 +17,7 @@
 //! `dead_letter` writes it to the dead-letter file. Then batching resumes.
 
 pub mod apply;
+pub mod copy;
 pub mod encode;
 pub mod schema;
 pub mod wire;
@@ -26,6 +27,7 @@ use ferry_spool::Offset;
 use tokio_postgres::Client;
 
 use self::apply::Applier;
+use self::copy::Conn;
 use crate::db::{DbSink, DbSinkConfig, Target};
 use crate::error::{Result, SinkError};
 
@@ -71,7 +73,7 @@ pub async fn read_checkpoint(client: &Client, sink: &str) -> Result<Option<(Posi
 
 /// A PostgreSQL target: a connection and the applier of its open transaction.
 pub struct PgTarget {
-    client: Client,
+    conn: Conn,
     conn_task: tokio::task::JoinHandle<()>,
     applier: Applier,
 }
@@ -103,14 +105,16 @@ impl Target for PgTarget {
                 (client, task)
             }
         };
-        let t = PgTarget {
-            client,
+        let mut t = PgTarget {
+            conn: Conn::new(client),
             conn_task,
             applier: Applier::new(cfg.schema_changes, cfg.create_tables),
         };
-        t.client.batch_execute(CHECKPOINT_DDL).await?;
+        t.conn.client().await?.batch_execute(CHECKPOINT_DDL).await?;
         let sequential = match t
-            .client
+            .conn
+            .client()
+            .await?
             .batch_execute("SET session_replication_role = replica")
             .await
         {
@@ -129,11 +133,15 @@ impl Target for PgTarget {
     }
 
     async fn execute(&mut self, sql: &str) -> Result<()> {
-        Ok(self.client.batch_execute(sql).await?)
+        if sql.starts_with("ROLLBACK") {
+            // A COPY in progress belongs to what is rolled back.
+            self.conn.abort();
+        }
+        Ok(self.conn.client().await?.batch_execute(sql).await?)
     }
 
     async fn read_checkpoint(&mut self, sink: &str) -> Result<Option<(Position, Offset)>> {
-        read_checkpoint(&self.client, sink).await
+        read_checkpoint(self.conn.client().await?, sink).await
     }
 
     async fn save_checkpoint(&mut self, sink: &str, position: &str, offset: Offset) -> Result<()> {
@@ -142,7 +150,9 @@ impl Target for PgTarget {
                    ON CONFLICT (sink) DO UPDATE SET position = EXCLUDED.position,
                        spool_offset = EXCLUDED.spool_offset, updated_at = now()";
         let offset = offset.0 as i64;
-        self.client
+        self.conn
+            .client()
+            .await?
             .execute(sql, &[&sink, &position, &offset])
             .await?;
         Ok(())
@@ -165,15 +175,16 @@ impl Target for PgTarget {
     }
 
     fn reset(&mut self) {
+        self.conn.abort();
         self.applier.reset();
     }
 
     async fn relation(&mut self, rel: &Relation) -> Result<()> {
-        self.applier.relation(&self.client, rel).await
+        self.applier.relation(&mut self.conn, rel).await
     }
 
     async fn change(&mut self, event: &Event, bytes: usize) -> Result<()> {
-        self.applier.change(&self.client, event, bytes).await
+        self.applier.change(&mut self.conn, event, bytes).await
     }
 
     async fn truncate(
@@ -183,17 +194,17 @@ impl Target for PgTarget {
         restart_identity: bool,
     ) -> Result<()> {
         self.applier
-            .truncate(&self.client, ids, cascade, restart_identity)
+            .truncate(&mut self.conn, ids, cascade, restart_identity)
             .await
     }
 
     async fn flush(&mut self) -> Result<()> {
-        self.applier.flush(&self.client).await
+        self.applier.flush(&mut self.conn).await
     }
 
     async fn rename(&mut self, from: (&str, &str), to: (&str, &str)) -> Result<()> {
         use self::schema::quote_ident;
-        self.applier.flush(&self.client).await?;
+        self.applier.flush(&mut self.conn).await?;
         let mut sql = format!(
             "ALTER TABLE IF EXISTS {}.{} RENAME TO {}",
             quote_ident(from.0),
@@ -209,7 +220,7 @@ impl Target for PgTarget {
             ));
         }
         tracing::info!(%sql, "renaming a table as the source did");
-        self.client.batch_execute(&sql).await?;
+        self.conn.client().await?.batch_execute(&sql).await?;
         // What the applier knew of either table is stale now.
         self.applier.reset();
         Ok(())

@@ -16,6 +16,23 @@ use crate::error::Result;
 const PG_EPOCH_DAYS: i32 = 10_957;
 const PG_EPOCH_MICROS: i64 = 946_684_800_000_000;
 
+/// Microseconds since the Unix epoch as PostgreSQL stores them: since 2000-01-01, with
+/// `i64::MAX`/`MIN` (±infinity) kept as they are.
+pub fn pg_micros(us: i64) -> i64 {
+    match us {
+        i64::MAX | i64::MIN => us,
+        us => us - PG_EPOCH_MICROS,
+    }
+}
+
+/// Days since 1970-01-01 as PostgreSQL stores them: since 2000-01-01, ±infinity kept.
+pub fn pg_days(d: i32) -> i32 {
+    match d {
+        i32::MAX | i32::MIN => d,
+        d => d - PG_EPOCH_DAYS,
+    }
+}
+
 /// A timestamp (with or without zone) as microseconds since the Unix epoch; `i64::MAX`/`MIN` are
 /// ±infinity, which PostgreSQL stores the same way.
 #[derive(Debug, Clone, Copy)]
@@ -27,11 +44,7 @@ impl ToSql for PgTime {
         _: &Type,
         out: &mut BytesMut,
     ) -> std::result::Result<IsNull, Box<dyn StdError + Sync + Send>> {
-        let v = match self.0 {
-            i64::MAX | i64::MIN => self.0,
-            us => us - PG_EPOCH_MICROS,
-        };
-        out.put_i64(v);
+        out.put_i64(pg_micros(self.0));
         Ok(IsNull::No)
     }
     fn accepts(ty: &Type) -> bool {
@@ -50,11 +63,7 @@ impl ToSql for PgDate {
         _: &Type,
         out: &mut BytesMut,
     ) -> std::result::Result<IsNull, Box<dyn StdError + Sync + Send>> {
-        let v = match self.0 {
-            i32::MAX | i32::MIN => self.0,
-            d => d - PG_EPOCH_DAYS,
-        };
-        out.put_i32(v);
+        out.put_i32(pg_days(self.0));
         Ok(IsNull::No)
     }
     fn accepts(ty: &Type) -> bool {
