@@ -110,6 +110,16 @@ impl Target for PgTarget {
             conn_task,
             applier: Applier::new(cfg.schema_changes, cfg.create_tables),
         };
+        // A COPY stays open while a large source transaction streams in, and a batch waits
+        // for the rest of a source transaction inside its target transaction: a timeout meant
+        // for the replica's interactive users would cut them and retry forever.
+        t.conn
+            .client()
+            .await?
+            .batch_execute(
+                "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0;",
+            )
+            .await?;
         t.conn.client().await?.batch_execute(CHECKPOINT_DDL).await?;
         let sequential = match t
             .conn
