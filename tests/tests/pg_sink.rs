@@ -621,3 +621,91 @@ async fn every_type_arrives_on_the_replica_as_it_is_on_the_source() {
     ferry.check_alive().unwrap();
     ferry.stop().unwrap();
 }
+
+/// A sink role that is no superuser but may set `session_replication_role` (PostgreSQL 15's
+/// `GRANT SET ON PARAMETER`) applies in batches; into a table with row-level security (which
+/// COPY FROM refuses such a role) new rows go with INSERT, so no batch fails; a table the role
+/// may not insert into refuses the COPY once, then its INSERTs follow `on_error`, and the sink
+/// goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_granted_replica_role_batches_and_row_level_security_takes_inserts() {
+    let source = Postgres::start().unwrap();
+    let replica = Postgres::start().unwrap();
+    let (s, r) = (connect(&source).await, connect(&replica).await);
+    let ddl = "CREATE TABLE guarded (id int PRIMARY KEY, v text);
+               CREATE TABLE open (id int PRIMARY KEY, v text);
+               CREATE TABLE sealed (id int PRIMARY KEY, v text);";
+    s.batch_execute(ddl).await.unwrap();
+    r.batch_execute(ddl).await.unwrap();
+    r.batch_execute(
+        "CREATE ROLE applier LOGIN;
+         GRANT SET ON PARAMETER session_replication_role TO applier;
+         GRANT CREATE ON DATABASE postgres TO applier;
+         GRANT ALL ON guarded, open TO applier;
+         GRANT SELECT, UPDATE, DELETE ON sealed TO applier;
+         ALTER TABLE guarded ENABLE ROW LEVEL SECURITY;
+         CREATE POLICY everything ON guarded USING (true) WITH CHECK (true);",
+    )
+    .await
+    .unwrap();
+    let sink_url = replica.url("postgres").replace("postgres@", "applier@");
+    let config = FerryConfig::pg_to_pg(
+        &source.url("postgres"),
+        &sink_url,
+        "",
+        "on_error = \"skip\"",
+    )
+    .unwrap();
+    let mut ferry = config.start(0).unwrap();
+    s.batch_execute(
+        "BEGIN;
+         INSERT INTO guarded SELECT g, 'g' || g FROM generate_series(1, 500) g;
+         INSERT INTO open SELECT g, 'o' || g FROM generate_series(1, 500) g;
+         COMMIT;",
+    )
+    .await
+    .unwrap();
+    wait_equal_or(
+        &s,
+        &r,
+        &["guarded", "open"],
+        Duration::from_secs(60),
+        &|| ferry.log_text(),
+    )
+    .await;
+    let log = ferry.log_text();
+    assert!(log.contains("set-based batches"), "{log}");
+    assert!(!log.contains("replaying it change by change"), "{log}");
+    assert!(log.contains("COPY \"public\".\"open\""), "{log}");
+    assert!(!log.contains("COPY \"public\".\"guarded\""), "{log}");
+
+    // No INSERT privilege: the COPY is refused, the session reconnects, the rows are skipped as
+    // on_error says, and what follows arrives.
+    s.batch_execute(
+        "BEGIN;
+         INSERT INTO sealed SELECT g, 's' || g FROM generate_series(1, 300) g;
+         INSERT INTO open SELECT g, 'o' || g FROM generate_series(501, 800) g;
+         COMMIT;
+         INSERT INTO open VALUES (1000, 'after');",
+    )
+    .await
+    .unwrap();
+    wait_equal_or(&s, &r, &["open"], Duration::from_secs(60), &|| {
+        ferry.log_text()
+    })
+    .await;
+    let sealed: i64 = r
+        .query_one("SELECT count(*) FROM sealed", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sealed, 0);
+    let log = ferry.log_text();
+    assert_eq!(
+        log.matches("the target refused a COPY").count(),
+        1,
+        "refused once, then INSERT: {log}"
+    );
+    ferry.check_alive().unwrap();
+    ferry.stop().unwrap();
+}

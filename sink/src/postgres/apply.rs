@@ -423,7 +423,7 @@ pub use crate::db::event_bytes;
 /// the one in progress), else one `INSERT … SELECT … FROM unnest(…)`.
 async fn write_new(conn: &mut Conn, id: RelationId, table: &Table, rows: &[&Row]) -> Result<()> {
     let all: Vec<usize> = (0..table.rel.columns.len()).collect();
-    if rows.len() >= COPY_MIN_ROWS {
+    if rows.len() >= COPY_MIN_ROWS && table.target.copy && conn.may_copy(&table.target.quoted) {
         let copy = CopyInto {
             table: &table.target.quoted,
             columns: column_list(table, &all),

@@ -10,7 +10,9 @@
 //! casts. A [`Conn`] owns the connection and its COPY in progress: every other statement goes
 //! through [`Conn::client`], which completes the COPY first, so statements keep their order.
 
+use std::collections::BTreeSet;
 use std::pin::Pin;
+use std::sync::Mutex;
 
 use bytes::{BufMut, Bytes, BytesMut};
 use ferry_proto::{RelationId, Row, Value};
@@ -29,10 +31,17 @@ const BINARY_HEADER: &[u8] = b"PGCOPY\n\xff\r\n\0\0\0\0\0\0\0\0\0";
 /// The binary COPY trailer: a tuple of -1 fields.
 const BINARY_TRAILER: &[u8] = &[0xff, 0xff];
 
+/// Tables (sink, quoted table) whose COPY the target refused to start (a privilege, a policy):
+/// they take INSERTs for the rest of the process. Kept beyond one connection, since a refused
+/// COPY leaves its connection out of step (tokio-postgres then reads one response too many), so
+/// the sink must reconnect to go on.
+static REFUSED: Mutex<BTreeSet<(String, String)>> = Mutex::new(BTreeSet::new());
+
 /// A target connection and the COPY it has in progress, if any.
 pub struct Conn {
     client: Client,
     copy: Option<OpenCopy>,
+    sink: String,
 }
 
 impl std::fmt::Debug for Conn {
@@ -50,8 +59,19 @@ struct OpenCopy {
 }
 
 impl Conn {
-    pub fn new(client: Client) -> Conn {
-        Conn { client, copy: None }
+    /// The connection of sink `sink`.
+    pub fn new(client: Client, sink: &str) -> Conn {
+        Conn {
+            client,
+            copy: None,
+            sink: sink.to_owned(),
+        }
+    }
+
+    /// Whether new rows of `table` may go in with COPY (the target has not refused it).
+    pub fn may_copy(&self, table: &str) -> bool {
+        let key = (self.sink.clone(), table.to_owned());
+        !REFUSED.lock().is_ok_and(|r| r.contains(&key))
     }
 
     /// The client, once the COPY in progress (if any) is complete: the next statement runs after
@@ -90,7 +110,10 @@ impl Conn {
             let sql = copy.statement(binary);
             tracing::debug!(%sql, rows = rows.len(), ?text_column, "starting a COPY");
             let client = self.client().await?;
-            let sink = Box::pin(client.copy_in::<_, Bytes>(&sql).await?);
+            let sink = match client.copy_in::<_, Bytes>(&sql).await {
+                Ok(sink) => Box::pin(sink),
+                Err(e) => return Err(self.refused(copy.table, e)),
+            };
             self.copy = Some(OpenCopy {
                 table,
                 binary,
@@ -113,6 +136,30 @@ impl Conn {
         };
         open.sink.send(out.freeze()).await?;
         Ok(())
+    }
+}
+
+impl Conn {
+    /// The error for a COPY that did not start. A transient one (connection lost, lock timeout)
+    /// is retried as it is; a permanent one (no privilege, a row-level security policy) makes
+    /// the table take INSERTs from now on, where the same cause, if it remains, follows
+    /// `on_error`. Either way the session reconnects: this connection is out of step.
+    fn refused(&mut self, table: &str, e: tokio_postgres::Error) -> SinkError {
+        let e = SinkError::from(e);
+        if e.is_transient() {
+            return e;
+        }
+        tracing::warn!(
+            sink = %self.sink, %table, error = %e,
+            "the target refused a COPY; new rows of this table go in with INSERT from now on"
+        );
+        if let Ok(mut r) = REFUSED.lock() {
+            r.insert((self.sink.clone(), table.to_owned()));
+        }
+        SinkError::io(
+            format!("COPY into {table} refused"),
+            std::io::Error::other(e.to_string()),
+        )
     }
 }
 

@@ -106,7 +106,7 @@ impl Target for PgTarget {
             }
         };
         let mut t = PgTarget {
-            conn: Conn::new(client),
+            conn: Conn::new(client, &cfg.name),
             conn_task,
             applier: Applier::new(cfg.schema_changes, cfg.create_tables),
         };

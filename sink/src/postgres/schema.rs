@@ -26,6 +26,9 @@ pub enum SchemaChanges {
 pub struct TargetTable {
     pub quoted: String,
     pub types: HashMap<String, String>,
+    /// Whether new rows may go in with COPY: not into a table with row-level security, which
+    /// COPY FROM refuses unless the role bypasses it (INSERT applies the policies instead).
+    pub copy: bool,
 }
 
 pub fn quote_ident(s: &str) -> String {
@@ -40,7 +43,9 @@ pub fn quoted_name(rel: &Relation) -> String {
 pub async fn load(client: &Client, rel: &Relation) -> Result<Option<TargetTable>> {
     let rows = client
         .query(
-            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod)
+            "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod),
+                    NOT c.relrowsecurity OR (SELECT rolbypassrls OR rolsuper FROM pg_roles
+                                             WHERE rolname = current_user)
              FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
              JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')
@@ -54,6 +59,7 @@ pub async fn load(client: &Client, rel: &Relation) -> Result<Option<TargetTable>
     Ok(Some(TargetTable {
         quoted: quoted_name(rel),
         types: rows.iter().map(|r| (r.get(0), r.get(1))).collect(),
+        copy: rows[0].get::<_, Option<bool>>(2).unwrap_or(false),
     }))
 }
 
