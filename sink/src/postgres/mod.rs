@@ -132,8 +132,8 @@ impl Target for PgTarget {
             Err(e) => {
                 tracing::warn!(
                     sink = %cfg.name, error = %e,
-                    "cannot set session_replication_role = replica (needs a superuser): \
-                     applying change by change in source order, with the target's foreign \
+                    "cannot set session_replication_role = replica (needs a superuser, or on \
+                     PostgreSQL 15+ GRANT SET ON PARAMETER session_replication_role): applying change by change in source order, with the target's foreign \
                      keys and triggers active"
                 );
                 true
