@@ -3,13 +3,28 @@
 
 use std::fmt::Write as _;
 
+use ferry_proto::Event;
 use ferry_proto::{Lsn, Position};
-use ferry_spool::{Cursors, segment};
+use ferry_spool::{Cursors, Offset, SpoolReader, segment};
 
 use crate::config::{Config, SinkKind, SourceKind};
 use crate::error::Result;
 use crate::postgres::source::spool_tail;
 use crate::postgres::tls;
+
+/// How long the oldest change a sink has not applied has waited, in seconds: the age of the
+/// source commit of the first transaction at or after its spool offset `from`, 0 when the spool
+/// holds nothing more (heartbeats aside). `None` when the spool cannot be read there.
+fn unapplied_age(dir: &std::path::Path, from: Offset) -> Option<f64> {
+    let mut reader = SpoolReader::open(dir, from).ok()?;
+    while let Some((_, event)) = reader.try_next().ok()? {
+        if let Event::Begin(b) = event {
+            let now = crate::postgres::replication::unix_now_micros();
+            return Some(((now - b.commit_time) as f64 / 1e6).max(0.0));
+        }
+    }
+    Some(0.0)
+}
 
 /// The status report as text.
 pub async fn status(config: &Config) -> Result<String> {
@@ -96,17 +111,17 @@ pub async fn status(config: &Config) -> Result<String> {
     let cursors = Cursors::new(dir);
     let _ = writeln!(
         out,
-        "{:<16} {:<10} {:<20} {:>14} {:>12} {:>14}  state",
-        "sink", "type", "applied position", "lag bytes", "checkpoint age", "spool offset"
+        "{:<16} {:<10} {:<20} {:>14} {:>8} {:>12} {:>14}  state",
+        "sink", "type", "applied position", "lag bytes", "lag s", "checkpoint age", "spool offset"
     );
     for spanned in &config.sinks {
         let sink = spanned.get_ref();
         let name = sink.name.as_str();
-        let cursor = cursors
-            .load(name)
-            .ok()
-            .flatten()
-            .map_or("-".into(), |o| o.to_string());
+        let offset = cursors.load(name).ok().flatten();
+        let cursor = offset.map_or("-".into(), |o| o.to_string());
+        let lag_s = offset
+            .and_then(|o| unapplied_age(dir, o))
+            .map_or("-".into(), |s| format!("{s:.1}"));
         let state =
             ferry_sink::postgres::read_state(dir, name).map_or("-".to_owned(), |s| s.to_string());
         if sink.kind == SinkKind::Mysql {
@@ -119,12 +134,12 @@ pub async fn status(config: &Config) -> Result<String> {
                         _ => "-".into(),
                     };
                     format!(
-                        "{name:<16} {:<10} {position:<20} {lag:>14} {age:>12.1} {cursor:>14}",
+                        "{name:<16} {:<10} {position:<20} {lag:>14} {lag_s:>8} {age:>12.1} {cursor:>14}",
                         "mysql"
                     )
                 }
                 Ok(None) => format!(
-                    "{name:<16} {:<10} {:<20} {:>14} {:>12} {cursor:>14}",
+                    "{name:<16} {:<10} {:<20} {:>14} {lag_s:>8} {:>12} {cursor:>14}",
                     "mysql", "(no checkpoint yet)", "-", "-"
                 ),
                 Err(e) => format!("{name:<16} {:<10} unreachable: {e}", "mysql"),
@@ -137,7 +152,7 @@ pub async fn status(config: &Config) -> Result<String> {
             // checkpoint topic, which this command does not read).
             let _ = writeln!(
                 out,
-                "{name:<16} {:<10} {:<20} {:>14} {:>14} {cursor:>14}  {state}",
+                "{name:<16} {:<10} {:<20} {:>14} {lag_s:>8} {:>12} {cursor:>14}  {state}",
                 sink.kind.to_string(),
                 "-",
                 "-",
@@ -169,12 +184,12 @@ pub async fn status(config: &Config) -> Result<String> {
                             _ => "-".into(),
                         };
                         format!(
-                            "{name:<16} {:<10} {position:<20} {lag:>14} {age:>12.1} {cursor:>14}",
+                            "{name:<16} {:<10} {position:<20} {lag:>14} {lag_s:>8} {age:>12.1} {cursor:>14}",
                             "postgres"
                         )
                     }
                     Ok(None) | Err(_) => format!(
-                        "{name:<16} {:<10} {:<20} {:>14} {:>12} {cursor:>14}",
+                        "{name:<16} {:<10} {:<20} {:>14} {lag_s:>8} {:>12} {cursor:>14}",
                         "postgres", "(no checkpoint yet)", "-", "-"
                     ),
                 }

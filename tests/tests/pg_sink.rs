@@ -246,6 +246,10 @@ async fn a_mixed_workload_with_sigkills_leaves_a_replica_equal_to_the_source() {
         ferry_tests::ferry::command(&["status", "--config", &config_path]).unwrap();
     assert_eq!(code, 0, "{out}{err}");
     assert!(out.contains(&applied_now), "{out}");
+    // Caught up: nothing waits, so the lag in seconds is 0.
+    let line = out.lines().find(|l| l.starts_with("replica")).unwrap();
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(fields[4], "0.0", "{out}");
     // A row changed behind ferry's back is found and named.
     r.batch_execute("UPDATE accounts SET owner = 'tampered' WHERE id = 7")
         .await
@@ -379,6 +383,11 @@ async fn a_permanent_error_follows_on_error() {
                 let (_, out, err) =
                     ferry_tests::ferry::command(&["status", "--config", &path]).unwrap();
                 assert!(out.contains("HALTED"), "{out}{err}");
+                // The failing transaction waits: the lag in seconds is its age.
+                let line = out.lines().find(|l| l.starts_with("replica")).unwrap();
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let lag: f64 = fields[4].parse().unwrap();
+                assert!(lag > 0.0, "{out}");
                 assert!(out.contains("id=Int(4)"), "{out}{err}");
             }
             _ => {
