@@ -243,12 +243,22 @@ impl Binary {
             "jsonb" => Binary::Jsonb,
             // varchar(n) and char(n) receive their text as their input function does (length
             // checked, char padded).
-            _ if t.starts_with("character") && !t.ends_with("[]") => Binary::Text,
-            _ if t.starts_with("timestamp") && t.ends_with("without time zone") => {
-                Binary::Timestamp
-            }
-            _ if t.starts_with("timestamp") && t.ends_with("with time zone") => Binary::TimestampTz,
-            _ => return None,
+            "character varying" | "character" => Binary::Text,
+            "timestamp without time zone" => Binary::Timestamp,
+            "timestamp with time zone" => Binary::TimestampTz,
+            // The same with a type modifier: varchar(10), timestamp(3) with time zone.
+            _ => match t.split_once('(').and_then(|(base, rest)| {
+                let (digits, suffix) = rest.split_once(')')?;
+                digits
+                    .bytes()
+                    .all(|b| b.is_ascii_digit())
+                    .then_some((base, suffix))
+            }) {
+                Some(("character varying" | "character", "")) => Binary::Text,
+                Some(("timestamp", " without time zone")) => Binary::Timestamp,
+                Some(("timestamp", " with time zone")) => Binary::TimestampTz,
+                _ => return None,
+            },
         })
     }
 
@@ -400,6 +410,10 @@ mod tests {
             Some(Binary::TimestampTz)
         );
         assert_eq!(Binary::of("numeric(12,2)"), None);
+        assert_eq!(Binary::of("character(3)[]"), None);
+        assert_eq!(Binary::of("character_set"), None);
+        assert_eq!(Binary::of("timestamp(6)"), None);
+        assert_eq!(Binary::of("character varying(x)"), None);
         assert_eq!(Binary::of("integer[]"), None);
     }
 
