@@ -4,9 +4,10 @@
 //! (an upsert of a full row, a patch of the columns that changed when some were unchanged TOAST
 //! values, or a delete), which is exactly what applying the changes one by one would leave. A
 //! flush then writes each table with at most a few statements, whatever the number of rows:
-//! `DELETE … USING unnest(…)`, `INSERT … SELECT … FROM unnest(…) ON CONFLICT (key) DO UPDATE`,
-//! and `UPDATE … FROM unnest(…)` per set of changed columns. Every column travels as one `text[]`
-//! parameter and is cast to the target column's type.
+//! `DELETE … USING unnest(…)`, a COPY (or, for a few rows, a plain INSERT) of the keys the target
+//! cannot have yet ([`super::copy`]), `INSERT … SELECT … FROM unnest(…) ON CONFLICT (key) DO
+//! UPDATE`, and `UPDATE … FROM unnest(…)` per set of changed columns. Every column travels as one
+//! array parameter ([`super::wire`]) and is cast to the target column's type.
 //!
 //! Tables whose replica identity is FULL have no key to merge on (identical rows may repeat), so
 //! their changes are applied one statement per change, in order, matching a whole old row. Tables
