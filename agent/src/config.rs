@@ -1,4 +1,5 @@
-//! The configuration file: TOML, `${VAR}` expanded from the environment inside string values,
+//! The configuration file: TOML, `${VAR}` expanded from the environment (and `${file:PATH}` from
+//! a secret file) inside string values,
 //! unknown keys and wrong types reported with the file, line and column, secrets never printed.
 //!
 //! Parsing is strict by design: a typo in a production config must stop ferry at start, not be
@@ -365,8 +366,9 @@ fn edit_distance(a: &str, b: &str) -> usize {
     prev[b.len()]
 }
 
-/// A string value with `${VAR}` replaced from the environment (`$$` is a literal `$`). A variable
-/// that is not set is an error naming it, reported at the value's position.
+/// A string value with `${VAR}` replaced from the environment and `${file:PATH}` by the file's
+/// content (`$$` is a literal `$`). A variable that is not set, or a file that cannot be read, is
+/// an error naming it, reported at the value's position.
 #[derive(Clone, PartialEq, Eq)]
 pub struct Expanded(String);
 
@@ -398,7 +400,24 @@ impl<'de> Deserialize<'de> for Expanded {
     }
 }
 
-/// Expands `${VAR}` and `$$` in `raw`, looking variables up with `lookup`.
+/// The content of a secret file (`${file:PATH}`), without the one line ending such files
+/// usually end with (Docker and Kubernetes secrets, `echo pw > file`). The error names the path,
+/// never the content.
+fn read_secret(path: &str) -> Result<String, String> {
+    if path.is_empty() {
+        return Err("${file:} names no file".into());
+    }
+    let mut text = std::fs::read_to_string(path).map_err(|e| format!("secret file {path}: {e}"))?;
+    if text.ends_with('\n') {
+        text.pop();
+        if text.ends_with('\r') {
+            text.pop();
+        }
+    }
+    Ok(text)
+}
+
+/// Expands `${VAR}`, `${file:PATH}` and `$$` in `raw`, looking variables up with `lookup`.
 pub fn expand_env(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(raw.len());
     let mut rest = raw;
@@ -413,6 +432,11 @@ pub fn expand_env(raw: &str, lookup: impl Fn(&str) -> Option<String>) -> Result<
                 .find('}')
                 .ok_or_else(|| format!("unclosed ${{ in {:?}", redact(raw)))?;
             let name = &body[..end];
+            if let Some(path) = name.strip_prefix("file:") {
+                out.push_str(&read_secret(path)?);
+                rest = &body[end + 1..];
+                continue;
+            }
             let ok =
                 !name.is_empty() && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
             if !ok {
@@ -594,6 +618,28 @@ listen = "127.0.0.1:9187"
             "environment variable NOPE is not set"
         );
         assert!(expand_env("${A", |_| None).is_err());
+        // Secrets from files: the one trailing line ending is dropped, nothing else.
+        let dir = tempfile::tempdir().unwrap();
+        let pw = dir.path().join("pw");
+        std::fs::write(&pw, "s3cr:t$ \r\n").unwrap();
+        let raw = format!("postgres://u:${{file:{}}}@h/db", pw.display());
+        assert_eq!(
+            expand_env(&raw, |_| None).unwrap(),
+            "postgres://u:s3cr:t$ @h/db"
+        );
+        std::fs::write(&pw, "two\n\n").unwrap();
+        assert_eq!(
+            expand_env(&raw, |_| None).unwrap(),
+            "postgres://u:two\n@h/db"
+        );
+        let missing = dir.path().join("nope");
+        let refused =
+            expand_env(&format!("${{file:{}}}", missing.display()), |_| None).unwrap_err();
+        assert!(
+            refused.contains("secret file") && refused.contains("nope"),
+            "{refused}"
+        );
+        assert!(expand_env("${file:}", |_| None).is_err());
         assert!(expand_env("${A-B}", |_| None).is_err());
         let e = err(&GOOD.replace(
             "url = \"postgres://repl:hunter2@db:5432/app\"",

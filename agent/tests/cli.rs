@@ -80,7 +80,7 @@ fn run_refuses_options_that_do_not_apply_and_bad_tls_settings() {
 #[test]
 fn every_bad_input_is_one_line_and_exit_1_without_a_panic() {
     let base = "[source]\ntype = \"postgres\"\nurl = \"postgres://u@127.0.0.1:1/db\"\n\n[spool]\ndir = \"/tmp/ferry-cli-x\"\n";
-    let cases: [(String, &str); 6] = [
+    let cases: [(String, &str); 7] = [
         ("[source\ntype = 1".into(), "ferry.toml:1:8: unclosed table"),
         (
             base.replace("\"postgres\"\nurl", "\"oracle\"\nurl"),
@@ -89,6 +89,13 @@ fn every_bad_input_is_one_line_and_exit_1_without_a_panic() {
         (
             base.replace("postgres://u@", "postgres://u:${FERRY_TEST_UNSET_VAR}@"),
             "FERRY_TEST_UNSET_VAR",
+        ),
+        (
+            base.replace(
+                "postgres://u@",
+                "postgres://u:${file:/nonexistent/ferry-pw}@",
+            ),
+            "secret file /nonexistent/ferry-pw",
         ),
         (
             format!(
