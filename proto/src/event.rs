@@ -145,6 +145,12 @@ pub struct Truncate {
 /// so its rows stay with it; rows that follow use the new name's relation.
 pub const RENAME_PREFIX: &str = "ferry.rename";
 
+/// Prefix of a ferry [`Message`], in a transaction just before the [`Relation`] that adds
+/// columns, giving the value rows that existed before carry in each added column (PostgreSQL's
+/// `ADD COLUMN … DEFAULT` stores it once instead of writing every row, so no row change carries
+/// it). Content: `{"schema":…,"table":…,"columns":{"name":"text input" | null}}`.
+pub const BACKFILL_PREFIX: &str = "ferry.backfill";
+
 /// A logical decoding message (`pg_logical_emit_message`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {

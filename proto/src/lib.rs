@@ -10,8 +10,8 @@ pub mod position;
 pub mod value;
 
 pub use event::{
-    Begin, Column, Commit, Delete, Event, Heartbeat, Insert, Message, OldRow, RENAME_PREFIX,
-    Relation, RelationId, ReplicaIdentity, Truncate, Update,
+    BACKFILL_PREFIX, Begin, Column, Commit, Delete, Event, Heartbeat, Insert, Message, OldRow,
+    RENAME_PREFIX, Relation, RelationId, ReplicaIdentity, Truncate, Update,
 };
 pub use frame::FrameError;
 pub use position::{

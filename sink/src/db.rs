@@ -121,6 +121,12 @@ pub trait Target: Send + Sized + 'static {
     ) -> impl Future<Output = Result<()>> + Send;
     /// Writes every pending change.
     fn flush(&mut self) -> impl Future<Output = Result<()>> + Send;
+    /// Remembers the values rows that exist hold in the columns the next definition of a table
+    /// adds (a [`ferry_proto::BACKFILL_PREFIX`] message), for when the target adds them.
+    /// Targets that cannot use them leave such rows NULL.
+    fn backfill(&mut self, _content: &[u8]) -> Result<()> {
+        Ok(())
+    }
     /// Renames a table (a source's `RENAME TABLE`), after writing what is pending.
     fn rename(
         &mut self,
@@ -594,6 +600,11 @@ impl<T: Target> DbSink<T> {
                 let (from, to) = parse_rename(&m.content)?;
                 self.guarded(s, &event, None, Op::Rename(&from, &to))
                     .await?;
+            }
+            Event::Message(m) if m.prefix == ferry_proto::BACKFILL_PREFIX => {
+                if !s.txn.as_ref().is_some_and(|t| t.skip) {
+                    s.t.backfill(&m.content)?;
+                }
             }
             Event::Message(_) => {}
             Event::Heartbeat(h) if s.txn.is_none() && s.in_target_txn => {

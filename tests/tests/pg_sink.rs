@@ -451,7 +451,7 @@ async fn tables_are_created_and_follow_schema_changes() {
         "create_tables = true",
     )
     .unwrap();
-    let mut ferry = config.start(0).unwrap();
+    let ferry = config.start(0).unwrap();
     wait_equal(&s, &r, &["shop"], Duration::from_secs(60)).await;
     s.batch_execute(
         "ALTER TABLE shop ADD COLUMN stock int;
@@ -479,6 +479,36 @@ async fn tables_are_created_and_follow_schema_changes() {
         .unwrap()
         .get(0);
     assert_eq!(ty, "numeric(12,3)");
+
+    // Columns added with a default: the rows that existed hold it on the source without any row
+    // change saying so; the replica's existing rows get it too (a NULL for `plain`), and new
+    // rows carry their own values. Ferry is stopped meanwhile, so the definitions it compares
+    // with come from its spool.
+    ferry.stop().unwrap();
+    s.batch_execute(
+        "ALTER TABLE shop ADD COLUMN qty int NOT NULL DEFAULT 7,
+                         ADD COLUMN label text DEFAULT 'it''s \"new\", {x}',
+                         ADD COLUMN since timestamptz DEFAULT now(),
+                         ADD COLUMN plain text;
+         INSERT INTO shop (id, price, stock) VALUES (6, 6, 6);
+         INSERT INTO shop VALUES (7, 7, 7, 70, 'seven', '2024-02-29 12:00:00+00', 'p');",
+    )
+    .await
+    .unwrap();
+    let mut ferry = config.start(2).unwrap();
+    wait_equal_or(&s, &r, &["shop"], Duration::from_secs(60), &|| {
+        ferry.log_text()
+    })
+    .await;
+    let got: i64 = r
+        .query_one(
+            "SELECT count(*) FROM shop WHERE qty = 7 AND label = 'it''s \"new\", {x}' AND id < 6",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(got, 4, "the existing rows got the added columns' value");
     ferry.check_alive().unwrap();
     ferry.stop().unwrap();
 
@@ -489,9 +519,10 @@ async fn tables_are_created_and_follow_schema_changes() {
         text.replace("create_tables = true", "schema_changes = \"halt\""),
     )
     .unwrap();
-    let mut ferry = config.start(1).unwrap();
+    let mut ferry = config.start(3).unwrap();
     s.batch_execute(
-        "ALTER TABLE shop ADD COLUMN note text; INSERT INTO shop VALUES (5, 5, 5, 'x')",
+        "ALTER TABLE shop ADD COLUMN note text;
+         INSERT INTO shop (id, price, stock, note) VALUES (5, 5, 5, 'x')",
     )
     .await
     .unwrap();

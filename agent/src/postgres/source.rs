@@ -19,8 +19,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use ferry_proto::{
-    Begin, Column, Commit, Delete, Event, Heartbeat, Insert, Lsn, Message, OldRow, Position,
-    Relation, RelationId, ReplicaIdentity, Row, Truncate, Update, Value,
+    BACKFILL_PREFIX, Begin, Column, Commit, Delete, Event, Heartbeat, Insert, Lsn, Message, OldRow,
+    Position, Relation, RelationId, ReplicaIdentity, Row, Truncate, Update, Value,
 };
 use ferry_spool::{Offset, SpoolReader, SpoolWriter, segment};
 use tokio::sync::watch;
@@ -121,6 +121,30 @@ struct OpenTxn {
     /// Already in the spool (sent again after a restart): its events are ignored.
     skip: bool,
     buf: TxnBuffer,
+}
+
+/// The one element of `attmissingval`'s text (`{7}`, `{"a b"}`, `{NULL}`): the value's text,
+/// `Some(None)` for NULL; `None` if it is not one element as array output writes it.
+fn missing_value(text: &str) -> Option<Option<String>> {
+    let inner = text.strip_prefix('{')?.strip_suffix('}')?;
+    if inner == "NULL" {
+        return Some(None);
+    }
+    let Some(quoted) = inner.strip_prefix('"') else {
+        // Unquoted output has no separators or quotes in it.
+        return (!inner.is_empty() && !inner.contains([',', '{', '}', '"', '\\']))
+            .then(|| Some(inner.to_owned()));
+    };
+    let mut out = String::new();
+    let mut chars = quoted.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => out.push(chars.next()?),
+            '"' => return chars.as_str().is_empty().then_some(Some(out)),
+            c => out.push(c),
+        }
+    }
+    None
 }
 
 /// Where the spool ends, as far as the source is concerned.
@@ -925,6 +949,9 @@ impl PgSource {
                 // The decoder needs the newest definition for the rows that follow; the spool
                 // gets it inside the transaction, so it is written only if the transaction is.
                 if included && (self.in_stream.is_some() || self.txn.is_some()) {
+                    if let Some(backfill) = self.backfill(client, oid, &relation).await? {
+                        self.change(xid, backfill)?;
+                    }
                     self.change(xid, Event::Relation(relation.clone()))?;
                 }
                 self.relations.insert(
@@ -1048,6 +1075,78 @@ impl PgSource {
             }
         }
         Ok(())
+    }
+
+    /// For a definition of table `oid` that adds columns to the one last seen: a
+    /// [`BACKFILL_PREFIX`] message with the value the rows that existed before hold in each added
+    /// column (`pg_attribute.attmissingval`, which `ADD COLUMN … DEFAULT` with a non-volatile
+    /// default sets instead of writing every row), so a replica's existing rows get it too.
+    /// A column added with a volatile default rewrote the table without any row change to
+    /// decode: that is logged, since its existing rows cannot be brought over.
+    async fn backfill(&self, client: &Client, oid: u32, rel: &Relation) -> Result<Option<Event>> {
+        let prev = self
+            .relations
+            .get(&oid)
+            .map(|r| &r.relation)
+            .or_else(|| self.spool.relations().get(&rel.id));
+        let Some(prev) = prev else {
+            return Ok(None);
+        };
+        let added: Vec<String> = rel
+            .columns
+            .iter()
+            .filter(|c| !prev.columns.iter().any(|p| p.name == c.name))
+            .map(|c| c.name.clone())
+            .collect();
+        if added.is_empty() {
+            return Ok(None);
+        }
+        let rows = client
+            .query(
+                "SELECT a.attname::text, a.atthasmissing, a.attmissingval::text, a.atthasdef
+                 FROM pg_attribute a
+                 WHERE a.attrelid = $1 AND NOT a.attisdropped AND a.attname::text = ANY($2)",
+                &[&oid, &added],
+            )
+            .await?;
+        let mut columns = serde_json::Map::new();
+        for row in rows {
+            let name: String = row.get(0);
+            let missing: bool = row.get(1);
+            let text: Option<String> = row.get(2);
+            let has_default: bool = row.get(3);
+            match (missing, text.as_deref().and_then(missing_value)) {
+                (true, Some(value)) => {
+                    columns.insert(name, value.map_or(serde_json::Value::Null, Into::into));
+                }
+                (true, None) => tracing::warn!(
+                    table = %rel.qualified_name(), column = %name, value = ?text,
+                    "cannot read the value existing rows hold in an added column; on a replica \
+                     they stay NULL"
+                ),
+                (false, _) if has_default => tracing::warn!(
+                    table = %rel.qualified_name(), column = %name,
+                    "a column added with a volatile default (or since rewritten): its values in \
+                     existing rows are in no change ferry can read, so on a replica they stay \
+                     NULL; resynchronise the table if they matter"
+                ),
+                (false, _) => {}
+            }
+        }
+        if columns.is_empty() {
+            return Ok(None);
+        }
+        let content = serde_json::json!({
+            "schema": rel.schema,
+            "table": rel.name,
+            "columns": columns,
+        });
+        Ok(Some(Event::Message(Message {
+            transactional: true,
+            position: Position::Postgres(Lsn(self.stats.server_wal_end)),
+            prefix: BACKFILL_PREFIX.to_owned(),
+            content: content.to_string().into_bytes(),
+        })))
     }
 
     fn row_relation(&self, oid: u32) -> Result<Option<&RelInfo>> {
@@ -1185,5 +1284,29 @@ mod tests {
         let tail = spool_tail(dir.path()).unwrap();
         assert_eq!(tail.resume_from, Some(500));
         assert_eq!(tail.incomplete_from, Some(cut));
+    }
+}
+
+#[cfg(test)]
+mod backfill_tests {
+    use super::missing_value;
+
+    #[test]
+    fn one_element_arrays_read_back_as_the_value() {
+        assert_eq!(missing_value("{7}"), Some(Some("7".into())));
+        assert_eq!(missing_value("{NULL}"), Some(None));
+        assert_eq!(missing_value(r#"{"NULL"}"#), Some(Some("NULL".into())));
+        assert_eq!(
+            missing_value(r#"{"it's \"q\" a\\b, {x}"}"#),
+            Some(Some(r#"it's "q" a\b, {x}"#.into()))
+        );
+        assert_eq!(
+            missing_value(r#"{"2024-01-01 00:00:00+00"}"#),
+            Some(Some("2024-01-01 00:00:00+00".into()))
+        );
+        assert_eq!(missing_value(r#"{""}"#), Some(Some(String::new())));
+        for bad in ["7", "{1,2}", "{}", r#"{"a"b}"#, r#"{"a"#, "{{1}}"] {
+            assert_eq!(missing_value(bad), None, "{bad}");
+        }
     }
 }

@@ -88,6 +88,9 @@ pub struct Applier {
     pending_bytes: usize,
     changes: SchemaChanges,
     create_tables: bool,
+    /// Per (schema, table): the values existing rows hold in columns the table's next
+    /// definition adds ([`Applier::backfill`]).
+    backfill: HashMap<(String, String), schema::Backfill>,
 }
 
 impl Applier {
@@ -98,7 +101,33 @@ impl Applier {
             pending_bytes: 0,
             changes,
             create_tables,
+            backfill: HashMap::new(),
         }
+    }
+
+    /// Remembers a [`ferry_proto::BACKFILL_PREFIX`] message's values for the table's next
+    /// definition.
+    pub fn backfill(&mut self, content: &[u8]) -> Result<()> {
+        let bad = |e: String| SinkError::Fatal(format!("a backfill message: {e}"));
+        let v: serde_json::Value =
+            serde_json::from_slice(content).map_err(|e| bad(e.to_string()))?;
+        let text = |k: &str| {
+            v.get(k)
+                .and_then(|x| x.as_str())
+                .map(str::to_owned)
+                .ok_or_else(|| bad(format!("no {k}")))
+        };
+        let (schema_name, table) = (text("schema")?, text("table")?);
+        let columns = v
+            .get("columns")
+            .and_then(|c| c.as_object())
+            .ok_or_else(|| bad("no columns".into()))?;
+        let values = columns
+            .iter()
+            .map(|(k, x)| (k.clone(), x.as_str().map(str::to_owned)))
+            .collect();
+        self.backfill.insert((schema_name, table), values);
+        Ok(())
     }
 
     /// Whether the table has been announced in this session.
@@ -125,6 +154,7 @@ impl Applier {
     /// reconnect: the target may have changed meanwhile).
     pub fn reset(&mut self) {
         self.tables.clear();
+        self.backfill.clear();
         self.pending = 0;
         self.pending_bytes = 0;
     }
@@ -141,12 +171,17 @@ impl Applier {
             }
             None => None,
         };
+        let backfill = self
+            .backfill
+            .remove(&(rel.schema.clone(), rel.name.clone()))
+            .unwrap_or_default();
         let target = schema::ensure(
             conn.client().await?,
             rel,
             prev.as_ref(),
             self.changes,
             self.create_tables,
+            &backfill,
         )
         .await?;
         let keys: Vec<usize> = rel.key_columns().collect();

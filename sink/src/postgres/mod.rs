@@ -117,7 +117,8 @@ impl Target for PgTarget {
             .client()
             .await?
             .batch_execute(
-                "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0;",
+                "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0;
+                 SET standard_conforming_strings = on;",
             )
             .await?;
         t.conn.client().await?.batch_execute(CHECKPOINT_DDL).await?;
@@ -182,6 +183,10 @@ impl Target for PgTarget {
 
     fn pending_bytes(&self) -> usize {
         self.applier.pending_bytes()
+    }
+
+    fn backfill(&mut self, content: &[u8]) -> Result<()> {
+        self.applier.backfill(content)
     }
 
     fn reset(&mut self) {

@@ -63,6 +63,14 @@ pub async fn load(client: &Client, rel: &Relation) -> Result<Option<TargetTable>
     }))
 }
 
+/// The values rows that exist hold in added columns, by column name (text input; `None` is NULL).
+pub type Backfill = HashMap<String, Option<String>>;
+
+/// `'text'` as an SQL literal (`standard_conforming_strings` is on in the sink's session).
+fn literal(text: &str) -> String {
+    format!("'{}'", text.replace('\'', "''"))
+}
+
 /// Makes the target table fit `rel`: creates it (with `create_tables`), adds the columns the
 /// source has and the target lacks, and applies the differences from `prev`, the definition the
 /// sink last applied (dropped and retyped columns). Returns the target's columns afterwards.
@@ -72,6 +80,7 @@ pub async fn ensure(
     prev: Option<&Relation>,
     changes: SchemaChanges,
     create_tables: bool,
+    backfill: &Backfill,
 ) -> Result<TargetTable> {
     let name = quoted_name(rel);
     let table = match load(client, rel).await? {
@@ -113,16 +122,30 @@ pub async fn ensure(
         }
     };
     let mut alters = Vec::new();
+    // Columns added with the value existing rows hold: a default for the ADD, dropped after.
+    let mut defaults = Vec::new();
     for c in &rel.columns {
         match (
             table.types.get(&c.name),
             prev.and_then(|p| p.columns.iter().find(|x| x.name == c.name)),
         ) {
-            (None, _) => alters.push(format!(
-                "ADD COLUMN IF NOT EXISTS {} {}",
-                quote_ident(&c.name),
-                to_postgres(&c.type_name)
-            )),
+            (None, _) => {
+                let ty = to_postgres(&c.type_name);
+                let default = match backfill.get(&c.name) {
+                    Some(Some(v)) => {
+                        defaults.push(format!(
+                            "ALTER COLUMN {} DROP DEFAULT",
+                            quote_ident(&c.name)
+                        ));
+                        format!(" DEFAULT {}::{ty}", literal(v))
+                    }
+                    _ => String::new(),
+                };
+                alters.push(format!(
+                    "ADD COLUMN IF NOT EXISTS {} {ty}{default}",
+                    quote_ident(&c.name),
+                ))
+            }
             (Some(_), Some(old)) if old.type_name != c.type_name => alters.push(format!(
                 "ALTER COLUMN {0} TYPE {1} USING {0}::{1}",
                 quote_ident(&c.name),
@@ -151,7 +174,10 @@ pub async fn ensure(
             alters.join(", ")
         )));
     }
-    let sql = format!("ALTER TABLE {name} {}", alters.join(", "));
+    let mut sql = format!("ALTER TABLE {name} {}", alters.join(", "));
+    if !defaults.is_empty() {
+        sql.push_str(&format!("; ALTER TABLE {name} {}", defaults.join(", ")));
+    }
     tracing::info!(table = %rel.qualified_name(), %sql, "applying a schema change");
     client.batch_execute(&sql).await?;
     load(client, rel)
