@@ -19,7 +19,7 @@ use ferry_proto::{RelationId, Row, Value};
 use futures_util::SinkExt;
 use tokio_postgres::{Client, CopyInSink};
 
-use super::encode::to_text;
+use super::encode::push_text;
 use super::wire::{pg_days, pg_micros};
 use crate::error::{Result, SinkError};
 
@@ -124,11 +124,12 @@ impl Conn {
         if !same && binary {
             out.put_slice(BINARY_HEADER);
         }
+        let mut text = String::new();
         for row in rows {
             if binary {
                 copy.binary_row(row, &mut out)?;
             } else {
-                text_row(row, &mut out)?;
+                text_row(row, &mut out, &mut text)?;
             }
         }
         let Some(open) = self.copy.as_mut() else {
@@ -275,7 +276,7 @@ impl Binary {
             // when that text is the nearest f32's own, so the server reads the same f32 either way.
             (Binary::Float4, Value::Float(f)) => {
                 let x = *f as f32;
-                f.is_nan() || f64::from(x) == *f || format!("{x:?}").parse::<f64>() == Ok(*f)
+                f.is_nan() || f64::from(x) == *f || shortest_text_is(x, *f)
             }
             (Binary::Bool, Value::Bool(_)) => true,
             (Binary::Text, Value::Text(s)) => !s.contains('\0'),
@@ -288,6 +289,22 @@ impl Binary {
             _ => false,
         }
     }
+}
+
+/// Whether `x`'s shortest text (as PostgreSQL prints a real) reads as `f`, written on the stack:
+/// this runs once per value of a real column.
+fn shortest_text_is(x: f32, f: f64) -> bool {
+    use std::io::Write as _;
+    let mut buf = [0u8; 48];
+    let mut w = &mut buf[..];
+    if write!(w, "{x:?}").is_err() {
+        return false;
+    }
+    let len = 48 - w.len();
+    std::str::from_utf8(&buf[..len])
+        .ok()
+        .and_then(|t| t.parse::<f64>().ok())
+        == Some(f)
 }
 
 impl Binary {
@@ -338,23 +355,24 @@ impl Binary {
 }
 
 /// One row in text COPY form: each value's text input, escaped, `\N` for NULL.
-fn text_row(row: &Row, out: &mut BytesMut) -> Result<()> {
+/// `text` is a buffer the caller reuses across rows, so no value allocates its own.
+fn text_row(row: &Row, out: &mut BytesMut, text: &mut String) -> Result<()> {
     for (i, v) in row.iter().enumerate() {
         if i > 0 {
             out.put_u8(b'\t');
         }
-        match to_text(v)? {
-            None => out.put_slice(b"\\N"),
-            Some(text) => {
-                for b in text.bytes() {
-                    match b {
-                        b'\\' => out.put_slice(b"\\\\"),
-                        b'\n' => out.put_slice(b"\\n"),
-                        b'\r' => out.put_slice(b"\\r"),
-                        b'\t' => out.put_slice(b"\\t"),
-                        b => out.put_u8(b),
-                    }
-                }
+        text.clear();
+        if !push_text(v, text)? {
+            out.put_slice(b"\\N");
+            continue;
+        }
+        for b in text.bytes() {
+            match b {
+                b'\\' => out.put_slice(b"\\\\"),
+                b'\n' => out.put_slice(b"\\n"),
+                b'\r' => out.put_slice(b"\\r"),
+                b'\t' => out.put_slice(b"\\t"),
+                b => out.put_u8(b),
             }
         }
     }
@@ -365,6 +383,7 @@ fn text_row(row: &Row, out: &mut BytesMut) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::postgres::encode::to_text;
     use proptest::prelude::*;
 
     /// COPY's text format read back: fields split on tabs, `\N` as NULL, escapes undone.
@@ -509,7 +528,7 @@ mod tests {
                 .collect();
             row.extend(ints.iter().map(|&i| Value::Int(i)));
             let mut out = BytesMut::new();
-            text_row(&row, &mut out).unwrap();
+            text_row(&row, &mut out, &mut String::new()).unwrap();
             let want: Vec<Option<String>> = row.iter().map(|v| to_text(v).unwrap()).collect();
             prop_assert_eq!(read_text_row(&out), want);
         }

@@ -13,11 +13,17 @@ use crate::error::{Result, SinkError};
 /// leaves such a column out of the statement.
 pub fn to_text(v: &Value) -> Result<Option<String>> {
     let mut out = String::new();
-    if write_value(v, &mut out, false)? {
+    if push_text(v, &mut out)? {
         Ok(Some(out))
     } else {
         Ok(None)
     }
+}
+
+/// Appends the text input for `v` to `out`, as [`to_text`] gives it; false (nothing appended) for
+/// SQL NULL. For writers that reuse one buffer.
+pub fn push_text(v: &Value, out: &mut String) -> Result<bool> {
+    write_value(v, out, false)
 }
 
 /// Writes `v`; returns false for NULL. Inside an array, elements are quoted.
