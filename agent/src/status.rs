@@ -3,8 +3,7 @@
 
 use std::fmt::Write as _;
 
-use ferry_proto::Event;
-use ferry_proto::{Lsn, Position};
+use ferry_proto::{Event, Lsn, Position};
 use ferry_spool::{Cursors, Offset, SpoolReader, segment};
 
 use crate::config::{Config, SinkKind, SourceKind};

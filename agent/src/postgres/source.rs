@@ -949,7 +949,9 @@ impl PgSource {
                 // The decoder needs the newest definition for the rows that follow; the spool
                 // gets it inside the transaction, so it is written only if the transaction is.
                 if included && (self.in_stream.is_some() || self.txn.is_some()) {
-                    if let Some(backfill) = self.backfill(client, oid, &relation).await? {
+                    if !self.discarding()
+                        && let Some(backfill) = self.backfill(client, oid, &relation).await?
+                    {
                         self.change(xid, backfill)?;
                     }
                     self.change(xid, Event::Relation(relation.clone()))?;
@@ -1149,8 +1151,14 @@ impl PgSource {
         })))
     }
 
+    /// Whether the changes arriving now belong to a transaction already in the spool (sent
+    /// again after a restart), which is discarded.
+    fn discarding(&self) -> bool {
+        self.in_stream.is_none() && self.txn.as_ref().is_some_and(|t| t.skip)
+    }
+
     fn row_relation(&self, oid: u32) -> Result<Option<&RelInfo>> {
-        if self.in_stream.is_none() && self.txn.as_ref().is_some_and(|t| t.skip) {
+        if self.discarding() {
             return Ok(None);
         }
         match self.relations.get(&oid) {

@@ -113,15 +113,12 @@ impl Target for PgTarget {
         // A COPY stays open while a large source transaction streams in, and a batch waits
         // for the rest of a source transaction inside its target transaction: a timeout meant
         // for the replica's interactive users would cut them and retry forever.
-        t.conn
-            .client()
-            .await?
-            .batch_execute(
-                "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0;
-                 SET standard_conforming_strings = on;",
-            )
-            .await?;
-        t.conn.client().await?.batch_execute(CHECKPOINT_DDL).await?;
+        // Backfill defaults are written as '…' literals, hence standard_conforming_strings.
+        let setup = format!(
+            "SET statement_timeout = 0; SET idle_in_transaction_session_timeout = 0;
+             SET standard_conforming_strings = on; {CHECKPOINT_DDL}"
+        );
+        t.conn.client().await?.batch_execute(&setup).await?;
         let sequential = match t
             .conn
             .client()
@@ -134,8 +131,9 @@ impl Target for PgTarget {
                 tracing::warn!(
                     sink = %cfg.name, error = %e,
                     "cannot set session_replication_role = replica (needs a superuser, or on \
-                     PostgreSQL 15+ GRANT SET ON PARAMETER session_replication_role): applying change by change in source order, with the target's foreign \
-                     keys and triggers active"
+                     PostgreSQL 15+ GRANT SET ON PARAMETER session_replication_role): applying \
+                     change by change in source order, with the target's foreign keys and \
+                     triggers active"
                 );
                 true
             }
