@@ -22,6 +22,19 @@ async fn connect(pg: &Postgres) -> Client {
     client
 }
 
+/// The one value a query without parameters returns.
+async fn one<T: tokio_postgres::types::FromSqlOwned>(c: &Client, sql: &str) -> T {
+    c.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// A source and a replica server, and a client of each.
+async fn servers() -> (Postgres, Postgres, Client, Client) {
+    let source = Postgres::start().unwrap();
+    let replica = Postgres::start().unwrap();
+    let (s, r) = (connect(&source).await, connect(&replica).await);
+    (source, replica, s, r)
+}
+
 /// Row count and an order-independent checksum of every row's text (a missing table is -1).
 async fn checksum(client: &Client, table: &str) -> (i64, String) {
     let row = client
@@ -194,43 +207,30 @@ async fn a_mixed_workload_with_sigkills_leaves_a_replica_equal_to_the_source() {
         ferry.log_text()
     );
     // Invariant of every source transaction.
-    let total: String = r
-        .query_one("SELECT sum(balance)::text FROM accounts", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let total: String = one(&r, "SELECT sum(balance)::text FROM accounts").await;
     assert_eq!(total, "200000.00");
     // The slot is acknowledged only as far as the replica has applied, and follows it.
-    let applied: String = r
-        .query_one(
-            "SELECT position FROM ferry.checkpoints WHERE sink = 'replica'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let applied: String = one(
+        &r,
+        "SELECT position FROM ferry.checkpoints WHERE sink = 'replica'",
+    )
+    .await;
     assert!(applied.starts_with("pg:"), "{applied}");
     ferry.stop().unwrap();
-    let confirmed: String = s
-        .query_one(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'ferry'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let confirmed: String = one(
+        &s,
+        "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = 'ferry'",
+    )
+    .await;
     let lsn = |t: &str| -> u64 {
         let (hi, lo) = t.trim_start_matches("pg:").split_once('/').unwrap();
         (u64::from_str_radix(hi, 16).unwrap() << 32) | u64::from_str_radix(lo, 16).unwrap()
     };
-    let applied_now: String = r
-        .query_one(
-            "SELECT position FROM ferry.checkpoints WHERE sink = 'replica'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let applied_now: String = one(
+        &r,
+        "SELECT position FROM ferry.checkpoints WHERE sink = 'replica'",
+    )
+    .await;
     assert!(
         lsn(&confirmed) <= lsn(&applied_now) + 1,
         "the slot ({confirmed}) is ahead of what the replica applied ({applied_now})"
@@ -277,11 +277,7 @@ async fn a_replica_restart_is_retried_and_readers_never_see_half_a_transaction()
         tokio::spawn(async move {
             let mut reads = 0;
             while !stop.load(Ordering::Relaxed) {
-                let total: String = r
-                    .query_one("SELECT sum(balance)::text FROM accounts", &[])
-                    .await
-                    .unwrap()
-                    .get(0);
+                let total: String = one(&r, "SELECT sum(balance)::text FROM accounts").await;
                 assert_eq!(total, "200000.00", "a reader saw half a source transaction");
                 reads += 1;
             }
@@ -322,9 +318,7 @@ async fn a_replica_restart_is_retried_and_readers_never_see_half_a_transaction()
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_permanent_error_follows_on_error() {
     for policy in ["skip", "dead_letter", "halt"] {
-        let source = Postgres::start().unwrap();
-        let replica = Postgres::start().unwrap();
-        let (s, r) = (connect(&source).await, connect(&replica).await);
+        let (source, replica, s, r) = servers().await;
         s.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v int)")
             .await
             .unwrap();
@@ -435,9 +429,7 @@ async fn a_permanent_error_follows_on_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tables_are_created_and_follow_schema_changes() {
-    let source = Postgres::start().unwrap();
-    let replica = Postgres::start().unwrap();
-    let (s, r) = (connect(&source).await, connect(&replica).await);
+    let (source, replica, s, r) = servers().await;
     s.batch_execute(
         "CREATE TABLE shop (id int PRIMARY KEY, name text, price numeric(10,2));
          INSERT INTO shop VALUES (1, 'a', 1.50), (2, 'b', 2.50);",
@@ -469,15 +461,12 @@ async fn tables_are_created_and_follow_schema_changes() {
     .await
     .unwrap();
     wait_equal(&s, &r, &["shop"], Duration::from_secs(60)).await;
-    let ty: String = r
-        .query_one(
-            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute
+    let ty: String = one(
+        &r,
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute
              WHERE attrelid = 'shop'::regclass AND attname = 'price'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    )
+    .await;
     assert_eq!(ty, "numeric(12,3)");
 
     // Columns added with a default: the rows that existed hold it on the source without any row
@@ -500,14 +489,11 @@ async fn tables_are_created_and_follow_schema_changes() {
         ferry.log_text()
     })
     .await;
-    let got: i64 = r
-        .query_one(
-            "SELECT count(*) FROM shop WHERE qty = 7 AND label = 'it''s \"new\", {x}' AND id < 6",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let got: i64 = one(
+        &r,
+        "SELECT count(*) FROM shop WHERE qty = 7 AND label = 'it''s \"new\", {x}' AND id < 6",
+    )
+    .await;
     assert_eq!(got, 4, "the existing rows got the added columns' value");
     ferry.check_alive().unwrap();
     ferry.stop().unwrap();
@@ -577,9 +563,7 @@ async fn without_the_replica_role_changes_apply_in_source_order_under_foreign_ke
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_type_arrives_on_the_replica_as_it_is_on_the_source() {
     use ferry_tests::samples::{TYPES_DDL, types_insert};
-    let source = Postgres::start().unwrap();
-    let replica = Postgres::start().unwrap();
-    let (s, r) = (connect(&source).await, connect(&replica).await);
+    let (source, replica, s, r) = servers().await;
     s.batch_execute(TYPES_DDL).await.unwrap();
     r.batch_execute(TYPES_DDL).await.unwrap();
     // Rows through the snapshot, then through the stream, then updated (set-based upserts).
@@ -603,8 +587,8 @@ async fn every_type_arrives_on_the_replica_as_it_is_on_the_source() {
     .await;
     // Equal as text, column by column (the checksum covers the row text; this names a column).
     let dump = "SELECT string_agg(t::text, '|' ORDER BY id) FROM types t";
-    let a: String = s.query_one(dump, &[]).await.unwrap().get(0);
-    let b: String = r.query_one(dump, &[]).await.unwrap().get(0);
+    let a: String = one(&s, dump).await;
+    let b: String = one(&r, dump).await;
     assert_eq!(a, b);
 
     // Enough new rows in one transaction to be written with COPY: the text format for `types`
@@ -644,15 +628,11 @@ async fn every_type_arrives_on_the_replica_as_it_is_on_the_source() {
     .await;
     for table in ["types", "bin"] {
         let dump = format!("SELECT string_agg(t::text, '|' ORDER BY id) FROM {table} t");
-        let a: String = s.query_one(&dump, &[]).await.unwrap().get(0);
-        let b: String = r.query_one(&dump, &[]).await.unwrap().get(0);
+        let a: String = one(&s, &dump).await;
+        let b: String = one(&r, &dump).await;
         assert_eq!(a, b, "{table}");
     }
-    let n: i64 = r
-        .query_one("SELECT count(*) FROM types", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let n: i64 = one(&r, "SELECT count(*) FROM types").await;
     assert_eq!(n, 126);
     let log = ferry.log_text();
     assert!(log.contains("COPY \"public\".\"bin\" ("), "{log}");
@@ -669,9 +649,7 @@ async fn every_type_arrives_on_the_replica_as_it_is_on_the_source() {
 /// goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_granted_replica_role_batches_and_row_level_security_takes_inserts() {
-    let source = Postgres::start().unwrap();
-    let replica = Postgres::start().unwrap();
-    let (s, r) = (connect(&source).await, connect(&replica).await);
+    let (source, replica, s, r) = servers().await;
     let ddl = "CREATE TABLE guarded (id int PRIMARY KEY, v text);
                CREATE TABLE open (id int PRIMARY KEY, v text);
                CREATE TABLE sealed (id int PRIMARY KEY, v text);";
@@ -734,11 +712,7 @@ async fn a_granted_replica_role_batches_and_row_level_security_takes_inserts() {
         ferry.log_text()
     })
     .await;
-    let sealed: i64 = r
-        .query_one("SELECT count(*) FROM sealed", &[])
-        .await
-        .unwrap()
-        .get(0);
+    let sealed: i64 = one(&r, "SELECT count(*) FROM sealed").await;
     assert_eq!(sealed, 0);
     let log = ferry.log_text();
     assert_eq!(
@@ -748,4 +722,53 @@ async fn a_granted_replica_role_batches_and_row_level_security_takes_inserts() {
     );
     ferry.check_alive().unwrap();
     ferry.stop().unwrap();
+}
+
+/// A row the replica refuses in a later flush of a COPY that stays open across flushes (wide
+/// rows fill a flush by bytes within a few thousand rows): the error still surfaces as the
+/// replica's own, the batch is replayed to find the row, and the sink halts naming it, with
+/// nothing of that transaction on the replica.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_row_refused_in_a_later_flush_of_an_open_copy_halts_naming_it() {
+    let (source, replica, s, r) = servers().await;
+    s.batch_execute("CREATE TABLE wide (id int PRIMARY KEY, v int, pad text)")
+        .await
+        .unwrap();
+    r.batch_execute("CREATE TABLE wide (id int PRIMARY KEY, v int CHECK (v >= 0), pad text)")
+        .await
+        .unwrap();
+    let config =
+        FerryConfig::pg_to_pg(&source.url("postgres"), &replica.url("postgres"), "", "").unwrap();
+    let ferry = config.start(0).unwrap();
+    s.batch_execute("INSERT INTO wide VALUES (0, 0, 'first')")
+        .await
+        .unwrap();
+    wait_equal(&s, &r, &["wide"], Duration::from_secs(60)).await;
+    // About 22 kB a row: the 32 MiB flush bound is reached near row 1,500.
+    s.batch_execute(
+        "INSERT INTO wide SELECT g, CASE WHEN g = 2900 THEN -1 ELSE g END,
+                repeat(md5(g::text), 700)
+         FROM generate_series(1, 3000) g",
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let log = ferry.log_text();
+        if log.contains("sink halted") {
+            assert!(log.contains("public.wide"), "{log}");
+            assert!(log.contains("id=Int(2900)"), "{log}");
+            assert!(
+                log.matches("starting a COPY").count() == 1,
+                "one COPY for the batch, written in several flushes: {log}"
+            );
+            break;
+        }
+        assert!(Instant::now() < deadline, "no halt:\n{log}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let n: i64 = one(&r, "SELECT count(*) FROM wide").await;
+    assert_eq!(n, 1, "nothing of the refused transaction");
+    let (code, _) = ferry.terminate().unwrap();
+    assert_eq!(code, 1);
 }

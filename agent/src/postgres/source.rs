@@ -1298,6 +1298,19 @@ mod tests {
 #[cfg(test)]
 mod backfill_tests {
     use super::missing_value;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Any text, quoted as array output quotes an element, reads back as itself; any input
+        /// at all gives an answer, never a panic.
+        #[test]
+        fn quoted_elements_read_back_and_nothing_panics(text in any::<String>(), junk in any::<String>()) {
+            let quoted = format!("{{\"{}\"}}", text.replace('\\', "\\\\").replace('"', "\\\""));
+            prop_assert_eq!(missing_value(&quoted), Some(Some(text)));
+            let _ = missing_value(&junk);
+            let _ = missing_value(&format!("{{{junk}}}"));
+        }
+    }
 
     #[test]
     fn one_element_arrays_read_back_as_the_value() {
