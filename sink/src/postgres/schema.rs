@@ -66,8 +66,9 @@ pub async fn load(client: &Client, rel: &Relation) -> Result<Option<TargetTable>
 /// The values rows that exist hold in added columns, by column name (text input; `None` is NULL).
 pub type Backfill = HashMap<String, Option<String>>;
 
-/// `'text'` as an SQL literal (`standard_conforming_strings` is on in the sink's session).
-fn literal(text: &str) -> String {
+/// `'text'` as an SQL literal (with `standard_conforming_strings` on, the default, and set in
+/// the sink's session).
+pub fn quote_literal(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
 
@@ -137,7 +138,7 @@ pub async fn ensure(
                             "ALTER COLUMN {} DROP DEFAULT",
                             quote_ident(&c.name)
                         ));
-                        format!(" DEFAULT {}::{ty}", literal(v))
+                        format!(" DEFAULT {}::{ty}", quote_literal(v))
                     }
                     _ => String::new(),
                 };
