@@ -70,8 +70,9 @@ impl Conn {
 
     /// Whether new rows of `table` may go in with COPY (the target has not refused it).
     pub fn may_copy(&self, table: &str) -> bool {
-        let key = (self.sink.clone(), table.to_owned());
-        !REFUSED.lock().is_ok_and(|r| r.contains(&key))
+        !REFUSED
+            .lock()
+            .is_ok_and(|r| r.iter().any(|(s, t)| *s == self.sink && t == table))
     }
 
     /// The client, once the COPY in progress (if any) is complete: the next statement runs after
