@@ -36,8 +36,10 @@ pub struct ConfigArg {
 pub struct RunArgs {
     #[command(flatten)]
     pub config: ConfigArg,
-    /// Stop cleanly once everything the source committed before this position is in the spool
-    /// (a PostgreSQL LSN such as `0/16B3748`), like `pg_recvlogical --endpos`.
+    /// Stop cleanly once every transaction the source committed at or before this position (a
+    /// PostgreSQL LSN such as `0/16B3748`: a commit record ending at or before it, so
+    /// `pg_current_wal_lsn()` covers everything committed so far) is spooled and applied, like
+    /// `pg_recvlogical --endpos`.
     #[arg(long, value_name = "LSN", value_parser = |s: &str| s.parse::<ferry_proto::Lsn>())]
     pub until: Option<ferry_proto::Lsn>,
 }

@@ -283,8 +283,9 @@ async fn wait_for_sink(source: &Client, target: &Client, sink: &str) -> Result<(
     let mut moved = Instant::now();
     while Instant::now() < deadline {
         let checkpoint = read_checkpoint(target, sink).await.map_err(sink_error)?;
-        if let Some((ferry_proto::Position::Postgres(applied), _)) = &checkpoint
-            && *applied >= now
+        if checkpoint
+            .as_ref()
+            .is_some_and(|(applied, _)| applied.covers(&ferry_proto::Position::Postgres(now)))
         {
             return Ok(());
         }

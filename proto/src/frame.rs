@@ -18,8 +18,16 @@ use crate::event::Event;
 
 /// The two magic bytes that open every frame.
 pub const MAGIC: [u8; 2] = *b"Fy";
-/// The frame format version this build writes and reads.
-pub const FORMAT_VERSION: u8 = 1;
+/// The frame format version this build writes.
+///
+/// - 2: a PostgreSQL transaction's position (Begin, Commit) is the end LSN of its commit record,
+///   so a position has one meaning everywhere (see [`crate::position`]).
+/// - 1: it was the commit record's start LSN. Read by adding one, which compares the same as the
+///   end LSN against every position ferry compares it with (those are record boundaries), and
+///   which is what version 1's own resume and acknowledgement used.
+pub const FORMAT_VERSION: u8 = 2;
+/// The oldest frame format version this build reads.
+pub const OLDEST_READ_VERSION: u8 = 1;
 /// Size of the frame header in bytes.
 pub const HEADER_LEN: usize = 12;
 /// The largest payload accepted: 1 GiB, PostgreSQL's largest field, leaves room for one huge value.
@@ -48,7 +56,8 @@ pub enum FrameError {
     #[error("bad frame magic {found:02x?}: not a ferry frame, or the data is corrupt")]
     BadMagic { found: [u8; 2] },
     #[error(
-        "frame format version {found} is not supported (this build reads version {FORMAT_VERSION})"
+        "frame format version {found} is not supported (this build reads versions \
+         {OLDEST_READ_VERSION} to {FORMAT_VERSION})"
     )]
     UnsupportedVersion { found: u8 },
     #[error("frame has unknown flags {found:#04x}")]
@@ -122,7 +131,7 @@ pub fn decode_header(buf: &[u8]) -> Result<Header, FrameError> {
         });
     }
     if let Some(&v) = buf.get(2)
-        && v != FORMAT_VERSION
+        && !(OLDEST_READ_VERSION..=FORMAT_VERSION).contains(&v)
     {
         return Err(FrameError::UnsupportedVersion { found: v });
     }
@@ -164,7 +173,23 @@ pub fn decode_payload(
     if used != payload.len() {
         return Err(FrameError::TrailingBytes(payload.len() - used));
     }
-    Ok(event)
+    Ok(match header_bytes[2] {
+        1 => upgrade_v1(event),
+        _ => event,
+    })
+}
+
+/// A version 1 event in version 2's meaning: a PostgreSQL transaction's position moves from its
+/// commit record's start to the first LSN after it.
+fn upgrade_v1(mut event: Event) -> Event {
+    use crate::position::{Lsn, Position};
+    if let Event::Begin(crate::Begin { position, .. })
+    | Event::Commit(crate::Commit { position, .. }) = &mut event
+        && let Position::Postgres(Lsn(l)) = position
+    {
+        *l = l.saturating_add(1);
+    }
+    event
 }
 
 /// Decodes the frame at the start of `buf`; returns the event and the frame's length.

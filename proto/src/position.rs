@@ -5,6 +5,25 @@
 //! [`Position::from_str`](std::str::FromStr) parses back, so positions can be stored in checkpoints,
 //! typed on a command line and shown in logs.
 //!
+//! # What a position means
+//!
+//! A position has one meaning wherever it appears (a Begin or Commit, a Heartbeat, a sink's
+//! checkpoint, the source's acknowledgement, `--until`, `status`): **every transaction committed
+//! at or before it is covered**. A transaction's own position is where its commit *ends* in the
+//! source's log:
+//!
+//! - PostgreSQL: the end LSN of the commit record (pgoutput's Commit "end LSN"), which is also what
+//!   PostgreSQL itself reports as a subscriber's progress and takes as the flush LSN of a standby
+//!   status update. A heartbeat at the server's WAL end `p` covers every transaction whose commit
+//!   record ends at or before `p`; one whose commit record *starts* at `p` ends after it, so it is
+//!   not covered. Positions that ferry compares are always record boundaries, so "ends at or
+//!   before `p`" is the same test as "starts before `p`".
+//! - MySQL/MariaDB binlog: the offset just after the transaction's last event (the next event's
+//!   start), as `SHOW MASTER STATUS` prints it.
+//! - GTID sets: the set that includes the transaction.
+//!
+//! So every comparison is the same one, [`Position::covers`]: `p.covers(t)` exactly when `t <= p`.
+//!
 //! GTID sets are only partially ordered by inclusion. Within one source's stream each commit adds
 //! exactly one transaction, so ordering by the number of transactions (then by the canonical text)
 //! is a total order that agrees with both inclusion and stream order.
@@ -39,6 +58,16 @@ impl ParsePositionError {
     Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default, Serialize, Deserialize,
 )]
 pub struct Lsn(pub u64);
+
+impl Lsn {
+    /// Whether position `self` (a record boundary: a commit record's end, or the server's WAL
+    /// end) covers the transaction whose commit record *starts* at `commit_start`, which is all
+    /// that pgoutput's Begin and Stream Commit say before the end is known: the record ends at
+    /// or before `self` exactly when it starts before it.
+    pub fn covers_commit_at(self, commit_start: Lsn) -> bool {
+        commit_start < self
+    }
+}
 
 impl fmt::Display for Lsn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -369,6 +398,15 @@ pub enum Position {
     Binlog(BinlogPos),
     MySqlGtid(GtidSet),
     MariaDbGtid(MariaGtidList),
+}
+
+impl Position {
+    /// Whether this position covers `txn`, the position of a transaction (or another position of
+    /// the same source): every transaction committed at or before `self` is covered, and `txn`
+    /// is covered when it is one of them. The one comparison of positions ferry makes.
+    pub fn covers(&self, txn: &Position) -> bool {
+        txn <= self
+    }
 }
 
 impl fmt::Display for Position {

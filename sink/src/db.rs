@@ -403,7 +403,13 @@ impl<T: Target> DbSink<T> {
             match self.step(s, reader, shutdown, cursors).await {
                 Ok(true) => {}
                 Ok(false) => return Ok(()),
-                Err(e) if !e.is_transient() && !s.sequential && s.in_target_txn => {
+                // A damaged spool is no change to find by replaying: it halts at once.
+                Err(e)
+                    if !e.is_transient()
+                        && !s.sequential
+                        && s.in_target_txn
+                        && !matches!(e, SinkError::Spool(_)) =>
+                {
                     // A permanent error in a batch: roll it back and replay the same
                     // transactions change by change to find the one that fails.
                     tracing::warn!(sink = %name, error = %e, "a batch failed; replaying it change by change");
@@ -501,7 +507,7 @@ impl<T: Target> DbSink<T> {
     ) -> Result<()> {
         match &event {
             Event::Begin(b) => {
-                let skip = s.checkpoint.as_ref().is_some_and(|c| b.position <= *c);
+                let skip = s.checkpoint.as_ref().is_some_and(|c| c.covers(&b.position));
                 s.txn = Some(Txn {
                     begin: b.clone(),
                     skip,

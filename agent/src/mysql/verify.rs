@@ -209,8 +209,8 @@ async fn wait_for_sink(source: &mut Conn, target: &mut Conn, sink: &str) -> Resu
         let checkpoint = ferry_sink::mysql::read_checkpoint(target, sink)
             .await
             .map_err(|e| Error::Fatal(e.to_string()))?;
-        if let (Some((Position::Binlog(applied), _)), Some(now)) = (&checkpoint, &now)
-            && applied >= now
+        if let (Some((applied, _)), Some(now)) = (&checkpoint, &now)
+            && applied.covers(&Position::Binlog(now.clone()))
         {
             return Ok(());
         }

@@ -103,7 +103,9 @@ pub async fn copy_all(
         .collect();
     let tables = parents_first(tables, &edges);
     let total = tables.len();
-    let position = Position::Postgres(Lsn(consistent_point.saturating_sub(1)));
+    // The snapshot holds every transaction whose commit record ends at or before the slot's
+    // consistent point: that is the point's meaning as a position.
+    let position = Position::Postgres(Lsn(consistent_point));
     let now = super::replication::unix_now_micros();
     spool.append(&Event::Begin(Begin {
         position: position.clone(),

@@ -5,8 +5,11 @@
 //! transaction (protocol 2+, `streaming on`) until its Stream Commit; aborted transactions and
 //! aborted subtransactions are dropped. So a disconnect mid-transaction leaves nothing to undo.
 //!
-//! Positions and acknowledgement: a Commit in the spool at LSN `c` means every transaction that
-//! committed before `c + 1` is captured; a Heartbeat at `p` means the same for `p`. The source
+//! Positions and acknowledgement (see `ferry_proto::position` for their one meaning): a Commit in
+//! the spool at LSN `c`, the end of its commit record, means every transaction whose commit
+//! record ends at or before `c` is captured; a Heartbeat at `p` (the server's WAL end when
+//! nothing was in flight) means the same for `p`. A transaction whose commit record starts at
+//! `p` ends after it, so it is not covered. The source
 //! acknowledges to the server (flush LSN) only a position that such a durable spool event
 //! records, so after a crash the spool's last position is never behind the slot's confirmed
 //! position: if it is, the slot moved without ferry and changes are missing, which is reported as
@@ -47,7 +50,8 @@ pub struct SourceSettings {
     pub snapshot_workers: usize,
     /// Memory a transaction may hold before it spills to disk.
     pub txn_memory: usize,
-    /// Stop cleanly once everything committed before this LSN is durable in the spool.
+    /// Stop cleanly once everything committed at or before this LSN (a commit record ending at
+    /// or before it) is durable in the spool.
     pub until: Option<u64>,
     /// With `ack = "applied"`: the spool offset below which every sink has applied everything.
     /// The server is then acknowledged only up to what lies below it.
@@ -150,8 +154,9 @@ fn missing_value(text: &str) -> Option<Option<String>> {
 /// Where the spool ends, as far as the source is concerned.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct SpoolTail {
-    /// Every transaction committing below this LSN is in the spool (last Commit + 1, or the last
-    /// Heartbeat's position, whichever is later); `None` for a spool without either.
+    /// Every transaction whose commit record ends at or before this LSN (so starts before it) is
+    /// in the spool: the last Commit's or Heartbeat's position, whichever is later; `None` for a
+    /// spool without either.
     pub resume_from: Option<u64>,
     /// Offset of a Begin with no Commit after it: the start of a transaction cut short by a crash.
     pub incomplete_from: Option<Offset>,
@@ -190,7 +195,7 @@ pub fn spool_tail(dir: &Path) -> Result<SpoolTail> {
         if open_begin.is_none() {
             open_begin = last_begin.filter(|b| last_commit.is_none_or(|(c, _)| *b > c));
         }
-        let found = last_commit.map(|(_, c)| c + 1).max(beat);
+        let found = last_commit.map(|(_, c)| c).max(beat);
         if found.is_some() {
             tail.resume_from = found;
             break;
@@ -676,7 +681,7 @@ impl PgSource {
         self.commit_spool()
     }
 
-    /// With `--until`: whether everything committed before it is durable in the spool.
+    /// With `--until`: whether everything committed at or before it is durable in the spool.
     fn reached_until(&mut self) -> Result<bool> {
         let Some(until) = self.settings.until else {
             return Ok(false);
@@ -797,15 +802,16 @@ impl PgSource {
         Ok(())
     }
 
-    /// Writes one whole committed transaction to the spool.
+    /// Writes one whole committed transaction to the spool; `end_lsn` is the end of its commit
+    /// record, the transaction's position.
     fn write_transaction(
         &mut self,
         xid: u32,
-        commit_lsn: u64,
+        end_lsn: u64,
         commit_time: i64,
         buf: TxnBuffer,
     ) -> Result<()> {
-        let position = Position::Postgres(Lsn(commit_lsn));
+        let position = Position::Postgres(Lsn(end_lsn));
         if buf.events() > 0 {
             if buf.spilled() {
                 self.stats.spilled += 1;
@@ -839,15 +845,17 @@ impl PgSource {
             self.stats.rows += rows;
             self.stats.last_commit_time = Some(commit_time);
         }
-        self.resume_from = Some(commit_lsn + 1);
-        self.pending_ack = self.pending_ack.max(commit_lsn + 1);
-        self.mark(commit_lsn + 1);
+        self.resume_from = Some(end_lsn);
+        self.pending_ack = self.pending_ack.max(end_lsn);
+        self.mark(end_lsn);
         self.maybe_commit(false)
     }
 
-    /// Whether a transaction committing at `lsn` is in the spool already.
-    fn already_spooled(&self, lsn: u64) -> bool {
-        self.resume_from.is_some_and(|r| lsn < r)
+    /// Whether a transaction whose commit record starts at `commit_lsn` (all that pgoutput's
+    /// Begin tells) is in the spool already.
+    fn already_spooled(&self, commit_lsn: u64) -> bool {
+        self.resume_from
+            .is_some_and(|r| Lsn(r).covers_commit_at(Lsn(commit_lsn)))
     }
 
     /// Buffers a change of the current transaction: of the streamed block in progress (tagged
@@ -890,7 +898,7 @@ impl PgSource {
                 });
             }
             PgMessage::Commit {
-                commit_lsn,
+                end_lsn,
                 commit_time,
                 ..
             } => {
@@ -901,7 +909,7 @@ impl PgSource {
                     txn.buf.discard();
                     self.maybe_commit(false)?;
                 } else {
-                    self.write_transaction(txn.xid, commit_lsn, commit_time, txn.buf)?;
+                    self.write_transaction(txn.xid, end_lsn, commit_time, txn.buf)?;
                 }
             }
             PgMessage::Origin { .. } => {}
@@ -1061,6 +1069,7 @@ impl PgSource {
             PgMessage::StreamCommit {
                 xid,
                 commit_lsn,
+                end_lsn,
                 commit_time,
                 ..
             } => {
@@ -1072,7 +1081,7 @@ impl PgSource {
                     buf.discard();
                 } else {
                     self.stats.streamed += 1;
-                    self.write_transaction(xid, commit_lsn, commit_time, buf)?;
+                    self.write_transaction(xid, end_lsn, commit_time, buf)?;
                 }
             }
         }
@@ -1279,7 +1288,7 @@ mod tests {
         w.append(&commit(100)).unwrap();
         w.commit().unwrap();
         let tail = spool_tail(dir.path()).unwrap();
-        assert_eq!(tail.resume_from, Some(101));
+        assert_eq!(tail.resume_from, Some(100));
         assert_eq!(tail.incomplete_from, None);
         w.append(&Event::Heartbeat(Heartbeat {
             position: pos(500),
