@@ -40,8 +40,37 @@ pub fn dump(
     let mut reader = SpoolReader::open(dir, Offset(from.unwrap_or(oldest)))?;
     let mut n = 0u64;
     let mut txn: Option<(String, u64)> = None;
+    let mut damage: Vec<String> = Vec::new();
     loop {
-        match reader.try_next()? {
+        let next = match reader.try_next() {
+            Err(ferry_spool::SpoolError::Corrupt {
+                path,
+                offset,
+                reason,
+            }) => {
+                // Show the damage as a line of its own, then what follows it.
+                let resumes = reader.skip_damage()?;
+                serde_json::to_writer(
+                    &mut *out,
+                    &serde_json::json!({
+                        "offset": offset,
+                        "kind": "damaged",
+                        "segment": path.display().to_string(),
+                        "reason": reason,
+                        "valid_frames_resume_at": resumes.map(|o| o.0),
+                    }),
+                )?;
+                out.write_all(b"\n")?;
+                damage.push(format!("offset {offset} of {}: {reason}", path.display()));
+                if resumes.is_none() {
+                    break;
+                }
+                txn = None;
+                continue;
+            }
+            other => other?,
+        };
+        match next {
             Some((offset, event)) => {
                 if let Event::Begin(b) = &event {
                     txn = Some((b.position.to_string(), b.xid));
@@ -78,6 +107,9 @@ pub fn dump(
         }
     }
     out.flush()?;
+    if !damage.is_empty() {
+        anyhow::bail!("the spool is damaged at {}", damage.join("; "));
+    }
     Ok(n)
 }
 
@@ -128,6 +160,39 @@ mod tests {
         let mut out = Vec::new();
         let n = dump(dir.path(), Some(offsets[5]), false, &mut out, || true).unwrap();
         assert_eq!(n, (events.len() - 5) as u64);
+    }
+
+    #[test]
+    fn damage_is_shown_and_the_frames_after_it_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut w, _) = SpoolWriter::open(dir.path(), WriterOptions::default()).unwrap();
+        let mut offsets = Vec::new();
+        for i in 0..10 {
+            offsets.push(w.append(&samples::insert(1, i, 50)).unwrap().0);
+        }
+        w.commit().unwrap();
+        drop(w);
+        let seg = ferry_spool::segment::segment_path(dir.path(), 0);
+        let mut bytes = std::fs::read(&seg).unwrap();
+        bytes[offsets[4] as usize + 20] ^= 0x40;
+        std::fs::write(&seg, bytes).unwrap();
+        let mut out = Vec::new();
+        let e = dump(dir.path(), None, false, &mut out, || true).unwrap_err();
+        assert!(
+            e.to_string().contains(&format!("offset {}", offsets[4])),
+            "{e}"
+        );
+        let lines: Vec<serde_json::Value> = String::from_utf8(out)
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        assert_eq!(lines.len(), 10, "nine events and the damage");
+        assert_eq!(lines[4]["kind"], "damaged");
+        assert_eq!(lines[4]["offset"], offsets[4]);
+        assert_eq!(lines[4]["valid_frames_resume_at"], offsets[5]);
+        assert_eq!(lines[5]["offset"], offsets[5]);
+        assert_eq!(lines[9]["offset"], offsets[9]);
     }
 
     #[test]

@@ -58,11 +58,45 @@ pub enum SpoolError {
     Locked(PathBuf),
     #[error("spool: {} holds no segments", .0.display())]
     Empty(PathBuf),
-    #[error("spool: corrupt data in {} at offset {offset}: {reason}", path.display())]
+    #[error(
+        "spool: corrupt data in {} at offset {offset}: {reason}. Nothing was skipped or deleted; \
+         `ferry log dump` shows the damage and what follows it. Ways out: restore the spool \
+         directory from a copy; or, if the source still holds the changes after the damage \
+         (ack = \"applied\" and no sink's checkpoint past offset {offset}), stop ferry, cut the \
+         log at that offset and start again; otherwise re-create the replicas from a new snapshot",
+        path.display()
+    )]
     Corrupt {
         path: PathBuf,
         offset: u64,
         reason: String,
+    },
+    #[error(
+        "spool: {} is damaged at offset {offset} ({reason}), and valid frames follow from offset \
+         {valid_from}: this is not a write cut short by a crash (that can only be the log's last \
+         bytes) but data changed after it was written (a disk or filesystem fault, or an edit). \
+         ferry deleted nothing. Affected: the transactions after position {last_before} \
+         (the frame after the damage carries {first_after}). Ways out: restore the spool \
+         directory from a copy; or, with ack = \"applied\" and no sink's checkpoint past offset \
+         {offset} (see `ferry status`), the source still holds these changes: stop ferry, cut \
+         this segment at byte {file_pos} (`truncate -s {file_pos} {}`), delete the segments \
+         after it, and start ferry, which reads them from the source again; otherwise \
+         re-create the replicas from a new snapshot",
+        path.display(), path.display()
+    )]
+    Damaged {
+        path: PathBuf,
+        /// Spool offset of the first bad byte.
+        offset: Offset,
+        /// Position in the segment file of the first bad byte.
+        file_pos: u64,
+        reason: String,
+        /// Spool offset of the first valid frame after the damage.
+        valid_from: Offset,
+        /// The last position recorded before the damage, or "none".
+        last_before: String,
+        /// The first position recorded after it, or "none".
+        first_after: String,
     },
     #[error(
         "spool: offset {requested} is no longer in the spool (oldest is {oldest}); the segments \

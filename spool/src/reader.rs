@@ -222,6 +222,26 @@ impl SpoolReader {
         segment::segment_path(&self.dir, self.base)
     }
 
+    /// After [`try_next`](Self::try_next) reported a corrupt frame: moves past the damage to the
+    /// next whole, valid frame of the same segment and returns its offset, or `None` when nothing
+    /// valid follows in this segment. For tools that show the damage (`ferry log dump`), never
+    /// for a consumer that applies events.
+    pub fn skip_damage(&mut self) -> Result<Option<Offset>, SpoolError> {
+        let path = self.path();
+        let here = self.position().0 - self.base;
+        let data = std::fs::read(&path).map_err(|e| SpoolError::io("read", &path, e))?;
+        let Some(next) = segment::next_valid_frame(&data, here as usize + 1) else {
+            return Ok(None);
+        };
+        self.file
+            .seek(SeekFrom::Start(next))
+            .map_err(|e| SpoolError::io("seek", &path, e))?;
+        self.buf.clear();
+        self.start = 0;
+        self.buf_end = next;
+        Ok(Some(Offset(self.base + next)))
+    }
+
     fn corrupt(&self, offset: Offset, e: FrameError) -> SpoolError {
         SpoolError::Corrupt {
             path: self.path(),

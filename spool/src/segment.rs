@@ -95,6 +95,35 @@ pub struct Scan {
     pub file_len: u64,
     /// The error that stopped the scan before the end of the file, if any.
     pub stopped_by: Option<FrameError>,
+    /// When the scan stopped early: the file position of the first whole, valid frame after the
+    /// bad bytes, if there is one. A torn write leaves nothing valid after it (it can only follow
+    /// the last fsync); valid frames after bad bytes mean the log was damaged after it was
+    /// written.
+    pub valid_after: Option<u64>,
+}
+
+impl Scan {
+    /// Whether the scan stopped at damage rather than at a torn write at the end.
+    pub fn damaged(&self) -> bool {
+        self.stopped_by.is_some() && self.valid_after.is_some()
+    }
+}
+
+/// The file position of the first whole, valid frame that starts at or after `from` in `data`
+/// (a segment's bytes), if any.
+pub fn next_valid_frame(data: &[u8], from: usize) -> Option<u64> {
+    let mut pos = from.max(SEGMENT_HEADER_LEN as usize);
+    while pos + HEADER_LEN <= data.len() {
+        let hit = data[pos..]
+            .windows(2)
+            .position(|w| w == frame::MAGIC)
+            .map(|i| pos + i)?;
+        if frame::decode(&data[hit..]).is_ok() {
+            return Some(hit as u64);
+        }
+        pos = hit + 1;
+    }
+    None
 }
 
 /// Reads a whole segment, calling `each` with every good frame's file position and event.
@@ -118,10 +147,14 @@ pub fn scan(path: &Path, base: u64, mut each: impl FnMut(u64, Event)) -> Result<
             }
         }
     }
+    let valid_after = stopped_by
+        .as_ref()
+        .and_then(|_| next_valid_frame(&data, pos + 1));
     Ok(Scan {
         good_end: pos as u64,
         file_len: data.len() as u64,
         stopped_by,
+        valid_after,
     })
 }
 

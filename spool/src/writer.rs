@@ -316,7 +316,18 @@ fn load_active(dir: &Path) -> Result<Active, SpoolError> {
                     .map_err(|e| SpoolError::io("repair", &path, e))?;
                 SEGMENT_HEADER_LEN
             } else {
-                let scan = segment::scan(&path, base, |_, ev| remember(&mut relations, ev))?;
+                let mut last_before = None;
+                let scan = segment::scan(&path, base, |_, ev| {
+                    if let Event::Commit(ferry_proto::Commit { position, .. })
+                    | Event::Heartbeat(ferry_proto::Heartbeat { position, .. }) = &ev
+                    {
+                        last_before = Some(position.clone());
+                    }
+                    remember(&mut relations, ev)
+                })?;
+                if scan.damaged() {
+                    return Err(damage(&path, base, &scan, last_before)?);
+                }
                 if scan.good_end < scan.file_len {
                     recovery.truncated_bytes = scan.file_len - scan.good_end;
                     recovery.reason = scan.stopped_by.map(|e| e.to_string());
@@ -324,7 +335,8 @@ fn load_active(dir: &Path) -> Result<Active, SpoolError> {
                         segment = %path.display(),
                         cut_bytes = recovery.truncated_bytes,
                         reason = recovery.reason.as_deref().unwrap_or(""),
-                        "spool: cutting an incomplete write from the end of the log"
+                        "spool: cutting a write a crash left incomplete (nothing valid follows it) \
+                         from the end of the log"
                     );
                     file.set_len(scan.good_end)
                         .and_then(|_| file.sync_data())
@@ -345,6 +357,39 @@ fn load_active(dir: &Path) -> Result<Active, SpoolError> {
         }
     };
     Ok((base, file, written, relations, recovery))
+}
+
+/// The error for a segment damaged in the middle: where, why, and the positions around it.
+fn damage(
+    path: &Path,
+    base: u64,
+    scan: &segment::Scan,
+    last_before: Option<ferry_proto::Position>,
+) -> Result<SpoolError, SpoolError> {
+    let valid_from = scan.valid_after.unwrap_or(scan.file_len);
+    let data = fs::read(path).map_err(|e| SpoolError::io("read", path, e))?;
+    let mut first_after = None;
+    let mut pos = valid_from as usize;
+    while first_after.is_none() && pos < data.len() {
+        let Ok((ev, n)) = frame::decode(&data[pos..]) else {
+            break;
+        };
+        first_after = ev.position().map(ToString::to_string);
+        pos += n;
+    }
+    let none = || "none".to_owned();
+    Ok(SpoolError::Damaged {
+        path: path.to_owned(),
+        offset: Offset(base + scan.good_end),
+        file_pos: scan.good_end,
+        reason: scan
+            .stopped_by
+            .as_ref()
+            .map_or_else(none, ToString::to_string),
+        valid_from: Offset(base + valid_from),
+        last_before: last_before.map_or_else(none, |p| p.to_string()),
+        first_after: first_after.unwrap_or_else(none),
+    })
 }
 
 fn remember(relations: &mut BTreeMap<RelationId, Relation>, ev: Event) {

@@ -375,3 +375,83 @@ fn an_encoded_frame_is_copied_as_it_is_and_a_bad_one_refused() {
     let all = ferry_spool::read_all(dir.path(), at).unwrap();
     assert_eq!(all, vec![(at, ev)]);
 }
+
+/// A checksum mismatch with valid frames after it is damage, not a torn write: the writer
+/// refuses to open, names the segment, the offset and the positions around it, and deletes
+/// nothing. Garbage with nothing valid after it is still a torn write, and cut.
+#[test]
+fn damage_in_the_active_segment_stops_the_writer_and_deletes_nothing() {
+    use ferry_proto::{Begin, Commit, Lsn, Position};
+    let dir = tempfile::tempdir().unwrap();
+    let mut txn_offsets = Vec::new();
+    {
+        let (mut w, _) = SpoolWriter::open(dir.path(), opts(1 << 20)).unwrap();
+        w.append(&Event::Relation(samples::relation(1))).unwrap();
+        for t in 0..20u64 {
+            let position = Position::Postgres(Lsn(1000 + t * 100));
+            let begin = w
+                .append(&Event::Begin(Begin {
+                    position: position.clone(),
+                    xid: t,
+                    commit_time: 0,
+                }))
+                .unwrap();
+            txn_offsets.push(begin);
+            w.append(&samples::insert(1, t as i64, 200)).unwrap();
+            w.append(&Event::Commit(Commit {
+                position,
+                xid: t,
+                commit_time: 0,
+            }))
+            .unwrap();
+            w.commit().unwrap();
+        }
+    }
+    let seg = segment::segment_path(dir.path(), 0);
+    let mut bytes = fs::read(&seg).unwrap();
+    let original_len = bytes.len();
+    // The insert of transaction 10: one byte in the middle of its payload.
+    let insert = txn_offsets[10].0 as usize + 40;
+    bytes[insert] ^= 0x10;
+    fs::write(&seg, &bytes).unwrap();
+    let err = SpoolWriter::open(dir.path(), opts(1 << 20)).unwrap_err();
+    let SpoolError::Damaged {
+        offset,
+        valid_from,
+        last_before,
+        first_after,
+        ..
+    } = &err
+    else {
+        panic!("expected damage, got {err}");
+    };
+    assert!(
+        offset.0 > txn_offsets[10].0 && offset.0 < txn_offsets[11].0,
+        "{err}"
+    );
+    assert!(
+        *valid_from > *offset && *valid_from < txn_offsets[11],
+        "{err}"
+    );
+    assert_eq!(last_before, "pg:0/76C", "transaction 9's commit: {err}");
+    assert_eq!(
+        first_after, "pg:0/7D0",
+        "the Commit after the damaged row: {err}"
+    );
+    let text = err.to_string();
+    assert!(
+        text.contains(&seg.display().to_string()) && text.contains("deleted nothing"),
+        "{text}"
+    );
+    assert_eq!(fs::read(&seg).unwrap(), bytes, "the segment is untouched");
+    assert_eq!(bytes.len(), original_len);
+
+    // Zeros after the last frame (a write the crash cut, the file already extended): a torn
+    // tail, cut as before.
+    bytes[insert] ^= 0x10;
+    bytes.extend_from_slice(&[0u8; 300]);
+    fs::write(&seg, &bytes).unwrap();
+    let (_, rec) = SpoolWriter::open(dir.path(), opts(1 << 20)).unwrap();
+    assert_eq!(rec.truncated_bytes, 300);
+    assert_eq!(fs::metadata(&seg).unwrap().len() as usize, original_len);
+}

@@ -101,7 +101,17 @@ impl Postgres {
     /// Stops the server (fast shutdown: connections are cut, as in a crash of the network or a
     /// restart by an operator) and starts it again on the same port with the same data.
     pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.start_again()
+    }
+
+    /// Stops the server (fast shutdown) and leaves it stopped until [`Self::start_again`].
+    pub fn stop(&mut self) {
         self.process.stop(Duration::from_secs(30));
+    }
+
+    /// Starts a server [`Self::stop`] stopped, on the same port with the same data.
+    pub fn start_again(&mut self) -> Result<()> {
         self.process = spawn_server(
             &self.bin,
             self.dir.path(),
