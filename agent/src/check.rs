@@ -328,7 +328,16 @@ async fn check_mysql_source(config: &Config, r: &mut Report) -> Result<Tables> {
             (false, false) => r.error(p.text),
         }
     }
-    let grants: Vec<String> = conn.query("SHOW GRANTS").await.unwrap_or_default();
+    let grants: Vec<String> = match conn.query("SHOW GRANTS").await {
+        Ok(g) => g,
+        Err(e) => {
+            r.error(format!(
+                "SHOW GRANTS failed on the source ({e}): the account's privileges cannot be \
+                 checked"
+            ));
+            return Ok(Vec::new());
+        }
+    };
     let all = grants.join(" ").to_ascii_uppercase();
     let has = |p: &[&str]| all.contains("ALL PRIVILEGES") || p.iter().any(|x| all.contains(x));
     if !has(&["REPLICATION SLAVE", "REPLICATION REPLICA"]) {
@@ -369,9 +378,29 @@ async fn check_mysql_source(config: &Config, r: &mut Report) -> Result<Tables> {
         );
     }
     // The position the spool would resume from must still be on the server.
-    if let Ok(Some(pos)) = crate::mysql::source::resume_position(config.spool.dir()) {
-        let logs: Vec<mysql_async::Row> = conn.query("SHOW BINARY LOGS").await.unwrap_or_default();
-        let names: Vec<String> = logs.iter().filter_map(|l| l.get(0)).collect();
+    let resume = match crate::mysql::source::resume_position(config.spool.dir()) {
+        Ok(p) => p,
+        Err(e) => {
+            r.error(format!(
+                "the spool's resume position cannot be read ({e}), so whether the source still \
+                 holds it is unknown"
+            ));
+            None
+        }
+    };
+    if let Some(pos) = resume {
+        let names: Vec<String> = match conn.query::<mysql_async::Row, _>("SHOW BINARY LOGS").await {
+            Ok(logs) => logs.iter().filter_map(|l| l.get(0)).collect(),
+            Err(e) => {
+                r.error(format!(
+                    "SHOW BINARY LOGS failed ({e}): whether binlog {} (the spool's resume \
+                     position) is still on the server cannot be checked; grant the account \
+                     REPLICATION CLIENT (MariaDB: BINLOG MONITOR)",
+                    pos.file
+                ));
+                return Ok(Vec::new());
+            }
+        };
         if names.contains(&pos.file) {
             r.ok(format!(
                 "binlog {} (the spool's resume position) is on the server",
@@ -480,7 +509,16 @@ async fn check_mysql_sink(c: &ferry_sink::db::DbSinkConfig, tables: &Tables, r: 
         return;
     };
     r.ok(format!("sink {}: reachable", c.name));
-    let grants: Vec<String> = conn.query("SHOW GRANTS").await.unwrap_or_default();
+    let grants: Vec<String> = match conn.query("SHOW GRANTS").await {
+        Ok(g) => g,
+        Err(e) => {
+            r.error(format!(
+                "sink {}: SHOW GRANTS failed ({e}): the account's privileges cannot be checked",
+                c.name
+            ));
+            return;
+        }
+    };
     let all = grants.join(" ").to_ascii_uppercase();
     let has = |p: &str| all.contains("ALL PRIVILEGES") || all.contains(p);
     for p in ["INSERT", "UPDATE", "DELETE", "CREATE"] {

@@ -183,6 +183,8 @@ async fn mysql_source_settings_and_privileges_are_checked() {
     assert_eq!(code, 1, "{out}");
     assert!(out.contains("lacks REPLICATION SLAVE"), "{out}");
     assert!(out.contains("is the source server's own id"), "{out}");
+    // A query ferry cannot run is an error that says so, never read as "nothing found".
+    assert!(out.contains("error: SHOW SLAVE HOSTS failed"), "{out}");
 
     // A wrong password: one line from `check`, and `run` exits 1 instead of retrying.
     let url = db

@@ -2,6 +2,7 @@
 //! own column metadata, value decoding for binlog images and snapshot results, and the binlog
 //! streaming loop with its consistent initial snapshot.
 
+pub mod compressed;
 pub mod decode;
 pub mod schema;
 pub mod source;

@@ -21,6 +21,7 @@ use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStreamRequest, Conn, Opts};
 use tokio::sync::watch;
 
+use super::compressed;
 use super::decode::{self, ZeroDates};
 use super::schema::{self, Catalog, TableSchema};
 use crate::error::{Error, Result};
@@ -36,6 +37,13 @@ const GROUP_DELAY: Duration = Duration::from_millis(2);
 const CHUNK_ROWS: usize = 10_000;
 /// MariaDB's GTID event, which mysql_common does not decode.
 const MARIADB_GTID_EVENT: u8 = 162;
+/// An event header flag: a reader that does not know the event type may skip it.
+const LOG_EVENT_IGNORABLE: u16 = 0x80;
+/// Event types mysql_common does not parse that carry no row change or statement: MySQL's
+/// heartbeat v2 (41); MariaDB's annotate rows (160, the statement text of row events), binlog
+/// checkpoint (161), GTID list (163, the GTIDs before a file) and start encryption (164; what
+/// follows is sent decrypted, and anything that is not fails to decode).
+const CHANGELESS_EVENTS: [u8; 5] = [41, 160, 161, 163, 164];
 
 #[derive(Debug, Clone)]
 pub struct MysqlSettings {
@@ -331,11 +339,32 @@ impl MysqlSource {
                 txn = Some(self.open_txn(gtid, header.timestamp(), true));
                 continue;
             }
+            let plain;
+            let event = if compressed::is_compressed(header.event_type_raw()) {
+                plain = compressed::plain_event(&event)
+                    .map_err(|e| Error::Protocol(format!("binlog event at {file}:{end}: {e}")))?;
+                &plain
+            } else {
+                &event
+            };
             let Some(data) = event
                 .read_data()
                 .map_err(|e| Error::Protocol(format!("binlog event at {file}:{end}: {e}")))?
             else {
-                continue;
+                // A type mysql_common does not know: only one known to carry no change, or
+                // one the server marks ignorable (LOG_EVENT_IGNORABLE_F), may pass.
+                if CHANGELESS_EVENTS.contains(&header.event_type_raw())
+                    || header.flags_raw() & LOG_EVENT_IGNORABLE != 0
+                {
+                    continue;
+                }
+                return Err(Error::Protocol(format!(
+                    "binlog event of type {} at {file}:{end} is not one ferry can decode, and \
+                     the server does not mark it ignorable: it may carry changes, so ferry \
+                     stops rather than skip it (is binlog encryption or a newer server's \
+                     feature in use?)",
+                    header.event_type_raw()
+                )));
             };
             match data {
                 EventData::FormatDescriptionEvent(_) => seen_format = true,
@@ -422,6 +451,17 @@ impl MysqlSource {
                     }
                     gtid = None;
                 }
+                EventData::TransactionPayloadEvent(_) => {
+                    // A session may compress its transactions even when the server default
+                    // is off; see `prerequisites`.
+                    return Err(Error::Fatal(format!(
+                        "a compressed transaction payload (binlog_transaction_compression) at \
+                         {file}:{end}: ferry does not read these yet, and stops rather than \
+                         risk losing its changes. Turn binlog_transaction_compression off for \
+                         the sessions that write captured tables, and re-create the replica \
+                         from a new snapshot"
+                    )));
+                }
                 EventData::RowsEvent(rows) => {
                     let Some(tme) = stream.get_tme(rows.table_id()) else {
                         return Err(Error::Protocol(format!(
@@ -468,9 +508,14 @@ impl MysqlSource {
                         .get(&mut meta, &db, &table, names.as_deref())
                         .await?
                     else {
-                        // Dropped since: its rows have nowhere to go in the current schema.
-                        tracing::warn!(table = %format!("{db}.{table}"), "rows of a table that no longer exists are skipped");
-                        continue;
+                        return Err(Error::Fatal(format!(
+                            "rows of {db}.{table} at {file}:{end}, but the table no longer \
+                             exists on the source (dropped or renamed since these rows were \
+                             written), so ferry has no definition to read them with; ferry \
+                             stops rather than skip them. Ways out: add {db}.{table} to \
+                             `exclude` if its changes are not wanted, or re-create the replica \
+                             from a new snapshot"
+                        )));
                     };
                     let zero = self.settings.zero_dates;
                     let at = || format!("{db}.{table} at {file}:{end}");
@@ -1015,7 +1060,8 @@ pub async fn prerequisites(conn: &mut Conn, server_id: u32) -> Result<Vec<Prereq
     let vars: Vec<(String, String)> = conn
         .query(
             "SHOW GLOBAL VARIABLES WHERE Variable_name IN \
-             ('log_bin', 'binlog_format', 'binlog_row_image', 'binlog_row_metadata', 'server_id')",
+             ('log_bin', 'binlog_format', 'binlog_row_image', 'binlog_row_metadata', 'server_id', \
+              'binlog_transaction_compression')",
         )
         .await?;
     let get = |k: &str| {
@@ -1041,13 +1087,32 @@ pub async fn prerequisites(conn: &mut Conn, server_id: u32) -> Result<Vec<Prereq
             None => Prerequisite::unmet(format!("{var} is not set: {fix}")),
         });
     }
+    if get("binlog_transaction_compression").as_deref() == Some("ON") {
+        out.push(Prerequisite::unmet(
+            "binlog_transaction_compression is ON: ferry does not read MySQL's compressed \
+             transaction payloads yet (the client library yields nothing, without an error, for \
+             a payload it cannot decompress, and positions inside one): set \
+             binlog_transaction_compression = OFF. (MariaDB's log_bin_compress is read.)"
+                .into(),
+        ));
+    }
     if get("server_id").as_deref() == Some(&server_id.to_string()) {
         out.push(Prerequisite::unmet(format!(
             "server_id {server_id} is the source server's own id: give ferry another"
         )));
     }
     // MariaDB spells it SHOW SLAVE HOSTS, MySQL 8.0.22+ SHOW REPLICAS (and still accepts the old).
-    let hosts: Vec<mysql_async::Row> = conn.query("SHOW SLAVE HOSTS").await.unwrap_or_default();
+    let hosts: Vec<mysql_async::Row> = match conn.query("SHOW SLAVE HOSTS").await {
+        Ok(h) => h,
+        Err(e) => {
+            out.push(Prerequisite::unmet(format!(
+                "SHOW SLAVE HOSTS failed ({e}), so ferry cannot tell whether another replica \
+                 uses server_id {server_id}: grant the account REPLICATION CLIENT (MariaDB \
+                 10.5.9+: REPLICA MONITOR)"
+            )));
+            Vec::new()
+        }
+    };
     if hosts.iter().any(|h| h.get::<u32, _>(0) == Some(server_id)) {
         // Possibly ferry's own previous connection, killed a moment ago: the server drops it
         // once it notices, within a heartbeat or two.
