@@ -176,6 +176,18 @@ async fn check_postgres_source(config: &Config, r: &mut Report) -> Result<Tables
              the server"
         ));
     }
+    match crate::postgres::ddl::installed(&client).await {
+        Ok(true) => r.ok(
+            "the DDL trigger is installed: column and table renames and dropped tables reach \
+             the replicas exactly",
+        ),
+        Ok(false) => r.warn(
+            "ferry's DDL trigger is not installed: a column rename (a column gone and another \
+             added in one change) stops ferry as ambiguous, and dropped tables stay on the \
+             replicas; install it with `ferry ddl-trigger install` (a superuser)",
+        ),
+        Err(e) => r.error(format!("cannot read pg_event_trigger: {e}")),
+    }
     let role = client
         .query_one(
             "SELECT rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user",

@@ -59,6 +59,20 @@ pub enum Command {
         #[command(subcommand)]
         command: LogCommand,
     },
+    /// ferry's DDL trigger on a PostgreSQL source, which carries column and table renames and
+    /// dropped tables into the stream exactly.
+    DdlTrigger {
+        #[command(subcommand)]
+        command: DdlTriggerCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DdlTriggerCommand {
+    /// Install (or update) it on the source, as the source URL's user, who must be a superuser.
+    Install(ConfigArg),
+    /// Print its SQL, for a superuser to run.
+    Sql,
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
 
-use ferry_agent::cli::{Cli, Command, LogCommand};
+use ferry_agent::cli::{Cli, Command, DdlTriggerCommand, LogCommand};
 use ferry_agent::config::Config;
 use ferry_agent::{dump, logging, supervisor};
 
@@ -153,6 +153,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             dump::dump(config.spool.dir(), from, follow, &mut out, || {
                 stop.load(Ordering::Relaxed)
             })?;
+            Ok(())
+        }
+        Command::DdlTrigger {
+            command: DdlTriggerCommand::Sql,
+        } => {
+            print!("{}", ferry_agent::postgres::ddl::TRIGGER_SQL);
+            Ok(())
+        }
+        Command::DdlTrigger {
+            command: DdlTriggerCommand::Install(args),
+        } => {
+            let config = Config::load(&args.config)?;
+            let runtime = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            runtime.block_on(ferry_agent::postgres::ddl::install_for(&config))?;
+            println!(
+                "ferry's DDL trigger is installed on {}: column and table renames and dropped \
+                 tables now reach the replicas exactly",
+                config.source.url
+            );
             Ok(())
         }
     }

@@ -145,6 +145,16 @@ pub struct Truncate {
 /// so its rows stay with it; rows that follow use the new name's relation.
 pub const RENAME_PREFIX: &str = "ferry.rename";
 
+/// The [`Message`] prefix of a column rename a source saw (PostgreSQL through ferry's DDL event
+/// trigger, MySQL's `RENAME COLUMN` and `CHANGE`): content `{"table": [schema, table], "from":
+/// old, "to": new}` as JSON. Database sinks rename their column, so its values stay with it;
+/// without this a rename would look like a dropped column and an added one.
+pub const RENAME_COLUMN_PREFIX: &str = "ferry.rename_column";
+
+/// The [`Message`] prefix of a table the source dropped: content `{"table": [schema, table]}`.
+/// Database sinks drop their table too.
+pub const DROP_TABLE_PREFIX: &str = "ferry.drop_table";
+
 /// Prefix of a ferry [`Message`], in a transaction just before the [`Relation`] that adds
 /// columns, giving the value rows that existed before carry in each added column (PostgreSQL's
 /// `ADD COLUMN … DEFAULT` stores it once instead of writing every row, so no row change carries

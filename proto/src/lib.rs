@@ -10,8 +10,9 @@ pub mod position;
 pub mod value;
 
 pub use event::{
-    BACKFILL_PREFIX, Begin, Column, Commit, Delete, Event, Heartbeat, Insert, Message, OldRow,
-    RENAME_PREFIX, Relation, RelationId, ReplicaIdentity, Truncate, Update,
+    BACKFILL_PREFIX, Begin, Column, Commit, DROP_TABLE_PREFIX, Delete, Event, Heartbeat, Insert,
+    Message, OldRow, RENAME_COLUMN_PREFIX, RENAME_PREFIX, Relation, RelationId, ReplicaIdentity,
+    Truncate, Update,
 };
 pub use frame::FrameError;
 pub use position::{

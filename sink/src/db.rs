@@ -133,6 +133,69 @@ pub trait Target: Send + Sized + 'static {
         from: (&str, &str),
         to: (&str, &str),
     ) -> impl Future<Output = Result<()>> + Send;
+    /// Renames a column of a table, after writing what is pending; a no-op when the target
+    /// already has the new name (a replay) or has neither.
+    fn rename_column(
+        &mut self,
+        table: (&str, &str),
+        from: &str,
+        to: &str,
+    ) -> impl Future<Output = Result<()>> + Send;
+    /// Drops a table the source dropped, after writing what is pending.
+    fn drop_table(&mut self, table: (&str, &str)) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// A schema change a source carried as a ferry message, beyond the table's new [`Relation`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ddl {
+    RenameTable((String, String), (String, String)),
+    RenameColumn {
+        table: (String, String),
+        from: String,
+        to: String,
+    },
+    DropTable((String, String)),
+}
+
+impl Ddl {
+    /// The change a message carries, if its prefix is one of them.
+    pub fn from_message(m: &ferry_proto::Message) -> Result<Option<Ddl>> {
+        let bad = |what: &str| {
+            SinkError::Fatal(format!(
+                "a {} message {what}: {}",
+                m.prefix,
+                String::from_utf8_lossy(&m.content)
+            ))
+        };
+        let json = || -> Result<serde_json::Value> {
+            serde_json::from_slice(&m.content).map_err(|e| bad(&e.to_string()))
+        };
+        let pair = |v: &serde_json::Value, k: &str| -> Option<(String, String)> {
+            let a = v.get(k)?.as_array()?;
+            Some((
+                a.first()?.as_str()?.to_owned(),
+                a.get(1)?.as_str()?.to_owned(),
+            ))
+        };
+        Ok(Some(match m.prefix.as_str() {
+            ferry_proto::RENAME_PREFIX => {
+                let (from, to) = parse_rename(&m.content)?;
+                Ddl::RenameTable(from, to)
+            }
+            ferry_proto::RENAME_COLUMN_PREFIX => {
+                let v = json()?;
+                let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_owned);
+                match (pair(&v, "table"), text("from"), text("to")) {
+                    (Some(table), Some(from), Some(to)) => Ddl::RenameColumn { table, from, to },
+                    _ => return Err(bad("without table, from and to")),
+                }
+            }
+            ferry_proto::DROP_TABLE_PREFIX => {
+                Ddl::DropTable(pair(&json()?, "table").ok_or_else(|| bad("without a table"))?)
+            }
+            _ => return Ok(None),
+        }))
+    }
 }
 
 /// A table rename carried by a [`ferry_proto::RENAME_PREFIX`] message: (from, to).
@@ -598,14 +661,22 @@ impl<T: Target> DbSink<T> {
                     s.t.flush().await?;
                 }
             }
-            Event::Message(m) if m.prefix == ferry_proto::RENAME_PREFIX => {
+            Event::Message(m)
+                if matches!(
+                    m.prefix.as_str(),
+                    ferry_proto::RENAME_PREFIX
+                        | ferry_proto::RENAME_COLUMN_PREFIX
+                        | ferry_proto::DROP_TABLE_PREFIX
+                ) =>
+            {
                 if s.txn.as_ref().is_some_and(|t| t.skip) {
                     return Ok(());
                 }
+                let Some(ddl) = Ddl::from_message(m)? else {
+                    return Ok(());
+                };
                 self.begin_target(s).await?;
-                let (from, to) = parse_rename(&m.content)?;
-                self.guarded(s, &event, None, Op::Rename(&from, &to))
-                    .await?;
+                self.guarded(s, &event, None, Op::Ddl(&ddl)).await?;
             }
             Event::Message(m) if m.prefix == ferry_proto::BACKFILL_PREFIX => {
                 if !s.txn.as_ref().is_some_and(|t| t.skip) {
@@ -753,7 +824,7 @@ enum Op<'e> {
     Relation(&'e Relation),
     /// A row change or truncate, with its size from [`event_bytes`].
     Change(&'e Event, usize),
-    Rename(&'e (String, String), &'e (String, String)),
+    Ddl(&'e Ddl),
 }
 
 impl Op<'_> {
@@ -765,7 +836,13 @@ impl Op<'_> {
                     .await
             }
             Op::Change(ev, bytes) => t.change(ev, *bytes).await,
-            Op::Rename(from, to) => t.rename((&from.0, &from.1), (&to.0, &to.1)).await,
+            Op::Ddl(Ddl::RenameTable(from, to)) => {
+                t.rename((&from.0, &from.1), (&to.0, &to.1)).await
+            }
+            Op::Ddl(Ddl::RenameColumn { table, from, to }) => {
+                t.rename_column((&table.0, &table.1), from, to).await
+            }
+            Op::Ddl(Ddl::DropTable(table)) => t.drop_table((&table.0, &table.1)).await,
         }
     }
 }

@@ -810,6 +810,50 @@ impl Target for MyTarget {
         Ok(())
     }
 
+    async fn rename_column(&mut self, table: (&str, &str), from: &str, to: &str) -> Result<()> {
+        self.flush().await?;
+        let has: Vec<String> = self
+            .conn
+            .exec(
+                "SELECT COLUMN_NAME FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND COLUMN_NAME IN (?, ?)",
+                (table.0, table.1, from, to),
+            )
+            .await?;
+        // Column names compare without case in MySQL.
+        let has = |n: &str| has.iter().any(|h| h.eq_ignore_ascii_case(n));
+        if has(from) && !has(to) {
+            let sql = format!(
+                "ALTER TABLE {}.{} RENAME COLUMN {} TO {}",
+                quote(table.0),
+                quote(table.1),
+                quote(from),
+                quote(to)
+            );
+            tracing::info!(%sql, "renaming a column as the source did");
+            self.conn.query_drop(sql).await?;
+        }
+        for t in self.tables.values_mut() {
+            if (t.rel.schema.as_str(), t.rel.name.as_str()) == table {
+                for c in t.rel.columns.iter_mut().filter(|c| c.name == from) {
+                    c.name = to.to_owned();
+                }
+                t.cols = t.rel.columns.iter().map(|c| quote(&c.name)).collect();
+            }
+        }
+        Ok(())
+    }
+
+    async fn drop_table(&mut self, table: (&str, &str)) -> Result<()> {
+        self.flush().await?;
+        let sql = format!("DROP TABLE IF EXISTS {}.{}", quote(table.0), quote(table.1));
+        tracing::info!(%sql, "dropping a table as the source did");
+        self.conn.query_drop(sql).await?;
+        self.tables
+            .retain(|_, t| (t.rel.schema.as_str(), t.rel.name.as_str()) != table);
+        Ok(())
+    }
+
     async fn flush(&mut self) -> Result<()> {
         let ids: Vec<RelationId> = self.tables.keys().copied().collect();
         for id in ids {

@@ -3,6 +3,7 @@
 //! streaming loop with its consistent initial snapshot.
 
 pub mod compressed;
+pub mod ddl;
 pub mod decode;
 pub mod schema;
 pub mod source;

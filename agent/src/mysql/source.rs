@@ -22,6 +22,7 @@ use mysql_async::{BinlogStreamRequest, Conn, Opts};
 use tokio::sync::watch;
 
 use super::compressed;
+use super::ddl;
 use super::decode::{self, ZeroDates};
 use super::schema::{self, Catalog, TableSchema};
 use crate::error::{Error, Result};
@@ -629,25 +630,47 @@ impl MysqlSource {
             t.buf.discard();
         }
         self.catalog.invalidate(None);
-        let moves: Vec<_> = renames(sql, db)
+        // Renamed tables and columns, dropped tables: sinks do the same, so rows stay with
+        // their table and values with their column.
+        let position = Position::Binlog(pos.clone());
+        let message = |prefix: &str, content: serde_json::Value| {
+            Event::Message(Message {
+                transactional: true,
+                position: position.clone(),
+                prefix: prefix.into(),
+                content: content.to_string().into_bytes(),
+            })
+        };
+        let events: Vec<Event> = ddl::changes(sql, db)
             .into_iter()
-            .filter(|((d, t), _)| self.settings.wanted(d, t))
-            .collect();
-        if !moves.is_empty() {
-            // A renamed table: sinks rename theirs, so its rows stay where they are.
-            let position = Position::Binlog(pos.clone());
-            let events: Vec<Event> = moves
-                .into_iter()
-                .map(|((fd, ft), (td, tt))| {
-                    let content = serde_json::json!({"from": [fd, ft], "to": [td, tt]});
-                    Event::Message(Message {
-                        transactional: true,
-                        position: position.clone(),
-                        prefix: ferry_proto::RENAME_PREFIX.into(),
-                        content: content.to_string().into_bytes(),
+            .filter_map(|c| match c {
+                ddl::Change::RenameTable((fd, ft), (td, tt)) => {
+                    (self.settings.wanted(&fd, &ft) || self.settings.wanted(&td, &tt)).then(|| {
+                        message(
+                            ferry_proto::RENAME_PREFIX,
+                            serde_json::json!({"from": [fd, ft], "to": [td, tt]}),
+                        )
                     })
-                })
-                .collect();
+                }
+                ddl::Change::RenameColumn {
+                    table: (d, t),
+                    from,
+                    to,
+                } => self.settings.wanted(&d, &t).then(|| {
+                    message(
+                        ferry_proto::RENAME_COLUMN_PREFIX,
+                        serde_json::json!({"table": [d, t], "from": from, "to": to}),
+                    )
+                }),
+                ddl::Change::DropTable((d, t)) => self.settings.wanted(&d, &t).then(|| {
+                    message(
+                        ferry_proto::DROP_TABLE_PREFIX,
+                        serde_json::json!({"table": [d, t]}),
+                    )
+                }),
+            })
+            .collect();
+        if !events.is_empty() {
             return self.append_txn(position, xid, time, &events);
         }
         let words: Vec<String> = sql
@@ -982,57 +1005,6 @@ fn binlog_name(raw: &[u8]) -> Option<String> {
 
 /// The tables a statement renames, `((db, old), (db, new))`: `RENAME TABLE a TO b, c TO d` and
 /// `ALTER TABLE a RENAME [TO|AS] b`. Unqualified names are in `db`, the statement's database.
-fn renames(sql: &str, db: &str) -> Vec<((String, String), (String, String))> {
-    let words: Vec<&str> = sql
-        .split(|c: char| c.is_whitespace() || c == ',' || c == ';')
-        .filter(|w| !w.is_empty())
-        .collect();
-    let upper: Vec<String> = words.iter().map(|w| w.to_ascii_uppercase()).collect();
-    let name = |w: &str| match w.split_once('.') {
-        Some((d, t)) => (unquote(d), unquote(t)),
-        None => (db.to_owned(), unquote(w)),
-    };
-    let mut out = Vec::new();
-    match (
-        upper.first().map(String::as_str),
-        upper.get(1).map(String::as_str),
-    ) {
-        (Some("RENAME"), Some("TABLE")) => {
-            let mut i = 2;
-            while i + 2 < words.len() {
-                if upper.get(i + 1).map(String::as_str) != Some("TO") {
-                    break;
-                }
-                let (Some(a), Some(b)) = (words.get(i), words.get(i + 2)) else {
-                    break;
-                };
-                out.push((name(a), name(b)));
-                i += 3;
-            }
-        }
-        (Some("ALTER"), Some("TABLE")) if words.len() >= 5 && upper.len() == words.len() => {
-            let rename_at = if upper.get(3).map(String::as_str) == Some("RENAME") {
-                Some(4)
-            } else {
-                None
-            };
-            if let Some(j) = rename_at {
-                let k = if matches!(upper.get(j).map(String::as_str), Some("TO" | "AS")) {
-                    j + 1
-                } else {
-                    j
-                };
-                // Only a statement that does nothing else.
-                if k + 1 == words.len() {
-                    out.push((name(words[2]), name(words[k])));
-                }
-            }
-        }
-        _ => {}
-    }
-    out
-}
-
 fn unquote(s: &str) -> String {
     s.trim_matches('`').replace("``", "`")
 }
@@ -1213,22 +1185,6 @@ mod tests {
         let g = parse_maria_gtid(&d).unwrap();
         assert_eq!((g.domain, g.seq, g.standalone), (7, 42, true));
         assert!(parse_maria_gtid(&d[..12]).is_none());
-    }
-
-    #[test]
-    fn rename_statements() {
-        let r = renames("RENAME TABLE a TO b, other.c TO `d`", "app");
-        assert_eq!(
-            r,
-            [
-                (("app".into(), "a".into()), ("app".into(), "b".into())),
-                (("other".into(), "c".into()), ("app".into(), "d".into())),
-            ]
-        );
-        let r = renames("ALTER TABLE `app`.`x` RENAME TO y", "db");
-        assert_eq!(r, [(("app".into(), "x".into()), ("db".into(), "y".into()))]);
-        assert!(renames("ALTER TABLE x ADD COLUMN y int", "db").is_empty());
-        assert!(renames("ALTER TABLE x RENAME COLUMN a TO b", "db").is_empty());
     }
 
     #[test]

@@ -2,8 +2,10 @@
 //! conversion, slot and publication management, the initial snapshot, and the streaming loop.
 
 pub mod catalog;
+pub mod ddl;
 pub mod pgoutput;
 pub mod replication;
+pub mod schema_change;
 pub mod slot;
 pub mod snapshot;
 pub mod source;

@@ -30,8 +30,10 @@ use tokio::sync::watch;
 use tokio_postgres::Client;
 
 use super::catalog::TypeCatalog;
+use super::ddl::{self, DDL_PREFIX};
 use super::pgoutput::{self, ColumnData, OldTuple, PgMessage};
 use super::replication::{ConnParams, ReplMessage, ReplicationConn, unix_now_micros};
+use super::schema_change::SchemaTracker;
 use super::spill::{Replayed, TxnBuffer};
 use super::{slot, types};
 use crate::error::{Error, Result};
@@ -287,6 +289,8 @@ pub struct PgSource {
     stats_tx: watch::Sender<SourceStats>,
     /// Row changes read per relation OID (named in `stats.tables` when published).
     table_counts: HashMap<u32, u64>,
+    /// Each table's definition at this point of the stream, and the DDL trigger's word on it.
+    schema: SchemaTracker,
 }
 
 impl std::fmt::Debug for PgSource {
@@ -336,6 +340,7 @@ impl PgSource {
             stats,
             stats_tx,
             table_counts: HashMap::new(),
+            schema: SchemaTracker::default(),
         })
     }
 
@@ -557,6 +562,7 @@ impl PgSource {
         let Some((mut repl, version)) = self.prepare(client, shutdown).await? else {
             return Ok(());
         };
+        self.schema.trigger = ddl::installed(client).await?;
         let start = self.durable_ack;
         let streaming = version >= 140_000;
         let publication = slot::quote_literal(&slot::quote_ident(&self.settings.publication));
@@ -957,7 +963,19 @@ impl PgSource {
                 // The decoder needs the newest definition for the rows that follow; the spool
                 // gets it inside the transaction, so it is written only if the transaction is.
                 if included && (self.in_stream.is_some() || self.txn.is_some()) {
-                    if !self.discarding()
+                    let position = Position::Postgres(Lsn(self.stats.server_wal_end));
+                    let discarding = self.discarding();
+                    let before = self.schema.on_relation(
+                        oid,
+                        &relation,
+                        self.spool.relations().get(&relation.id),
+                        &position,
+                        !discarding,
+                    )?;
+                    for event in before {
+                        self.change(xid, event)?;
+                    }
+                    if !discarding
                         && let Some(backfill) = self.backfill(client, oid, &relation).await?
                     {
                         self.change(xid, backfill)?;
@@ -1029,6 +1047,21 @@ impl PgSource {
                 prefix,
                 content,
             } => {
+                if transactional && prefix == DDL_PREFIX {
+                    // ferry's DDL trigger: carried as the changes it names, not as itself.
+                    let msg = ddl::parse(content)?;
+                    let spool = &self.spool;
+                    let events = self.schema.on_ddl(
+                        msg,
+                        |oid| spool.relations().get(&RelationId(u64::from(oid))).cloned(),
+                        &self.settings.filter,
+                        &Position::Postgres(Lsn(lsn)),
+                    );
+                    for event in events {
+                        self.change(xid, event)?;
+                    }
+                    return Ok(());
+                }
                 let event = Event::Message(Message {
                     transactional,
                     position: Position::Postgres(Lsn(lsn)),

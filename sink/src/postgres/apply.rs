@@ -130,6 +130,27 @@ impl Applier {
         Ok(())
     }
 
+    /// Notes that the target renamed a column of `table` (its pending changes written before),
+    /// so the definition the sink compares the source's next one with has the new name.
+    pub fn renamed_column(&mut self, table: (&str, &str), from: &str, to: &str) {
+        for t in self.tables.values_mut() {
+            if (t.rel.schema.as_str(), t.rel.name.as_str()) == table {
+                for c in t.rel.columns.iter_mut().filter(|c| c.name == from) {
+                    c.name = to.to_owned();
+                }
+                if let Some(ty) = t.target.types.remove(from) {
+                    t.target.types.insert(to.to_owned(), ty);
+                }
+            }
+        }
+    }
+
+    /// Forgets a table the target dropped (its pending changes written before).
+    pub fn dropped_table(&mut self, table: (&str, &str)) {
+        self.tables
+            .retain(|_, t| (t.rel.schema.as_str(), t.rel.name.as_str()) != table);
+    }
+
     /// Whether the table has been announced in this session.
     pub fn knows(&self, id: RelationId) -> bool {
         self.tables.contains_key(&id)

@@ -238,4 +238,50 @@ impl Target for PgTarget {
         self.applier.reset();
         Ok(())
     }
+
+    async fn rename_column(&mut self, table: (&str, &str), from: &str, to: &str) -> Result<()> {
+        use self::schema::quote_ident;
+        self.applier.flush(&mut self.conn).await?;
+        let client = self.conn.client().await?;
+        let has: Vec<String> = client
+            .query(
+                "SELECT a.attname::text FROM pg_attribute a
+                 JOIN pg_class c ON c.oid = a.attrelid
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = $1 AND c.relname = $2 AND a.attnum > 0
+                   AND NOT a.attisdropped AND a.attname IN ($3, $4)",
+                &[&table.0, &table.1, &from, &to],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if has.iter().any(|n| n == from) && !has.iter().any(|n| n == to) {
+            let sql = format!(
+                "ALTER TABLE {}.{} RENAME COLUMN {} TO {}",
+                quote_ident(table.0),
+                quote_ident(table.1),
+                quote_ident(from),
+                quote_ident(to)
+            );
+            tracing::info!(%sql, "renaming a column as the source did");
+            client.batch_execute(&sql).await?;
+        }
+        self.applier.renamed_column(table, from, to);
+        Ok(())
+    }
+
+    async fn drop_table(&mut self, table: (&str, &str)) -> Result<()> {
+        use self::schema::quote_ident;
+        self.applier.flush(&mut self.conn).await?;
+        let sql = format!(
+            "DROP TABLE IF EXISTS {}.{}",
+            quote_ident(table.0),
+            quote_ident(table.1)
+        );
+        tracing::info!(%sql, "dropping a table as the source did");
+        self.conn.client().await?.batch_execute(&sql).await?;
+        self.applier.dropped_table(table);
+        Ok(())
+    }
 }
