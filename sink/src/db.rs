@@ -143,6 +143,11 @@ pub trait Target: Send + Sized + 'static {
     ) -> impl Future<Output = Result<()>> + Send;
     /// Drops a table the source dropped, after writing what is pending.
     fn drop_table(&mut self, table: (&str, &str)) -> impl Future<Output = Result<()>> + Send;
+    /// Whether a statement since the last call committed the open transaction by itself (MySQL's
+    /// DDL does; the target has opened a new one), so its savepoints are gone.
+    fn take_implicit_commit(&mut self) -> bool {
+        false
+    }
 }
 
 /// A schema change a source carried as a ferry message, beyond the table's new [`Relation`].
@@ -727,12 +732,15 @@ impl<T: Target> DbSink<T> {
             Ok(())
         }
         .await;
+        let committed = s.t.take_implicit_commit();
         if !s.sequential {
             return result;
         }
         match result {
             Ok(()) => {
-                s.t.execute("RELEASE SAVEPOINT ferry_event").await?;
+                if !committed {
+                    s.t.execute("RELEASE SAVEPOINT ferry_event").await?;
+                }
                 s.t.execute("SAVEPOINT ferry_event").await?;
                 Ok(())
             }

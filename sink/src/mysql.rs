@@ -95,6 +95,30 @@ pub fn into_param(v: Value) -> Result<My> {
     }
 }
 
+/// Refuses a numeric value that has more digits than its target DECIMAL column holds (MySQL
+/// rounds the fraction with only a note, even in strict mode).
+fn check_decimals(t: &Table, row: &Row) -> Result<()> {
+    for ((v, dec), col) in row.iter().zip(&t.decimals).zip(&t.rel.columns) {
+        let (Value::Numeric(text), Some((precision, scale))) = (v, dec) else {
+            continue;
+        };
+        let digits = text.trim_start_matches(['-', '+']);
+        let (int, frac) = digits.split_once('.').unwrap_or((digits, ""));
+        let int = int.trim_start_matches('0').len() as u32;
+        let frac = frac.trim_end_matches('0').len() as u32;
+        if frac > *scale || int > precision.saturating_sub(*scale) {
+            return Err(SinkError::Value(format!(
+                "{}.{}: {text} has more digits than the target column's DECIMAL({precision},\
+                 {scale}) holds, and MySQL would round it: give the column a type that holds \
+                 the source's values (an unconstrained numeric becomes DECIMAL(65,30))",
+                t.rel.qualified_name(),
+                col.name
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// A ferry value as a MySQL parameter; what MySQL cannot hold is an error for `on_error`.
 pub fn to_param(v: &Value) -> Result<My> {
     Ok(match v {
@@ -207,7 +231,12 @@ fn array_json(items: &[Value]) -> Result<serde_json::Value> {
                 Value::Bool(b) => (*b).into(),
                 Value::Float(f) => serde_json::Number::from_f64(*f)
                     .map(serde_json::Value::Number)
-                    .unwrap_or(serde_json::Value::Null),
+                    .ok_or_else(|| {
+                        SinkError::Value(format!(
+                            "the array element {f} has no JSON value (MySQL holds the array as \
+                             JSON, which has no NaN or infinity)"
+                        ))
+                    })?,
                 Value::Array(inner) => array_json(inner)?,
                 other => crate::postgres::encode::to_text(other)?
                     .map(serde_json::Value::String)
@@ -238,6 +267,9 @@ struct Table {
     rel: Relation,
     name: String,
     cols: Vec<String>,
+    /// Per column, the target's DECIMAL(precision, scale) if it is one: a value with more
+    /// digits would be rounded by MySQL without an error, so it is refused instead.
+    decimals: Vec<Option<(u32, u32)>>,
     keys: Vec<usize>,
     mode: KeyMode,
     index: HashMap<String, usize>,
@@ -252,6 +284,8 @@ pub struct MyTarget {
     pending_bytes: usize,
     changes: SchemaChanges,
     create_tables: bool,
+    /// A DDL statement committed the open transaction implicitly since the worker last asked.
+    implicit_commit: bool,
 }
 
 impl std::fmt::Debug for MyTarget {
@@ -298,6 +332,15 @@ pub async fn read_checkpoint(conn: &mut Conn, sink: &str) -> Result<Option<(Posi
 }
 
 impl MyTarget {
+    /// Runs a DDL statement. MySQL commits the open transaction before and after one, so a new
+    /// transaction is opened for what follows, and the worker is told (its savepoint is gone).
+    async fn ddl(&mut self, sql: &str) -> Result<()> {
+        self.conn.query_drop(sql).await?;
+        self.implicit_commit = true;
+        self.conn.query_drop("BEGIN").await?;
+        Ok(())
+    }
+
     /// The target's columns of a table, `None` when it does not exist.
     async fn columns(&mut self, rel: &Relation) -> Result<Option<Vec<String>>> {
         let cols: Vec<String> = self
@@ -341,18 +384,17 @@ impl MyTarget {
                 {
                     cols.push(format!("PRIMARY KEY ({})", keys.join(", ")));
                 }
-                self.conn
-                    .query_drop(format!(
-                        "CREATE DATABASE IF NOT EXISTS {}",
-                        quote(&rel.schema)
-                    ))
-                    .await?;
+                self.ddl(&format!(
+                    "CREATE DATABASE IF NOT EXISTS {}",
+                    quote(&rel.schema)
+                ))
+                .await?;
                 let sql = format!(
                     "CREATE TABLE IF NOT EXISTS {name} ({}) ENGINE=InnoDB DEFAULT CHARSET=utf8mb4",
                     cols.join(", ")
                 );
                 tracing::info!(table = %rel.qualified_name(), %sql, "creating target table");
-                self.conn.query_drop(&sql).await?;
+                self.ddl(&sql).await?;
                 self.columns(rel).await?.ok_or_else(|| {
                     SinkError::Fatal(format!("{name} was created but cannot be found"))
                 })?
@@ -402,8 +444,7 @@ impl MyTarget {
         }
         let sql = format!("ALTER TABLE {name} {}", alters.join(", "));
         tracing::info!(table = %rel.qualified_name(), %sql, "applying a schema change");
-        self.conn.query_drop(&sql).await?;
-        Ok(())
+        self.ddl(&sql).await
     }
 
     fn put(&mut self, id: RelationId, key: String, keyvals: Row, state: RowState) -> Result<()> {
@@ -617,6 +658,7 @@ impl Target for MyTarget {
                 pending_bytes: 0,
                 changes: cfg.schema_changes,
                 create_tables: cfg.create_tables,
+                implicit_commit: false,
             },
             false,
         ))
@@ -624,6 +666,10 @@ impl Target for MyTarget {
 
     async fn execute(&mut self, sql: &str) -> Result<()> {
         Ok(self.conn.query_drop(sql).await?)
+    }
+
+    fn take_implicit_commit(&mut self) -> bool {
+        std::mem::take(&mut self.implicit_commit)
     }
 
     async fn read_checkpoint(&mut self, sink: &str) -> Result<Option<(Position, Offset)>> {
@@ -675,6 +721,24 @@ impl Target for MyTarget {
             None => None,
         };
         self.ensure(rel, prev.as_ref()).await?;
+        let decimal: Vec<(String, u64, u64)> = self
+            .conn
+            .exec(
+                "SELECT COLUMN_NAME, NUMERIC_PRECISION, NUMERIC_SCALE FROM information_schema.COLUMNS \
+                 WHERE TABLE_SCHEMA = ? AND TABLE_NAME = ? AND DATA_TYPE = 'decimal'",
+                (&rel.schema, &rel.name),
+            )
+            .await?;
+        let decimals = rel
+            .columns
+            .iter()
+            .map(|c| {
+                decimal
+                    .iter()
+                    .find(|(n, _, _)| n.eq_ignore_ascii_case(&c.name))
+                    .map(|(_, p, s)| (*p as u32, *s as u32))
+            })
+            .collect();
         let keys: Vec<usize> = rel.key_columns().collect();
         let mode = match rel.replica_identity {
             ReplicaIdentity::Full => KeyMode::Full,
@@ -688,6 +752,7 @@ impl Target for MyTarget {
                 rel: rel.clone(),
                 name: quoted_name(rel),
                 cols: rel.columns.iter().map(|c| quote(&c.name)).collect(),
+                decimals,
                 keys,
                 mode,
                 index: HashMap::new(),
@@ -701,6 +766,17 @@ impl Target for MyTarget {
         let Some(id) = event.relation_id() else {
             return Ok(());
         };
+        if let Some(t) = self.tables.get(&id) {
+            let rows = match event {
+                Event::Insert(i) => [Some(&i.new), None],
+                Event::Update(u) => [Some(&u.new), u.old.as_ref().map(|o| o.row())],
+                Event::Delete(d) => [Some(d.old.row()), None],
+                _ => [None, None],
+            };
+            for row in rows.into_iter().flatten() {
+                check_decimals(t, row)?;
+            }
+        }
         let (mode, keys) = match self.tables.get(&id) {
             Some(t) => (t.mode, t.keys.clone()),
             None => {
@@ -793,8 +869,7 @@ impl Target for MyTarget {
             )
             .await?;
         if exists.unwrap_or(0) > 0 {
-            self.conn
-                .query_drop(format!("CREATE DATABASE IF NOT EXISTS {}", quote(to.0)))
+            self.ddl(&format!("CREATE DATABASE IF NOT EXISTS {}", quote(to.0)))
                 .await?;
             let sql = format!(
                 "RENAME TABLE {}.{} TO {}.{}",
@@ -804,7 +879,7 @@ impl Target for MyTarget {
                 quote(to.1)
             );
             tracing::info!(%sql, "renaming a table as the source did");
-            self.conn.query_drop(sql).await?;
+            self.ddl(&sql).await?;
         }
         self.reset();
         Ok(())
@@ -831,7 +906,7 @@ impl Target for MyTarget {
                 quote(to)
             );
             tracing::info!(%sql, "renaming a column as the source did");
-            self.conn.query_drop(sql).await?;
+            self.ddl(&sql).await?;
         }
         for t in self.tables.values_mut() {
             if (t.rel.schema.as_str(), t.rel.name.as_str()) == table {
@@ -848,7 +923,7 @@ impl Target for MyTarget {
         self.flush().await?;
         let sql = format!("DROP TABLE IF EXISTS {}.{}", quote(table.0), quote(table.1));
         tracing::info!(%sql, "dropping a table as the source did");
-        self.conn.query_drop(sql).await?;
+        self.ddl(&sql).await?;
         self.tables
             .retain(|_, t| (t.rel.schema.as_str(), t.rel.name.as_str()) != table);
         Ok(())

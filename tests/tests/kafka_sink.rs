@@ -586,3 +586,190 @@ async fn a_message_over_the_size_limit_follows_on_error() {
         }
     }
 }
+
+/// Every message of `topic` as raw bytes: (key, value, the `ferry.relation` header).
+type RawMsg = (Option<Vec<u8>>, Option<Vec<u8>>, Option<Vec<u8>>);
+
+fn consume_raw(kafka: &Kafka, topic: &str, n: usize) -> Vec<RawMsg> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap())
+        .set("group.id", "ferry-test-raw")
+        .set("enable.auto.commit", "false")
+        .create()
+        .unwrap();
+    let metadata = consumer
+        .fetch_metadata(Some(topic), Duration::from_secs(30))
+        .unwrap();
+    let mut tpl = TopicPartitionList::new();
+    for p in metadata.topics()[0].partitions() {
+        tpl.add_partition_offset(topic, p.id(), rdkafka::Offset::Beginning)
+            .unwrap();
+    }
+    consumer.assign(&tpl).unwrap();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while out.len() < n && Instant::now() < deadline {
+        let Some(m) = consumer.poll(Duration::from_millis(200)) else {
+            continue;
+        };
+        let m = m.unwrap();
+        let relation = m.headers().and_then(|h| {
+            h.iter()
+                .find(|h| h.key == "ferry.relation")
+                .and_then(|h| h.value.map(<[u8]>::to_vec))
+        });
+        out.push((
+            m.key().map(<[u8]>::to_vec),
+            m.payload().map(<[u8]>::to_vec),
+            relation,
+        ));
+    }
+    out
+}
+
+/// A primary-key change is a delete under the old key (and its tombstone), then a create under
+/// the new key, so a compacted topic keeps no ghost row; the binary format decodes on its own
+/// (each message carries its table's Relation frame); a checkpoint record that is not one stops
+/// an exactly-once sink at start instead of being skipped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn key_changes_binary_messages_and_a_bad_checkpoint_record() {
+    use ferry_proto::{Event, Value};
+    let pg = Postgres::start().unwrap();
+    let kafka = Kafka::start().unwrap();
+    let s = connect(&pg).await;
+    s.batch_execute(
+        "CREATE TABLE items (id int PRIMARY KEY, v text);
+         INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 5) g;",
+    )
+    .await
+    .unwrap();
+    create_topic(&kafka, "ferry.public.items", 2).await;
+    let config = kafka_config(&pg, &kafka, "tombstones = true");
+    let mut ferry = config.start(0).unwrap();
+    let snap = consume(
+        &kafka,
+        "ferry.public.items",
+        false,
+        Duration::from_secs(60),
+        |m| m.len() >= 5,
+    );
+    assert_eq!(snap.len(), 5, "{}", ferry.log_text());
+    s.batch_execute("UPDATE items SET id = 100, v = 'moved' WHERE id = 1")
+        .await
+        .unwrap();
+    let msgs = consume(
+        &kafka,
+        "ferry.public.items",
+        false,
+        Duration::from_secs(60),
+        |m| m.len() >= 8,
+    );
+    ferry.check_alive().unwrap();
+    assert_eq!(msgs.len(), 8, "{msgs:?}");
+    let old: Vec<&Msg> = msgs
+        .iter()
+        .filter(|m| m.key.as_ref().unwrap()["id"] == 1)
+        .collect();
+    assert_eq!(old.len(), 3, "snapshot, delete, tombstone: {old:?}");
+    assert_eq!(old[1].value.as_ref().unwrap()["op"], "d");
+    assert_eq!(old[1].value.as_ref().unwrap()["before"]["id"], 1);
+    assert!(old[2].value.is_none(), "the tombstone closes the old key");
+    let new: Vec<&Msg> = msgs
+        .iter()
+        .filter(|m| m.key.as_ref().unwrap()["id"] == 100)
+        .collect();
+    assert_eq!(new.len(), 1);
+    let v = new[0].value.as_ref().unwrap();
+    assert_eq!(v["op"], "c");
+    assert_eq!(v["after"]["v"], "moved");
+    ferry.stop().unwrap();
+
+    // The binary format, from a second sink reading the same spool from its start: every
+    // message decodes with ferry's frame format, its table's definition in its own header.
+    let text = std::fs::read_to_string(config.path()).unwrap();
+    std::fs::write(
+        config.path(),
+        text.replace("tombstones = true", "format = \"binary\"")
+            .replace("name = \"events\"", "name = \"bin\"")
+            .replace("ferry.{schema}.{table}", "bin.{schema}.{table}"),
+    )
+    .unwrap();
+    create_topic(&kafka, "bin.public.items", 2).await;
+    let ferry = config.start(1).unwrap();
+    let raw = consume_raw(&kafka, "bin.public.items", 7);
+    ferry.stop().unwrap();
+    assert_eq!(raw.len(), 7, "5 snapshot rows, a delete and a create");
+    let mut rows: BTreeMap<i64, String> = BTreeMap::new();
+    for (_, value, relation) in &raw {
+        let (event, _) = ferry_proto::frame::decode(value.as_ref().unwrap()).unwrap();
+        let (Event::Relation(rel), _) =
+            ferry_proto::frame::decode(relation.as_ref().expect("ferry.relation header")).unwrap()
+        else {
+            panic!("the header holds a relation");
+        };
+        assert_eq!(Some(rel.id), event.relation_id());
+        assert_eq!(
+            rel.columns
+                .iter()
+                .map(|c| c.name.as_str())
+                .collect::<Vec<_>>(),
+            ["id", "v"]
+        );
+        let int = |v: &Value| match v {
+            Value::Int(i) => *i,
+            other => panic!("{other:?}"),
+        };
+        match event {
+            Event::Insert(i) => {
+                let Value::Text(t) = &i.new[1] else { panic!() };
+                rows.insert(int(&i.new[0]), t.clone());
+            }
+            Event::Delete(d) => {
+                rows.remove(&int(&d.old.row()[0]));
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let source: BTreeMap<i64, String> = s
+        .query("SELECT id, v FROM items", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (i64::from(r.get::<_, i32>(0)), r.get(1)))
+        .collect();
+    assert_eq!(rows, source);
+
+    // An exactly-once sink whose checkpoint topic holds a record under its name that is not a
+    // checkpoint stops at start, naming it.
+    let producer: rdkafka::producer::BaseProducer = ClientConfig::new()
+        .set("bootstrap.servers", kafka.bootstrap())
+        .create()
+        .unwrap();
+    producer
+        .send(
+            rdkafka::producer::BaseRecord::to("ck")
+                .key("eo")
+                .payload("not a checkpoint"),
+        )
+        .map_err(|(e, _)| e)
+        .unwrap();
+    rdkafka::producer::Producer::flush(&producer, Duration::from_secs(30)).unwrap();
+    std::fs::write(
+        config.path(),
+        text.replace(
+            "tombstones = true",
+            "exactly_once = true\ncheckpoint_topic = \"ck\"",
+        )
+        .replace("name = \"events\"", "name = \"eo\"")
+        .replace("ferry.{schema}.{table}", "eo.{schema}.{table}"),
+    )
+    .unwrap();
+    let ferry = config.start(2).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ferry.log_text().contains("is not a checkpoint") {
+        assert!(Instant::now() < deadline, "{}", ferry.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (code, log) = ferry.terminate().unwrap();
+    assert_eq!(code, 1, "{log}");
+}

@@ -240,7 +240,10 @@ async fn postgres_into_mariadb_maps_types_and_dead_letters_what_mysql_cannot_hol
            TIMESTAMPTZ '2024-01-01 00:00:00+00' + g * INTERVAL '1 minute', TIMESTAMP '2024-05-05 10:00:00.123',
            '\\x00ff'::bytea, '2f1e6a52-0c5b-4a39-9c4a-0ddc1f1e2a3b', '{\"a\": 1}', ARRAY[g, 2], NULL
          FROM generate_series(1, 200) g;
-         INSERT INTO odd VALUES (1, '1 day'), (2, NULL);",
+         INSERT INTO odd VALUES (1, '1 day'), (2, NULL);
+         CREATE TABLE precise (id int PRIMARY KEY, n numeric, f float8[]);
+         INSERT INTO precise VALUES (1, 1.5, '{1.5, 2}'),
+           (2, -0.0000000000000000000000000000001, '{1}'), (3, 1, '{NaN, 1}');",
     )
     .await
     .unwrap();
@@ -345,9 +348,29 @@ async fn postgres_into_mariadb_maps_types_and_dead_letters_what_mysql_cannot_hol
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // Values MySQL would round or cannot hold are refused, never rounded or turned into null.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let rows: Vec<(i32, String)> = d
+            .query("SELECT id, CAST(n AS char) FROM public.precise ORDER BY id")
+            .await
+            .unwrap_or_default();
+        if rows.len() == 1 {
+            assert_eq!(rows[0].0, 1);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "precise {rows:?}\n{}",
+            ferry.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     let dead = std::fs::read_to_string(config.spool_dir().join("dead-letter").join("maria.jsonl"))
         .unwrap();
-    assert_eq!(dead.lines().count(), 1, "{dead}");
+    assert_eq!(dead.lines().count(), 3, "{dead}");
     assert!(dead.contains("interval"), "{dead}");
+    assert!(dead.contains("DECIMAL(65,30)"), "{dead}");
+    assert!(dead.contains("no JSON value"), "{dead}");
     ferry.stop().unwrap();
 }

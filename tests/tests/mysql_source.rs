@@ -329,16 +329,18 @@ async fn mariadb_into_postgres_equals_the_source() {
         "CREATE DATABASE shop; \
          CREATE TABLE shop.orders (id bigint PRIMARY KEY, customer varchar(40), \
            amount decimal(12,2), placed datetime(3), paid timestamp NULL, state enum('new','paid','gone'), \
-           qty int unsigned)",
+           qty int unsigned, took time)",
     )
     .await
     .unwrap();
     let values: Vec<String> = (1..=500)
         .map(|n| {
             format!(
-                "({n}, 'c{}', {n} * 1.25, '2024-01-01 00:00:00' + INTERVAL {n} MINUTE, NULL, 'new', {})",
+                "({n}, 'c{}', {n} * 1.25, '2024-01-01 00:00:00' + INTERVAL {n} MINUTE, NULL, 'new', {}, '{}')",
                 n % 7,
-                n % 5
+                n % 5,
+                // MySQL's TIME is a duration, beyond what a time of day holds.
+                ["838:59:59", "-12:30:00", "01:02:03"][n as usize % 3]
             )
         })
         .collect();
@@ -354,7 +356,8 @@ async fn mariadb_into_postgres_equals_the_source() {
     tokio::spawn(conn);
     pgc.batch_execute(
         "CREATE SCHEMA shop; CREATE TABLE shop.orders (id bigint PRIMARY KEY, customer varchar(40), \
-         amount numeric(12,2), placed timestamp(3), paid timestamptz, state text, qty bigint)",
+         amount numeric(12,2), placed timestamp(3), paid timestamptz, state text, qty bigint, \
+         took interval)",
     )
     .await
     .unwrap();
@@ -375,7 +378,7 @@ async fn mariadb_into_postgres_equals_the_source() {
             "START TRANSACTION; \
              UPDATE shop.orders SET state = 'paid', paid = '2024-06-01 10:00:00' + INTERVAL {i} SECOND WHERE id % 40 = {i}; \
              DELETE FROM shop.orders WHERE id = {}; \
-             INSERT INTO shop.orders VALUES ({}, 'late', 9.99, NOW(3), NULL, 'new', 1); \
+             INSERT INTO shop.orders VALUES ({}, 'late', 9.99, NOW(3), NULL, 'new', 1, '-838:59:59'); \
              COMMIT",
             i * 3 + 1,
             1000 + i
@@ -390,7 +393,7 @@ async fn mariadb_into_postgres_equals_the_source() {
     let source_rows: Vec<String> = c
         .query(
             "SELECT concat_ws('|', id, customer, amount, date_format(placed, '%Y-%m-%d %H:%i:%s.%f'), \
-             ifnull(unix_timestamp(paid), 'null'), state, qty) FROM shop.orders ORDER BY id",
+             ifnull(unix_timestamp(paid), 'null'), state, qty, took) FROM shop.orders ORDER BY id",
         )
         .await
         .unwrap();
@@ -399,7 +402,7 @@ async fn mariadb_into_postgres_equals_the_source() {
         let rows = pgc
             .query(
                 "SELECT concat_ws('|', id, customer, amount, to_char(placed, 'YYYY-MM-DD HH24:MI:SS.US'), \
-                 coalesce(extract(epoch from paid)::bigint::text, 'null'), state, qty) FROM shop.orders ORDER BY id",
+                 coalesce(extract(epoch from paid)::bigint::text, 'null'), state, qty, took) FROM shop.orders ORDER BY id",
                 &[],
             )
             .await

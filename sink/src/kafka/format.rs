@@ -188,8 +188,9 @@ fn row_ref<'a>(
 }
 
 /// The message key: the key columns of `row` as a JSON object, or `None` for a table without a
-/// key (its messages are spread over partitions).
-pub fn key(rel: &Relation, row: &Row) -> Option<Vec<u8>> {
+/// key (its messages are spread over partitions). A key that does not encode is an error, never
+/// a message without a key (which would lose the row's order).
+pub fn key(rel: &Relation, row: &Row) -> Result<Option<Vec<u8>>> {
     struct KeyRef<'a>(&'a Relation, &'a Row);
     impl Serialize for KeyRef<'_> {
         fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
@@ -203,8 +204,44 @@ pub fn key(rel: &Relation, row: &Row) -> Option<Vec<u8>> {
             m.end()
         }
     }
-    rel.key_columns().next()?;
-    serde_json::to_vec(&KeyRef(rel, row)).ok()
+    if rel.key_columns().next().is_none() {
+        return Ok(None);
+    }
+    serde_json::to_vec(&KeyRef(rel, row))
+        .map(Some)
+        .map_err(|e| {
+            SinkError::Value(format!(
+                "{}: the row's key does not encode: {e}",
+                rel.qualified_name()
+            ))
+        })
+}
+
+/// The messages a row change becomes, with the row each is keyed by. An update that changes the
+/// row's key is what Debezium makes of it: a delete under the old key, then a create under the
+/// new one, so a compacted topic keeps no row under the old key (the caller adds the tombstone
+/// after the delete when tombstones are on).
+pub fn split_key_change<'e>(
+    rel: &Relation,
+    event: &'e Event,
+) -> Result<Vec<std::borrow::Cow<'e, Event>>> {
+    use std::borrow::Cow;
+    if let Event::Update(u) = event
+        && let Some(old) = &u.old
+        && key(rel, old.row())? != key(rel, &u.new)?
+    {
+        return Ok(vec![
+            Cow::Owned(Event::Delete(ferry_proto::Delete {
+                relation: u.relation,
+                old: old.clone(),
+            })),
+            Cow::Owned(Event::Insert(ferry_proto::Insert {
+                relation: u.relation,
+                new: u.new.clone(),
+            })),
+        ]);
+    }
+    Ok(vec![Cow::Borrowed(event)])
 }
 
 /// The row whose key identifies the change (the old row of a delete).
@@ -365,6 +402,33 @@ pub fn message(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use ferry_proto::{OldRow, RelationId, Update, samples};
+
+    #[test]
+    fn a_key_change_is_a_delete_under_the_old_key_then_a_create_under_the_new() {
+        let rel = samples::relation(1);
+        let update = |old: i64, new: i64| {
+            Event::Update(Update {
+                relation: RelationId(1),
+                old: Some(OldRow::Key(vec![Value::Int(old), Value::Null])),
+                new: vec![Value::Int(new), Value::Text("x".into())],
+            })
+        };
+        let moved = update(1, 2);
+        let parts = split_key_change(&rel, &moved).unwrap();
+        let kinds: Vec<&str> = parts.iter().map(|p| p.kind()).collect();
+        assert_eq!(kinds, ["delete", "insert"]);
+        let keys: Vec<String> = parts
+            .iter()
+            .map(|p| String::from_utf8(key(&rel, key_row(p).unwrap()).unwrap().unwrap()).unwrap())
+            .collect();
+        assert_eq!(keys, [r#"{"id":1}"#, r#"{"id":2}"#]);
+        // The same key: one update, as it came.
+        let same = update(3, 3);
+        let parts = split_key_change(&rel, &same).unwrap();
+        assert_eq!(parts.len(), 1);
+        assert_eq!(parts[0].as_ref(), &same);
+    }
 
     #[test]
     fn values_render_faithfully() {

@@ -64,6 +64,15 @@ pub struct KafkaSinkConfig {
     pub max_batch_delay: Duration,
 }
 
+/// Where one message goes and what identifies it.
+#[derive(Debug)]
+struct Outgoing<'a> {
+    topic: &'a str,
+    key: Option<&'a [u8]>,
+    /// The binary format's Relation frame for the `ferry.relation` header.
+    relation: Option<&'a [u8]>,
+}
+
 /// A table's topic: its override, or the template filled in.
 pub fn topic_name(cfg: &KafkaSinkConfig, schema: &str, table: &str) -> String {
     let template = cfg
@@ -346,6 +355,9 @@ impl KafkaSink {
         let mut topics: std::collections::HashMap<ferry_proto::RelationId, std::sync::Arc<str>> =
             std::collections::HashMap::new();
         let mut batch = Batch::default();
+        // The binary format's `ferry.relation` header, encoded once per definition.
+        let mut relation_frames: std::collections::HashMap<ferry_proto::RelationId, Vec<u8>> =
+            std::collections::HashMap::new();
         let mut last: Option<(Offset, Position, Option<i64>)> = None;
         let mut in_kafka_txn = false;
         let mut last_commit_time: Option<i64> = None;
@@ -396,15 +408,13 @@ impl KafkaSink {
                     };
                     if let Some(t) = &self.cfg.transaction_topic {
                         let v = serde_json::json!({"status": "BEGIN", "id": b.xid, "position": b.position.to_string()});
-                        self.send(
-                            &out,
-                            t,
-                            None,
-                            Some(v.to_string().as_bytes()),
-                            &texts,
-                            "begin",
-                        )
-                        .await?;
+                        let msg = Outgoing {
+                            topic: t,
+                            key: None,
+                            relation: None,
+                        };
+                        self.send(&out, &msg, Some(v.to_string().as_bytes()), &texts, "begin")
+                            .await?;
                     }
                 }
                 Event::Commit(c) => {
@@ -413,7 +423,12 @@ impl KafkaSink {
                     };
                     if let Some(t) = &self.cfg.transaction_topic {
                         let v = serde_json::json!({"status": "END", "id": b.xid, "position": c.position.to_string(), "event_count": count});
-                        self.send(&out, t, None, Some(v.to_string().as_bytes()), &texts, "end")
+                        let msg = Outgoing {
+                            topic: t,
+                            key: None,
+                            relation: None,
+                        };
+                        self.send(&out, &msg, Some(v.to_string().as_bytes()), &texts, "end")
                             .await?;
                     }
                     last_commit_time = Some(c.commit_time);
@@ -472,45 +487,56 @@ impl KafkaSink {
                             position: &texts.position,
                             commit_time: &texts.commit_time,
                         };
-                        let key = format::key_row(&event).and_then(|r| format::key(rel, r));
-                        let payload = format::message(self.cfg.format, rel, &event, &origin)?;
-                        let tombstone = self.cfg.tombstones && matches!(event, Event::Delete(_));
-                        self.send(
-                            &out,
-                            &topic,
-                            key.as_deref(),
-                            Some(&payload),
-                            &texts,
-                            event.kind(),
-                        )
-                        .await?;
-                        batch.msgs += 1;
-                        if tombstone {
-                            self.send(&out, &topic, key.as_deref(), None, &texts, "tombstone")
+                        if self.cfg.format == Format::Binary && !relation_frames.contains_key(&id) {
+                            let frame =
+                                ferry_proto::frame::encode_to_vec(&Event::Relation(rel.clone()))
+                                    .map_err(|e| SinkError::Fatal(e.to_string()))?;
+                            relation_frames.insert(id, frame);
+                        }
+                        let relation_frame = relation_frames.get(&id).map(Vec::as_slice);
+                        for part in format::split_key_change(rel, &event)? {
+                            let part = part.as_ref();
+                            let key = match format::key_row(part) {
+                                Some(r) => format::key(rel, r)?,
+                                None => None,
+                            };
+                            let payload = format::message(self.cfg.format, rel, part, &origin)?;
+                            let tombstone = self.cfg.tombstones && matches!(part, Event::Delete(_));
+                            let msg = Outgoing {
+                                topic: &topic,
+                                key: key.as_deref(),
+                                relation: relation_frame,
+                            };
+                            self.send(&out, &msg, Some(&payload), &texts, part.kind())
                                 .await?;
                             batch.msgs += 1;
+                            if tombstone {
+                                self.send(&out, &msg, None, &texts, "tombstone").await?;
+                                batch.msgs += 1;
+                            }
                         }
                     }
                 }
                 Event::Relation(r) => {
                     topics.remove(&r.id);
+                    relation_frames.remove(&r.id);
                 }
                 Event::Message(_) => {}
             }
         }
     }
 
-    /// Queues one message with the transaction's headers.
+    /// Queues one message with the transaction's headers (and, in the binary format, the frame
+    /// of its table's Relation in `ferry.relation`, so every message decodes on its own).
     async fn send(
         &self,
         out: &Out,
-        topic: &str,
-        key: Option<&[u8]>,
+        msg: &Outgoing<'_>,
         payload: Option<&[u8]>,
         texts: &TxnTexts,
         op: &str,
     ) -> Result<()> {
-        let headers = OwnedHeaders::new_with_capacity(3)
+        let mut headers = OwnedHeaders::new_with_capacity(4)
             .insert(Header {
                 key: "ferry.position",
                 value: Some(texts.position.as_bytes()),
@@ -523,9 +549,18 @@ impl KafkaSink {
                 key: "ferry.op",
                 value: Some(op.as_bytes()),
             });
-        match out.send(topic, key, payload, headers).await {
+        if let Some(frame) = msg.relation {
+            headers = headers.insert(Header {
+                key: "ferry.relation",
+                value: Some(frame),
+            });
+        }
+        match out.send(msg.topic, msg.key, payload, headers).await {
             Ok(()) => Ok(()),
-            Err(e) => self.refuse(out, topic, key, &texts.position, e).await,
+            Err(e) => {
+                self.refuse(out, msg.topic, msg.key, &texts.position, e)
+                    .await
+            }
         }
     }
 
@@ -753,11 +788,27 @@ impl KafkaSink {
                         continue;
                     };
                     let msg = msg.map_err(kafka)?;
-                    if msg.key() == Some(name.as_bytes())
-                        && let Some(v) = msg.payload()
-                        && let Ok(j) = serde_json::from_slice::<serde_json::Value>(v)
-                        && let Some(o) = j["offset"].as_u64()
-                    {
+                    if msg.key() == Some(name.as_bytes()) {
+                        // A record under this sink's key that is not a checkpoint: resuming
+                        // from an older one would send duplicates under exactly-once.
+                        let offset = msg
+                            .payload()
+                            .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
+                            .and_then(|j| j["offset"].as_u64());
+                        let Some(o) = offset else {
+                            return Err(SinkError::Fatal(format!(
+                                "the checkpoint topic {topic} (partition {p}, offset {}) holds a \
+                                 record for sink {name} that is not a checkpoint ({}): ferry \
+                                 cannot tell where the sink stopped. Remove it (or write the \
+                                 right checkpoint, {{\"offset\": N}}), or give the sink another \
+                                 checkpoint_topic to start it over",
+                                msg.offset(),
+                                msg.payload().map_or("a tombstone".into(), |v| format!(
+                                    "{:?}",
+                                    String::from_utf8_lossy(&v[..v.len().min(200)])
+                                ))
+                            )));
+                        };
                         found = Some(Offset(o));
                     }
                     if msg.offset() >= high - 1 {

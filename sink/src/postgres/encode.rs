@@ -156,13 +156,15 @@ fn write_date(days: i32, out: &mut String) {
     }
 }
 
+/// A time as `[-]H:MM:SS[.ffffff]`, hours unbounded: the text both `time` and `interval` read.
+/// MySQL's TIME is a duration (`-838:59:59` to `838:59:59`) and becomes an `interval` column on
+/// PostgreSQL, which takes any of them; a `time` column refuses what is outside
+/// 00:00:00..24:00:00 itself, with its own error.
 fn write_time(us: i64, out: &mut String) -> Result<()> {
-    if !(0..=86_400_000_000).contains(&us) {
-        return Err(SinkError::Value(format!(
-            "time of day {us} µs is outside 00:00:00..24:00:00, which PostgreSQL's time cannot hold"
-        )));
+    if us < 0 {
+        out.push('-');
     }
-    write_clock(us, out);
+    write_clock(us.unsigned_abs().min(i64::MAX as u64) as i64, out);
     Ok(())
 }
 
@@ -232,7 +234,10 @@ mod tests {
         assert_eq!(t(Value::Date(-719_528)), "0001-01-01 BC");
         assert_eq!(t(Value::Date(i32::MAX)), "infinity");
         assert_eq!(t(Value::Time(86_400_000_000)), "24:00:00");
-        assert!(to_text(&Value::Time(-1)).is_err());
+        // MySQL TIME values, for an interval column.
+        assert_eq!(t(Value::Time(-1)), "-00:00:00.000001");
+        assert_eq!(t(Value::Time(3_020_399_000_000)), "838:59:59");
+        assert_eq!(t(Value::Time(-45_000_000_000)), "-12:30:00");
         assert_eq!(
             t(Value::TimeTz {
                 micros: 3_723_500_000,
