@@ -14,4 +14,5 @@ pub mod postgres;
 pub mod progress;
 pub mod status;
 pub mod supervisor;
+pub mod table_def;
 pub mod verify;

@@ -7,6 +7,7 @@
 pub mod event;
 pub mod frame;
 pub mod position;
+pub mod table;
 pub mod value;
 
 pub use event::{
@@ -18,6 +19,7 @@ pub use frame::FrameError;
 pub use position::{
     BinlogPos, GtidSet, Lsn, MariaGtid, MariaGtidList, ParsePositionError, Position,
 };
+pub use table::{TABLE_PREFIX, TableDef};
 pub use value::{Micros, Row, Value};
 
 /// Strategies and samples shared by this crate's tests and other crates' tests.

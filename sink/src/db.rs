@@ -148,6 +148,14 @@ pub trait Target: Send + Sized + 'static {
     fn take_implicit_commit(&mut self) -> bool {
         false
     }
+    /// Remembers a table's whole definition (a [`ferry_proto::TABLE_PREFIX`] message), for
+    /// when the target creates the table.
+    fn define(&mut self, _def: ferry_proto::TableDef) {}
+    /// The end of a source transaction's changes: what waited for its rows (the secondary
+    /// indexes of a table it created, built after the initial copy rather than during it).
+    fn end_source_txn(&mut self) -> impl Future<Output = Result<()>> + Send {
+        async { Ok(()) }
+    }
 }
 
 /// A schema change a source carried as a ferry message, beyond the table's new [`Relation`].
@@ -606,6 +614,7 @@ impl<T: Target> DbSink<T> {
                     }
                     return Ok(());
                 }
+                s.t.end_source_txn().await?;
                 s.batch_txns += 1;
                 let full = s.batch_rows >= self.cfg.max_batch_rows
                     || s.batch_bytes >= MAX_BATCH_BYTES
@@ -682,6 +691,13 @@ impl<T: Target> DbSink<T> {
                 };
                 self.begin_target(s).await?;
                 self.guarded(s, &event, None, Op::Ddl(&ddl)).await?;
+            }
+            Event::Message(m) if m.prefix == ferry_proto::TABLE_PREFIX => {
+                if !s.txn.as_ref().is_some_and(|t| t.skip) {
+                    let def = serde_json::from_slice(&m.content)
+                        .map_err(|e| SinkError::Fatal(format!("a {} message: {e}", m.prefix)))?;
+                    s.t.define(def);
+                }
             }
             Event::Message(m) if m.prefix == ferry_proto::BACKFILL_PREFIX => {
                 if !s.txn.as_ref().is_some_and(|t| t.skip) {

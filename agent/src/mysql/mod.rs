@@ -7,6 +7,7 @@ pub mod ddl;
 pub mod decode;
 pub mod schema;
 pub mod source;
+pub mod table_def;
 pub mod verify;
 
 pub use source::{MysqlSettings, MysqlSource};

@@ -25,6 +25,7 @@ use super::compressed;
 use super::ddl;
 use super::decode::{self, ZeroDates};
 use super::schema::{self, Catalog, TableSchema};
+use super::table_def;
 use crate::error::{Error, Result};
 use crate::filter::TableFilter;
 use crate::postgres::source::SourceStats;
@@ -147,6 +148,8 @@ pub struct MysqlSource {
     /// Row changes read per table, named in `stats.tables` when published (counting by id keeps
     /// the per-row path free of allocation).
     table_rows: std::collections::HashMap<ferry_proto::RelationId, u64>,
+    /// Tables whose whole definition this process has spooled.
+    described: std::collections::HashSet<ferry_proto::RelationId>,
     table_names: std::collections::HashMap<ferry_proto::RelationId, String>,
 }
 
@@ -185,6 +188,7 @@ impl MysqlSource {
             stats_tx: watch::channel(SourceStats::default()).0,
             last_published: Instant::now(),
             table_rows: std::collections::HashMap::new(),
+            described: std::collections::HashSet::new(),
             table_names: std::collections::HashMap::new(),
         })
     }
@@ -522,6 +526,23 @@ impl MysqlSource {
                     let at = || format!("{db}.{table} at {file}:{end}");
                     let rel_id = schema.relation.id;
                     if !t.announced.contains(&schema.relation) {
+                        if !self.described.contains(&rel_id)
+                            && !self.spool.relations().contains_key(&rel_id)
+                        {
+                            // A table created since the snapshot: its whole definition first.
+                            if let Some(def) = table_def::describe(&mut meta, &db, &table).await? {
+                                let position = Position::Binlog(BinlogPos {
+                                    file: file.clone(),
+                                    pos: end,
+                                });
+                                t.buf.push(
+                                    &self.spill_dir,
+                                    0,
+                                    crate::table_def::message(&def, position),
+                                )?;
+                            }
+                            self.described.insert(rel_id);
+                        }
                         t.announced.push(schema.relation.clone());
                         t.buf
                             .push(&self.spill_dir, 0, Event::Relation(schema.relation.clone()))?;
@@ -889,6 +910,11 @@ impl MysqlSource {
             let Some(schema) = schema::load(&mut conn, db, table).await? else {
                 continue;
             };
+            // The whole definition first, so a sink creates the source's table.
+            if let Some(def) = table_def::describe(&mut conn, db, table).await? {
+                self.append(&crate::table_def::message(&def, position.clone()))?;
+            }
+            self.described.insert(schema.relation.id);
             self.append(&Event::Relation(schema.relation.clone()))?;
             let rows = self.copy_table(&mut conn, &schema, shutdown).await?;
             let Some(rows) = rows else {

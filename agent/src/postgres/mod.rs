@@ -10,6 +10,7 @@ pub mod slot;
 pub mod snapshot;
 pub mod source;
 pub mod spill;
+pub mod table_def;
 pub mod tls;
 pub mod types;
 

@@ -35,6 +35,11 @@ pub struct SchemaTracker {
 }
 
 impl SchemaTracker {
+    /// Whether the stream has shown table `oid` in this process.
+    pub fn knows(&self, oid: u32) -> bool {
+        self.known.contains_key(&oid)
+    }
+
     /// The definition known for `oid`: the stream's, else `spooled` (the spool's catalog, after
     /// a restart).
     fn prev<'a>(&'a self, oid: u32, spooled: Option<&'a Relation>) -> Option<&'a Relation> {

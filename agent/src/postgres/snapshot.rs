@@ -139,8 +139,9 @@ pub async fn copy_all(
     let mut tasks = tokio::task::JoinSet::new();
     for client in clients {
         let (queue, progress, tx) = (queue.clone(), progress.clone(), tx.clone());
+        let position = position.clone();
         tasks.spawn(async move {
-            let res = worker(&client, queue, progress, tx).await;
+            let res = worker(&client, queue, progress, tx, position).await;
             let _ = client.batch_execute("COMMIT").await;
             res
         });
@@ -269,6 +270,7 @@ async fn worker(
     queue: Arc<Mutex<VecDeque<Table>>>,
     progress: Arc<Progress>,
     tx: mpsc::Sender<Vec<Event>>,
+    position: Position,
 ) -> Result<()> {
     let mut types = TypeCatalog::default();
     loop {
@@ -290,7 +292,14 @@ async fn worker(
             .iter()
             .map(|c| c.type_name.clone())
             .collect();
-        send(&tx, vec![Event::Relation(relation)]).await?;
+        // The whole definition first, so a sink creates the source's table (read in the
+        // snapshot's transaction: the definition the rows were copied under).
+        let mut head = Vec::with_capacity(2);
+        if let Some(def) = super::table_def::describe(client, table.oid).await? {
+            head.push(crate::table_def::message(&def, position.clone()));
+        }
+        head.push(Event::Relation(relation));
+        send(&tx, head).await?;
         let sql = if cols.is_empty() {
             // COPY needs a column; a table without columns still has rows.
             format!(

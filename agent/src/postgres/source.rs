@@ -965,6 +965,15 @@ impl PgSource {
                 if included && (self.in_stream.is_some() || self.txn.is_some()) {
                     let position = Position::Postgres(Lsn(self.stats.server_wal_end));
                     let discarding = self.discarding();
+                    let new_table = !self.schema.knows(oid)
+                        && !self.spool.relations().contains_key(&relation.id);
+                    if new_table
+                        && !discarding
+                        && let Some(def) = super::table_def::describe(client, oid).await?
+                    {
+                        // A table created since the snapshot: its whole definition first.
+                        self.change(xid, crate::table_def::message(&def, position.clone()))?;
+                    }
                     let before = self.schema.on_relation(
                         oid,
                         &relation,

@@ -91,6 +91,10 @@ pub struct Applier {
     /// Per (schema, table): the values existing rows hold in columns the table's next
     /// definition adds ([`Applier::backfill`]).
     backfill: HashMap<(String, String), schema::Backfill>,
+    /// Per (schema, table): the source's whole definition, for creating the table.
+    defs: HashMap<(String, String), ferry_proto::TableDef>,
+    /// Index statements waiting for the end of the source transaction.
+    deferred: Vec<String>,
 }
 
 impl Applier {
@@ -102,7 +106,28 @@ impl Applier {
             changes,
             create_tables,
             backfill: HashMap::new(),
+            defs: HashMap::new(),
+            deferred: Vec::new(),
         }
+    }
+
+    /// Remembers a table's whole definition for when the target creates it.
+    pub fn define(&mut self, def: ferry_proto::TableDef) {
+        self.defs
+            .insert((def.schema.clone(), def.name.clone()), def);
+    }
+
+    /// At the end of a source transaction: writes what is pending, then builds the indexes of
+    /// the tables it created.
+    pub async fn end_source_txn(&mut self, conn: &mut Conn) -> Result<()> {
+        if self.deferred.is_empty() {
+            return Ok(());
+        }
+        self.flush(conn).await?;
+        let sql = std::mem::take(&mut self.deferred).join(";\n");
+        tracing::info!(%sql, "building the new tables' indexes now that their rows are in");
+        conn.client().await?.batch_execute(&sql).await?;
+        Ok(())
     }
 
     /// Remembers a [`ferry_proto::BACKFILL_PREFIX`] message's values for the table's next
@@ -176,6 +201,7 @@ impl Applier {
     pub fn reset(&mut self) {
         self.tables.clear();
         self.backfill.clear();
+        self.deferred.clear();
         self.pending = 0;
         self.pending_bytes = 0;
     }
@@ -196,6 +222,7 @@ impl Applier {
             .backfill
             .remove(&(rel.schema.clone(), rel.name.clone()))
             .unwrap_or_default();
+        let def = self.defs.get(&(rel.schema.clone(), rel.name.clone()));
         let target = schema::ensure(
             conn.client().await?,
             rel,
@@ -203,6 +230,8 @@ impl Applier {
             self.changes,
             self.create_tables,
             &backfill,
+            def,
+            &mut self.deferred,
         )
         .await?;
         let keys: Vec<usize> = rel.key_columns().collect();

@@ -18,6 +18,7 @@
 
 pub mod apply;
 pub mod copy;
+pub mod create;
 pub mod encode;
 pub mod schema;
 pub mod wire;
@@ -269,6 +270,14 @@ impl Target for PgTarget {
         }
         self.applier.renamed_column(table, from, to);
         Ok(())
+    }
+
+    fn define(&mut self, def: ferry_proto::TableDef) {
+        self.applier.define(def);
+    }
+
+    async fn end_source_txn(&mut self) -> Result<()> {
+        self.applier.end_source_txn(&mut self.conn).await
     }
 
     async fn drop_table(&mut self, table: (&str, &str)) -> Result<()> {

@@ -75,6 +75,11 @@ pub fn quote_literal(text: &str) -> String {
 /// Makes the target table fit `rel`: creates it (with `create_tables`), adds the columns the
 /// source has and the target lacks, and applies the differences from `prev`, the definition the
 /// sink last applied (dropped and retyped columns). Returns the target's columns afterwards.
+///
+/// With the source's whole definition (`def`), a table is created as the source defines it
+/// ([`super::create`]); its non-unique indexes are pushed to `deferred`, for the end of the
+/// source transaction.
+#[allow(clippy::too_many_arguments)]
 pub async fn ensure(
     client: &Client,
     rel: &Relation,
@@ -82,10 +87,26 @@ pub async fn ensure(
     changes: SchemaChanges,
     create_tables: bool,
     backfill: &Backfill,
+    def: Option<&ferry_proto::TableDef>,
+    deferred: &mut Vec<String>,
 ) -> Result<TargetTable> {
     let name = quoted_name(rel);
+    let planned = def.and_then(|d| super::create::plan(rel, d));
     let table = match load(client, rel).await? {
         Some(t) => t,
+        None if create_tables && planned.is_some() => {
+            let plan = planned.unwrap_or_default();
+            for what in &plan.unmapped {
+                tracing::warn!(table = %rel.qualified_name(), %what, "not carried to the target table");
+            }
+            let sql = plan.now.join(";\n");
+            tracing::info!(table = %rel.qualified_name(), %sql, "creating target table as the source defines it");
+            client.batch_execute(&sql).await?;
+            deferred.extend(plan.deferred);
+            load(client, rel).await?.ok_or_else(|| {
+                SinkError::Fatal(format!("{name} was created but cannot be found"))
+            })?
+        }
         None if create_tables => {
             let mut cols: Vec<String> = rel
                 .columns

@@ -10,6 +10,8 @@
 //! change (or a table created with `create_tables`) commits the open batch implicitly. Tables
 //! without a primary key are applied one statement per change, matching the whole old row.
 
+pub mod create;
+
 use std::collections::HashMap;
 
 use ferry_proto::{Event, Position, Relation, RelationId, ReplicaIdentity, Row, Value};
@@ -286,6 +288,10 @@ pub struct MyTarget {
     create_tables: bool,
     /// A DDL statement committed the open transaction implicitly since the worker last asked.
     implicit_commit: bool,
+    /// Per (database, table): the source's whole definition, for creating the table.
+    defs: HashMap<(String, String), ferry_proto::TableDef>,
+    /// `ALTER TABLE … ADD KEY` statements waiting for the end of the source transaction.
+    deferred: Vec<String>,
 }
 
 impl std::fmt::Debug for MyTarget {
@@ -358,6 +364,33 @@ impl MyTarget {
         let name = quoted_name(rel);
         let existing = match self.columns(rel).await? {
             Some(c) => c,
+            None if self.create_tables
+                && self
+                    .defs
+                    .get(&(rel.schema.clone(), rel.name.clone()))
+                    .and_then(|d| create::plan(rel, d, &name))
+                    .is_some() =>
+            {
+                let plan = self
+                    .defs
+                    .get(&(rel.schema.clone(), rel.name.clone()))
+                    .and_then(|d| create::plan(rel, d, &name))
+                    .unwrap_or_default();
+                for what in &plan.unmapped {
+                    tracing::warn!(table = %rel.qualified_name(), %what, "not carried to the target table");
+                }
+                self.ddl(&format!(
+                    "CREATE DATABASE IF NOT EXISTS {}",
+                    quote(&rel.schema)
+                ))
+                .await?;
+                tracing::info!(table = %rel.qualified_name(), sql = %plan.create, "creating target table as the source defines it");
+                self.ddl(&plan.create).await?;
+                self.deferred.extend(plan.deferred);
+                self.columns(rel).await?.ok_or_else(|| {
+                    SinkError::Fatal(format!("{name} was created but cannot be found"))
+                })?
+            }
             None if self.create_tables => {
                 let mut cols: Vec<String> = rel
                     .columns
@@ -659,6 +692,8 @@ impl Target for MyTarget {
                 changes: cfg.schema_changes,
                 create_tables: cfg.create_tables,
                 implicit_commit: false,
+                defs: HashMap::new(),
+                deferred: Vec::new(),
             },
             false,
         ))
@@ -670,6 +705,23 @@ impl Target for MyTarget {
 
     fn take_implicit_commit(&mut self) -> bool {
         std::mem::take(&mut self.implicit_commit)
+    }
+
+    fn define(&mut self, def: ferry_proto::TableDef) {
+        self.defs
+            .insert((def.schema.clone(), def.name.clone()), def);
+    }
+
+    async fn end_source_txn(&mut self) -> Result<()> {
+        if self.deferred.is_empty() {
+            return Ok(());
+        }
+        self.flush().await?;
+        for sql in std::mem::take(&mut self.deferred) {
+            tracing::info!(%sql, "adding a new table's index now that its rows are in");
+            self.ddl(&sql).await?;
+        }
+        Ok(())
     }
 
     async fn read_checkpoint(&mut self, sink: &str) -> Result<Option<(Position, Offset)>> {
