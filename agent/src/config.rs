@@ -152,6 +152,8 @@ pub struct SinkConfig {
     pub url: Option<ConnUrl>,
     /// Database sinks: "apply" (default) or "halt" when the source's schema changes.
     pub schema_changes: Option<ferry_sink::postgres::schema::SchemaChanges>,
+    /// PostgreSQL sinks: what a MySQL/MariaDB zero date becomes.
+    pub zero_dates: Option<ferry_sink::postgres::zero_date::ZeroDatePolicy>,
     /// Database sinks: create a missing target table from the source's definition.
     pub create_tables: Option<bool>,
     /// Database sinks: commit a batch once it holds this many row changes (default 10000).
@@ -270,6 +272,9 @@ impl Config {
             check("topic", sink.topic.is_some(), !is_db);
             if is_db && sink.format.is_some() {
                 stray.push("format");
+            }
+            if sink.kind != SinkKind::Postgres && sink.zero_dates.is_some() {
+                stray.push("zero_dates");
             }
             for (key, present) in [
                 ("schema_changes", sink.schema_changes.is_some()),

@@ -278,6 +278,12 @@ pub fn metrics(s: &Shared) -> String {
         &per(&|p, _| p.dead_lettered as f64),
     );
     family(
+        "ferry_sink_zero_dates_total",
+        "counter",
+        "MySQL/MariaDB zero dates a PostgreSQL sink wrote as NULL (zero_dates = \"null\").",
+        &per(&|p, _| p.zero_dates as f64),
+    );
+    family(
         "ferry_sink_lag_bytes",
         "gauge",
         "Spool bytes the sink has not applied yet.",

@@ -222,6 +222,7 @@ pub fn db_sink_configs(config: &Config) -> Result<Vec<(SinkKind, PgSinkConfig)>>
                 on_error: sink.on_error,
                 schema_changes: sink.schema_changes.unwrap_or_default(),
                 create_tables: sink.create_tables.unwrap_or(false),
+                zero_dates: sink.zero_dates.unwrap_or_default(),
                 spool_dir: config.spool.dir().to_owned(),
                 max_batch_rows: sink.max_batch_rows.unwrap_or(10_000) as usize,
                 max_batch_delay: Duration::from_millis(u64::from(sink.max_batch_ms.unwrap_or(200))),

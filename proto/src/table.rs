@@ -39,6 +39,16 @@ pub struct TableDef {
     pub types: Vec<TypeDef>,
 }
 
+impl TableDef {
+    /// Whether every column `rel` carries is one of this definition's (a definition read
+    /// after a later change may not be; a sink then creates the table from `rel` alone).
+    pub fn describes(&self, rel: &crate::Relation) -> bool {
+        rel.columns
+            .iter()
+            .all(|c| self.columns.iter().any(|d| d.name == c.name))
+    }
+}
+
 /// One column.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ColumnDef {

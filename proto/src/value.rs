@@ -64,6 +64,24 @@ impl Value {
         matches!(self, Value::Null)
     }
 
+    /// A MySQL/MariaDB zero or partial date (`0000-00-00`, `2026-00-10 00:00:00`), which a
+    /// permissive `sql_mode` stores and no other engine has: the source carries it as
+    /// [`Value::Other`] with the column's type, and each sink decides what it becomes.
+    pub fn is_zero_date(&self) -> bool {
+        let Value::Other { type_name, text } = self else {
+            return false;
+        };
+        let t = type_name.to_ascii_lowercase();
+        if !(t.starts_with("date") || t.starts_with("timestamp")) {
+            return false;
+        }
+        let mut parts = text.get(..10).unwrap_or("").split('-');
+        let (Some(y), Some(m), Some(d)) = (parts.next(), parts.next(), parts.next()) else {
+            return false;
+        };
+        y.len() == 4 && (m == "00" || d == "00")
+    }
+
     /// A rough size in bytes, used to bound batches and buffers.
     pub fn approx_size(&self) -> usize {
         match self {

@@ -68,6 +68,8 @@ pub struct DbSinkConfig {
     pub on_error: OnError,
     pub schema_changes: SchemaChanges,
     pub create_tables: bool,
+    /// PostgreSQL targets: what a MySQL/MariaDB zero date becomes.
+    pub zero_dates: crate::postgres::zero_date::ZeroDatePolicy,
     pub spool_dir: PathBuf,
     /// A batch is committed once it holds this many row changes (at a transaction boundary)…
     pub max_batch_rows: usize,
@@ -147,6 +149,10 @@ pub trait Target: Send + Sized + 'static {
     /// DDL does; the target has opened a new one), so its savepoints are gone.
     fn take_implicit_commit(&mut self) -> bool {
         false
+    }
+    /// Zero dates written as NULL since the last call (a PostgreSQL target's `zero_dates`).
+    fn take_zero_dates(&mut self) -> u64 {
+        0
     }
     /// Remembers a table's whole definition (a [`ferry_proto::TABLE_PREFIX`] message), for
     /// when the target creates the table.
@@ -749,6 +755,10 @@ impl<T: Target> DbSink<T> {
         }
         .await;
         let committed = s.t.take_implicit_commit();
+        let nulled = s.t.take_zero_dates();
+        if nulled > 0 {
+            self.progress.send_modify(|p| p.zero_dates += nulled);
+        }
         if !s.sequential {
             return result;
         }

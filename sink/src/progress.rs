@@ -55,6 +55,8 @@ pub struct SinkProgress {
     pub batches: u64,
     pub skipped: u64,
     pub dead_lettered: u64,
+    /// MySQL/MariaDB zero dates written as NULL (a PostgreSQL sink's `zero_dates = "null"`).
+    pub zero_dates: u64,
     pub retries: u64,
     /// Source commit time (µs since the epoch) of the last transaction applied, for lag.
     pub last_commit_time: Option<i64>,
@@ -71,6 +73,7 @@ impl SinkProgress {
             batches: 0,
             skipped: 0,
             dead_lettered: 0,
+            zero_dates: 0,
             retries: 0,
             last_commit_time: None,
         }

@@ -129,6 +129,13 @@ impl MariaDb {
         Err(last_err)
     }
 
+    /// A connection as the harness's user, without a default database.
+    pub async fn connect(&self) -> mysql_async::Conn {
+        mysql_async::Conn::new(mysql_async::Opts::from_url(&self.url("")).unwrap())
+            .await
+            .unwrap()
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

@@ -122,6 +122,16 @@ impl Postgres {
         Ok(())
     }
 
+    /// A client of database `postgres`, its connection driven on a task.
+    pub async fn connect(&self) -> tokio_postgres::Client {
+        let (client, conn) =
+            tokio_postgres::connect(&self.conn_str("postgres"), tokio_postgres::NoTls)
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        client
+    }
+
     pub fn port(&self) -> u16 {
         self.port
     }

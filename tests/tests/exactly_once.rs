@@ -13,15 +13,7 @@ use std::time::{Duration, Instant};
 
 use ferry_tests::Postgres;
 use ferry_tests::ferry::{FerryConfig, FerryRun};
-use tokio_postgres::{Client, NoTls};
-
-async fn connect(pg: &Postgres) -> Client {
-    let (client, conn) = tokio_postgres::connect(&pg.conn_str("postgres"), NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-}
+use tokio_postgres::Client;
 
 async fn one<T: tokio_postgres::types::FromSqlOwned>(c: &Client, sql: &str) -> T {
     c.query_one(sql, &[]).await.unwrap().get(0)
@@ -111,7 +103,7 @@ async fn wait_checkpoint(replica: &Client, position: &str, run: &FerryRun) {
 async fn heartbeat_boundary(restart: bool) {
     let source = Postgres::start().unwrap();
     let replica = Postgres::start().unwrap();
-    let (s, r) = (connect(&source).await, connect(&replica).await);
+    let (s, r) = (source.connect().await, replica.connect().await);
     let ddl = "CREATE TABLE history (id int PRIMARY KEY, note text)";
     s.batch_execute(ddl).await.unwrap();
     r.batch_execute(ddl).await.unwrap();
@@ -130,7 +122,7 @@ async fn heartbeat_boundary(restart: bool) {
     }
     let mut exact = 0;
     for round in 0..3 {
-        let t2 = connect(&source).await;
+        let t2 = source.connect().await;
         t2.batch_execute(&format!(
             "BEGIN; INSERT INTO history VALUES ({}, 't2')",
             round * 10 + 2
@@ -140,7 +132,7 @@ async fn heartbeat_boundary(restart: bool) {
         let lock = if restart {
             None
         } else {
-            let l = connect(&replica).await;
+            let l = replica.connect().await;
             l.batch_execute("BEGIN; LOCK TABLE history IN ACCESS EXCLUSIVE MODE")
                 .await
                 .unwrap();
@@ -277,9 +269,20 @@ async fn client_loop(mut c: Client, n: i64, stop: Arc<AtomicBool>, idle: Arc<Ato
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn concurrent_interleaved_transactions_with_idle_gaps_and_restarts_arrive_exactly() {
+    oltp(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_interleaved_transactions_with_idle_gaps_arrive_exactly() {
+    oltp(false).await;
+}
+
+/// Eight clients, six rounds of work and an idle gap each; with `restarts`, ferry is stopped
+/// (cleanly or killed, in turn) after each round and started again.
+async fn oltp(restarts: bool) {
     let source = Postgres::start().unwrap();
     let replica = Postgres::start().unwrap();
-    let (s, r) = (connect(&source).await, connect(&replica).await);
+    let (s, r) = (source.connect().await, replica.connect().await);
     s.batch_execute(OLTP).await.unwrap();
     r.batch_execute(OLTP).await.unwrap();
     s.batch_execute(
@@ -295,7 +298,7 @@ async fn concurrent_interleaved_transactions_with_idle_gaps_and_restarts_arrive_
     let idle = Arc::new(AtomicBool::new(false));
     let mut clients = Vec::new();
     for n in 0..8 {
-        let c = connect(&source).await;
+        let c = source.connect().await;
         clients.push(tokio::spawn(client_loop(c, n, stop.clone(), idle.clone())));
     }
     let mut run = config.start(0).unwrap();
@@ -306,6 +309,9 @@ async fn concurrent_interleaved_transactions_with_idle_gaps_and_restarts_arrive_
         tokio::time::sleep(Duration::from_millis(1500)).await;
         idle.store(false, Ordering::Relaxed);
         tokio::time::sleep(Duration::from_millis(300 * round as u64)).await;
+        if !restarts {
+            continue;
+        }
         if round % 2 == 0 {
             run.kill();
         } else {

@@ -11,15 +11,7 @@ use std::time::{Duration, Instant};
 use ferry_tests::ferry::{FerryConfig, FerryRun};
 use ferry_tests::{MariaDb, Postgres};
 use mysql_async::prelude::Queryable;
-use tokio_postgres::{Client, NoTls};
-
-async fn connect(pg: &Postgres) -> Client {
-    let (client, conn) = tokio_postgres::connect(&pg.conn_str("postgres"), NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-}
+use tokio_postgres::Client;
 
 const SCHEMA: &str = "
     CREATE TYPE mood AS ENUM ('sad', 'ok', 'happy');
@@ -157,7 +149,7 @@ async fn created_tables_are_the_source_tables_on_both_engines() {
     let source = Postgres::start().unwrap();
     let replica = Postgres::start().unwrap();
     let maria = MariaDb::start().unwrap();
-    let (s, r) = (connect(&source).await, connect(&replica).await);
+    let (s, r) = (source.connect().await, replica.connect().await);
     s.batch_execute(SCHEMA).await.unwrap();
     let config = FerryConfig::pg_to_pg(
         &source.url("postgres"),
@@ -222,9 +214,7 @@ async fn created_tables_are_the_source_tables_on_both_engines() {
     .unwrap();
 
     // MariaDB: keys in the source's order, NOT NULL, counters, unique keys and indexes mapped.
-    let mut m = mysql_async::Conn::new(mysql_async::Opts::from_url(&maria.url("")).unwrap())
-        .await
-        .unwrap();
+    let mut m = maria.connect().await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let n: Option<i64> = m
@@ -297,9 +287,7 @@ async fn mariadb_tables_are_created_as_the_source_defines_them_on_both_engines()
     let src = MariaDb::start().unwrap();
     let dst = MariaDb::start().unwrap();
     let pg = Postgres::start().unwrap();
-    let mut s = mysql_async::Conn::new(mysql_async::Opts::from_url(&src.url("")).unwrap())
-        .await
-        .unwrap();
+    let mut s = src.connect().await;
     s.query_drop(
         "CREATE DATABASE app;
          CREATE TABLE app.stock (s_i_id int NOT NULL, s_w_id int NOT NULL, s_qty smallint NOT NULL,
@@ -320,10 +308,8 @@ async fn mariadb_tables_are_created_as_the_source_defines_them_on_both_engines()
     );
     let config = FerryConfig::mysql(&src.url("app"), src.server_id() + 1, "", &sinks).unwrap();
     let mut ferry = config.start(0).unwrap();
-    let mut d = mysql_async::Conn::new(mysql_async::Opts::from_url(&dst.url("")).unwrap())
-        .await
-        .unwrap();
-    let r = connect(&pg).await;
+    let mut d = dst.connect().await;
+    let r = pg.connect().await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let n: Option<i64> = d

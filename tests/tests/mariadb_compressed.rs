@@ -11,12 +11,6 @@ use ferry_tests::MariaDb;
 use ferry_tests::ferry::FerryConfig;
 use mysql_async::prelude::Queryable;
 
-async fn connect(db: &MariaDb) -> mysql_async::Conn {
-    mysql_async::Conn::new(mysql_async::Opts::from_url(&db.url("")).unwrap())
-        .await
-        .unwrap()
-}
-
 async fn rows(c: &mut mysql_async::Conn, table: &str) -> Vec<Vec<mysql_async::Value>> {
     match c
         .query::<mysql_async::Row, _>(format!("SELECT * FROM {table} ORDER BY 1"))
@@ -51,7 +45,7 @@ async fn compressed_binlog_events_all_arrive() {
     ])
     .unwrap();
     let dst = MariaDb::start().unwrap();
-    let mut s = connect(&src).await;
+    let mut s = src.connect().await;
     s.query_drop(
         "CREATE DATABASE app;
          CREATE TABLE app.items (id int PRIMARY KEY, name varchar(200), qty int);",
@@ -64,7 +58,7 @@ async fn compressed_binlog_events_all_arrive() {
     );
     let config = FerryConfig::mysql(&src.url("app"), src.server_id() + 1, "", &sink).unwrap();
     let ferry = config.start(0).unwrap();
-    let mut d = connect(&dst).await;
+    let mut d = dst.connect().await;
     let deadline = Instant::now() + Duration::from_secs(60);
     // The stream is being read once a first row has arrived.
     s.query_drop("INSERT INTO app.items VALUES (-1, 'first', 0)")

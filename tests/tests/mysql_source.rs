@@ -626,3 +626,114 @@ async fn reconnects_after_killed_binlog_connections_without_duplicates() {
     let twice: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).collect();
     assert!(twice.is_empty(), "inserted more than once: {twice:?}");
 }
+
+/// Zero and partial dates (a permissive `sql_mode` stores them): a MariaDB replica keeps them; a
+/// PostgreSQL sink writes NULL (the default, counted in a metric and logged once for the table)
+/// or, with `zero_dates = "halt"`, refuses the change (here to its dead-letter file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zero_dates_are_kept_on_mariadb_and_follow_each_postgres_sink() {
+    use std::io::{Read, Write};
+    let db = MariaDb::start().unwrap();
+    let dst = MariaDb::start().unwrap();
+    let pg = Postgres::start().unwrap();
+    let (pgc, conn) = tokio_postgres::connect(&pg.conn_str("postgres"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    pgc.batch_execute("CREATE DATABASE strict").await.unwrap();
+    let mut c = connect(&db).await;
+    c.query_drop(
+        "CREATE DATABASE cal; CREATE TABLE cal.days (id int PRIMARY KEY, d date, t datetime)",
+    )
+    .await
+    .unwrap();
+    let port = ferry_tests::process::free_port();
+    let sinks = format!(
+        "[[sink]]\nname = \"maria\"\ntype = \"mysql\"\nurl = \"{}\"\ncreate_tables = true\n\n\
+         [[sink]]\nname = \"pg\"\ntype = \"postgres\"\nurl = \"{}\"\ncreate_tables = true\n\n\
+         [[sink]]\nname = \"strict\"\ntype = \"postgres\"\nurl = \"{}\"\ncreate_tables = true\n\
+         zero_dates = \"halt\"\non_error = \"dead_letter\"\n\n\
+         [http]\nlisten = \"127.0.0.1:{port}\"\n",
+        dst.url(""),
+        pg.url("postgres"),
+        pg.url("strict")
+    );
+    let config = FerryConfig::mysql(&db.url("cal"), db.server_id() + 3, "", &sinks).unwrap();
+    let mut ferry = config.start(0).unwrap();
+    c.query_drop(
+        "SET SESSION sql_mode = '';
+         INSERT INTO cal.days VALUES (1, '0000-00-00', '0000-00-00 00:00:00'),
+           (2, '2026-00-10', '2026-05-00 10:00:00'), (3, '2024-01-02', '2024-01-02 03:04:05');
+         UPDATE cal.days SET d = '0000-00-00' WHERE id = 3;",
+    )
+    .await
+    .unwrap();
+    let source: Vec<String> = c
+        .query(
+            "SELECT concat_ws('|', id, CAST(d AS char), CAST(t AS char)) FROM cal.days ORDER BY id",
+        )
+        .await
+        .unwrap();
+    let mut d = connect(&dst).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let target: Vec<String> = d
+            .query("SELECT concat_ws('|', id, CAST(d AS char), CAST(t AS char)) FROM cal.days ORDER BY id")
+            .await
+            .unwrap_or_default();
+        let pg_rows: Vec<String> = pgc
+            .query(
+                "SELECT concat_ws('|', id, coalesce(d::text, 'null'), coalesce(t::text, 'null'))
+                 FROM cal.days ORDER BY id",
+                &[],
+            )
+            .await
+            .map(|rows| rows.iter().map(|r| r.get(0)).collect())
+            .unwrap_or_default();
+        if target == source
+            && pg_rows == ["1|null|null", "2|null|null", "3|null|2024-01-02 03:04:05"]
+        {
+            break;
+        }
+        ferry.check_alive().unwrap();
+        assert!(
+            Instant::now() < deadline,
+            "maria {target:?} vs source {source:?}; postgres {pg_rows:?}\n{}",
+            ferry.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    assert!(source[0].contains("0000-00-00"), "{source:?}");
+    // Logged once for the table, and counted.
+    let log = ferry.log_text();
+    assert_eq!(
+        log.matches("zero dates from MySQL/MariaDB become NULL")
+            .count(),
+        1,
+        "{log}"
+    );
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut metrics = String::new();
+    s.read_to_string(&mut metrics).unwrap();
+    let line = metrics
+        .lines()
+        .find(|l| l.starts_with("ferry_sink_zero_dates_total") && l.contains("\"pg\""))
+        .unwrap_or_default()
+        .to_owned();
+    assert!(line.ends_with(" 5"), "{line}\n{metrics}");
+    // The halting sink dead-lettered every change with a zero date; the last row's insert
+    // arrived before its update made it one.
+    let dead = std::fs::read_to_string(config.spool_dir().join("dead-letter").join("strict.jsonl"))
+        .unwrap();
+    assert_eq!(dead.lines().count(), 3, "{dead}");
+    assert!(
+        dead.contains("zero_dates = \\\"halt\\\"") || dead.contains("zero date"),
+        "{dead}"
+    );
+    ferry.stop().unwrap();
+}

@@ -13,12 +13,6 @@ use ferry_tests::{MariaDb, Postgres};
 use mysql_async::prelude::Queryable;
 use tokio_postgres::{Client, NoTls};
 
-async fn my_connect(db: &MariaDb) -> mysql_async::Conn {
-    mysql_async::Conn::new(mysql_async::Opts::from_url(&db.url("")).unwrap())
-        .await
-        .unwrap()
-}
-
 /// `SELECT *` of a table as text rows, with the column names first; `None` if it is missing.
 async fn my_table(c: &mut mysql_async::Conn, table: &str) -> Option<Vec<Vec<String>>> {
     let (d, t) = table.split_once('.').unwrap();
@@ -75,7 +69,7 @@ async fn my_converge(
 async fn mariadb_renames_and_drops_arrive_exactly() {
     let src = MariaDb::start().unwrap();
     let dst = MariaDb::start().unwrap();
-    let mut s = my_connect(&src).await;
+    let mut s = src.connect().await;
     s.query_drop(
         "CREATE DATABASE app;
          CREATE TABLE app.people (id int PRIMARY KEY, name varchar(40), city varchar(40));
@@ -100,7 +94,7 @@ async fn mariadb_renames_and_drops_arrive_exactly() {
     );
     let config = FerryConfig::mysql(&src.url("app"), src.server_id() + 1, "", &sink).unwrap();
     let mut ferry = config.start(0).unwrap();
-    let mut d = my_connect(&dst).await;
+    let mut d = dst.connect().await;
     my_converge(
         &mut s,
         &mut d,
@@ -145,14 +139,6 @@ async fn mariadb_renames_and_drops_arrive_exactly() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     ferry.stop().unwrap();
-}
-
-async fn pg_connect(pg: &Postgres) -> Client {
-    let (client, conn) = tokio_postgres::connect(&pg.conn_str("postgres"), NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
 }
 
 /// The column names and every row of a table as text; `None` if it is missing.
@@ -218,7 +204,7 @@ const PG_SCHEMA: &str = "
 async fn postgres_renames_and_drops_arrive_exactly_with_the_ddl_trigger() {
     let source = Postgres::start().unwrap();
     let replica = Postgres::start().unwrap();
-    let (s, r) = (pg_connect(&source).await, pg_connect(&replica).await);
+    let (s, r) = (source.connect().await, replica.connect().await);
     s.batch_execute(PG_SCHEMA).await.unwrap();
     let config = FerryConfig::pg_to_pg(
         &source.url("postgres"),
@@ -302,7 +288,7 @@ async fn postgres_renames_and_drops_arrive_exactly_with_the_ddl_trigger() {
 async fn without_the_trigger_a_postgres_column_rename_stops_ferry_with_the_reason() {
     let source = Postgres::start().unwrap();
     let replica = Postgres::start().unwrap();
-    let (s, r) = (pg_connect(&source).await, pg_connect(&replica).await);
+    let (s, r) = (source.connect().await, replica.connect().await);
     s.batch_execute(PG_SCHEMA).await.unwrap();
     let config = FerryConfig::pg_to_pg(
         &source.url("postgres"),

@@ -11,15 +11,6 @@ use std::time::{Duration, Instant};
 
 use ferry_tests::Postgres;
 use ferry_tests::ferry::FerryConfig;
-use tokio_postgres::{Client, NoTls};
-
-async fn connect(pg: &Postgres) -> Client {
-    let (client, conn) = tokio_postgres::connect(&pg.conn_str("postgres"), NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-}
 
 fn segments(dir: &Path) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
@@ -62,7 +53,7 @@ fn wait_spooled(config: &FerryConfig, what: &str) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flipped_byte_in_the_active_segment_stops_ferry_and_deletes_nothing() {
     let source = Postgres::start().unwrap();
-    let s = connect(&source).await;
+    let s = source.connect().await;
     s.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
         .await
         .unwrap();
@@ -117,7 +108,7 @@ async fn a_flipped_byte_in_the_active_segment_stops_ferry_and_deletes_nothing() 
 async fn a_flipped_byte_in_a_sealed_segment_halts_the_sink_that_meets_it() {
     let source = Postgres::start().unwrap();
     let mut replica = Postgres::start().unwrap();
-    let (s, r) = (connect(&source).await, connect(&replica).await);
+    let (s, r) = (source.connect().await, replica.connect().await);
     let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)";
     s.batch_execute(ddl).await.unwrap();
     r.batch_execute(ddl).await.unwrap();
@@ -190,7 +181,7 @@ async fn a_flipped_byte_in_a_sealed_segment_halts_the_sink_that_meets_it() {
         "the segment was changed"
     );
     // The replica has whole transactions from before the damage only.
-    let r = connect(&replica).await;
+    let r = replica.connect().await;
     let n: i64 = r
         .query_one("SELECT count(*) FROM t", &[])
         .await

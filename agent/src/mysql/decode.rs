@@ -14,8 +14,12 @@ use super::schema::{ColInfo, Kind};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ZeroDates {
-    /// NULL, as Debezium does.
+    /// Carried as it is (a [`Value::Other`] with the column's type, see
+    /// [`Value::is_zero_date`]): a MySQL/MariaDB sink stores it, a PostgreSQL sink does what its
+    /// own `zero_dates` says, Kafka shows the text.
     #[default]
+    Keep,
+    /// NULL for every sink, as Debezium does.
     Null,
     /// The source stops with an error naming the column.
     Error,
@@ -36,8 +40,12 @@ fn err(col: &ColInfo, reason: impl Into<String>) -> DecodeError {
     }
 }
 
-fn zero(col: &ColInfo, zero_dates: ZeroDates) -> Result<Value, DecodeError> {
+fn zero(col: &ColInfo, zero_dates: ZeroDates, text: String) -> Result<Value, DecodeError> {
     match zero_dates {
+        ZeroDates::Keep => Ok(Value::Other {
+            type_name: col.column_type.clone(),
+            text,
+        }),
         ZeroDates::Null => Ok(Value::Null),
         ZeroDates::Error => Err(err(
             col,
@@ -53,7 +61,12 @@ fn date_value(
     (h, mi, s, us): (u8, u8, u8, u32),
 ) -> Result<Value, DecodeError> {
     if mo == 0 || d == 0 {
-        return zero(col, zero_dates);
+        let text = match col.kind {
+            Kind::Date => format!("{y:04}-{mo:02}-{d:02}"),
+            _ if us > 0 => format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}.{us:06}"),
+            _ => format!("{y:04}-{mo:02}-{d:02} {h:02}:{mi:02}:{s:02}"),
+        };
+        return zero(col, zero_dates, text);
     }
     // A day the month does not have (2024-02-30, stored with ALLOW_INVALID_DATES) is an error,
     // not a date shifted into the next month.
@@ -202,13 +215,13 @@ pub fn binlog(col: &ColInfo, v: My, zero_dates: ZeroDates) -> Result<Value, Deco
                 .and_then(|s| s.checked_add(us))
                 .ok_or_else(|| err(col, format!("timestamp {t:?} out of range")))?;
             if sec == 0 {
-                zero(col, zero_dates)?
+                zero(col, zero_dates, "0000-00-00 00:00:00".into())?
             } else {
                 Value::TimestampTz(sec)
             }
         }
         (Kind::Timestamp, My::Int(sec)) => match sec.checked_mul(1_000_000) {
-            Some(0) => zero(col, zero_dates)?,
+            Some(0) => zero(col, zero_dates, "0000-00-00 00:00:00".into())?,
             Some(us) => Value::TimestampTz(us),
             None => return Err(err(col, "timestamp out of range")),
         },

@@ -25,11 +25,7 @@ pub struct Plan {
 /// The plan for `rel`'s table (quoted name `name`) from `def`, or `None` when `def` does not
 /// describe every column the stream carries.
 pub fn plan(rel: &Relation, def: &TableDef, name: &str) -> Option<Plan> {
-    if !rel
-        .columns
-        .iter()
-        .all(|c| def.columns.iter().any(|d| d.name == c.name))
-    {
+    if !def.describes(rel) {
         return None;
     }
     let same = def.engine == Engine::Mysql;

@@ -176,6 +176,11 @@ impl Applier {
             .retain(|_, t| (t.rel.schema.as_str(), t.rel.name.as_str()) != table);
     }
 
+    /// The definition the sink applies a table's rows with.
+    pub fn relation_of(&self, id: RelationId) -> Option<&Relation> {
+        self.tables.get(&id).map(|t| &t.rel)
+    }
+
     /// Whether the table has been announced in this session.
     pub fn knows(&self, id: RelationId) -> bool {
         self.tables.contains_key(&id)

@@ -26,11 +26,7 @@ pub struct Plan {
 /// The plan for `rel`'s table from `def`, or `None` when `def` does not describe every column
 /// the stream carries (the sink then creates the table from `rel` alone).
 pub fn plan(rel: &Relation, def: &TableDef) -> Option<Plan> {
-    if !rel
-        .columns
-        .iter()
-        .all(|c| def.columns.iter().any(|d| d.name == c.name))
-    {
+    if !def.describes(rel) {
         return None;
     }
     let same = def.engine == Engine::Postgres;

@@ -22,6 +22,7 @@ pub mod create;
 pub mod encode;
 pub mod schema;
 pub mod wire;
+pub mod zero_date;
 
 use ferry_proto::{Event, Position, Relation, RelationId};
 use ferry_spool::Offset;
@@ -77,6 +78,7 @@ pub struct PgTarget {
     conn: Conn,
     conn_task: tokio::task::JoinHandle<()>,
     applier: Applier,
+    zero_dates: zero_date::ZeroDates,
 }
 
 impl std::fmt::Debug for PgTarget {
@@ -110,6 +112,7 @@ impl Target for PgTarget {
             conn: Conn::new(client, &cfg.name),
             conn_task,
             applier: Applier::new(cfg.schema_changes, cfg.create_tables),
+            zero_dates: zero_date::ZeroDates::new(cfg.zero_dates),
         };
         // A COPY stays open while a large source transaction streams in, and a batch waits
         // for the rest of a source transaction inside its target transaction: a timeout meant
@@ -198,7 +201,17 @@ impl Target for PgTarget {
     }
 
     async fn change(&mut self, event: &Event, bytes: usize) -> Result<()> {
+        let rel = event
+            .relation_id()
+            .and_then(|id| self.applier.relation_of(id));
+        if let Some(fixed) = self.zero_dates.resolve(event, rel)? {
+            return self.applier.change(&mut self.conn, &fixed, bytes).await;
+        }
         self.applier.change(&mut self.conn, event, bytes).await
+    }
+
+    fn take_zero_dates(&mut self) -> u64 {
+        std::mem::take(&mut self.zero_dates.nulled)
     }
 
     async fn truncate(
