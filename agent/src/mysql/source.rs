@@ -24,6 +24,7 @@ use tokio::sync::watch;
 use super::compressed;
 use super::ddl;
 use super::decode::{self, ZeroDates};
+use super::payload;
 use super::schema::{self, Catalog, TableSchema};
 use super::table_def;
 use crate::error::{Error, Result};
@@ -299,6 +300,8 @@ impl MysqlSource {
         let mut gtid: Option<MariaGtid> = None;
         let mut txn: Option<OpenTxn> = None;
         let mut seen_format = false;
+        // The compressed transaction payload whose events are being read (MySQL 8).
+        let mut payload: Option<payload::Pending> = None;
         loop {
             let pending = self.spool.end().0 > self.spool.durable_end().0;
             let next = if pending {
@@ -335,7 +338,16 @@ impl MysqlSource {
                 self.publish_stats();
             }
             let header = event.header();
-            let end = u64::from(header.log_pos());
+            let mut end = u64::from(header.log_pos());
+            if let Some(p) = payload.as_mut() {
+                // An event from inside a compressed transaction: the payload's position.
+                end = p
+                    .next(end)
+                    .map_err(|e| Error::Protocol(format!("binlog {file} after {}: {e}", p.end)))?;
+                if p.remaining == 0 {
+                    payload = None;
+                }
+            }
             if header.event_type_raw() == MARIADB_GTID_EVENT {
                 gtid = parse_maria_gtid(event.data());
                 if gtid.is_none() {
@@ -456,16 +468,16 @@ impl MysqlSource {
                     }
                     gtid = None;
                 }
-                EventData::TransactionPayloadEvent(_) => {
-                    // A session may compress its transactions even when the server default
-                    // is off; see `prerequisites`.
-                    return Err(Error::Fatal(format!(
-                        "a compressed transaction payload (binlog_transaction_compression) at \
-                         {file}:{end}: ferry does not read these yet, and stops rather than \
-                         risk losing its changes. Turn binlog_transaction_compression off for \
-                         the sessions that write captured tables, and re-create the replica \
-                         from a new snapshot"
-                    )));
+                EventData::TransactionPayloadEvent(tpe) => {
+                    // Its events follow; see `payload`.
+                    let total = payload::inner_events(&tpe).map_err(|e| {
+                        Error::Protocol(format!("binlog event at {file}:{end}: {e}"))
+                    })?;
+                    payload = Some(payload::Pending {
+                        end,
+                        remaining: total,
+                        total,
+                    });
                 }
                 EventData::RowsEvent(rows) => {
                     let Some(tme) = stream.get_tme(rows.table_id()) else {
@@ -1058,8 +1070,7 @@ pub async fn prerequisites(conn: &mut Conn, server_id: u32) -> Result<Vec<Prereq
     let vars: Vec<(String, String)> = conn
         .query(
             "SHOW GLOBAL VARIABLES WHERE Variable_name IN \
-             ('log_bin', 'binlog_format', 'binlog_row_image', 'binlog_row_metadata', 'server_id', \
-              'binlog_transaction_compression')",
+             ('log_bin', 'binlog_format', 'binlog_row_image', 'binlog_row_metadata', 'server_id')",
         )
         .await?;
     let get = |k: &str| {
@@ -1084,15 +1095,6 @@ pub async fn prerequisites(conn: &mut Conn, server_id: u32) -> Result<Vec<Prereq
             Some(v) => Prerequisite::unmet(format!("{var} is {v}: {fix} and restart the server")),
             None => Prerequisite::unmet(format!("{var} is not set: {fix}")),
         });
-    }
-    if get("binlog_transaction_compression").as_deref() == Some("ON") {
-        out.push(Prerequisite::unmet(
-            "binlog_transaction_compression is ON: ferry does not read MySQL's compressed \
-             transaction payloads yet (the client library yields nothing, without an error, for \
-             a payload it cannot decompress, and positions inside one): set \
-             binlog_transaction_compression = OFF. (MariaDB's log_bin_compress is read.)"
-                .into(),
-        ));
     }
     if get("server_id").as_deref() == Some(&server_id.to_string()) {
         out.push(Prerequisite::unmet(format!(
