@@ -269,17 +269,32 @@ async fn check_postgres_source(config: &Config, r: &mut Report) -> Result<Tables
                 "no SELECT on {schema}.{name}: GRANT SELECT ON {schema}.{name} TO <user>"
             ));
         }
-        match (ident.as_str(), pk) {
-            ("d", false) => r.warn(format!(
-                "{schema}.{name} has no primary key: once published, its updates and deletes \
-                 fail on the source; add a primary key or ALTER TABLE {schema}.{name} REPLICA \
-                 IDENTITY FULL"
-            )),
-            ("n", _) => r.warn(format!(
-                "{schema}.{name} has REPLICA IDENTITY NOTHING: its updates and deletes cannot \
-                 be replicated"
-            )),
-            _ => {}
+        if matches!((ident.as_str(), pk), ("d", false) | ("n", _)) {
+            use crate::postgres::keyless::Keyless;
+            let what = if ident == "n" {
+                "has REPLICA IDENTITY NOTHING"
+            } else {
+                "has no primary key"
+            };
+            match settings.keyless {
+                Keyless::Error => r.error(format!(
+                    "{schema}.{name} {what}: once published, the application's UPDATE and \
+                     DELETE on it fail on the source, so `ferry run` refuses; add a primary key, \
+                     or set [source] keyless = \"full\" (ferry sets REPLICA IDENTITY FULL), \
+                     \"exclude\" or \"allow\""
+                )),
+                Keyless::Full => r.ok(format!(
+                    "{schema}.{name} {what}: ferry sets REPLICA IDENTITY FULL on it (keyless = \
+                     \"full\"; needs the table's owner)"
+                )),
+                Keyless::Exclude => r.ok(format!(
+                    "{schema}.{name} {what}: left out of the publication (keyless = \"exclude\")"
+                )),
+                Keyless::Allow => r.warn(format!(
+                    "{schema}.{name} {what}: published anyway (keyless = \"allow\"): its \
+                     UPDATE and DELETE fail on the source"
+                )),
+            }
         }
         tables.push((schema, name, pk || ident == "f"));
     }

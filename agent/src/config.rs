@@ -69,8 +69,10 @@ pub struct SourceConfig {
     pub snapshot_workers: Option<u16>,
     /// MiB a transaction may hold in memory before it spills to the spool directory (default 64).
     pub txn_memory_mb: Option<u32>,
-    /// MySQL: what a zero date (`0000-00-00`) becomes: "null" (default) or "error".
+    /// MySQL: what a zero date (`0000-00-00`) becomes: "keep" (default), "null" or "error".
     pub zero_dates: Option<crate::mysql::decode::ZeroDates>,
+    /// PostgreSQL: what to do about captured tables without a replica identity.
+    pub keyless: Option<crate::postgres::keyless::Keyless>,
 }
 
 impl SourceConfig {

@@ -91,6 +91,7 @@ fn pg_settings_or_default(config: &Config, mysql: bool) -> Result<SourceSettings
         snapshot: false,
         snapshot_workers: 1,
         txn_memory: 0,
+        keyless: Default::default(),
         until: None,
         applied: None,
     })
@@ -112,6 +113,7 @@ pub fn pg_settings(config: &Config) -> Result<SourceSettings> {
         snapshot: src.snapshot == SnapshotMode::Initial,
         snapshot_workers: src.snapshot_workers(),
         txn_memory: src.txn_memory_bytes(),
+        keyless: src.keyless.unwrap_or_default(),
         until: None,
         applied: None,
     })

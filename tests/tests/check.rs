@@ -55,12 +55,26 @@ async fn postgres_source_and_sinks_pass_and_each_missing_prerequisite_is_named()
         ),
     )
     .unwrap();
+    // A table without a primary key is an error by default (its updates and deletes would
+    // fail on the source once published), and a warning once the config allows it.
+    let (code, out) = check(&config);
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("error: public.nokey has no primary key"),
+        "{out}"
+    );
+    let text = std::fs::read_to_string(config.path()).unwrap();
+    std::fs::write(
+        config.path(),
+        text.replacen("[source]\n", "[source]\nkeyless = \"allow\"\n", 1),
+    )
+    .unwrap();
     let (code, out) = check(&config);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("ok: wal_level = logical"), "{out}");
     assert!(out.contains("ok: 2 table(s) to capture"), "{out}");
     assert!(
-        out.contains("warning: public.nokey has no primary key"),
+        out.contains("warning: public.nokey has no primary key: published anyway"),
         "{out}"
     );
     assert!(

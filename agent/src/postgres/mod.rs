@@ -3,6 +3,7 @@
 
 pub mod catalog;
 pub mod ddl;
+pub mod keyless;
 pub mod pgoutput;
 pub mod replication;
 pub mod schema_change;

@@ -26,16 +26,24 @@ pub use ferry_sink::postgres::schema::{quote_ident, quote_literal};
 /// Creates the publication when it does not exist: `FOR ALL TABLES` without include patterns
 /// (so new tables appear without a restart), otherwise `TABLES IN SCHEMA` for `schema.*` patterns
 /// (PostgreSQL 15+) and the matching tables for the rest. An existing publication is used as it is.
+///
+/// Tables in `excluded` (without a replica identity, `keyless = "exclude"`) are left out: the
+/// publication then lists every other matching table by name, so a table created later joins it
+/// only when ferry next starts (and adds it then).
 pub async fn ensure_publication(
     client: &Client,
     name: &str,
     filter: &TableFilter,
     server_version: i32,
+    excluded: &[super::keyless::KeylessTable],
 ) -> Result<()> {
     let exists = client
         .query_opt("SELECT 1 FROM pg_publication WHERE pubname = $1", &[&name])
         .await?
         .is_some();
+    if !excluded.is_empty() {
+        return listed_publication(client, name, filter, excluded, exists).await;
+    }
     if exists {
         return Ok(());
     }
@@ -85,6 +93,74 @@ pub async fn ensure_publication(
     };
     let sql = format!("CREATE PUBLICATION {} {target}", quote_ident(name));
     tracing::info!(publication = name, %sql, "creating publication");
+    client.batch_execute(&sql).await?;
+    Ok(())
+}
+
+/// A publication of every table `filter` captures except `excluded`, by name: created, or (when
+/// it exists and lists its tables) given the tables that appeared since.
+async fn listed_publication(
+    client: &Client,
+    name: &str,
+    filter: &TableFilter,
+    excluded: &[super::keyless::KeylessTable],
+    exists: bool,
+) -> Result<()> {
+    let rows = client
+        .query(
+            "SELECT n.nspname::text, c.relname::text FROM pg_class c
+             JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.relkind IN ('r', 'p') AND NOT c.relispartition AND c.relpersistence = 'p'
+               AND n.nspname NOT IN ('pg_catalog', 'information_schema', 'ferry')
+               AND n.nspname NOT LIKE 'pg_toast%'
+               AND NOT EXISTS (SELECT 1 FROM pg_publication_tables p
+                               WHERE p.pubname = $1 AND p.schemaname = n.nspname
+                                 AND p.tablename = c.relname)
+             ORDER BY 1, 2",
+            &[&name],
+        )
+        .await?;
+    let tables: Vec<String> = rows
+        .iter()
+        .map(|r| (r.get::<_, String>(0), r.get::<_, String>(1)))
+        .filter(|(s, t)| filter.accepts(s, t))
+        .filter(|(s, t)| !excluded.iter().any(|e| &e.schema == s && &e.name == t))
+        .map(|(s, t)| format!("{}.{}", quote_ident(&s), quote_ident(&t)))
+        .collect();
+    let all_tables: bool = if exists {
+        client
+            .query_one(
+                "SELECT puballtables FROM pg_publication WHERE pubname = $1",
+                &[&name],
+            )
+            .await?
+            .get(0)
+    } else {
+        false
+    };
+    if all_tables {
+        return Err(Error::Config(format!(
+            "keyless = \"exclude\": publication {name} is FOR ALL TABLES, so it publishes the \
+             tables without a replica identity too; drop it (DROP PUBLICATION {}) and let ferry \
+             create one that lists its tables",
+            quote_ident(name)
+        )));
+    }
+    let sql = match (exists, tables.is_empty()) {
+        (true, true) => return Ok(()),
+        (true, false) => format!(
+            "ALTER PUBLICATION {} ADD TABLE {}",
+            quote_ident(name),
+            tables.join(", ")
+        ),
+        (false, true) => format!("CREATE PUBLICATION {}", quote_ident(name)),
+        (false, false) => format!(
+            "CREATE PUBLICATION {} FOR TABLE {}",
+            quote_ident(name),
+            tables.join(", ")
+        ),
+    };
+    tracing::info!(publication = name, %sql, excluded = excluded.len(), "publication without the tables that have no replica identity");
     client.batch_execute(&sql).await?;
     Ok(())
 }

@@ -31,6 +31,7 @@ use tokio_postgres::Client;
 
 use super::catalog::TypeCatalog;
 use super::ddl::{self, DDL_PREFIX};
+use super::keyless::{self, Keyless};
 use super::pgoutput::{self, ColumnData, OldTuple, PgMessage};
 use super::replication::{ConnParams, ReplMessage, ReplicationConn, unix_now_micros};
 use super::schema_change::SchemaTracker;
@@ -52,6 +53,8 @@ pub struct SourceSettings {
     pub snapshot_workers: usize,
     /// Memory a transaction may hold before it spills to disk.
     pub txn_memory: usize,
+    /// What to do about captured tables without a replica identity.
+    pub keyless: super::keyless::Keyless,
     /// Stop cleanly once everything committed at or before this LSN (a commit record ending at
     /// or before it) is durable in the spool.
     pub until: Option<u64>,
@@ -444,11 +447,26 @@ impl PgSource {
                 self.settings.params.dbname
             )));
         }
+        // Before anything is created: a table without a replica identity must not be published
+        // in a way that fails the application's updates and deletes.
+        let keyless = keyless::find(client, &self.settings.filter).await?;
+        let excluded = match self.settings.keyless {
+            Keyless::Error if !keyless.is_empty() => {
+                return Err(Error::Config(keyless::refusal(&keyless)));
+            }
+            Keyless::Full => {
+                keyless::make_full(client, &keyless).await?;
+                Vec::new()
+            }
+            Keyless::Exclude => keyless,
+            _ => Vec::new(),
+        };
         slot::ensure_publication(
             client,
             &self.settings.publication,
             &self.settings.filter,
             version,
+            &excluded,
         )
         .await?;
         let mut repl = tokio::time::timeout(
@@ -960,6 +978,12 @@ impl PgSource {
                     .settings
                     .filter
                     .accepts(&relation.schema, &relation.name);
+                let no_identity = relation.replica_identity == ReplicaIdentity::Nothing
+                    || (relation.replica_identity == ReplicaIdentity::Default
+                        && relation.key_columns().next().is_none());
+                if included && no_identity && !self.discarding() {
+                    self.published_without_identity(client, &relation).await?;
+                }
                 // The decoder needs the newest definition for the rows that follow; the spool
                 // gets it inside the transaction, so it is written only if the transaction is.
                 if included && (self.in_stream.is_some() || self.txn.is_some()) {
@@ -1200,6 +1224,31 @@ impl PgSource {
             prefix: BACKFILL_PREFIX.to_owned(),
             content: content.to_string().into_bytes(),
         })))
+    }
+
+    /// A published table without a replica identity (created, or stripped of its key, while
+    /// ferry runs): the application's updates and deletes on it fail on the source now. With
+    /// `keyless = "full"` ferry gives it `REPLICA IDENTITY FULL`; with `"allow"` it goes on;
+    /// otherwise the source stops with the reason.
+    async fn published_without_identity(&self, client: &Client, rel: &Relation) -> Result<()> {
+        let table = keyless::KeylessTable {
+            schema: rel.schema.clone(),
+            name: rel.name.clone(),
+            nothing: rel.replica_identity == ReplicaIdentity::Nothing,
+        };
+        match self.settings.keyless {
+            Keyless::Allow => Ok(()),
+            Keyless::Full => keyless::make_full(client, std::slice::from_ref(&table)).await,
+            Keyless::Error | Keyless::Exclude => Err(Error::Config(format!(
+                "{table} is published (it was created, or lost its key, while ferry runs): the \
+                 application's UPDATE and DELETE on it fail on the source now. Add a primary key \
+                 or run ALTER TABLE {}.{} REPLICA IDENTITY FULL, or set [source] keyless = \
+                 \"full\" (ferry does it as such tables appear) or \"allow\"; then start ferry \
+                 again",
+                slot::quote_ident(&rel.schema),
+                slot::quote_ident(&rel.name)
+            ))),
+        }
     }
 
     /// Whether the changes arriving now belong to a transaction already in the spool (sent
