@@ -34,6 +34,7 @@ pub fn mysql_settings(config: &Config) -> Result<crate::mysql::MysqlSettings> {
         zero_dates: src.zero_dates.unwrap_or_default(),
         txn_memory: src.txn_memory_bytes(),
         applied: None,
+        truncate_below: None,
     })
 }
 
@@ -94,6 +95,7 @@ fn pg_settings_or_default(config: &Config, mysql: bool) -> Result<SourceSettings
         keyless: Default::default(),
         until: None,
         applied: None,
+        truncate_below: None,
     })
 }
 
@@ -116,6 +118,7 @@ pub fn pg_settings(config: &Config) -> Result<SourceSettings> {
         keyless: src.keyless.unwrap_or_default(),
         until: None,
         applied: None,
+        truncate_below: None,
     })
 }
 
@@ -296,8 +299,12 @@ pub async fn run(
     }
     let durable = spool.subscribe();
     let (applied_tx, applied_rx) = watch::channel(Offset(0));
-    if config.spool.ack == AckPolicy::Applied && !sink_configs.is_empty() {
-        settings.applied = Some(applied_rx);
+    if !sink_configs.is_empty() {
+        // Segments every sink has applied go, whatever the acknowledgement waits for.
+        settings.truncate_below = Some(applied_rx.clone());
+        if config.spool.ack == AckPolicy::Applied {
+            settings.applied = Some(applied_rx);
+        }
     }
     tracing::info!(
         spool = %dir.display(),
@@ -309,6 +316,7 @@ pub async fn run(
     let mut source = if mysql {
         let mut my = mysql_settings(&config)?;
         my.applied = settings.applied.take();
+        my.truncate_below = settings.truncate_below.take();
         Source::Mysql(Box::new(crate::mysql::MysqlSource::new(my, spool)?))
     } else {
         Source::Postgres(Box::new(PgSource::new(settings, spool)?))

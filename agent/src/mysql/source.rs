@@ -59,6 +59,9 @@ pub struct MysqlSettings {
     /// With `ack = "applied"`: the spool offset every sink has applied below, so segments all
     /// sinks are past can be deleted.
     pub applied: Option<watch::Receiver<Offset>>,
+    /// The spool offset every sink has applied below, whatever `ack` says: the segments all
+    /// of it lies before are deleted.
+    pub truncate_below: Option<watch::Receiver<Offset>>,
 }
 
 impl MysqlSettings {
@@ -838,7 +841,7 @@ impl MysqlSource {
             tokio::task::block_in_place(|| self.spool.commit())?;
         }
         self.pending_since = None;
-        if let Some(applied) = &self.settings.applied
+        if let Some(applied) = &self.settings.truncate_below
             && self.last_truncate.elapsed() >= Duration::from_secs(1)
         {
             self.last_truncate = Instant::now();

@@ -61,6 +61,9 @@ pub struct SourceSettings {
     /// With `ack = "applied"`: the spool offset below which every sink has applied everything.
     /// The server is then acknowledged only up to what lies below it.
     pub applied: Option<watch::Receiver<Offset>>,
+    /// The spool offset every sink has applied below, whatever `ack` says: the segments all
+    /// of it lies before are deleted.
+    pub truncate_below: Option<watch::Receiver<Offset>>,
 }
 
 /// Spool commit policy: fsync when this much is pending, or when the oldest pending byte is this old.
@@ -755,7 +758,7 @@ impl PgSource {
 
     /// Deletes the spool segments every sink is past.
     fn truncate_spool(&mut self) -> Result<()> {
-        if let Some(applied) = &self.settings.applied {
+        if let Some(applied) = &self.settings.truncate_below {
             let below = *applied.borrow();
             let n = self.spool.truncate_before(below)?;
             if n > 0 {
