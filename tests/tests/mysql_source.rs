@@ -737,3 +737,76 @@ async fn zero_dates_are_kept_on_mariadb_and_follow_each_postgres_sink() {
     );
     ferry.stop().unwrap();
 }
+
+/// Transactions of tables ferry does not capture move its saved position too, so binlogs purged
+/// after ferry read past them are no gap: here ferry reads a stretch of other tables' writes in
+/// a later binlog file, stops, the earlier files are purged, and it starts again and carries on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn transactions_of_other_tables_move_the_position_past_purged_binlogs() {
+    let db = MariaDb::start().unwrap();
+    let mut c = connect(&db).await;
+    c.query_drop(
+        "CREATE DATABASE app; CREATE TABLE app.t (id int PRIMARY KEY);
+         CREATE DATABASE other; CREATE TABLE other.noise (id int PRIMARY KEY)",
+    )
+    .await
+    .unwrap();
+    let config = FerryConfig::mysql(
+        &db.url("app"),
+        db.server_id() + 5,
+        "tables = [\"app.*\"]",
+        "",
+    )
+    .unwrap();
+    let spool = config.spool_dir();
+    let ferry = config.start(0).unwrap();
+    c.query_drop("INSERT INTO app.t VALUES (1)").await.unwrap();
+    wait_for(&spool, "row 1", Duration::from_secs(60), |e| {
+        e.iter().any(|e| matches!(e, Event::Insert(_)))
+    });
+    // Only other tables' writes, in a new binlog file, over more than a second.
+    c.query_drop("FLUSH BINARY LOGS").await.unwrap();
+    let row: mysql_async::Row = c.query_first("SHOW MASTER STATUS").await.unwrap().unwrap();
+    let current: String = row.get(0).unwrap();
+    for i in 0..30 {
+        c.query_drop(format!("INSERT INTO other.noise VALUES ({i})"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // The saved position reaches the new file.
+    wait_for(
+        &spool,
+        "a heartbeat in the new file",
+        Duration::from_secs(30),
+        |e| {
+            e.iter().any(|e| {
+                matches!(e, Event::Heartbeat(h)
+                if matches!(&h.position, Position::Binlog(b) if b.file == current))
+            })
+        },
+    );
+    ferry.stop().unwrap();
+    // The files before it are purged (MariaDB purges only behind its binlog checkpoint).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        c.query_drop(format!("PURGE BINARY LOGS TO '{current}'"))
+            .await
+            .unwrap();
+        let logs: Vec<mysql_async::Row> = c.query("SHOW BINARY LOGS").await.unwrap();
+        let names: Vec<String> = logs.iter().map(|r| r.get(0).unwrap()).collect();
+        if names.first() == Some(&current) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "cannot purge: {names:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut run = config.start(1).unwrap();
+    c.query_drop("INSERT INTO app.t VALUES (2)").await.unwrap();
+    wait_for(&spool, "row 2", Duration::from_secs(60), |e| {
+        e.iter()
+            .any(|e| matches!(e, Event::Insert(i) if i.new[0] == Value::Int(2)))
+    });
+    run.check_alive().unwrap();
+    run.stop().unwrap();
+}

@@ -152,6 +152,9 @@ pub struct MysqlSource {
     /// Row changes read per table, named in `stats.tables` when published (counting by id keeps
     /// the per-row path free of allocation).
     table_rows: std::collections::HashMap<ferry_proto::RelationId, u64>,
+    /// The end of the last transaction passed without spooling anything, not yet recorded.
+    passed: Option<BinlogPos>,
+    last_passed_beat: Instant,
     /// Tables whose whole definition this process has spooled.
     described: std::collections::HashSet<ferry_proto::RelationId>,
     table_names: std::collections::HashMap<ferry_proto::RelationId, String>,
@@ -193,6 +196,8 @@ impl MysqlSource {
             last_published: Instant::now(),
             table_rows: std::collections::HashMap::new(),
             described: std::collections::HashSet::new(),
+            passed: None,
+            last_passed_beat: Instant::now(),
             table_names: std::collections::HashMap::new(),
         })
     }
@@ -471,6 +476,7 @@ impl MysqlSource {
                     }
                     gtid = None;
                 }
+                EventData::HeartbeatEvent if txn.is_none() => self.record_passed()?,
                 EventData::TransactionPayloadEvent(tpe) => {
                     // Its events follow; see `payload`.
                     let total = payload::inner_events(&tpe).map_err(|e| {
@@ -773,9 +779,12 @@ impl MysqlSource {
 
     fn write_txn(&mut self, t: OpenTxn, pos: BinlogPos) -> Result<()> {
         if t.buf.events() == 0 {
+            // A transaction of no captured table: nothing to spool, but ferry is past it.
             t.buf.discard();
-            return Ok(());
+            self.passed = Some(pos);
+            return self.record_passed();
         }
+        self.passed = None;
         // Without a GTID or an XID (a non-transactional table's COMMIT), the position is the id;
         // 0 is the snapshot's.
         let xid = if t.xid == 0 { pos.pos.max(1) } else { t.xid };
@@ -834,6 +843,23 @@ impl MysqlSource {
             self.commit_spool()?;
         }
         Ok(())
+    }
+
+    /// Records, at most once a second, the position of transactions that touched no captured
+    /// table (a Heartbeat in the spool, which sinks checkpoint and a restart resumes from), so
+    /// binlogs purged after ferry passed them never look like a gap.
+    fn record_passed(&mut self) -> Result<()> {
+        if self.last_passed_beat.elapsed() < Duration::from_secs(1) {
+            return Ok(());
+        }
+        let Some(pos) = self.passed.take() else {
+            return Ok(());
+        };
+        self.last_passed_beat = Instant::now();
+        self.append(&Event::Heartbeat(Heartbeat {
+            position: Position::Binlog(pos),
+            time: crate::postgres::replication::unix_now_micros(),
+        }))
     }
 
     fn commit_spool(&mut self) -> Result<()> {
