@@ -394,6 +394,10 @@ pub async fn run(
     let min_task = tokio::spawn(track_min_applied(watchers, applied_tx));
 
     let source_result = source.run(shutdown).await;
+    if let Err(e) = &source_result {
+        // Logged when it happens: the sinks' shutdown below may take a while.
+        tracing::error!(error = %e, "the source stopped");
+    }
     if until.is_some() && source_result.is_ok() {
         // Wait until every sink has applied everything spooled (or one halted).
         let end = source.spool().durable_end();
@@ -405,12 +409,43 @@ pub async fn run(
         }
     }
     let _ = sink_stop_tx.send(true);
+    // Each sink finishes its batch and checkpoint; one whose target does not answer (a lock it
+    // waits on, a hung server) is given up after a grace period, shorter when the source has
+    // failed, so ferry never sits idle with its error unreported. What it had not committed is
+    // rolled back by its target and applied again at the next start.
+    let grace = if source_result.is_err() {
+        SINK_STOP_GRACE_AFTER_FAILURE
+    } else {
+        SINK_STOP_GRACE
+    };
+    let give_up = tokio::time::sleep(grace);
+    tokio::pin!(give_up);
     let mut halted = None;
-    while let Some(joined) = tasks.join_next().await {
-        match joined {
-            Ok((_, Ok(()))) => {}
-            Ok((name, Err(e))) => halted = Some(Error::Fatal(format!("sink {name}: {e}"))),
-            Err(e) => halted = Some(Error::Fatal(format!("sink task: {e}"))),
+    loop {
+        tokio::select! {
+            joined = tasks.join_next() => match joined {
+                None => break,
+                Some(Ok((_, Ok(())))) => {}
+                Some(Ok((name, Err(e)))) => halted = Some(Error::Fatal(format!("sink {name}: {e}"))),
+                Some(Err(e)) => halted = Some(Error::Fatal(format!("sink task: {e}"))),
+            },
+            _ = &mut give_up => {
+                tracing::error!(
+                    sinks = tasks.len(),
+                    grace_seconds = grace.as_secs(),
+                    "sinks did not stop in time (their target does not answer); abandoning their \
+                     uncommitted batches, which the next start applies again"
+                );
+                tasks.abort_all();
+                halted.get_or_insert_with(|| {
+                    Error::Fatal(format!(
+                        "{} sink(s) did not stop within {} s: their target did not answer",
+                        tasks.len(),
+                        grace.as_secs()
+                    ))
+                });
+                break;
+            }
         }
     }
     min_task.abort();
@@ -426,6 +461,10 @@ pub async fn run(
         None => Ok(()),
     }
 }
+
+/// How long sinks may take to stop: after a signal, and after the source failed.
+const SINK_STOP_GRACE: Duration = Duration::from_secs(20);
+const SINK_STOP_GRACE_AFTER_FAILURE: Duration = Duration::from_secs(5);
 
 /// Publishes the lowest spool offset every sink has applied below.
 async fn track_min_applied(
