@@ -126,12 +126,7 @@ pub async fn status(config: &Config) -> Result<String> {
         if sink.kind == SinkKind::Mysql {
             let line = match mysql_checkpoint(&sink.url_exposed(), name).await {
                 Ok(Some((position, age))) => {
-                    let lag = match (&binlog_now, position.parse::<Position>()) {
-                        (Some(n), Ok(Position::Binlog(p))) if n.file == p.file => {
-                            n.pos.saturating_sub(p.pos).to_string()
-                        }
-                        _ => "-".into(),
-                    };
+                    let lag = lag_bytes(wal_now, &binlog_now, &position);
                     format!(
                         "{name:<16} {:<10} {position:<20} {lag:>14} {lag_s:>8} {age:>12.1} {cursor:>14}",
                         "mysql"
@@ -173,15 +168,7 @@ pub async fn status(config: &Config) -> Result<String> {
                     Ok(Some(r)) => {
                         let position: String = r.get(0);
                         let age: f64 = r.get(1);
-                        let lag = match (wal_now, &binlog_now, position.parse::<Position>()) {
-                            (Some(n), _, Ok(Position::Postgres(p))) => {
-                                n.0.saturating_sub(p.0).to_string()
-                            }
-                            (_, Some(n), Ok(Position::Binlog(p))) if n.file == p.file => {
-                                n.pos.saturating_sub(p.pos).to_string()
-                            }
-                            _ => "-".into(),
-                        };
+                        let lag = lag_bytes(wal_now, &binlog_now, &position);
                         format!(
                             "{name:<16} {:<10} {position:<20} {lag:>14} {lag_s:>8} {age:>12.1} {cursor:>14}",
                             "postgres"
@@ -252,5 +239,22 @@ async fn mysql_checkpoint(url: &str, sink: &str) -> Result<Option<(String, f64)>
         Ok(r) => Ok(r),
         Err(mysql_async::Error::Server(e)) if e.code == 1146 || e.code == 1049 => Ok(None),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// How many bytes of the source's log lie past a sink's applied position, the same for every
+/// sink kind: the source's current position minus the sink's, when both are of the source's kind
+/// (and, for a binlog, in the same file); "-" when it cannot be known.
+fn lag_bytes(
+    wal_now: Option<Lsn>,
+    binlog_now: &Option<ferry_proto::BinlogPos>,
+    applied: &str,
+) -> String {
+    match (wal_now, binlog_now, applied.parse::<Position>()) {
+        (Some(n), _, Ok(Position::Postgres(p))) => n.0.saturating_sub(p.0).to_string(),
+        (_, Some(n), Ok(Position::Binlog(p))) if n.file == p.file => {
+            n.pos.saturating_sub(p.pos).to_string()
+        }
+        _ => "-".into(),
     }
 }

@@ -715,21 +715,27 @@ impl<T: Target> DbSink<T> {
                 // Between transactions of an open batch: the batch's checkpoint covers it.
                 s.last_position = Some(h.position.clone());
                 s.last_offset = after;
+                // The source's time at the heartbeat: lag is measured to it, not to the last
+                // commit, so an idle source is not "behind" by the age of its last commit.
+                s.last_commit_time = s.last_commit_time.max(Some(h.time));
             }
             Event::Heartbeat(h) => {
                 if s.txn.is_none() && !s.in_target_txn {
                     s.last_position = Some(h.position.clone());
                     s.last_offset = after;
                     s.committed_offset = after;
+                    s.last_commit_time = s.last_commit_time.max(Some(h.time));
                     // The checkpoint follows idle progress (heartbeats come at most once a
                     // second), so `verify` and `status` see the target as current, and the
                     // position published for the source's acknowledgement is always one the
                     // target has recorded.
                     self.save_checkpoint(s).await?;
                     Cursors::new(&self.cfg.spool_dir).save(&self.cfg.name, after)?;
+                    let time = s.last_commit_time;
                     self.progress.send_modify(|p| {
                         p.offset = after;
                         p.position = Some(h.position.clone());
+                        p.last_commit_time = time.or(p.last_commit_time);
                     });
                 }
             }

@@ -58,7 +58,8 @@ pub struct SinkProgress {
     /// MySQL/MariaDB zero dates written as NULL (a PostgreSQL sink's `zero_dates = "null"`).
     pub zero_dates: u64,
     pub retries: u64,
-    /// Source commit time (µs since the epoch) of the last transaction applied, for lag.
+    /// Source time (µs since the epoch) of the last transaction (its commit) or heartbeat
+    /// applied, for lag: while behind, the lag is how long ago the source was there.
     pub last_commit_time: Option<i64>,
 }
 

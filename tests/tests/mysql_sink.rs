@@ -372,5 +372,17 @@ async fn postgres_into_mariadb_maps_types_and_dead_letters_what_mysql_cannot_hol
     assert!(dead.contains("interval"), "{dead}");
     assert!(dead.contains("DECIMAL(65,30)"), "{dead}");
     assert!(dead.contains("no JSON value"), "{dead}");
+    // `ferry status` gives a MariaDB sink fed by PostgreSQL its lag in bytes, as it does a
+    // PostgreSQL sink (it showed "-").
+    let (code, out, err) =
+        ferry_tests::ferry::command(&["status", "--config", config.path().to_str().unwrap()])
+            .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("maria "))
+        .unwrap_or_else(|| panic!("{out}"));
+    let lag: Vec<&str> = line.split_whitespace().collect();
+    assert!(lag[3].parse::<u64>().is_ok(), "lag bytes in {line:?}");
     ferry.stop().unwrap();
 }

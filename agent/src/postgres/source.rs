@@ -297,6 +297,8 @@ pub struct PgSource {
     table_counts: HashMap<u32, u64>,
     /// Each table's definition at this point of the stream, and the DDL trigger's word on it.
     schema: SchemaTracker,
+    /// Source time of the last commit or heartbeat spooled, for the lag in seconds.
+    spooled_time: Option<i64>,
 }
 
 impl std::fmt::Debug for PgSource {
@@ -347,6 +349,7 @@ impl PgSource {
             stats_tx,
             table_counts: HashMap::new(),
             schema: SchemaTracker::default(),
+            spooled_time: None,
         })
     }
 
@@ -669,7 +672,10 @@ impl PgSource {
                 _ = progress_timer.tick() => {
                     self.truncate_spool()?;
                     if self.stats != last_progress {
-                        let lag_secs = self.stats.last_commit_time
+                        // How long ago the source was where the acknowledgement is: the
+                        // time of the last spooled commit or heartbeat, not of the last commit
+                        // alone (an idle source is not behind by its last commit's age).
+                        let lag_secs = self.spooled_time
                             .filter(|_| self.stats.lag_bytes() > 0)
                             .map_or(0.0, |t| (unix_now_micros() - t).max(0) as f64 / 1e6);
                         tracing::info!(
@@ -698,10 +704,12 @@ impl PgSource {
         if !idle || end <= self.durable_ack {
             return Ok(());
         }
+        let time = unix_now_micros();
         self.spool.append(&Event::Heartbeat(Heartbeat {
             position: Position::Postgres(Lsn(end)),
-            time: unix_now_micros(),
+            time,
         }))?;
+        self.spooled_time = Some(time);
         self.pending_ack = end;
         self.mark(end);
         self.resume_from = Some(end);
@@ -871,6 +879,7 @@ impl PgSource {
             self.stats.transactions += 1;
             self.stats.rows += rows;
             self.stats.last_commit_time = Some(commit_time);
+            self.spooled_time = self.spooled_time.max(Some(commit_time));
         }
         self.resume_from = Some(end_lsn);
         self.pending_ack = self.pending_ack.max(end_lsn);

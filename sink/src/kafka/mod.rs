@@ -448,13 +448,17 @@ impl KafkaSink {
                     }
                 }
                 Event::Heartbeat(h) => {
+                    // Lag is measured to the source's time at the heartbeat.
+                    last_commit_time = last_commit_time.max(Some(h.time));
                     if txn.is_none() && batch.started.is_none() {
                         last = Some((after, h.position.clone(), last_commit_time));
                         cursors.save(&name, after)?;
                         let position = h.position.clone();
+                        let time = last_commit_time;
                         self.progress.send_modify(|p| {
                             p.offset = after;
                             p.position = Some(position);
+                            p.last_commit_time = time.or(p.last_commit_time);
                         });
                     } else {
                         last = Some((after, h.position.clone(), last_commit_time));
