@@ -269,34 +269,37 @@ async fn check_postgres_source(config: &Config, r: &mut Report) -> Result<Tables
                 "no SELECT on {schema}.{name}: GRANT SELECT ON {schema}.{name} TO <user>"
             ));
         }
-        if matches!((ident.as_str(), pk), ("d", false) | ("n", _)) {
-            use crate::postgres::keyless::Keyless;
-            let what = if ident == "n" {
+        tables.push((schema, name, pk || ident == "f"));
+    }
+    // The same tables `run` refuses or handles: one query decides both.
+    for t in crate::postgres::keyless::find(&client, &settings.filter).await? {
+        use crate::postgres::keyless::Keyless;
+        let (table, what) = (
+            format!("{}.{}", t.schema, t.name),
+            if t.nothing {
                 "has REPLICA IDENTITY NOTHING"
             } else {
                 "has no primary key"
-            };
-            match settings.keyless {
-                Keyless::Error => r.error(format!(
-                    "{schema}.{name} {what}: once published, the application's UPDATE and \
-                     DELETE on it fail on the source, so `ferry run` refuses; add a primary key, \
-                     or set [source] keyless = \"full\" (ferry sets REPLICA IDENTITY FULL), \
-                     \"exclude\" or \"allow\""
-                )),
-                Keyless::Full => r.ok(format!(
-                    "{schema}.{name} {what}: ferry sets REPLICA IDENTITY FULL on it (keyless = \
-                     \"full\"; needs the table's owner)"
-                )),
-                Keyless::Exclude => r.ok(format!(
-                    "{schema}.{name} {what}: left out of the publication (keyless = \"exclude\")"
-                )),
-                Keyless::Allow => r.warn(format!(
-                    "{schema}.{name} {what}: published anyway (keyless = \"allow\"): its \
-                     UPDATE and DELETE fail on the source"
-                )),
-            }
+            },
+        );
+        match settings.keyless {
+            Keyless::Error => r.error(format!(
+                "{table} {what}: once published, the application's UPDATE and DELETE on it fail \
+                 on the source, so `ferry run` refuses; add a primary key, or set [source] \
+                 keyless = \"full\" (ferry sets REPLICA IDENTITY FULL), \"exclude\" or \"allow\""
+            )),
+            Keyless::Full => r.ok(format!(
+                "{table} {what}: ferry sets REPLICA IDENTITY FULL on it (keyless = \"full\"; \
+                 needs the table's owner)"
+            )),
+            Keyless::Exclude => r.ok(format!(
+                "{table} {what}: left out of the publication (keyless = \"exclude\")"
+            )),
+            Keyless::Allow => r.warn(format!(
+                "{table} {what}: published anyway (keyless = \"allow\"): its UPDATE and DELETE \
+                 fail on the source"
+            )),
         }
-        tables.push((schema, name, pk || ident == "f"));
     }
     if tables.is_empty() {
         r.warn("no table matches source.tables and source.exclude: nothing would be captured");

@@ -71,8 +71,12 @@ impl Value {
         let Value::Other { type_name, text } = self else {
             return false;
         };
-        let t = type_name.to_ascii_lowercase();
-        if !(t.starts_with("date") || t.starts_with("timestamp")) {
+        let starts = |p: &str| {
+            type_name
+                .get(..p.len())
+                .is_some_and(|h| h.eq_ignore_ascii_case(p))
+        };
+        if !(starts("date") || starts("timestamp")) {
             return false;
         }
         let mut parts = text.get(..10).unwrap_or("").split('-');

@@ -21,35 +21,51 @@ fn bad(what: impl std::fmt::Display) -> Error {
     Error::Protocol(format!("a compressed transaction payload: {what}"))
 }
 
-/// How many events a Transaction_payload event holds, read from its decompressed bytes.
+/// How many events a Transaction_payload event holds, counted while it decompresses (the
+/// events themselves are not kept: mysql_async holds the decompressed payload already).
 pub fn inner_events(tpe: &TransactionPayloadEvent<'_>) -> Result<usize> {
-    let mut data = Vec::new();
-    tpe.decompressed()
-        .and_then(|mut r| r.read_to_end(&mut data))
+    let reader = tpe
+        .decompressed()
         .map_err(|e| bad(format!("does not decompress: {e}")))?;
-    if data.len() as u64 != tpe.uncompressed_size() && tpe.uncompressed_size() != 0 {
+    let (n, len) = count_events_in(reader)?;
+    if tpe.uncompressed_size() != 0 && len != tpe.uncompressed_size() {
         return Err(bad(format!(
-            "{} bytes after decompression, the event says {}",
-            data.len(),
+            "{len} bytes after decompression, the event says {}",
             tpe.uncompressed_size()
         )));
     }
-    count_events(&data)
+    Ok(n)
 }
 
 /// The number of whole binlog events `data` holds back to back, each announcing its size.
 pub fn count_events(data: &[u8]) -> Result<usize> {
-    let mut at = 0usize;
-    let mut n = 0usize;
-    while at < data.len() {
-        let header = data
-            .get(at..at + EVENT_HEADER_LEN)
-            .ok_or_else(|| bad("ends inside an event header"))?;
-        let size = u32::from_le_bytes([header[9], header[10], header[11], header[12]]) as usize;
-        if size < EVENT_HEADER_LEN || at + size > data.len() {
+    count_events_in(data).map(|(n, _)| n)
+}
+
+/// The events a stream of back-to-back binlog events holds, and its length in bytes.
+fn count_events_in(mut input: impl Read) -> Result<(usize, u64)> {
+    let mut header = [0u8; EVENT_HEADER_LEN];
+    let (mut n, mut at) = (0usize, 0u64);
+    loop {
+        let got = read_up_to(&mut input, &mut header)?;
+        if got == 0 {
+            break;
+        }
+        if got < EVENT_HEADER_LEN {
+            return Err(bad("ends inside an event header"));
+        }
+        let size = u64::from(u32::from_le_bytes([
+            header[9], header[10], header[11], header[12],
+        ]));
+        if size < EVENT_HEADER_LEN as u64 {
+            return Err(bad(format!("an event of {size} bytes at byte {at}")));
+        }
+        let body = size - EVENT_HEADER_LEN as u64;
+        let skipped = std::io::copy(&mut (&mut input).take(body), &mut std::io::sink())
+            .map_err(|e| bad(format!("does not decompress: {e}")))?;
+        if skipped != body {
             return Err(bad(format!(
-                "an event of {size} bytes at byte {at} of {}",
-                data.len()
+                "ends inside the event of {size} bytes at byte {at}"
             )));
         }
         at += size;
@@ -58,7 +74,21 @@ pub fn count_events(data: &[u8]) -> Result<usize> {
     if n == 0 {
         return Err(bad("holds no event"));
     }
-    Ok(n)
+    Ok((n, at))
+}
+
+/// Fills `buf` as far as `input` goes; the bytes read.
+fn read_up_to(input: &mut impl Read, buf: &mut [u8]) -> Result<usize> {
+    let mut got = 0;
+    while got < buf.len() {
+        match input.read(&mut buf[got..]) {
+            Ok(0) => break,
+            Ok(k) => got += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(bad(format!("does not decompress: {e}"))),
+        }
+    }
+    Ok(got)
 }
 
 /// The payload being read: its end position, the events it still owes, and how many it held.
@@ -71,9 +101,11 @@ pub struct Pending {
 
 impl Pending {
     /// Accounts for the next event of the stream, whose header says it ends at `log_pos`:
-    /// the position to give it, or an error if the payload's events stopped short.
+    /// the position to give it, or an error if the payload's events stopped short. An event
+    /// from inside the payload carries no position (0) or, were a server to write one, one at
+    /// or before the payload's end; an event past the payload's end comes from after it.
     pub fn next(&mut self, log_pos: u64) -> Result<u64> {
-        if log_pos != 0 {
+        if log_pos > self.end {
             return Err(bad(format!(
                 "it held {} events, the client library yielded {} before an event from outside it",
                 self.total,
@@ -144,6 +176,9 @@ mod tests {
         let mut short = p;
         assert_eq!(p.next(0).unwrap(), 900);
         assert_eq!(p.remaining, 0);
+        // An inner event that carries a position inside the payload is still one of its own.
+        let mut carried = short;
+        assert_eq!(carried.next(850).unwrap(), 900);
         let e = short.next(1200).unwrap_err();
         assert!(e.to_string().contains("held 2 events"), "{e}");
         assert!(count_events(&[]).is_err());

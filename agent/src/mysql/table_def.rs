@@ -4,6 +4,7 @@
 //! table and not a lookalike.
 
 use ferry_proto::table::{AutoIncrement, ColumnDef, Engine, IndexDef, TableDef};
+use ferry_sink::mysql::quote;
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 
@@ -104,8 +105,4 @@ pub async fn describe(conn: &mut Conn, db: &str, table: &str) -> Result<Option<T
         indexes,
         types: Vec::new(),
     }))
-}
-
-fn quote(s: &str) -> String {
-    format!("`{}`", s.replace('`', "``"))
 }

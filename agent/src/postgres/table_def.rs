@@ -6,6 +6,8 @@
 use ferry_proto::table::{AutoIncrement, ColumnDef, Engine, IndexDef, TableDef, TypeDef};
 use tokio_postgres::Client;
 
+use super::slot::quote_ident;
+
 use crate::error::Result;
 
 /// The definition of the table with OID `oid`, or `None` if it no longer exists.
@@ -224,8 +226,4 @@ async fn user_types(client: &Client, oid: u32) -> Result<Vec<TypeDef>> {
         });
     }
     Ok(out)
-}
-
-fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
 }

@@ -498,7 +498,7 @@ impl KafkaSink {
                             relation_frames.insert(id, frame);
                         }
                         let relation_frame = relation_frames.get(&id).map(Vec::as_slice);
-                        for part in format::split_key_change(rel, &event)? {
+                        for part in format::split_key_change(rel, &event) {
                             let part = part.as_ref();
                             let key = match format::key_row(part) {
                                 Some(r) => format::key(rel, r)?,

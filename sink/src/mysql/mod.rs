@@ -362,20 +362,16 @@ impl MyTarget {
 
     async fn ensure(&mut self, rel: &Relation, prev: Option<&Relation>) -> Result<()> {
         let name = quoted_name(rel);
-        let existing = match self.columns(rel).await? {
-            Some(c) => c,
-            None if self.create_tables
-                && self
-                    .defs
-                    .get(&(rel.schema.clone(), rel.name.clone()))
-                    .and_then(|d| create::plan(rel, d, &name))
-                    .is_some() =>
-            {
-                let plan = self
-                    .defs
-                    .get(&(rel.schema.clone(), rel.name.clone()))
-                    .and_then(|d| create::plan(rel, d, &name))
-                    .unwrap_or_default();
+        let planned = if self.create_tables {
+            self.defs
+                .get(&(rel.schema.clone(), rel.name.clone()))
+                .and_then(|d| create::plan(rel, d, &name))
+        } else {
+            None
+        };
+        let existing = match (self.columns(rel).await?, planned) {
+            (Some(c), _) => c,
+            (None, Some(plan)) => {
                 for what in &plan.unmapped {
                     tracing::warn!(table = %rel.qualified_name(), %what, "not carried to the target table");
                 }
@@ -391,7 +387,7 @@ impl MyTarget {
                     SinkError::Fatal(format!("{name} was created but cannot be found"))
                 })?
             }
-            None if self.create_tables => {
+            (None, None) if self.create_tables => {
                 let mut cols: Vec<String> = rel
                     .columns
                     .iter()
@@ -432,7 +428,7 @@ impl MyTarget {
                     SinkError::Fatal(format!("{name} was created but cannot be found"))
                 })?
             }
-            None => {
+            (None, None) => {
                 return Err(SinkError::Config(format!(
                     "target table {name} does not exist: create it, or set create_tables = true"
                 )));

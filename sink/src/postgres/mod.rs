@@ -201,9 +201,8 @@ impl Target for PgTarget {
     }
 
     async fn change(&mut self, event: &Event, bytes: usize) -> Result<()> {
-        let rel = event
-            .relation_id()
-            .and_then(|id| self.applier.relation_of(id));
+        let applier = &self.applier;
+        let rel = || event.relation_id().and_then(|id| applier.relation_of(id));
         if let Some(fixed) = self.zero_dates.resolve(event, rel)? {
             return self.applier.change(&mut self.conn, &fixed, bytes).await;
         }

@@ -91,11 +91,12 @@ pub async fn ensure(
     deferred: &mut Vec<String>,
 ) -> Result<TargetTable> {
     let name = quoted_name(rel);
-    let planned = def.and_then(|d| super::create::plan(rel, d));
-    let table = match load(client, rel).await? {
-        Some(t) => t,
-        None if create_tables && planned.is_some() => {
-            let plan = planned.unwrap_or_default();
+    let planned = def
+        .filter(|_| create_tables)
+        .and_then(|d| super::create::plan(rel, d));
+    let table = match (load(client, rel).await?, planned) {
+        (Some(t), _) => t,
+        (None, Some(plan)) => {
             for what in &plan.unmapped {
                 tracing::warn!(table = %rel.qualified_name(), %what, "not carried to the target table");
             }
@@ -107,7 +108,7 @@ pub async fn ensure(
                 SinkError::Fatal(format!("{name} was created but cannot be found"))
             })?
         }
-        None if create_tables => {
+        (None, None) if create_tables => {
             let mut cols: Vec<String> = rel
                 .columns
                 .iter()
@@ -137,7 +138,7 @@ pub async fn ensure(
                 SinkError::Fatal(format!("{name} was created but cannot be found"))
             })?
         }
-        None => {
+        (None, None) => {
             return Err(SinkError::Config(format!(
                 "target table {name} does not exist: create it, or set create_tables = true"
             )));

@@ -38,7 +38,13 @@ impl ZeroDates {
 
     /// `event` with its zero dates resolved, or `None` when it has none (the common case, with
     /// no copy).
-    pub fn resolve(&mut self, event: &Event, rel: Option<&Relation>) -> Result<Option<Event>> {
+    /// `rel` gives the table's definition, for names in logs and errors; it is asked only
+    /// when the event has a zero date.
+    pub fn resolve<'r>(
+        &mut self,
+        event: &Event,
+        rel: impl FnOnce() -> Option<&'r Relation>,
+    ) -> Result<Option<Event>> {
         let has = |r: &Row| r.iter().any(Value::is_zero_date);
         let any = match event {
             Event::Insert(i) => has(&i.new),
@@ -49,6 +55,7 @@ impl ZeroDates {
         if !any {
             return Ok(None);
         }
+        let rel = rel();
         let table = rel.map_or_else(|| "a table".to_owned(), Relation::qualified_name);
         let column = |i: usize| {
             rel.and_then(|r| r.columns.get(i))
@@ -121,16 +128,16 @@ mod tests {
             ],
         });
         let mut z = ZeroDates::new(ZeroDatePolicy::Null);
-        let Some(Event::Insert(i)) = z.resolve(&ev, Some(&rel)).unwrap() else {
+        let Some(Event::Insert(i)) = z.resolve(&ev, || Some(&rel)).unwrap() else {
             panic!()
         };
         assert_eq!(i.new, [Value::Int(1), Value::Null]);
         assert_eq!(z.nulled, 1);
         let mut z = ZeroDates::new(ZeroDatePolicy::Halt);
-        let e = z.resolve(&ev, Some(&rel)).unwrap_err();
+        let e = z.resolve(&ev, || Some(&rel)).unwrap_err();
         assert!(e.to_string().contains("public.t1.body"), "{e}");
         // A real date, and an ordinary text, are left alone.
         let plain = samples::insert(1, 1, 10);
-        assert!(z.resolve(&plain, Some(&rel)).unwrap().is_none());
+        assert!(z.resolve(&plain, || Some(&rel)).unwrap().is_none());
     }
 }
