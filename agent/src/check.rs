@@ -203,6 +203,7 @@ async fn check_postgres_source(config: &Config, r: &mut Report) -> Result<Tables
              (as a superuser)",
         );
     }
+    retention_settings(&client, r).await?;
     let slot_exists =
         match crate::postgres::slot::inspect_slot(&client, &settings.slot, &settings.params.dbname)
             .await
@@ -336,6 +337,54 @@ async fn check_postgres_source(config: &Config, r: &mut Report) -> Result<Tables
     Ok(tables)
 }
 
+/// How much WAL the server keeps for a slot that falls behind, and how long it keeps an idle one:
+/// what decides whether a stopped or slow ferry loses its slot.
+async fn retention_settings(client: &tokio_postgres::Client, r: &mut Report) -> Result<()> {
+    let rows = client
+        .query(
+            "SELECT name, setting, unit FROM pg_settings
+             WHERE name IN ('max_slot_wal_keep_size', 'idle_replication_slot_timeout')
+             ORDER BY name",
+            &[],
+        )
+        .await?;
+    let mut keep = None;
+    for row in rows {
+        let (name, setting, unit): (String, String, Option<String>) =
+            (row.get(0), row.get(1), row.get(2));
+        let unit = unit.unwrap_or_default();
+        match name.as_str() {
+            "max_slot_wal_keep_size" => keep = Some(setting.clone()),
+            _ if setting == "0" => r.ok(
+                "idle_replication_slot_timeout = 0: the server never invalidates ferry's slot \
+                 for being idle",
+            ),
+            _ => r.warn(format!(
+                "idle_replication_slot_timeout = {setting}{unit}: if ferry is stopped longer \
+                 than that, the server invalidates its slot at a checkpoint and the replicas \
+                 must be copied again; keep ferry's downtime shorter or set it to 0"
+            )),
+        }
+    }
+    match keep.as_deref() {
+        Some("-1") => r.warn(
+            "max_slot_wal_keep_size = -1: the server keeps WAL for ferry's slot without limit, \
+             so a stopped or stuck ferry can fill the source's disk; set a limit larger than \
+             the WAL written during the longest outage you accept",
+        ),
+        Some(mb) => r.ok(format!(
+            "max_slot_wal_keep_size = {mb}MB: ferry's slot is invalidated (and the replicas \
+             must be copied again) if it falls that far behind; watch \
+             ferry_source_slot_safe_wal_bytes"
+        )),
+        None => r.warn(
+            "PostgreSQL before 13 has no max_slot_wal_keep_size: a stopped or stuck ferry \
+             makes the server keep WAL without limit",
+        ),
+    }
+    Ok(())
+}
+
 async fn check_mysql_source(config: &Config, r: &mut Report) -> Result<Tables> {
     let settings = crate::supervisor::mysql_settings(config)?;
     let opts = match ferry_sink::mysql::opts_from_url(config.source.url.expose()) {
@@ -392,20 +441,17 @@ async fn check_mysql_source(config: &Config, r: &mut Report) -> Result<Tables> {
             r.warn("gtid_mode is not ON (advisory): ferry resumes by file:position either way");
         }
     }
-    let expire: Option<String> = conn
-        .query_first("SELECT @@expire_logs_days")
-        .await
-        .unwrap_or(None);
-    if expire.as_deref().is_some_and(|d| {
-        d.trim_start_matches('0')
-            .trim_start_matches('.')
-            .trim_matches('0')
-            .is_empty()
-    }) {
-        r.warn(
-            "binlogs are never expired (expire_logs_days = 0): the disk grows; ferry needs them \
-             kept only as long as it may be down",
-        );
+    match crate::mysql::source::binlog_expiry(&mut conn).await {
+        Ok(0) => r.warn(
+            "binlogs are never expired (binlog_expire_logs_seconds and expire_logs_days are 0): \
+             the source's disk grows; ferry needs them kept only as long as it may be down",
+        ),
+        Ok(seconds) => r.ok(format!(
+            "binlogs expire after {seconds} s (binlog_expire_logs_seconds): ferry may be down \
+             at most that long before the binlog it resumes from is purged; watch \
+             ferry_source_binlog_margin_seconds"
+        )),
+        Err(e) => r.error(format!("the binlog expiry cannot be read: {e}")),
     }
     // The position the spool would resume from must still be on the server.
     let resume = match crate::mysql::source::resume_position(config.spool.dir()) {

@@ -73,6 +73,12 @@ pub struct SourceConfig {
     pub zero_dates: Option<crate::mysql::decode::ZeroDates>,
     /// PostgreSQL: what to do about captured tables without a replica identity.
     pub keyless: Option<crate::postgres::keyless::Keyless>,
+    /// PostgreSQL: warn (and turn `/readyz` unready) when the slot's `safe_wal_size` falls below
+    /// this many MiB (default: a quarter of `max_slot_wal_keep_size`).
+    pub min_safe_wal_mb: Option<u32>,
+    /// MySQL/MariaDB: warn (and turn `/readyz` unready) when the binlog ferry would resume from
+    /// may be purged within this many seconds (default: a quarter of the server's expiry).
+    pub min_binlog_margin_seconds: Option<u64>,
 }
 
 impl SourceConfig {

@@ -148,7 +148,56 @@ pub fn metrics(s: &Shared) -> String {
         "ferry_source_spilled_transactions_total",
         "counter",
         "Transactions larger than txn_memory_mb, spilled to disk before their commit.",
-        &[(sl, src.spilled as f64)],
+        &[(sl.clone(), src.spilled as f64)],
+    );
+    let now = crate::postgres::replication::unix_now_micros();
+    let ret = &src.retention;
+    if let Some(status) = &ret.wal_status {
+        let samples: Vec<(String, f64)> = ["reserved", "extended", "unreserved", "lost"]
+            .iter()
+            .map(|st| {
+                (
+                    format!("{{source=\"{}\",wal_status=\"{st}\"}}", s.source_kind),
+                    f64::from(u8::from(status == st)),
+                )
+            })
+            .collect();
+        family(
+            "ferry_source_slot_wal_status",
+            "gauge",
+            "PostgreSQL 13+: 1 for the replication slot's wal_status (reserved, extended, unreserved, lost).",
+            &samples,
+        );
+    }
+    if let Some(safe) = ret.safe_wal_bytes {
+        family(
+            "ferry_source_slot_safe_wal_bytes",
+            "gauge",
+            "PostgreSQL 13+: WAL that may still be written before the slot may lose what ferry needs (absent while max_slot_wal_keep_size = -1).",
+            &[(sl.clone(), safe as f64)],
+        );
+    }
+    if let Some(expire) = ret.binlog_expire_seconds {
+        family(
+            "ferry_source_binlog_expire_seconds",
+            "gauge",
+            "MySQL/MariaDB: the server's binlog expiry (0: never purged by age).",
+            &[(sl.clone(), expire as f64)],
+        );
+    }
+    if let Some(margin) = ret.binlog_margin_seconds(now) {
+        family(
+            "ferry_source_binlog_margin_seconds",
+            "gauge",
+            "MySQL/MariaDB: seconds until the binlog ferry would resume from may be purged, at the earliest.",
+            &[(sl.clone(), margin)],
+        );
+    }
+    family(
+        "ferry_source_retention_at_risk",
+        "gauge",
+        "1 while what ferry still needs on the source is close to being removed (see /status).",
+        &[(sl, f64::from(u8::from(ret.warning(now).is_some())))],
     );
     let tables: Vec<(String, f64)> = src
         .tables
@@ -331,8 +380,13 @@ pub fn metrics(s: &Shared) -> String {
 
 /// Why ferry is not ready, or `None` when it is.
 pub fn unready(s: &Shared) -> Option<String> {
-    if !s.source.borrow().connected {
+    let src = s.source.borrow().clone();
+    if !src.connected {
         return Some("the source is not connected".into());
+    }
+    let now = crate::postgres::replication::unix_now_micros();
+    if let Some(why) = src.retention.warning(now) {
+        return Some(why);
     }
     let durable = *s.durable.borrow();
     let started = started_micros();
@@ -355,6 +409,7 @@ pub fn unready(s: &Shared) -> Option<String> {
 /// The `/status` document.
 pub fn status_json(s: &Shared) -> serde_json::Value {
     let src = s.source.borrow().clone();
+    let now = crate::postgres::replication::unix_now_micros();
     let durable = *s.durable.borrow();
     let started = started_micros();
     let (bytes, segments) = spool_usage(&s.spool_dir);
@@ -387,6 +442,11 @@ pub fn status_json(s: &Shared) -> serde_json::Value {
             "transactions": src.transactions,
             "rows": src.rows,
             "lag_bytes": src.lag_bytes(),
+            "slot_wal_status": src.retention.wal_status,
+            "slot_safe_wal_bytes": src.retention.safe_wal_bytes,
+            "binlog_expire_seconds": src.retention.binlog_expire_seconds,
+            "binlog_margin_seconds": src.retention.binlog_margin_seconds(now),
+            "warning": src.retention.warning(now),
         },
         "spool": {
             "dir": s.spool_dir.display().to_string(),

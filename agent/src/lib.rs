@@ -12,6 +12,7 @@ pub mod logging;
 pub mod mysql;
 pub mod postgres;
 pub mod progress;
+pub mod retention;
 pub mod status;
 pub mod supervisor;
 pub mod table_def;

@@ -66,11 +66,17 @@ pub async fn status(config: &Config) -> Result<String> {
                     let row = client
                         .query_opt(
                             "SELECT pg_current_wal_lsn()::text, s.confirmed_flush_lsn::text,
-                                s.active, s.wal_status
+                                s.active, to_jsonb(s) ->> 'wal_status'
                          FROM (SELECT 1) x LEFT JOIN pg_replication_slots s ON s.slot_name = $1",
                             &[&config.source.slot()],
                         )
                         .await?;
+                    let retention = crate::postgres::slot::retention(
+                        &client,
+                        config.source.slot(),
+                        config.source.min_safe_wal_mb,
+                    )
+                    .await;
                     if let Some(row) = row {
                         let now: String = row.get(0);
                         wal_now = now.parse::<Lsn>().ok();
@@ -96,6 +102,25 @@ pub async fn status(config: &Config) -> Result<String> {
                             confirmed.unwrap_or_else(|| "-".into()),
                             wal_status.unwrap_or_else(|| "-".into())
                         );
+                        match retention {
+                            Ok(r) => {
+                                if let Some(safe) = r.safe_wal_bytes {
+                                    let _ = writeln!(
+                                        out,
+                                        "source: slot safe_wal_size {} MiB (margin {} MiB)",
+                                        safe >> 20,
+                                        r.min_safe_wal_bytes >> 20
+                                    );
+                                }
+                                if let Some(why) = r.warning(0) {
+                                    let _ = writeln!(out, "WARNING: {why}");
+                                }
+                            }
+                            Err(e) if active.is_some() => {
+                                let _ = writeln!(out, "WARNING: {e}");
+                            }
+                            Err(_) => {}
+                        }
                     }
                 }
                 Err(e) => {

@@ -33,6 +33,7 @@ pub fn mysql_settings(config: &Config) -> Result<crate::mysql::MysqlSettings> {
         snapshot: src.snapshot == SnapshotMode::Initial,
         zero_dates: src.zero_dates.unwrap_or_default(),
         txn_memory: src.txn_memory_bytes(),
+        min_binlog_margin_seconds: src.min_binlog_margin_seconds,
         applied: None,
         truncate_below: None,
     })
@@ -93,6 +94,7 @@ fn pg_settings_or_default(config: &Config, mysql: bool) -> Result<SourceSettings
         snapshot_workers: 1,
         txn_memory: 0,
         keyless: Default::default(),
+        min_safe_wal_mb: None,
         until: None,
         applied: None,
         truncate_below: None,
@@ -116,6 +118,7 @@ pub fn pg_settings(config: &Config) -> Result<SourceSettings> {
         snapshot_workers: src.snapshot_workers(),
         txn_memory: src.txn_memory_bytes(),
         keyless: src.keyless.unwrap_or_default(),
+        min_safe_wal_mb: src.min_safe_wal_mb,
         until: None,
         applied: None,
         truncate_below: None,

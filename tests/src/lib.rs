@@ -9,6 +9,7 @@
 #![allow(clippy::unwrap_used)] // a harness failure should fail the test loudly
 
 pub mod ferry;
+pub mod http;
 pub mod kafka;
 pub mod mariadb;
 pub mod postgres;

@@ -810,3 +810,69 @@ async fn transactions_of_other_tables_move_the_position_past_purged_binlogs() {
     run.check_alive().unwrap();
     run.stop().unwrap();
 }
+
+/// The binlog expiry and how close the binlog ferry resumes from is to being purged are
+/// reported, `/readyz` turns unready below the configured margin, and a rotation alone (no
+/// transaction after it) moves the saved position into the new file, so the old one may go.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn binlog_retention_is_reported_and_a_rotation_moves_the_position() {
+    use ferry_tests::http::{get, sample, wait_http};
+    let db = MariaDb::start().unwrap();
+    let mut c = connect(&db).await;
+    c.query_drop(
+        "SET GLOBAL binlog_expire_logs_seconds = 7200;
+         CREATE DATABASE app; CREATE TABLE app.t (id int PRIMARY KEY)",
+    )
+    .await
+    .unwrap();
+    let port = ferry_tests::process::free_port();
+    let config = FerryConfig::mysql(
+        &db.url("app"),
+        db.server_id() + 6,
+        "tables = [\"app.*\"]\nmin_binlog_margin_seconds = 8000",
+        &format!("[http]\nlisten = \"127.0.0.1:{port}\""),
+    )
+    .unwrap();
+    let spool = config.spool_dir();
+    let mut ferry = config.start(0).unwrap();
+    c.query_drop("INSERT INTO app.t VALUES (1)").await.unwrap();
+    wait_for(&spool, "row 1", Duration::from_secs(60), |e| {
+        e.iter().any(|e| matches!(e, Event::Insert(_)))
+    });
+    let body = wait_http(port, "/readyz", 503, 30, &mut ferry);
+    assert!(body.contains("may be purged in"), "{body}");
+    let metrics = get(port, "/metrics").1;
+    assert_eq!(
+        sample(
+            &metrics,
+            "ferry_source_binlog_expire_seconds{source=\"mysql\"}"
+        ),
+        7200.0
+    );
+    let margin = sample(
+        &metrics,
+        "ferry_source_binlog_margin_seconds{source=\"mysql\"}",
+    );
+    assert!((7000.0..=7200.0).contains(&margin), "{margin}");
+    assert_eq!(
+        sample(&metrics, "ferry_source_retention_at_risk{source=\"mysql\"}"),
+        1.0
+    );
+
+    c.query_drop("FLUSH BINARY LOGS").await.unwrap();
+    let row: mysql_async::Row = c.query_first("SHOW MASTER STATUS").await.unwrap().unwrap();
+    let current: String = row.get(0).unwrap();
+    wait_for(
+        &spool,
+        "a heartbeat in the new file",
+        Duration::from_secs(30),
+        |e| {
+            e.iter().any(|e| {
+                matches!(e, Event::Heartbeat(h)
+                if matches!(&h.position, Position::Binlog(b) if b.file == current))
+            })
+        },
+    );
+    ferry.check_alive().unwrap();
+    ferry.stop().unwrap();
+}

@@ -56,6 +56,9 @@ pub struct MysqlSettings {
     pub snapshot: bool,
     pub zero_dates: ZeroDates,
     pub txn_memory: usize,
+    /// Warn when the binlog ferry would resume from may be purged within this many seconds
+    /// (default: a quarter of the server's expiry).
+    pub min_binlog_margin_seconds: Option<u64>,
     /// With `ack = "applied"`: the spool offset every sink has applied below, so segments all
     /// sinks are past can be deleted.
     pub applied: Option<watch::Receiver<Offset>>,
@@ -152,8 +155,9 @@ pub struct MysqlSource {
     /// Row changes read per table, named in `stats.tables` when published (counting by id keeps
     /// the per-row path free of allocation).
     table_rows: std::collections::HashMap<ferry_proto::RelationId, u64>,
-    /// The end of the last transaction passed without spooling anything, not yet recorded.
-    passed: Option<BinlogPos>,
+    /// The end of the last transaction passed without spooling anything (or the start of the
+    /// next binlog after a rotation), and the source time it was written, not yet recorded.
+    passed: Option<(BinlogPos, i64)>,
     last_passed_beat: Instant,
     /// Tables whose whole definition this process has spooled.
     described: std::collections::HashSet<ferry_proto::RelationId>,
@@ -268,6 +272,12 @@ impl MysqlSource {
         if !self.registered_once {
             check_server(&mut meta, self.settings.server_id).await?;
         }
+        let expire = binlog_expiry(&mut meta).await?;
+        self.stats.retention.binlog_expire_seconds = Some(expire);
+        self.stats.retention.min_binlog_margin_seconds = self
+            .settings
+            .min_binlog_margin_seconds
+            .unwrap_or(expire / 4);
         if self.resume.is_none() {
             let pos = if self.settings.snapshot {
                 match self.snapshot(opts.clone(), shutdown).await? {
@@ -409,6 +419,18 @@ impl MysqlSource {
                             String::from_utf8_lossy(r.name_raw())
                         ))
                     })?;
+                    // A real rotation (not the stream's artificial first one, at position 0):
+                    // ferry is past the old file, which the server may purge at once, so the
+                    // next file's start is recorded as soon as nothing is open.
+                    if header.log_pos() != 0 && txn.is_none() {
+                        self.passed = Some((
+                            BinlogPos {
+                                file: file.clone(),
+                                pos: r.position(),
+                            },
+                            i64::from(header.timestamp()) * 1_000_000,
+                        ));
+                    }
                 }
                 EventData::QueryEvent(q) => {
                     let sql = q.query();
@@ -476,7 +498,16 @@ impl MysqlSource {
                     }
                     gtid = None;
                 }
-                EventData::HeartbeatEvent if txn.is_none() => self.record_passed()?,
+                EventData::HeartbeatEvent if txn.is_none() => {
+                    self.record_passed()?;
+                    // Heartbeats come only when ferry has read to the end of the binlog being
+                    // written, which the server never purges: while ferry resumes from that
+                    // file, it is safe for the full expiry from now.
+                    if self.resume.as_ref().is_some_and(|r| r.file == file) {
+                        self.stats.retention.binlog_needed_since =
+                            Some(crate::postgres::replication::unix_now_micros());
+                    }
+                }
                 EventData::TransactionPayloadEvent(tpe) => {
                     // Its events follow; see `payload`.
                     let total = payload::inner_events(&tpe).map_err(|e| {
@@ -781,7 +812,7 @@ impl MysqlSource {
         if t.buf.events() == 0 {
             // A transaction of no captured table: nothing to spool, but ferry is past it.
             t.buf.discard();
-            self.passed = Some(pos);
+            self.passed = Some((pos, t.time));
             return self.record_passed();
         }
         self.passed = None;
@@ -838,6 +869,11 @@ impl MysqlSource {
         {
             self.resume = Some(p.clone());
         }
+        if let Event::Commit(Commit { commit_time: t, .. })
+        | Event::Heartbeat(Heartbeat { time: t, .. }) = event
+        {
+            self.stats.retention.binlog_needed_since = Some(*t);
+        }
         self.pending_since.get_or_insert_with(Instant::now);
         if self.spool.end().0 - self.spool.durable_end().0 >= GROUP_BYTES {
             self.commit_spool()?;
@@ -852,13 +888,13 @@ impl MysqlSource {
         if self.last_passed_beat.elapsed() < Duration::from_secs(1) {
             return Ok(());
         }
-        let Some(pos) = self.passed.take() else {
+        let Some((pos, time)) = self.passed.take() else {
             return Ok(());
         };
         self.last_passed_beat = Instant::now();
         self.append(&Event::Heartbeat(Heartbeat {
             position: Position::Binlog(pos),
-            time: crate::postgres::replication::unix_now_micros(),
+            time,
         }))
     }
 
@@ -1185,6 +1221,22 @@ impl Prerequisite {
 
 /// Refuses an unmet prerequisite; one that may pass by itself (a server_id still registered by
 /// ferry's own killed predecessor) is given 30 s.
+/// The server's binlog expiry in seconds, 0 when binlogs are never purged by age:
+/// `binlog_expire_logs_seconds` (MySQL 8, MariaDB 10.6+), else `expire_logs_days`.
+pub async fn binlog_expiry(conn: &mut Conn) -> Result<u64> {
+    let seconds: std::result::Result<Option<u64>, _> = conn
+        .query_first("SELECT @@global.binlog_expire_logs_seconds")
+        .await;
+    if let Ok(Some(s)) = seconds {
+        return Ok(s);
+    }
+    // A fraction of days on MariaDB before 10.6; whole days on MySQL 5.7.
+    let days: Option<f64> = conn
+        .query_first("SELECT CAST(@@global.expire_logs_days AS DOUBLE)")
+        .await?;
+    Ok((days.unwrap_or(0.0) * 86_400.0).max(0.0) as u64)
+}
+
 async fn check_server(conn: &mut Conn, server_id: u32) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {

@@ -171,8 +171,8 @@ pub async fn inspect_slot(client: &Client, slot: &str, dbname: &str) -> Result<O
     let Some(row) = client
         .query_opt(
             "SELECT plugin, slot_type, database, confirmed_flush_lsn::text, active_pid,
-                    wal_status
-             FROM pg_replication_slots WHERE slot_name = $1",
+                    to_jsonb(s) ->> 'wal_status'
+             FROM pg_replication_slots s WHERE slot_name = $1",
             &[&slot],
         )
         .await?
@@ -199,12 +199,7 @@ pub async fn inspect_slot(client: &Client, slot: &str, dbname: &str) -> Result<O
     }
     let wal_status: Option<String> = row.get(5);
     if wal_status.as_deref() == Some("lost") {
-        return Err(Error::Gap(format!(
-            "replication slot {slot:?} was invalidated (wal_status = lost): the server removed WAL \
-             that ferry had not consumed, so changes were lost. Recover by dropping the slot \
-             (SELECT pg_drop_replication_slot('{slot}')), clearing the spool directory and \
-             starting again with snapshot = \"initial\" to re-copy the tables"
-        )));
+        return Err(lost(slot));
     }
     let confirmed: Option<String> = row.get(3);
     Ok(Some(SlotState {
@@ -213,6 +208,60 @@ pub async fn inspect_slot(client: &Client, slot: &str, dbname: &str) -> Result<O
             .map(|l| l.0),
         active_pid: row.get(4),
     }))
+}
+
+/// The gap error of a slot the server invalidated.
+pub fn lost(slot: &str) -> Error {
+    Error::Gap(format!(
+        "replication slot {slot:?} was invalidated (wal_status = lost): the server removed WAL \
+         that ferry had not consumed, so changes were lost. Recover by dropping the slot \
+         (SELECT pg_drop_replication_slot('{slot}')), clearing the spool directory and \
+         starting again with snapshot = \"initial\" to re-copy the tables"
+    ))
+}
+
+/// The slot's retention as the server sees it now (`wal_status` and `safe_wal_size` exist from
+/// PostgreSQL 13; before that both stay unknown). `min_safe_mb` is the configured margin; by
+/// default a quarter of `max_slot_wal_keep_size`. A lost slot is the gap error.
+pub async fn retention(
+    client: &Client,
+    slot: &str,
+    min_safe_mb: Option<u32>,
+) -> Result<crate::retention::Retention> {
+    // Through jsonb, so the one query also runs on servers without these columns.
+    let row = client
+        .query_opt(
+            "SELECT to_jsonb(s) ->> 'wal_status', (to_jsonb(s) ->> 'safe_wal_size')::int8,
+                    (SELECT setting::int8 FROM pg_settings
+                     WHERE name = 'max_slot_wal_keep_size')
+             FROM pg_replication_slots s WHERE slot_name = $1",
+            &[&slot],
+        )
+        .await?
+        .ok_or_else(|| {
+            Error::Gap(format!(
+                "replication slot {slot:?} does not exist any more: it was dropped while ferry \
+                 used it, and the changes since its last confirmed position are gone. Recover \
+                 by clearing the spool directory and the replicas and starting again with \
+                 snapshot = \"initial\""
+            ))
+        })?;
+    let wal_status: Option<String> = row.get(0);
+    if wal_status.as_deref() == Some("lost") {
+        return Err(lost(slot));
+    }
+    let keep_mb: Option<i64> = row.get(2);
+    let min_safe_wal_bytes = match (min_safe_mb, keep_mb) {
+        (Some(mb), _) => i64::from(mb) << 20,
+        (None, Some(keep)) if keep > 0 => (keep << 20) / 4,
+        _ => 0,
+    };
+    Ok(crate::retention::Retention {
+        wal_status,
+        safe_wal_bytes: row.get(1),
+        min_safe_wal_bytes,
+        ..Default::default()
+    })
 }
 
 /// Creates the slot. With `export_snapshot`, the slot's snapshot is exported for the initial copy

@@ -55,6 +55,9 @@ pub struct SourceSettings {
     pub txn_memory: usize,
     /// What to do about captured tables without a replica identity.
     pub keyless: super::keyless::Keyless,
+    /// Warn when the slot's `safe_wal_size` falls below this many MiB (default: a quarter of
+    /// `max_slot_wal_keep_size`).
+    pub min_safe_wal_mb: Option<u32>,
     /// Stop cleanly once everything committed at or before this LSN (a commit record ending at
     /// or before it) is durable in the spool.
     pub until: Option<u64>,
@@ -87,6 +90,9 @@ fn stalled(what: &str) -> Error {
 
 /// Progress lines in the log this often.
 const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
+/// The slot's retention (`wal_status`, `safe_wal_size`) is read this often; a lost slot is found
+/// within it.
+const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
 
 /// How far the source has come, for logs, `status` and metrics.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -109,6 +115,8 @@ pub struct SourceStats {
     pub connected: bool,
     /// Row changes read per captured table (`schema.table`), committed or not.
     pub tables: std::collections::BTreeMap<String, u64>,
+    /// What the server keeps for ferry, and how close it is to dropping it.
+    pub retention: crate::retention::Retention,
 }
 
 impl SourceStats {
@@ -614,6 +622,7 @@ impl PgSource {
         let mut status_timer = tokio::time::interval(STATUS_INTERVAL);
         let mut group_timer = tokio::time::interval(GROUP_DELAY);
         let mut progress_timer = tokio::time::interval(PROGRESS_INTERVAL);
+        let mut retention_timer = tokio::time::interval(RETENTION_INTERVAL);
         let mut last_status_sent = u64::MAX;
         let mut last_progress = self.stats.clone();
         loop {
@@ -667,6 +676,23 @@ impl PgSource {
                         repl.send_status(ack, ack, false).await?;
                         last_status_sent = ack;
                     }
+                    self.publish_stats();
+                }
+                _ = retention_timer.tick() => {
+                    let retention = slot::retention(
+                        client,
+                        &self.settings.slot,
+                        self.settings.min_safe_wal_mb,
+                    )
+                    .await?;
+                    // Logged as the risk appears and as the slot's state changes, not every read.
+                    let old = &self.stats.retention;
+                    if let Some(why) = retention.warning(0)
+                        && (old.warning(0).is_none() || old.wal_status != retention.wal_status)
+                    {
+                        tracing::warn!(slot = %self.settings.slot, "{why}");
+                    }
+                    self.stats.retention = retention;
                     self.publish_stats();
                 }
                 _ = progress_timer.tick() => {
