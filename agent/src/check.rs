@@ -157,14 +157,14 @@ async fn check_postgres_source(config: &Config, r: &mut Report) -> Result<Tables
         .query_one("SELECT current_setting('server_version_num')::int", &[])
         .await?
         .get(0);
-    if version < 100_000 {
-        r.error(format!(
-            "PostgreSQL {version} has no pgoutput: ferry needs PostgreSQL 10 or later"
-        ));
+    let major = version / 10_000;
+    if version < 110_000 {
+        r.error(crate::postgres::unsupported_version(version));
     } else if version < 140_000 {
         r.warn(format!(
-            "PostgreSQL {version} cannot stream transactions in progress (14+): a large \
-             transaction reaches ferry only at its commit"
+            "PostgreSQL {major} cannot stream transactions in progress, nor pass ferry the DDL \
+             trigger's messages (both 14+): a large transaction reaches ferry only at its \
+             commit, and a column rename stops ferry as ambiguous"
         ));
     }
     let wal_level: String = client.query_one("SHOW wal_level", &[]).await?.get(0);
@@ -177,6 +177,7 @@ async fn check_postgres_source(config: &Config, r: &mut Report) -> Result<Tables
         ));
     }
     match crate::postgres::ddl::installed(&client).await {
+        Ok(_) if version < 140_000 => {}
         Ok(true) => r.ok(
             "the DDL trigger is installed: column and table renames and dropped tables reach \
              the replicas exactly",

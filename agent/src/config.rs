@@ -140,6 +140,32 @@ impl fmt::Display for SinkKind {
     }
 }
 
+/// `[sink.kafka]`: librdkafka properties. `Debug` shows the values of secret ones as `***`.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct KafkaProperties(pub std::collections::BTreeMap<String, Expanded>);
+
+impl KafkaProperties {
+    pub fn iter(&self) -> impl Iterator<Item = (&String, &Expanded)> {
+        self.0.iter()
+    }
+}
+
+impl fmt::Debug for KafkaProperties {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_map()
+            .entries(self.0.iter().map(|(k, v)| {
+                let shown = if ferry_sink::redact::secret_property(k) {
+                    "***"
+                } else {
+                    v.as_str()
+                };
+                (k, shown)
+            }))
+            .finish()
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum KafkaFormat {
@@ -182,7 +208,7 @@ pub struct SinkConfig {
     pub transaction_topic: Option<Expanded>,
     /// Kafka: librdkafka properties passed through (`[sink.kafka]`, string values, `${VAR}`
     /// expanded).
-    pub kafka: Option<std::collections::BTreeMap<String, Expanded>>,
+    pub kafka: Option<KafkaProperties>,
     /// Kafka sinks.
     pub brokers: Option<Expanded>,
     pub topic: Option<Expanded>,
@@ -491,48 +517,57 @@ impl fmt::Debug for ConnUrl {
     }
 }
 
-/// Replaces passwords in a URL (`scheme://user:secret@host`) or a key=value DSN or query
-/// (`password=secret`, `sslpassword=…`) with `***`.
-pub fn redact(s: &str) -> String {
-    let mut out = s.to_owned();
-    if let Some(scheme_end) = out.find("://") {
-        let auth_start = scheme_end + 3;
-        let auth_end = out[auth_start..]
-            .find(['/', '?', '#'])
-            .map_or(out.len(), |i| auth_start + i);
-        if let Some(at) = out[auth_start..auth_end].rfind('@') {
-            let userinfo = &out[auth_start..auth_start + at];
-            if let Some(colon) = userinfo.find(':') {
-                out.replace_range(auth_start + colon + 1..auth_start + at, "***");
-            }
-        }
-    }
-    let lower = out.to_ascii_lowercase();
-    let mut result = String::with_capacity(out.len());
-    let mut i = 0;
-    while i < out.len() {
-        let key_at = ["password=", "passwd=", "pwd="]
-            .iter()
-            .filter_map(|k| lower[i..].find(k).map(|p| (i + p, k.len())))
-            .min();
-        let Some((p, klen)) = key_at else {
-            result.push_str(&out[i..]);
-            break;
-        };
-        let value_start = p + klen;
-        let value_end = out[value_start..]
-            .find(['&', ' ', ';'])
-            .map_or(out.len(), |e| value_start + e);
-        result.push_str(&out[i..value_start]);
-        result.push_str("***");
-        i = value_end;
-    }
-    result
-}
+pub use ferry_sink::redact::redact;
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_prints_of_every_setting_hold_no_secret() {
+        let text = r#"
+[source]
+type = "mysql"
+url = "mysql://repl:hunter2@db:3306/app"
+server_id = 7
+
+[spool]
+dir = "/var/lib/ferry"
+
+[[sink]]
+name = "replica"
+type = "postgres"
+url = "postgres://app:s3cret@replica:5432/app"
+
+[[sink]]
+name = "events"
+type = "kafka"
+brokers = "kafka:9092"
+topic = "t"
+format = "json"
+
+[sink.kafka]
+"sasl.password" = "k4fka"
+"ssl.key.password" = "k3y"
+"client.id" = "visible"
+"#;
+        let config: Config = toml::from_str(text).unwrap();
+        let mut prints = vec![format!("{config:?}")];
+        prints.push(format!(
+            "{:?}",
+            crate::supervisor::mysql_settings(&config).unwrap()
+        ));
+        for sink in crate::supervisor::sink_settings(&config).unwrap() {
+            prints.push(format!("{sink:?}"));
+        }
+        for p in &prints {
+            for secret in ["hunter2", "s3cret", "k4fka", "k3y"] {
+                assert!(!p.contains(secret), "{secret} in {p}");
+            }
+        }
+        assert!(prints.iter().any(|p| p.contains("visible")));
+        assert!(prints.iter().any(|p| p.contains("repl:***@db")));
+    }
 
     const GOOD: &str = r#"
 [source]

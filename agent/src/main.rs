@@ -1,5 +1,5 @@
 //! The `ferry` binary: parses the command line, sets up logging, runs one command, and turns its
-//! outcome into an exit code (0 success, 1 failure, 2 a command this build does not have yet).
+//! outcome into an exit code (0 success, 1 failure; clap exits 2 on a command-line usage error).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -18,24 +18,11 @@ use ferry_agent::{dump, logging, supervisor};
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// A command that exists in the CLI contract but is not built yet: it says so and fails, never
-/// succeeding silently.
-#[derive(Debug, thiserror::Error)]
-#[error("`ferry {command}` is not built yet: {what}")]
-struct NotBuilt {
-    command: &'static str,
-    what: &'static str,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) if e.is::<NotBuilt>() => {
-            eprintln!("ferry: {e}");
-            ExitCode::from(2)
-        }
         Err(e) => {
             eprintln!("ferry: error: {e:#}");
             ExitCode::FAILURE

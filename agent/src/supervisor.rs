@@ -183,7 +183,7 @@ pub fn sink_settings(config: &Config) -> Result<Vec<SinkSettings>> {
             properties: sink
                 .kafka
                 .iter()
-                .flatten()
+                .flat_map(|p| p.iter())
                 .map(|(k, v)| (k.clone(), v.as_str().to_owned()))
                 .collect(),
             spool_dir: config.spool.dir().to_owned(),

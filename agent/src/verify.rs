@@ -142,7 +142,7 @@ async fn captured_tables(
                  FROM pg_attribute a
                  LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
                  WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
-                       AND a.attgenerated = ''
+                       AND coalesce(to_jsonb(a) ->> 'attgenerated', '') = ''
                  ORDER BY a.attnum",
                 &[&oid],
             )

@@ -57,8 +57,8 @@ impl std::fmt::Debug for PgConnector {
     }
 }
 
-/// How a database sink is set up.
-#[derive(Debug, Clone)]
+/// How a database sink is set up. `Debug` shows the URL without its password.
+#[derive(Clone)]
 pub struct DbSinkConfig {
     pub name: String,
     /// Connection URL of the target.
@@ -75,6 +75,20 @@ pub struct DbSinkConfig {
     pub max_batch_rows: usize,
     /// …or once its first transaction has waited this long.
     pub max_batch_delay: Duration,
+}
+
+impl std::fmt::Debug for DbSinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbSinkConfig")
+            .field("name", &self.name)
+            .field("url", &crate::redact::redact(&self.url))
+            .field("on_error", &self.on_error)
+            .field("create_tables", &self.create_tables)
+            .field("spool_dir", &self.spool_dir)
+            .field("max_batch_rows", &self.max_batch_rows)
+            .field("max_batch_delay", &self.max_batch_delay)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Pending row changes (or bytes of them) that make the target write them out, inside the

@@ -13,6 +13,7 @@ pub mod mysql;
 pub mod policy;
 pub mod postgres;
 pub mod progress;
+pub mod redact;
 pub mod retry;
 pub mod types;
 

@@ -31,7 +31,10 @@ fn bin_dirs() -> Vec<PathBuf> {
 pub struct Postgres {
     process: ServerProcess,
     port: u16,
+    /// `postgres` (and `initdb`).
     bin: PathBuf,
+    /// `pg_isready` and `psql`.
+    tools: PathBuf,
     opts: PostgresOptions,
     run_as: RunAs,
     // Dropped last: the server must be gone before its directory is removed.
@@ -43,6 +46,10 @@ pub struct Postgres {
 pub struct PostgresOptions {
     /// Extra `-c name=value` settings.
     pub settings: Vec<(String, String)>,
+    /// A major version other than the machine's: the server binaries
+    /// `scripts/fetch-postgres-versions` put in `tests/pg/<major>` (the oldest and newest ferry
+    /// supports). Client tools (`pg_isready`, `psql`) still come from the machine.
+    pub version: Option<u32>,
 }
 
 impl Postgres {
@@ -55,7 +62,24 @@ impl Postgres {
         // (Debian links some of them into /usr/local/bin or /usr/bin) and use the real directory.
         let initdb = process::find_bin("initdb", &bin_dirs())?;
         let initdb = fs::canonicalize(&initdb).unwrap_or(initdb);
-        let bin = initdb.parent().map(Path::to_owned).unwrap_or_default();
+        let tools = initdb.parent().map(Path::to_owned).unwrap_or_default();
+        let (initdb, bin) = match opts.version {
+            None => (initdb, tools.clone()),
+            Some(major) => {
+                let bin = Path::new(env!("CARGO_MANIFEST_DIR"))
+                    .join("pg")
+                    .join(major.to_string())
+                    .join("bin");
+                if !bin.join("postgres").is_file() {
+                    return Err(format!(
+                        "PostgreSQL {major} is not in {}: run scripts/fetch-postgres-versions \
+                         (scripts/install-deps does)",
+                        bin.display()
+                    ));
+                }
+                (bin.join("initdb"), bin)
+            }
+        };
         let run_as = RunAs::service_user("postgres")?;
         let dir = tempfile::Builder::new()
             .prefix("ferry-pg-")
@@ -81,12 +105,13 @@ impl Postgres {
         // The free port may be taken between choosing and binding it: try a few.
         for _ in 0..3 {
             let port = process::free_port();
-            match spawn_server(&bin, dir.path(), port, &opts, run_as) {
+            match spawn_server(&bin, &tools, dir.path(), port, &opts, run_as) {
                 Ok(process) => {
                     return Ok(Postgres {
                         process,
                         port,
                         bin,
+                        tools,
                         opts,
                         run_as,
                         dir,
@@ -114,6 +139,7 @@ impl Postgres {
     pub fn start_again(&mut self) -> Result<()> {
         self.process = spawn_server(
             &self.bin,
+            &self.tools,
             self.dir.path(),
             self.port,
             &self.opts,
@@ -156,7 +182,7 @@ impl Postgres {
     /// Runs SQL through `psql` (for setup that should not depend on the code under test).
     pub fn psql(&self, db: &str, sql: &str) -> Result<String> {
         process::run(
-            Command::new(self.bin.join("psql"))
+            Command::new(self.tools.join("psql"))
                 .args([
                     "-X",
                     "-q",
@@ -193,6 +219,7 @@ impl Postgres {
 /// Starts `postgres` on `dir/data` and waits until it accepts connections.
 fn spawn_server(
     bin: &Path,
+    tools: &Path,
     dir: &Path,
     port: u16,
     opts: &PostgresOptions,
@@ -229,7 +256,7 @@ fn spawn_server(
     run_as.own(dir)?;
     // SIGINT is PostgreSQL's fast shutdown: roll back, checkpoint, exit.
     let mut process = ServerProcess::spawn("postgres", cmd, log, libc::SIGINT)?;
-    let isready = bin.join("pg_isready");
+    let isready = tools.join("pg_isready");
     process.wait_until(Duration::from_secs(60), || {
         Command::new(&isready)
             .args(["-q", "-h", "127.0.0.1", "-U", "postgres", "-p"])

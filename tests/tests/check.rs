@@ -138,6 +138,7 @@ async fn postgres_source_and_sinks_pass_and_each_missing_prerequisite_is_named()
 async fn wal_level_replica_is_an_error_with_the_fix() {
     let pg = Postgres::start_with(PostgresOptions {
         settings: vec![("wal_level".into(), "replica".into())],
+        ..Default::default()
     })
     .unwrap();
     let config = FerryConfig::postgres(&pg.url("postgres"), "").unwrap();

@@ -104,6 +104,7 @@ const TABLES: &[&str] = &["accounts", "orders", "items", "fullrow", "bulk"];
 async fn setup(work_mem: &str) -> (Postgres, Postgres, Client, Client) {
     let source = Postgres::start_with(PostgresOptions {
         settings: vec![("logical_decoding_work_mem".into(), work_mem.into())],
+        ..Default::default()
     })
     .unwrap();
     let replica = Postgres::start().unwrap();

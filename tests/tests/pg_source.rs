@@ -545,6 +545,7 @@ async fn snapshot_meets_the_stream_with_concurrent_writes() {
 async fn streamed_transactions_commit_whole_in_order_and_aborted_ones_vanish() {
     let pg = Postgres::start_with(PostgresOptions {
         settings: vec![("logical_decoding_work_mem".into(), "64kB".into())],
+        ..Default::default()
     })
     .unwrap();
     let client = connect(&pg).await;
@@ -615,6 +616,7 @@ async fn streamed_transactions_commit_whole_in_order_and_aborted_ones_vanish() {
 async fn sigkill_at_random_points_keeps_every_change_exactly_once_in_order() {
     let pg = Postgres::start_with(PostgresOptions {
         settings: vec![("logical_decoding_work_mem".into(), "64kB".into())],
+        ..Default::default()
     })
     .unwrap();
     let client = connect(&pg).await;
@@ -765,6 +767,7 @@ async fn a_lost_slot_or_an_advanced_slot_is_a_gap_not_a_silent_restart() {
 async fn reconnects_after_killed_walsenders_without_loss() {
     let mut pg = Postgres::start_with(PostgresOptions {
         settings: vec![("logical_decoding_work_mem".into(), "64kB".into())],
+        ..Default::default()
     })
     .unwrap();
     let client = connect(&pg).await;

@@ -83,6 +83,7 @@ impl Certs {
                 setting("ssl_key_file", self.path("server.key")),
                 setting("hba_file", self.path("pg_hba.conf")),
             ],
+            ..Default::default()
         })
         .unwrap()
     }

@@ -48,7 +48,8 @@ const LOG_EVENT_IGNORABLE: u16 = 0x80;
 /// follows is sent decrypted, and anything that is not fails to decode).
 const CHANGELESS_EVENTS: [u8; 5] = [41, 160, 161, 163, 164];
 
-#[derive(Debug, Clone)]
+/// `Debug` shows the URL without its password.
+#[derive(Clone)]
 pub struct MysqlSettings {
     pub url: String,
     pub server_id: u32,
@@ -65,6 +66,17 @@ pub struct MysqlSettings {
     /// The spool offset every sink has applied below, whatever `ack` says: the segments all
     /// of it lies before are deleted.
     pub truncate_below: Option<watch::Receiver<Offset>>,
+}
+
+impl std::fmt::Debug for MysqlSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MysqlSettings")
+            .field("url", &ferry_sink::redact::redact(&self.url))
+            .field("server_id", &self.server_id)
+            .field("filter", &self.filter)
+            .field("snapshot", &self.snapshot)
+            .finish_non_exhaustive()
+    }
 }
 
 impl MysqlSettings {

@@ -18,6 +18,18 @@ pub const DDL_PREFIX: &str = "ferry.ddl";
 
 /// Installs (or updates) the trigger; needs a superuser.
 pub async fn install(client: &Client) -> Result<()> {
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await?
+        .get(0);
+    if version < 140_000 {
+        return Err(Error::Config(format!(
+            "PostgreSQL {} does not pass logical decoding messages to ferry (pgoutput's \
+             `messages` option is 14+), so the DDL trigger could not tell ferry anything: not \
+             installed. Column renames stop ferry as ambiguous on this server",
+            version / 10_000
+        )));
+    }
     client.batch_execute(TRIGGER_SQL).await.map_err(|e| {
         let superuser = e.code().map(|c| c.code()) == Some("42501");
         if superuser {

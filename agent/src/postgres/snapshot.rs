@@ -400,7 +400,7 @@ async fn describe(
              LEFT JOIN pg_index i ON i.indrelid = a.attrelid AND
                   (CASE WHEN $2 = 'i' THEN i.indisreplident ELSE i.indisprimary END)
              WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
-                   AND a.attgenerated = ''
+                   AND coalesce(to_jsonb(a) ->> 'attgenerated', '') = ''
              ORDER BY a.attnum",
             &[&t.oid, &t.replident],
         )

@@ -307,6 +307,8 @@ pub struct PgSource {
     schema: SchemaTracker,
     /// Source time of the last commit or heartbeat spooled, for the lag in seconds.
     spooled_time: Option<i64>,
+    /// `server_version_num` of the source, learned at each session start.
+    server_version: i32,
 }
 
 impl std::fmt::Debug for PgSource {
@@ -358,6 +360,7 @@ impl PgSource {
             table_counts: HashMap::new(),
             schema: SchemaTracker::default(),
             spooled_time: None,
+            server_version: 0,
         })
     }
 
@@ -438,10 +441,8 @@ impl PgSource {
             .query_one("SELECT current_setting('server_version_num')::int", &[])
             .await?
             .get(0);
-        if version < 100_000 {
-            return Err(Error::Config(format!(
-                "PostgreSQL {version} is not supported: ferry needs 10 or later (pgoutput)"
-            )));
+        if version < 110_000 {
+            return Err(Error::Config(crate::postgres::unsupported_version(version)));
         }
         let row = client
             .query_one(
@@ -594,7 +595,18 @@ impl PgSource {
         let Some((mut repl, version)) = self.prepare(client, shutdown).await? else {
             return Ok(());
         };
-        self.schema.trigger = ddl::installed(client).await?;
+        // pgoutput passes logical decoding messages (the trigger's) from PostgreSQL 14 on:
+        // before that an installed trigger says nothing, and must not be counted on.
+        let trigger = ddl::installed(client).await?;
+        self.schema.trigger = trigger && version >= 140_000;
+        if trigger && version < 140_000 {
+            tracing::warn!(
+                "ferry's DDL trigger is installed, but PostgreSQL {} does not pass its messages \
+                 to ferry (14+): column renames stop ferry as ambiguous",
+                version / 10_000
+            );
+        }
+        self.server_version = version;
         let start = self.durable_ack;
         let streaming = version >= 140_000;
         let publication = slot::quote_literal(&slot::quote_ident(&self.settings.publication));
@@ -604,7 +616,7 @@ impl PgSource {
                  streaming 'on'"
             )
         } else {
-            format!("proto_version '1', publication_names {publication}, messages 'true'")
+            format!("proto_version '1', publication_names {publication}")
         };
         let sql = format!(
             "START_REPLICATION SLOT {} LOGICAL {} ({options})",
@@ -1216,14 +1228,18 @@ impl PgSource {
         if added.is_empty() {
             return Ok(None);
         }
-        let rows = client
-            .query(
-                "SELECT a.attname::text, a.atthasmissing, a.attmissingval::text, a.atthasdef
-                 FROM pg_attribute a
-                 WHERE a.attrelid = $1 AND NOT a.attisdropped AND a.attname::text = ANY($2)",
-                &[&oid, &added],
-            )
-            .await?;
+        // Before PostgreSQL 11, `ADD COLUMN … DEFAULT` always rewrote the table (no missing
+        // values), as a volatile default still does.
+        let sql = if self.server_version >= 110_000 {
+            "SELECT a.attname::text, a.atthasmissing, a.attmissingval::text, a.atthasdef
+             FROM pg_attribute a
+             WHERE a.attrelid = $1 AND NOT a.attisdropped AND a.attname::text = ANY($2)"
+        } else {
+            "SELECT a.attname::text, false, NULL::text, a.atthasdef
+             FROM pg_attribute a
+             WHERE a.attrelid = $1 AND NOT a.attisdropped AND a.attname::text = ANY($2)"
+        };
+        let rows = client.query(sql, &[&oid, &added]).await?;
         let mut columns = serde_json::Map::new();
         for row in rows {
             let name: String = row.get(0);

@@ -26,7 +26,7 @@ pub async fn describe(client: &Client, oid: u32) -> Result<Option<TableDef>> {
     let columns = client
         .query(
             "SELECT a.attname::text, format_type(a.atttypid, a.atttypmod), a.attnotnull,
-                    a.attidentity::text, a.attgenerated::text, pg_get_expr(d.adbin, d.adrelid),
+                    a.attidentity::text, coalesce(to_jsonb(a) ->> 'attgenerated', ''), pg_get_expr(d.adbin, d.adrelid),
                     pg_get_serial_sequence(format('%I.%I', n.nspname, c.relname), a.attname)
              FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
              JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -105,7 +105,7 @@ pub async fn describe(client: &Client, oid: u32) -> Result<Option<TableDef>> {
                       (SELECT array_agg(a.attname::text ORDER BY k.ord)
                        FROM unnest(i.indkey::int2[]) WITH ORDINALITY k(attnum, ord)
                        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-                       WHERE k.ord <= i.indnkeyatts)
+                       WHERE k.ord <= coalesce((to_jsonb(i) ->> 'indnkeyatts')::int, i.indnatts))
                     END
              FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid
              JOIN pg_am am ON am.oid = ic.relam

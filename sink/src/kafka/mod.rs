@@ -34,8 +34,8 @@ use crate::error::{Result, SinkError};
 use crate::progress::{SinkProgress, SinkState, write_state};
 use crate::{Backoff, OnError};
 
-/// How a Kafka sink is set up.
-#[derive(Debug, Clone)]
+/// How a Kafka sink is set up. `Debug` shows secret properties as `***`.
+#[derive(Clone)]
 pub struct KafkaSinkConfig {
     pub name: String,
     pub brokers: String,
@@ -64,6 +64,20 @@ pub struct KafkaSinkConfig {
     pub max_batch_delay: Duration,
 }
 
+impl std::fmt::Debug for KafkaSinkConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaSinkConfig")
+            .field("name", &self.name)
+            .field("brokers", &self.brokers)
+            .field("topic", &self.topic)
+            .field("format", &self.format)
+            .field("exactly_once", &self.exactly_once)
+            .field("properties", &crate::redact::properties(&self.properties))
+            .field("spool_dir", &self.spool_dir)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Where one message goes and what identifies it.
 #[derive(Debug)]
 struct Outgoing<'a> {
@@ -85,11 +99,7 @@ pub fn topic_name(cfg: &KafkaSinkConfig, schema: &str, table: &str) -> String {
         .replace("{database}", &cfg.database)
 }
 
-/// Property names whose values never appear in logs.
-fn secret(key: &str) -> bool {
-    let k = key.to_ascii_lowercase();
-    k.contains("password") || k.contains("secret") || k.contains("token") || k.ends_with(".key")
-}
+use crate::redact::secret_property as secret;
 
 /// The header texts of the transaction being sent.
 #[derive(Debug, Default)]
