@@ -48,14 +48,27 @@ pub struct Shared {
     pub tick: Arc<AtomicI64>,
 }
 
-/// A sink's lag in seconds: 0 when it has applied everything spooled, else the age of the last
-/// source transaction it applied (or of the process, if it has applied none).
-fn lag_seconds(p: &SinkProgress, durable: Offset, started: i64) -> f64 {
+/// A sink's lag in seconds, as [`crate::lag`] defines it. Should the spool not be readable at
+/// its offset, the age of the last source transaction or heartbeat it applied (or of the
+/// process) stands in: never less than the real figure.
+fn lag_seconds(s: &Shared, p: &SinkProgress, durable: Offset, started: i64) -> f64 {
     if p.offset >= durable {
         return 0.0;
     }
-    let since = p.last_commit_time.unwrap_or(started);
-    ((crate::postgres::replication::unix_now_micros() - since) as f64 / 1e6).max(0.0)
+    let now = crate::postgres::replication::unix_now_micros();
+    crate::lag::seconds_behind(&s.spool_dir, p.offset, now).unwrap_or_else(|| {
+        let since = p.last_commit_time.unwrap_or(started);
+        ((now - since) as f64 / 1e6).max(0.0)
+    })
+}
+
+/// A sink's lag in bytes of the source's log, as [`crate::lag`] defines it.
+fn lag_bytes(src: &SourceStats, p: &SinkProgress) -> Option<u64> {
+    crate::lag::bytes_behind(
+        &src.position_now()?,
+        p.position.as_ref()?,
+        &src.binlog_sizes,
+    )
 }
 
 /// Process resident memory in bytes and CPU seconds, from `/proc/self`.
@@ -276,7 +289,7 @@ pub fn metrics(s: &Shared) -> String {
         .iter()
         .map(|v| {
             let p = v.progress.borrow().clone();
-            let lag = lag_seconds(&p, durable, started);
+            let lag = lag_seconds(s, &p, durable, started);
             (
                 format!("{{sink=\"{}\",type=\"{}\"}}", v.name, v.kind),
                 p,
@@ -332,8 +345,18 @@ pub fn metrics(s: &Shared) -> String {
         "MySQL/MariaDB zero dates a PostgreSQL sink wrote as NULL (zero_dates = \"null\").",
         &per(&|p, _| p.zero_dates as f64),
     );
+    let behind: Vec<(String, f64)> = sinks
+        .iter()
+        .filter_map(|(l, p, _)| Some((l.clone(), lag_bytes(&src, p)? as f64)))
+        .collect();
     family(
         "ferry_sink_lag_bytes",
+        "gauge",
+        "Bytes of the source's log (WAL, binlog) between its current position and the sink's applied position.",
+        &behind,
+    );
+    family(
+        "ferry_sink_spool_lag_bytes",
         "gauge",
         "Spool bytes the sink has not applied yet.",
         &per(&|p, _| durable.0.saturating_sub(p.offset.0) as f64),
@@ -341,7 +364,7 @@ pub fn metrics(s: &Shared) -> String {
     family(
         "ferry_sink_lag_seconds",
         "gauge",
-        "0 when the sink has applied everything spooled; else the age of the last source transaction it applied.",
+        "0 when the sink has applied every spooled transaction; else how long the oldest one it has not applied has waited since its source commit.",
         &per(&|_, lag| lag),
     );
     family(
@@ -395,7 +418,7 @@ pub fn unready(s: &Shared) -> Option<String> {
         if let SinkState::Halted(why) = &p.state {
             return Some(format!("sink {} halted: {why}", v.name));
         }
-        let lag = lag_seconds(&p, durable, started);
+        let lag = lag_seconds(s, &p, durable, started);
         if lag > v.max_lag_seconds {
             return Some(format!(
                 "sink {} is {lag:.0} s behind (max_lag_seconds = {})",
@@ -424,8 +447,9 @@ pub fn status_json(s: &Shared) -> serde_json::Value {
                 "state": p.state.to_string(),
                 "position": p.position.as_ref().map(ToString::to_string),
                 "offset": p.offset.0,
-                "lag_bytes": durable.0.saturating_sub(p.offset.0),
-                "lag_seconds": lag_seconds(&p, durable, started),
+                "lag_bytes": lag_bytes(&src, &p),
+                "spool_lag_bytes": durable.0.saturating_sub(p.offset.0),
+                "lag_seconds": lag_seconds(s, &p, durable, started),
                 "transactions": p.transactions,
                 "rows": p.rows,
                 "batches": p.batches,

@@ -8,6 +8,7 @@ pub mod dump;
 pub mod error;
 pub mod filter;
 pub mod http;
+pub mod lag;
 pub mod logging;
 pub mod mysql;
 pub mod postgres;

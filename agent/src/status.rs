@@ -3,27 +3,13 @@
 
 use std::fmt::Write as _;
 
-use ferry_proto::{Event, Lsn, Position};
-use ferry_spool::{Cursors, Offset, SpoolReader, segment};
+use ferry_proto::{Lsn, Position};
+use ferry_spool::{Cursors, segment};
 
 use crate::config::{Config, SinkKind, SourceKind};
 use crate::error::Result;
 use crate::postgres::source::spool_tail;
 use crate::postgres::tls;
-
-/// How long the oldest change a sink has not applied has waited, in seconds: the age of the
-/// source commit of the first transaction at or after its spool offset `from`, 0 when the spool
-/// holds nothing more (heartbeats aside). `None` when the spool cannot be read there.
-fn unapplied_age(dir: &std::path::Path, from: Offset) -> Option<f64> {
-    let mut reader = SpoolReader::open(dir, from).ok()?;
-    while let Some((_, event)) = reader.try_next().ok()? {
-        if let Event::Begin(b) = event {
-            let now = crate::postgres::replication::unix_now_micros();
-            return Some(((now - b.commit_time) as f64 / 1e6).max(0.0));
-        }
-    }
-    Some(0.0)
-}
 
 /// The status report as text.
 pub async fn status(config: &Config) -> Result<String> {
@@ -57,8 +43,15 @@ pub async fn status(config: &Config) -> Result<String> {
     );
     let mut wal_now = None;
     let mut binlog_now: Option<ferry_proto::BinlogPos> = None;
+    let mut binlog_sizes = Vec::new();
     if mysql {
-        binlog_now = mysql_source_line(config, &mut out).await;
+        binlog_sizes = mysql_source_line(config, &mut out).await;
+        binlog_now = binlog_sizes
+            .last()
+            .map(|(file, size)| ferry_proto::BinlogPos {
+                file: file.clone(),
+                pos: *size,
+            });
     } else {
         match tls::parse_url(config.source.url.expose()) {
             Ok((cfg, tls)) => match tls.connect_client(&cfg, "status").await {
@@ -144,14 +137,16 @@ pub async fn status(config: &Config) -> Result<String> {
         let offset = cursors.load(name).ok().flatten();
         let cursor = offset.map_or("-".into(), |o| o.to_string());
         let lag_s = offset
-            .and_then(|o| unapplied_age(dir, o))
+            .and_then(|o| {
+                crate::lag::seconds_behind(dir, o, crate::postgres::replication::unix_now_micros())
+            })
             .map_or("-".into(), |s| format!("{s:.1}"));
         let state =
             ferry_sink::postgres::read_state(dir, name).map_or("-".to_owned(), |s| s.to_string());
         if sink.kind == SinkKind::Mysql {
             let line = match mysql_checkpoint(&sink.url_exposed(), name).await {
                 Ok(Some((position, age))) => {
-                    let lag = lag_bytes(wal_now, &binlog_now, &position);
+                    let lag = lag_bytes(wal_now, &binlog_now, &binlog_sizes, &position);
                     format!(
                         "{name:<16} {:<10} {position:<20} {lag:>14} {lag_s:>8} {age:>12.1} {cursor:>14}",
                         "mysql"
@@ -193,7 +188,7 @@ pub async fn status(config: &Config) -> Result<String> {
                     Ok(Some(r)) => {
                         let position: String = r.get(0);
                         let age: f64 = r.get(1);
-                        let lag = lag_bytes(wal_now, &binlog_now, &position);
+                        let lag = lag_bytes(wal_now, &binlog_now, &binlog_sizes, &position);
                         format!(
                             "{name:<16} {:<10} {position:<20} {lag:>14} {lag_s:>8} {age:>12.1} {cursor:>14}",
                             "postgres"
@@ -214,37 +209,43 @@ pub async fn status(config: &Config) -> Result<String> {
     Ok(out)
 }
 
-/// The MySQL source's line: its binlog position now.
-async fn mysql_source_line(config: &Config, out: &mut String) -> Option<ferry_proto::BinlogPos> {
+/// The MySQL source's line: its binlog position now. Returns every binlog file and its size
+/// (the last one's size is the current position).
+async fn mysql_source_line(config: &Config, out: &mut String) -> Vec<(String, u64)> {
     use mysql_async::prelude::Queryable;
     let opts = match ferry_sink::mysql::opts_from_url(config.source.url.expose()) {
         Ok(o) => o,
         Err(e) => {
             let _ = writeln!(out, "source: url: {e}");
-            return None;
+            return Vec::new();
         }
     };
     let mut conn = match mysql_async::Conn::new(opts).await {
         Ok(c) => c,
         Err(e) => {
             let _ = writeln!(out, "source: unreachable: {e}");
-            return None;
+            return Vec::new();
         }
     };
-    let row: Option<mysql_async::Row> = conn.query_first("SHOW MASTER STATUS").await.ok()?;
-    let now = row.and_then(|r| {
-        Some(ferry_proto::BinlogPos {
-            file: r.get(0)?,
-            pos: r.get(1)?,
-        })
-    });
+    let sizes: Vec<(String, u64)> =
+        match conn.query::<mysql_async::Row, _>("SHOW BINARY LOGS").await {
+            Ok(rows) => rows
+                .iter()
+                .filter_map(|r| Some((r.get::<String, _>(0)?, r.get::<u64, _>(1)?)))
+                .collect(),
+            Err(e) => {
+                let _ = writeln!(out, "source: SHOW BINARY LOGS failed: {e}");
+                return Vec::new();
+            }
+        };
     let _ = writeln!(
         out,
         "source: binlog at {}",
-        now.as_ref()
-            .map_or("- (no binary log)".into(), ToString::to_string)
+        sizes
+            .last()
+            .map_or("- (no binary log)".into(), |(f, p)| format!("{f}:{p}"))
     );
-    now
+    sizes
 }
 
 /// A MySQL sink's checkpoint: (position, age in seconds).
@@ -267,19 +268,22 @@ async fn mysql_checkpoint(url: &str, sink: &str) -> Result<Option<(String, f64)>
     }
 }
 
-/// How many bytes of the source's log lie past a sink's applied position, the same for every
-/// sink kind: the source's current position minus the sink's, when both are of the source's kind
-/// (and, for a binlog, in the same file); "-" when it cannot be known.
+/// How many bytes of the source's log lie past a sink's applied position ([`crate::lag`]), or
+/// "-" when it cannot be known.
 fn lag_bytes(
     wal_now: Option<Lsn>,
     binlog_now: &Option<ferry_proto::BinlogPos>,
+    binlog_sizes: &[(String, u64)],
     applied: &str,
 ) -> String {
-    match (wal_now, binlog_now, applied.parse::<Position>()) {
-        (Some(n), _, Ok(Position::Postgres(p))) => n.0.saturating_sub(p.0).to_string(),
-        (_, Some(n), Ok(Position::Binlog(p))) if n.file == p.file => {
-            n.pos.saturating_sub(p.pos).to_string()
-        }
-        _ => "-".into(),
-    }
+    let now = match (wal_now, binlog_now) {
+        (Some(l), _) => Position::Postgres(l),
+        (_, Some(b)) => Position::Binlog(b.clone()),
+        _ => return "-".into(),
+    };
+    applied
+        .parse::<Position>()
+        .ok()
+        .and_then(|a| crate::lag::bytes_behind(&now, &a, binlog_sizes))
+        .map_or("-".into(), |b| b.to_string())
 }

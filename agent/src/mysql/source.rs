@@ -42,6 +42,9 @@ const CHUNK_ROWS: usize = 10_000;
 const MARIADB_GTID_EVENT: u8 = 162;
 /// An event header flag: a reader that does not know the event type may skip it.
 const LOG_EVENT_IGNORABLE: u16 = 0x80;
+/// The server's binlog list (sizes, for lag in bytes) is read this often.
+const BINLOGS_INTERVAL: Duration = Duration::from_secs(5);
+
 /// Event types mysql_common does not parse that carry no row change or statement: MySQL's
 /// heartbeat v2 (41); MariaDB's annotate rows (160, the statement text of row events), binlog
 /// checkpoint (161), GTID list (163, the GTIDs before a file) and start encryption (164; what
@@ -332,7 +335,12 @@ impl MysqlSource {
         let mut seen_format = false;
         // The compressed transaction payload whose events are being read (MySQL 8).
         let mut payload: Option<payload::Pending> = None;
+        let mut binlogs_read = Instant::now() - BINLOGS_INTERVAL;
         loop {
+            if binlogs_read.elapsed() >= BINLOGS_INTERVAL {
+                binlogs_read = Instant::now();
+                self.read_binlogs(&mut meta).await;
+            }
             let pending = self.spool.end().0 > self.spool.durable_end().0;
             let next = if pending {
                 tokio::select! {
@@ -908,6 +916,28 @@ impl MysqlSource {
             position: Position::Binlog(pos),
             time,
         }))
+    }
+
+    /// The server's binlog files and their sizes, for lag in bytes. A failure leaves the figure
+    /// unknown rather than stopping replication.
+    async fn read_binlogs(&mut self, meta: &mut Conn) {
+        match meta.query::<mysql_async::Row, _>("SHOW BINARY LOGS").await {
+            Ok(rows) => {
+                let sizes: Vec<(String, u64)> = rows
+                    .iter()
+                    .filter_map(|r| Some((r.get::<String, _>(0)?, r.get::<u64, _>(1)?)))
+                    .collect();
+                self.stats.binlog_now = sizes.last().map(|(file, size)| BinlogPos {
+                    file: file.clone(),
+                    pos: *size,
+                });
+                self.stats.binlog_sizes = sizes;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "SHOW BINARY LOGS failed: lag in bytes unknown");
+                self.stats.binlog_now = None;
+            }
+        }
     }
 
     fn commit_spool(&mut self) -> Result<()> {

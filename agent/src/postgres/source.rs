@@ -117,9 +117,21 @@ pub struct SourceStats {
     pub tables: std::collections::BTreeMap<String, u64>,
     /// What the server keeps for ferry, and how close it is to dropping it.
     pub retention: crate::retention::Retention,
+    /// MySQL/MariaDB: the server's binlog end and every binlog file's size (`SHOW BINARY LOGS`,
+    /// read every few seconds), for lag in bytes across files.
+    pub binlog_now: Option<ferry_proto::BinlogPos>,
+    pub binlog_sizes: Vec<(String, u64)>,
 }
 
 impl SourceStats {
+    /// The source server's current position, as last seen.
+    pub fn position_now(&self) -> Option<Position> {
+        if let Some(b) = &self.binlog_now {
+            return Some(Position::Binlog(b.clone()));
+        }
+        (self.server_wal_end > 0).then_some(Position::Postgres(Lsn(self.server_wal_end)))
+    }
+
     /// Slot lag in bytes: WAL the server keeps for ferry.
     pub fn lag_bytes(&self) -> u64 {
         self.server_wal_end.saturating_sub(self.acknowledged)
@@ -510,9 +522,11 @@ impl PgSource {
             // during the initial copy, and its exported snapshot is gone. Start the copy over with
             // a new slot rather than stream from a slot whose earlier rows were never copied.
             tracing::warn!(slot = %slot_name, "the initial snapshot was never completed; recreating the slot and copying again");
+            // WAIT (for a walsender still holding it to go) exists from PostgreSQL 13.
             repl.simple_query(&format!(
-                "DROP_REPLICATION_SLOT {} WAIT",
-                slot::quote_ident(slot_name)
+                "DROP_REPLICATION_SLOT {}{}",
+                slot::quote_ident(slot_name),
+                if version >= 130_000 { " WAIT" } else { "" }
             ))
             .await?;
             state = None;
@@ -710,12 +724,7 @@ impl PgSource {
                 _ = progress_timer.tick() => {
                     self.truncate_spool()?;
                     if self.stats != last_progress {
-                        // How long ago the source was where the acknowledgement is: the
-                        // time of the last spooled commit or heartbeat, not of the last commit
-                        // alone (an idle source is not behind by its last commit's age).
-                        let lag_secs = self.spooled_time
-                            .filter(|_| self.stats.lag_bytes() > 0)
-                            .map_or(0.0, |t| (unix_now_micros() - t).max(0) as f64 / 1e6);
+                        let lag_secs = self.slot_lag_seconds();
                         tracing::info!(
                             transactions = self.stats.transactions,
                             rows = self.stats.rows,
@@ -729,6 +738,23 @@ impl PgSource {
                 }
             }
         }
+    }
+
+    /// How long the oldest change the slot still holds for ferry has waited since its commit
+    /// (the lag in seconds of [`crate::lag`], for the slot): with `ack = "applied"`, that of the
+    /// oldest transaction some sink has not applied; with `ack = "spooled"`, since the last
+    /// commit or heartbeat spooled, while the server is ahead of it. 0 with nothing held.
+    fn slot_lag_seconds(&self) -> f64 {
+        if self.stats.lag_bytes() == 0 {
+            return 0.0;
+        }
+        let now = unix_now_micros();
+        if let Some(applied) = &self.settings.applied {
+            let below = *applied.borrow();
+            return crate::lag::seconds_behind(self.spool.dir(), below, now).unwrap_or(0.0);
+        }
+        self.spooled_time
+            .map_or(0.0, |t| (now - t).max(0) as f64 / 1e6)
     }
 
     /// When nothing is in flight, lets the acknowledged position follow the server's WAL end, so
