@@ -396,7 +396,7 @@ async fn check_mysql_source(config: &Config, r: &mut Report) -> Result<Tables> {
         }
     };
     let what = format!("the source {}", config.source.url);
-    let Some(mut conn) = reach(r, &what, mysql_async::Conn::new(opts)).await else {
+    let Some(mut conn) = reach(r, &what, ferry_sink::mysql::connect(opts)).await else {
         return Ok(Vec::new());
     };
     r.ok(format!("source {} reachable", config.source.url));
@@ -582,7 +582,7 @@ async fn check_mysql_sink(c: &ferry_sink::db::DbSinkConfig, tables: &Tables, r: 
         }
     };
     let what = format!("sink {}", c.name);
-    let Some(mut conn) = reach(r, &what, mysql_async::Conn::new(opts)).await else {
+    let Some(mut conn) = reach(r, &what, ferry_sink::mysql::connect(opts)).await else {
         return;
     };
     r.ok(format!("sink {}: reachable", c.name));

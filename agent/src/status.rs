@@ -220,7 +220,7 @@ async fn mysql_source_line(config: &Config, out: &mut String) -> Vec<(String, u6
             return Vec::new();
         }
     };
-    let mut conn = match mysql_async::Conn::new(opts).await {
+    let mut conn = match ferry_sink::mysql::connect(opts).await {
         Ok(c) => c,
         Err(e) => {
             let _ = writeln!(out, "source: unreachable: {e}");
@@ -253,7 +253,7 @@ async fn mysql_checkpoint(url: &str, sink: &str) -> Result<Option<(String, f64)>
     use mysql_async::prelude::Queryable;
     let opts = ferry_sink::mysql::opts_from_url(url)
         .map_err(|e| crate::error::Error::Config(format!("sink url: {e}")))?;
-    let mut conn = mysql_async::Conn::new(opts).await?;
+    let mut conn = ferry_sink::mysql::connect(opts).await?;
     let row: std::result::Result<Option<(String, f64)>, mysql_async::Error> = conn
         .exec_first(
             "SELECT position, CAST(TIMESTAMPDIFF(MICROSECOND, updated_at, CURRENT_TIMESTAMP(6)) / 1e6 AS DOUBLE) \

@@ -20,3 +20,7 @@ pub mod types;
 pub use error::{SinkError, is_transient_sqlstate};
 pub use policy::OnError;
 pub use retry::Backoff;
+
+/// How long any connection attempt (source or target, PostgreSQL or MySQL/MariaDB) may take
+/// before it counts as failed and is retried like a refused one.
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);

@@ -26,6 +26,8 @@ fn sbin() -> Vec<PathBuf> {
 #[derive(Debug)]
 pub struct MariaDb {
     process: ServerProcess,
+    /// How to start `mariadbd` again ([`Self::restart`]).
+    spawn: Spawn,
     port: u16,
     server_id: u32,
     socket: PathBuf,
@@ -76,44 +78,45 @@ impl MariaDb {
         let mut last_err = String::new();
         for _ in 0..3 {
             let port = process::free_port();
-            let mut cmd = Command::new(&mariadbd);
-            cmd.arg("--no-defaults")
-                .arg(format!("--datadir={}", data.display()))
-                .arg(format!("--socket={}", socket.display()))
-                .arg(format!(
-                    "--pid-file={}",
-                    dir.path().join("mysqld.pid").display()
-                ))
-                .arg(format!("--port={port}"))
-                .arg(format!("--tmpdir={}", tmp.display()))
-                .arg(format!("--log-bin={}", binlog.join("mysql-bin").display()))
-                .arg(format!("--server-id={server_id}"))
-                .args([
-                    "--bind-address=127.0.0.1",
-                    "--skip-name-resolve",
-                    "--binlog-format=ROW",
-                    "--binlog-row-image=FULL",
-                    "--binlog-row-metadata=FULL",
-                    "--innodb-buffer-pool-size=64M",
-                    "--innodb-flush-log-at-trx-commit=2",
-                    "--sync-binlog=0",
-                    "--max-connections=200",
-                ]);
-            cmd.args(extra);
-            run_as.apply(&mut cmd);
-            let log = dir.path().join("mariadb.log");
-            run_as.own(dir.path())?;
-            let mut process = ServerProcess::spawn("mariadbd", cmd, log, libc::SIGTERM)?;
-            let sock = socket.clone();
-            let ready = process.wait_until(Duration::from_secs(60), || {
-                sock.exists() && process::port_open(port)
-            });
-            if let Err(e) = ready {
-                last_err = e;
-                continue;
-            }
+            let spawn = Spawn {
+                mariadbd: mariadbd.clone(),
+                args: vec![
+                    "--no-defaults".into(),
+                    format!("--datadir={}", data.display()),
+                    format!("--socket={}", socket.display()),
+                    format!("--pid-file={}", dir.path().join("mysqld.pid").display()),
+                    format!("--port={port}"),
+                    format!("--tmpdir={}", tmp.display()),
+                    format!("--log-bin={}", binlog.join("mysql-bin").display()),
+                    format!("--server-id={server_id}"),
+                    "--bind-address=127.0.0.1".into(),
+                    "--skip-name-resolve".into(),
+                    "--binlog-format=ROW".into(),
+                    "--binlog-row-image=FULL".into(),
+                    "--binlog-row-metadata=FULL".into(),
+                    "--innodb-buffer-pool-size=64M".into(),
+                    "--innodb-flush-log-at-trx-commit=2".into(),
+                    "--sync-binlog=0".into(),
+                    "--max-connections=200".into(),
+                ]
+                .into_iter()
+                .chain(extra.iter().cloned())
+                .collect(),
+                run_as,
+                dir: dir.path().to_owned(),
+                socket: socket.clone(),
+                port,
+            };
+            let process = match spawn.run() {
+                Ok(p) => p,
+                Err(e) => {
+                    last_err = e;
+                    continue;
+                }
+            };
             let server = MariaDb {
                 process,
+                spawn,
                 port,
                 server_id,
                 socket,
@@ -127,6 +130,24 @@ impl MariaDb {
             return Ok(server);
         }
         Err(last_err)
+    }
+
+    /// Stops the server (SIGTERM, a clean shutdown) and starts it again on the same port with the
+    /// same data, as an operator's restart.
+    pub fn restart(&mut self) -> Result<()> {
+        self.stop();
+        self.start_again()
+    }
+
+    /// Stops the server and leaves it stopped until [`Self::start_again`].
+    pub fn stop(&mut self) {
+        self.process.stop(Duration::from_secs(60));
+    }
+
+    /// Starts a server [`Self::stop`] stopped.
+    pub fn start_again(&mut self) -> Result<()> {
+        self.process = self.spawn.run()?;
+        Ok(())
     }
 
     /// A connection as the harness's user, without a default database.
@@ -170,5 +191,33 @@ impl MariaDb {
 
     pub fn log_text(&self) -> String {
         self.process.log_text()
+    }
+}
+
+/// What starts `mariadbd` on its port and data directory.
+#[derive(Debug)]
+struct Spawn {
+    mariadbd: PathBuf,
+    args: Vec<String>,
+    run_as: RunAs,
+    dir: PathBuf,
+    socket: PathBuf,
+    port: u16,
+}
+
+impl Spawn {
+    /// Starts the server and waits until it accepts connections.
+    fn run(&self) -> Result<ServerProcess> {
+        let mut cmd = Command::new(&self.mariadbd);
+        cmd.args(&self.args);
+        self.run_as.apply(&mut cmd);
+        let log = self.dir.join("mariadb.log");
+        self.run_as.own(&self.dir)?;
+        let mut process = ServerProcess::spawn("mariadbd", cmd, log, libc::SIGTERM)?;
+        let (sock, port) = (self.socket.clone(), self.port);
+        process.wait_until(Duration::from_secs(60), || {
+            sock.exists() && process::port_open(port)
+        })?;
+        Ok(process)
     }
 }

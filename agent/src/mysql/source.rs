@@ -281,9 +281,7 @@ impl MysqlSource {
     async fn session(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<()> {
         let opts = ferry_sink::mysql::opts_from_url(&self.settings.url)
             .map_err(|e| Error::Config(format!("source url: {e}")))?;
-        let mut meta = tokio::time::timeout(Duration::from_secs(30), Conn::new(opts.clone()))
-            .await
-            .map_err(|_| Error::Fatal("connecting to the mysql source timed out".into()))??;
+        let mut meta = ferry_sink::mysql::connect(opts.clone()).await?;
         if !self.registered_once {
             check_server(&mut meta, self.settings.server_id).await?;
         }
@@ -313,7 +311,7 @@ impl MysqlSource {
         let Some(start) = self.resume.clone() else {
             return Ok(());
         };
-        let mut conn = Conn::new(opts).await?;
+        let mut conn = ferry_sink::mysql::connect(opts).await?;
         let checksum: Option<String> = conn.query_first("SELECT @@global.binlog_checksum").await?;
         let checksummed = checksum.is_some_and(|c| !c.eq_ignore_ascii_case("NONE"));
         // MariaDB sends its GTID events only to a replica that says it understands them; MySQL
@@ -966,7 +964,7 @@ impl MysqlSource {
         opts: Opts,
         shutdown: &mut watch::Receiver<bool>,
     ) -> Result<Option<BinlogPos>> {
-        let mut conn = Conn::new(opts).await?;
+        let mut conn = ferry_sink::mysql::connect(opts).await?;
         // Values in each column's own character set, timestamps in UTC, as the binlog has them.
         conn.query_drop("SET SESSION time_zone = '+00:00', SESSION character_set_results = NULL")
             .await?;

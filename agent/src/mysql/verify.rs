@@ -29,7 +29,7 @@ type Key = Vec<My>;
 async fn connect(url: &str) -> Result<Conn> {
     let opts =
         ferry_sink::mysql::opts_from_url(url).map_err(|e| Error::Config(format!("url: {e}")))?;
-    let mut conn = Conn::new(opts).await?;
+    let mut conn = ferry_sink::mysql::connect(opts).await?;
     conn.query_drop("SET SESSION time_zone = '+00:00'").await?;
     Ok(conn)
 }

@@ -114,6 +114,10 @@ pub fn parse_url(url: &str) -> Result<(tokio_postgres::Config, Tls)> {
         .transpose()?
         .unwrap_or(SslMode::Prefer);
     cfg.ssl_mode(mode.for_tokio_postgres());
+    // An unanswered connection attempt is a failed one, retried like a refused one.
+    if cfg.get_connect_timeout().is_none() {
+        cfg.connect_timeout(ferry_sink::CONNECT_TIMEOUT);
+    }
     let root_cert = rootcert
         .filter(|r| !r.is_empty() && r != "system")
         .map(PathBuf::from);
@@ -176,6 +180,7 @@ impl Tls {
                 tls.connect_client(&cfg, "sink").await.map_err(|e| match e {
                     Error::Postgres(p) => ferry_sink::SinkError::Postgres(p),
                     Error::Tls(t) => ferry_sink::SinkError::Config(format!("TLS: {t}")),
+                    Error::Io { context, source } => ferry_sink::SinkError::io(context, source),
                     other => ferry_sink::SinkError::Fatal(other.to_string()),
                 })
             })
@@ -189,7 +194,24 @@ impl Tls {
         what: &'static str,
     ) -> Result<(tokio_postgres::Client, JoinHandle<()>)> {
         let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*self.config).clone());
-        let (client, conn) = cfg.connect(connector).await.map_err(|e| self.classify(e))?;
+        // tokio-postgres's connect_timeout covers the TCP connect only: a server that accepts
+        // and never answers the startup would hang here. The whole handshake gets the limit.
+        let (client, conn) =
+            tokio::time::timeout(ferry_sink::CONNECT_TIMEOUT, cfg.connect(connector))
+                .await
+                .map_err(|_| {
+                    Error::io(
+                        format!("connecting ({what})"),
+                        std::io::Error::new(
+                            std::io::ErrorKind::TimedOut,
+                            format!(
+                                "no answer within {} s",
+                                ferry_sink::CONNECT_TIMEOUT.as_secs()
+                            ),
+                        ),
+                    )
+                })?
+                .map_err(|e| self.classify(e))?;
         let task = tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "{what} connection closed");

@@ -43,6 +43,22 @@ const MAX_PARAMS: usize = 60_000;
 /// Connection options from a `mysql://` URL. Besides mysql_async's own parameters
 /// (`require_ssl=true`, `verify_ca`, `verify_identity`, `built_in_roots`), `ssl_ca=PATH` names the
 /// CA certificate (PEM) the server's certificate must chain to, and turns TLS on.
+/// Opens a connection within [`crate::CONNECT_TIMEOUT`] (mysql_async has no connect timeout of
+/// its own, and an unanswered SYN or a server that accepts and never greets would otherwise hang
+/// for minutes); running out of time is an I/O error (`TimedOut`),
+/// which every caller retries as it retries a refused connection.
+pub async fn connect(opts: Opts) -> std::result::Result<Conn, mysql_async::Error> {
+    match tokio::time::timeout(crate::CONNECT_TIMEOUT, Conn::new(opts)).await {
+        Ok(r) => r,
+        Err(_) => Err(mysql_async::Error::Io(mysql_async::IoError::Io(
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no answer within {} s", crate::CONNECT_TIMEOUT.as_secs()),
+            ),
+        ))),
+    }
+}
+
 pub fn opts_from_url(url: &str) -> std::result::Result<Opts, String> {
     let (base, query) = match url.split_once('?') {
         Some((b, q)) => (b, q),
@@ -666,7 +682,7 @@ impl Target for MyTarget {
     async fn connect(cfg: &DbSinkConfig) -> Result<(Self, bool)> {
         let opts = opts_from_url(&cfg.url)
             .map_err(|e| SinkError::Config(format!("sink {} url: {e}", cfg.name)))?;
-        let mut conn = Conn::new(opts).await?;
+        let mut conn = connect(opts).await?;
         for ddl in CHECKPOINT_DDL {
             conn.query_drop(ddl).await?;
         }

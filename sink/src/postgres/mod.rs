@@ -98,8 +98,22 @@ impl Target for PgTarget {
         let (client, conn_task) = match &cfg.pg_connector {
             Some(connect) => (connect.0)().await?,
             None => {
+                let mut pg: tokio_postgres::Config = cfg
+                    .url
+                    .parse()
+                    .map_err(|e| SinkError::Config(format!("sink {} url: {e}", cfg.name)))?;
+                if pg.get_connect_timeout().is_none() {
+                    pg.connect_timeout(crate::CONNECT_TIMEOUT);
+                }
                 let (client, conn) =
-                    tokio_postgres::connect(&cfg.url, tokio_postgres::NoTls).await?;
+                    tokio::time::timeout(crate::CONNECT_TIMEOUT, pg.connect(tokio_postgres::NoTls))
+                        .await
+                        .map_err(|_| {
+                            SinkError::io(
+                                "connecting",
+                                std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"),
+                            )
+                        })??;
                 let task = tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "sink connection closed");
