@@ -375,6 +375,24 @@ impl MysqlSource {
             }
             let header = event.header();
             let mut end = u64::from(header.log_pos());
+            // The server is at least as far as what ferry reads: the current position between
+            // two `SHOW BINARY LOGS` (an artificial event has position 0).
+            if end > 0
+                && self
+                    .stats
+                    .binlog_now
+                    .as_ref()
+                    .is_some_and(|n| n.file == file && n.pos < end)
+            {
+                if let Some(n) = self.stats.binlog_now.as_mut() {
+                    n.pos = end;
+                }
+                if let Some(last) = self.stats.binlog_sizes.last_mut()
+                    && last.0 == file
+                {
+                    last.1 = last.1.max(end);
+                }
+            }
             if let Some(p) = payload.as_mut() {
                 // An event from inside a compressed transaction: the payload's position.
                 end = p
