@@ -24,8 +24,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
+use crate::capture::stats::SourceStats;
 use crate::error::{Error, Result};
-use crate::postgres::source::SourceStats;
 
 /// A sink as the endpoint sees it.
 #[derive(Debug, Clone)]

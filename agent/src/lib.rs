@@ -1,6 +1,7 @@
 //! The ferry agent as a library: the `ferry` binary (`main.rs`) is a thin shell over these modules,
 //! and end-to-end tests drive them directly.
 
+pub mod capture;
 pub mod check;
 pub mod cli;
 pub mod config;

@@ -72,7 +72,7 @@ impl Source {
         }
     }
 
-    fn stats(&self) -> watch::Receiver<crate::postgres::source::SourceStats> {
+    fn stats(&self) -> watch::Receiver<crate::capture::stats::SourceStats> {
         match self {
             Source::Postgres(s) => s.stats(),
             Source::Mysql(s) => s.stats(),

@@ -6,7 +6,7 @@
 //! MariaDB alike, with or without GTIDs, so a restart resumes after the last spooled transaction
 //! and nothing is read twice. The MariaDB GTID of each transaction becomes its id.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ferry_proto::{
@@ -14,7 +14,7 @@ use ferry_proto::{
     Relation, Truncate, Update, Value,
 };
 use ferry_sink::mysql::quote;
-use ferry_spool::{Offset, SpoolReader, SpoolWriter, segment};
+use ferry_spool::{Offset, SpoolWriter};
 use futures_util::StreamExt;
 use mysql_async::binlog::events::{EventData, RowsEventData};
 use mysql_async::prelude::Queryable;
@@ -27,15 +27,15 @@ use super::decode::{self, ZeroDates};
 use super::payload;
 use super::schema::{self, Catalog, TableSchema};
 use super::table_def;
+use crate::capture::spill::TxnBuffer;
+use crate::capture::stats::SourceStats;
+use crate::capture::writer::SourceWriter;
 use crate::error::{Error, Result};
 use crate::filter::TableFilter;
-use crate::postgres::source::SourceStats;
-use crate::postgres::spill::TxnBuffer;
 
-/// Spool bytes written before the spool is made durable even while the binlog keeps coming.
-const GROUP_BYTES: u64 = 4 << 20;
-/// How long the source waits for the next event before making what it wrote durable.
-const GROUP_DELAY: Duration = Duration::from_millis(2);
+/// How long the source waits for the next event before making what it wrote durable (the
+/// binlog is pulled: a quiet stream is the moment to fsync).
+const QUIET: Duration = Duration::from_millis(2);
 /// Rows per key-ordered snapshot chunk.
 const CHUNK_ROWS: usize = 10_000;
 /// MariaDB's GTID event, which mysql_common does not decode.
@@ -92,37 +92,12 @@ impl MysqlSettings {
 /// Where the spool ends for this source: the last Commit or Heartbeat position, and the start of
 /// a transaction a crash cut short.
 fn spool_tail(dir: &Path) -> Result<(Option<BinlogPos>, Option<Offset>)> {
-    let bases = segment::list(dir)?;
-    let mut resume = None;
-    let mut open_begin = None;
-    if let Some(&first) = bases.first() {
-        let mut reader = SpoolReader::open(dir, Offset(first))?;
-        while let Some((off, ev)) = reader.try_next()? {
-            let pos = match &ev {
-                Event::Begin(_) => {
-                    open_begin = Some(off);
-                    continue;
-                }
-                Event::Commit(c) => {
-                    open_begin = None;
-                    &c.position
-                }
-                Event::Heartbeat(h) => &h.position,
-                _ => continue,
-            };
-            match pos {
-                Position::Binlog(b) => resume = Some(b.clone()),
-                other => {
-                    return Err(Error::Config(format!(
-                        "the spool in {} holds changes of another kind of source (position \
-                         {other}); give this source its own spool directory",
-                        dir.display()
-                    )));
-                }
-            }
-        }
-    }
-    Ok((resume, open_begin))
+    let tail = crate::capture::writer::tail(dir, |p| matches!(p, Position::Binlog(_)))?;
+    let resume = match tail.resume {
+        Some(Position::Binlog(b)) => Some(b),
+        _ => None,
+    };
+    Ok((resume, tail.incomplete_from))
 }
 
 /// A transaction being read from the binlog.
@@ -157,13 +132,11 @@ fn parse_maria_gtid(data: &[u8]) -> Option<MariaGtid> {
 
 pub struct MysqlSource {
     settings: MysqlSettings,
-    spool: SpoolWriter,
+    /// The spool, written in whole transactions.
+    writer: SourceWriter,
     catalog: Catalog,
     resume: Option<BinlogPos>,
-    spill_dir: PathBuf,
-    pending_since: Option<Instant>,
     registered_once: bool,
-    last_truncate: Instant,
     stats: SourceStats,
     stats_tx: watch::Sender<SourceStats>,
     last_published: Instant,
@@ -197,19 +170,13 @@ impl MysqlSource {
             tracing::warn!(offset = %off, "cutting an incomplete transaction from the spool's end");
             spool.truncate_from(off)?;
         }
-        let spill_dir = spool.dir().join("spill");
-        let _ = std::fs::remove_dir_all(&spill_dir);
-        std::fs::create_dir_all(&spill_dir)
-            .map_err(|e| Error::io(format!("create {}", spill_dir.display()), e))?;
+        let writer = SourceWriter::new(spool, settings.truncate_below.clone())?;
         Ok(MysqlSource {
             settings,
-            spool,
+            writer,
             catalog: Catalog::default(),
             resume,
-            spill_dir,
-            pending_since: None,
             registered_once: false,
-            last_truncate: Instant::now(),
             stats: SourceStats::default(),
             stats_tx: watch::channel(SourceStats::default()).0,
             last_published: Instant::now(),
@@ -222,7 +189,7 @@ impl MysqlSource {
     }
 
     pub fn spool(&self) -> &SpoolWriter {
-        &self.spool
+        self.writer.spool()
     }
 
     /// The source's progress, updated as it moves.
@@ -299,7 +266,7 @@ impl MysqlSource {
                 }
             } else {
                 let pos = master_position(&mut meta).await?;
-                self.spool.append(&Event::Heartbeat(Heartbeat {
+                self.writer.append(&Event::Heartbeat(Heartbeat {
                     position: Position::Binlog(pos.clone()),
                     time: crate::postgres::replication::unix_now_micros(),
                 }))?;
@@ -339,12 +306,12 @@ impl MysqlSource {
                 binlogs_read = Instant::now();
                 self.read_binlogs(&mut meta).await;
             }
-            let pending = self.spool.end().0 > self.spool.durable_end().0;
+            let pending = self.writer.pending() > 0;
             let next = if pending {
                 tokio::select! {
                     biased;
                     _ = shutdown.wait_for(|v| *v) => return Ok(()),
-                    r = tokio::time::timeout(GROUP_DELAY, stream.next()) => match r {
+                    r = tokio::time::timeout(QUIET, stream.next()) => match r {
                         Ok(ev) => ev,
                         Err(_) => { self.commit_spool()?; continue; }
                     },
@@ -615,7 +582,7 @@ impl MysqlSource {
                     let rel_id = schema.relation.id;
                     if !t.announced.contains(&schema.relation) {
                         if !self.described.contains(&rel_id)
-                            && !self.spool.relations().contains_key(&rel_id)
+                            && !self.writer.spool().relations().contains_key(&rel_id)
                         {
                             // A table created since the snapshot: its whole definition first.
                             if let Some(def) = table_def::describe(&mut meta, &db, &table).await? {
@@ -624,7 +591,7 @@ impl MysqlSource {
                                     pos: end,
                                 });
                                 t.buf.push(
-                                    &self.spill_dir,
+                                    self.writer.spill_dir(),
                                     0,
                                     crate::table_def::message(&def, position),
                                 )?;
@@ -632,8 +599,11 @@ impl MysqlSource {
                             self.described.insert(rel_id);
                         }
                         t.announced.push(schema.relation.clone());
-                        t.buf
-                            .push(&self.spill_dir, 0, Event::Relation(schema.relation.clone()))?;
+                        t.buf.push(
+                            self.writer.spill_dir(),
+                            0,
+                            Event::Relation(schema.relation.clone()),
+                        )?;
                     }
                     self.table_names
                         .entry(rel_id)
@@ -691,7 +661,7 @@ impl MysqlSource {
                                 )));
                             }
                         };
-                        t.buf.push(&self.spill_dir, 0, ev)?;
+                        t.buf.push(self.writer.spill_dir(), 0, ev)?;
                     }
                 }
                 _ => {}
@@ -886,12 +856,7 @@ impl MysqlSource {
     }
 
     fn append(&mut self, event: &Event) -> Result<()> {
-        if let Event::Relation(r) = event
-            && self.spool.relations().get(&r.id) == Some(r)
-        {
-            return Ok(());
-        }
-        self.spool.append(event)?;
+        self.writer.append(event)?;
         // A reconnect resumes after the last transaction (or statement) spooled, not where the
         // session started: what is appended but not yet fsynced is made durable by this process.
         if let Event::Commit(Commit {
@@ -909,10 +874,6 @@ impl MysqlSource {
         | Event::Heartbeat(Heartbeat { time: t, .. }) = event
         {
             self.stats.retention.binlog_needed_since = Some(*t);
-        }
-        self.pending_since.get_or_insert_with(Instant::now);
-        if self.spool.end().0 - self.spool.durable_end().0 >= GROUP_BYTES {
-            self.commit_spool()?;
         }
         Ok(())
     }
@@ -957,21 +918,8 @@ impl MysqlSource {
     }
 
     fn commit_spool(&mut self) -> Result<()> {
-        if self.spool.end().0 > self.spool.durable_end().0 {
-            tokio::task::block_in_place(|| self.spool.commit())?;
-        }
-        self.pending_since = None;
-        if let Some(applied) = &self.settings.truncate_below
-            && self.last_truncate.elapsed() >= Duration::from_secs(1)
-        {
-            self.last_truncate = Instant::now();
-            let below = *applied.borrow();
-            let n = self.spool.truncate_before(below)?;
-            if n > 0 {
-                tracing::debug!(segments = n, below = %below, "deleted spool segments every sink has applied");
-            }
-        }
-        Ok(())
+        self.writer.commit()?;
+        self.writer.truncate()
     }
 
     /// The initial snapshot: every captured table read in one consistent-snapshot transaction
@@ -1033,7 +981,7 @@ impl MysqlSource {
         crate::progress::SNAPSHOT.start(tables.len() as u64);
         let position = Position::Binlog(pos.clone());
         let now = crate::postgres::replication::unix_now_micros();
-        let begin = self.spool.end();
+        let begin = self.writer.spool().end();
         self.append(&Event::Begin(Begin {
             position: position.clone(),
             xid: 0,
@@ -1053,7 +1001,7 @@ impl MysqlSource {
             self.append(&Event::Relation(schema.relation.clone()))?;
             let rows = self.copy_table(&mut conn, &schema, shutdown).await?;
             let Some(rows) = rows else {
-                self.spool.truncate_from(begin)?;
+                self.writer.spool_mut().truncate_from(begin)?;
                 tracing::warn!(
                     "initial snapshot interrupted by shutdown; it starts over at the next start"
                 );

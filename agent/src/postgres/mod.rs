@@ -10,7 +10,6 @@ pub mod schema_change;
 pub mod slot;
 pub mod snapshot;
 pub mod source;
-pub mod spill;
 pub mod table_def;
 pub mod tls;
 pub mod types;

@@ -18,14 +18,14 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::IsTerminal;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::time::Duration;
 
 use ferry_proto::{
     BACKFILL_PREFIX, Begin, Column, Commit, Delete, Event, Heartbeat, Insert, Lsn, Message, OldRow,
     Position, Relation, RelationId, ReplicaIdentity, Row, Truncate, Update, Value,
 };
-use ferry_spool::{Offset, SpoolReader, SpoolWriter, segment};
+use ferry_spool::{Offset, SpoolWriter};
 use tokio::sync::watch;
 use tokio_postgres::Client;
 
@@ -35,8 +35,10 @@ use super::keyless::{self, Keyless};
 use super::pgoutput::{self, ColumnData, OldTuple, PgMessage};
 use super::replication::{ConnParams, ReplMessage, ReplicationConn, unix_now_micros};
 use super::schema_change::SchemaTracker;
-use super::spill::{Replayed, TxnBuffer};
 use super::{slot, types};
+use crate::capture::spill::{Replayed, TxnBuffer};
+use crate::capture::stats::SourceStats;
+use crate::capture::writer::SourceWriter;
 use crate::error::{Error, Result};
 use crate::filter::TableFilter;
 
@@ -69,9 +71,6 @@ pub struct SourceSettings {
     pub truncate_below: Option<watch::Receiver<Offset>>,
 }
 
-/// Spool commit policy: fsync when this much is pending, or when the oldest pending byte is this old.
-const GROUP_BYTES: u64 = 4 << 20;
-const GROUP_DELAY: Duration = Duration::from_millis(10);
 /// Standby status updates at least this often while the acknowledged position moves.
 const STATUS_INTERVAL: Duration = Duration::from_secs(1);
 /// A connection that is not ready after this long is given up and tried again.
@@ -93,50 +92,6 @@ const PROGRESS_INTERVAL: Duration = Duration::from_secs(10);
 /// The slot's retention (`wal_status`, `safe_wal_size`) is read this often; a lost slot is found
 /// within it.
 const RETENTION_INTERVAL: Duration = Duration::from_secs(5);
-
-/// How far the source has come, for logs, `status` and metrics.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct SourceStats {
-    /// Position acknowledged to the server (flush LSN).
-    pub acknowledged: u64,
-    /// The server's WAL end as last reported.
-    pub server_wal_end: u64,
-    /// Transactions and row events written to the spool.
-    pub transactions: u64,
-    pub rows: u64,
-    /// Commit time (µs since the epoch) of the last transaction written.
-    pub last_commit_time: Option<i64>,
-    /// Transactions that spilled to disk before committing.
-    pub spilled: u64,
-    /// Transactions the server streamed while in progress (larger than its
-    /// `logical_decoding_work_mem`).
-    pub streamed: u64,
-    /// Streaming from the server right now.
-    pub connected: bool,
-    /// Row changes read per captured table (`schema.table`), committed or not.
-    pub tables: std::collections::BTreeMap<String, u64>,
-    /// What the server keeps for ferry, and how close it is to dropping it.
-    pub retention: crate::retention::Retention,
-    /// MySQL/MariaDB: the server's binlog end and every binlog file's size (`SHOW BINARY LOGS`,
-    /// read every few seconds), for lag in bytes across files.
-    pub binlog_now: Option<ferry_proto::BinlogPos>,
-    pub binlog_sizes: Vec<(String, u64)>,
-}
-
-impl SourceStats {
-    /// The source server's current position, as last seen.
-    pub fn position_now(&self) -> Option<Position> {
-        if let Some(b) = &self.binlog_now {
-            return Some(Position::Binlog(b.clone()));
-        }
-        (self.server_wal_end > 0).then_some(Position::Postgres(Lsn(self.server_wal_end)))
-    }
-
-    /// Slot lag in bytes: WAL the server keeps for ferry.
-    pub fn lag_bytes(&self) -> u64 {
-        self.server_wal_end.saturating_sub(self.acknowledged)
-    }
-}
 
 #[derive(Debug)]
 struct RelInfo {
@@ -192,45 +147,14 @@ pub struct SpoolTail {
 
 /// Reads the newest segments back to the last Commit, to find where to resume.
 pub fn spool_tail(dir: &Path) -> Result<SpoolTail> {
-    let bases = segment::list(dir)?;
-    let mut tail = SpoolTail::default();
-    let mut open_begin: Option<Offset> = None;
-    for (i, &base) in bases.iter().enumerate().rev() {
-        let next = bases.get(i + 1).copied().unwrap_or(u64::MAX);
-        let mut reader = SpoolReader::open(dir, Offset(base))?;
-        let mut last_begin = None;
-        let mut last_commit = None;
-        let mut beat = None;
-        while let Some((off, ev)) = reader.try_next()? {
-            if off.0 >= next {
-                break;
-            }
-            let lsn = |p: &Position| match p {
-                Position::Postgres(l) => Ok(l.0),
-                other => Err(Error::Config(format!(
-                    "the spool in {} holds changes of another kind of source (position {other}); \
-                     give this source its own spool directory",
-                    dir.display()
-                ))),
-            };
-            match ev {
-                Event::Begin(_) => last_begin = Some(off),
-                Event::Commit(c) => last_commit = Some((off, lsn(&c.position)?)),
-                Event::Heartbeat(h) => beat = Some(lsn(&h.position)?),
-                _ => {}
-            }
-        }
-        if open_begin.is_none() {
-            open_begin = last_begin.filter(|b| last_commit.is_none_or(|(c, _)| *b > c));
-        }
-        let found = last_commit.map(|(_, c)| c).max(beat);
-        if found.is_some() {
-            tail.resume_from = found;
-            break;
-        }
-    }
-    tail.incomplete_from = open_begin;
-    Ok(tail)
+    let tail = crate::capture::writer::tail(dir, |p| matches!(p, Position::Postgres(_)))?;
+    Ok(SpoolTail {
+        resume_from: match tail.resume {
+            Some(Position::Postgres(l)) => Some(l.0),
+            _ => None,
+        },
+        incomplete_from: tail.incomplete_from,
+    })
 }
 
 /// Which source a spool belongs to: a spool holds one source's positions, and positions of
@@ -290,7 +214,8 @@ pub fn check_identity(dir: &Path, id: &SourceIdentity) -> Result<()> {
 /// The replication stream's state for one run of the source.
 pub struct PgSource {
     settings: SourceSettings,
-    spool: SpoolWriter,
+    /// The spool, written in whole transactions.
+    writer: SourceWriter,
     relations: HashMap<u32, RelInfo>,
     types: TypeCatalog,
     /// Transactions committing below this are in the spool already; `None` before anything is.
@@ -299,12 +224,10 @@ pub struct PgSource {
     durable_ack: u64,
     /// Becomes `durable_ack` once the spool's pending bytes are durable.
     pending_ack: u64,
-    pending_since: Option<Instant>,
     txn: Option<OpenTxn>,
     /// Streamed transactions in progress, by top-level xid.
     streams: HashMap<u32, TxnBuffer>,
     in_stream: Option<u32>,
-    spill_dir: PathBuf,
     /// With `applied`: (spool end after an event, the position it lets the server forget).
     marks: std::collections::VecDeque<(u64, u64)>,
     /// The current session got its replication stream started.
@@ -341,10 +264,7 @@ impl PgSource {
             tracing::warn!(offset = %off, "cutting an incomplete transaction from the spool's end");
             spool.truncate_from(off)?;
         }
-        let spill_dir = spool.dir().join("spill");
-        let _ = fs::remove_dir_all(&spill_dir);
-        fs::create_dir_all(&spill_dir)
-            .map_err(|e| Error::io(format!("create {}", spill_dir.display()), e))?;
+        let writer = SourceWriter::new(spool, settings.truncate_below.clone())?;
         let ack = tail.resume_from.unwrap_or(0);
         let stats = SourceStats {
             acknowledged: ack,
@@ -353,17 +273,15 @@ impl PgSource {
         let (stats_tx, _) = watch::channel(stats.clone());
         Ok(PgSource {
             settings,
-            spool,
+            writer,
             relations: HashMap::new(),
             types: TypeCatalog::default(),
             resume_from: tail.resume_from,
             durable_ack: ack,
             pending_ack: ack,
-            pending_since: None,
             txn: None,
             streams: HashMap::new(),
             in_stream: None,
-            spill_dir,
             marks: std::collections::VecDeque::new(),
             streaming: false,
             applied_ack: 0,
@@ -382,7 +300,7 @@ impl PgSource {
     }
 
     pub fn spool(&self) -> &SpoolWriter {
-        &self.spool
+        self.writer.spool()
     }
 
     /// Streams until `shutdown` turns true, reconnecting after transient failures with backoff.
@@ -508,7 +426,7 @@ impl PgSource {
             .and_then(|r| r.first().cloned().flatten())
             .ok_or_else(|| Error::Protocol("IDENTIFY_SYSTEM returned no system id".into()))?;
         check_identity(
-            self.spool.dir(),
+            self.writer.spool().dir(),
             &SourceIdentity {
                 system_id,
                 database: self.settings.params.dbname.clone(),
@@ -549,7 +467,7 @@ impl PgSource {
                         &self.settings,
                         created.snapshot_name.as_deref().unwrap_or_default(),
                         created.consistent_point,
-                        &mut self.spool,
+                        self.writer.spool_mut(),
                         shutdown,
                     )
                     .await?;
@@ -646,7 +564,7 @@ impl PgSource {
         self.publish_stats();
 
         let mut status_timer = tokio::time::interval(STATUS_INTERVAL);
-        let mut group_timer = tokio::time::interval(GROUP_DELAY);
+        let mut group_timer = tokio::time::interval(crate::capture::writer::GROUP_DELAY);
         let mut progress_timer = tokio::time::interval(PROGRESS_INTERVAL);
         let mut retention_timer = tokio::time::interval(RETENTION_INTERVAL);
         let mut last_status_sent = u64::MAX;
@@ -751,7 +669,8 @@ impl PgSource {
         let now = unix_now_micros();
         if let Some(applied) = &self.settings.applied {
             let below = *applied.borrow();
-            return crate::lag::seconds_behind(self.spool.dir(), below, now).unwrap_or(0.0);
+            return crate::lag::seconds_behind(self.writer.spool().dir(), below, now)
+                .unwrap_or(0.0);
         }
         self.spooled_time
             .map_or(0.0, |t| (now - t).max(0) as f64 / 1e6)
@@ -762,14 +681,12 @@ impl PgSource {
     /// (a Heartbeat, fsynced), so the acknowledgement never runs ahead of the spool.
     fn follow_server(&mut self) -> Result<()> {
         let end = self.stats.server_wal_end;
-        let idle = self.txn.is_none()
-            && self.streams.is_empty()
-            && self.spool.end() == self.spool.durable_end();
+        let idle = self.txn.is_none() && self.streams.is_empty() && self.writer.pending() == 0;
         if !idle || end <= self.durable_ack {
             return Ok(());
         }
         let time = unix_now_micros();
-        self.spool.append(&Event::Heartbeat(Heartbeat {
+        self.writer.append(&Event::Heartbeat(Heartbeat {
             position: Position::Postgres(Lsn(end)),
             time,
         }))?;
@@ -807,7 +724,7 @@ impl PgSource {
     /// lies before `lsn`.
     fn mark(&mut self, lsn: u64) {
         if self.settings.applied.is_some() {
-            self.marks.push_back((self.spool.end().0, lsn));
+            self.marks.push_back((self.writer.spool().end().0, lsn));
         }
     }
 
@@ -830,14 +747,7 @@ impl PgSource {
 
     /// Deletes the spool segments every sink is past.
     fn truncate_spool(&mut self) -> Result<()> {
-        if let Some(applied) = &self.settings.truncate_below {
-            let below = *applied.borrow();
-            let n = self.spool.truncate_before(below)?;
-            if n > 0 {
-                tracing::debug!(segments = n, below = %below, "deleted spool segments every sink has applied");
-            }
-        }
-        Ok(())
+        self.writer.truncate()
     }
 
     fn publish_stats(&mut self) {
@@ -852,53 +762,30 @@ impl PgSource {
 
     /// Commits the spool if the group-commit policy says so.
     fn maybe_commit(&mut self, timer: bool) -> Result<()> {
-        let pending = self.spool.end().0 - self.spool.durable_end().0;
-        if pending == 0 {
+        if self.writer.pending() == 0 {
             self.durable_ack = self.durable_ack.max(self.pending_ack);
             return Ok(());
         }
-        let old = self
-            .pending_since
-            .is_some_and(|t| t.elapsed() >= GROUP_DELAY);
-        if pending >= GROUP_BYTES || (timer && old) {
+        if self.writer.due(timer) {
             self.commit_spool()?;
         }
         Ok(())
     }
 
     fn commit_spool(&mut self) -> Result<()> {
-        tokio::task::block_in_place(|| self.spool.commit())?;
-        self.pending_since = None;
+        self.writer.commit()?;
         self.durable_ack = self.durable_ack.max(self.pending_ack);
         Ok(())
     }
 
     /// Appends to the spool; a Relation only when the spool's catalog does not have it as it is.
     fn append(&mut self, event: &Event) -> Result<()> {
-        if let Event::Relation(r) = event
-            && self.spool.relations().get(&r.id) == Some(r)
-        {
-            return Ok(());
-        }
-        self.spool.append(event)?;
-        self.pending_since.get_or_insert_with(Instant::now);
-        if self.spool.end().0 - self.spool.durable_end().0 >= GROUP_BYTES {
-            // A large transaction streams through the spool: keep the write buffer bounded.
-            tokio::task::block_in_place(|| self.spool.commit())?;
-            self.pending_since = None;
-        }
-        Ok(())
+        self.writer.append(event)
     }
 
     /// Appends an encoded frame (never a Relation) to the spool, as [`append`](Self::append).
     fn append_frame(&mut self, frame: &[u8]) -> Result<()> {
-        self.spool.append_frame(frame)?;
-        self.pending_since.get_or_insert_with(Instant::now);
-        if self.spool.end().0 - self.spool.durable_end().0 >= GROUP_BYTES {
-            tokio::task::block_in_place(|| self.spool.commit())?;
-            self.pending_since = None;
-        }
-        Ok(())
+        self.writer.append_frame(frame)
     }
 
     /// Writes one whole committed transaction to the spool; `end_lsn` is the end of its commit
@@ -968,11 +855,11 @@ impl PgSource {
                 .entry(top)
                 .or_insert_with(|| TxnBuffer::new(format!("stream-{top}"), limit));
             let sub = sub.filter(|s| *s != top).unwrap_or(0);
-            return buf.push(&self.spill_dir, sub, event);
+            return buf.push(self.writer.spill_dir(), sub, event);
         }
         match self.txn.as_mut() {
             Some(t) if t.skip => Ok(()),
-            Some(t) => t.buf.push(&self.spill_dir, 0, event),
+            Some(t) => t.buf.push(self.writer.spill_dir(), 0, event),
             None => Err(Error::Protocol(format!(
                 "pgoutput: a {} change outside any transaction",
                 event.kind()
@@ -1066,7 +953,7 @@ impl PgSource {
                     let position = Position::Postgres(Lsn(self.stats.server_wal_end));
                     let discarding = self.discarding();
                     let new_table = !self.schema.knows(oid)
-                        && !self.spool.relations().contains_key(&relation.id);
+                        && !self.writer.spool().relations().contains_key(&relation.id);
                     if new_table
                         && !discarding
                         && let Some(def) = super::table_def::describe(client, oid).await?
@@ -1077,7 +964,7 @@ impl PgSource {
                     let before = self.schema.on_relation(
                         oid,
                         &relation,
-                        self.spool.relations().get(&relation.id),
+                        self.writer.spool().relations().get(&relation.id),
                         &position,
                         !discarding,
                     )?;
@@ -1159,7 +1046,7 @@ impl PgSource {
                 if transactional && prefix == DDL_PREFIX {
                     // ferry's DDL trigger: carried as the changes it names, not as itself.
                     let msg = ddl::parse(content)?;
-                    let spool = &self.spool;
+                    let spool = self.writer.spool();
                     let events = self.schema.on_ddl(
                         msg,
                         |oid| spool.relations().get(&RelationId(u64::from(oid))).cloned(),
@@ -1241,7 +1128,7 @@ impl PgSource {
             .relations
             .get(&oid)
             .map(|r| &r.relation)
-            .or_else(|| self.spool.relations().get(&rel.id));
+            .or_else(|| self.writer.spool().relations().get(&rel.id));
         let Some(prev) = prev else {
             return Ok(None);
         };
@@ -1352,7 +1239,7 @@ impl PgSource {
 
     /// The spool after the source has stopped.
     pub fn into_spool(self) -> SpoolWriter {
-        self.spool
+        self.writer.into_spool()
     }
 }
 
