@@ -23,6 +23,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::capture::stats::SourceStats;
 use crate::error::{Error, Result};
@@ -549,26 +550,32 @@ pub async fn bind(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Shared,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> Result<()> {
     let tick = shared.tick.clone();
     tick.store(
         crate::postgres::replication::unix_now_micros() / 1_000_000,
         Ordering::Relaxed,
     );
+    let ticker_stop = shutdown.clone();
     let ticker = tokio::spawn(async move {
         loop {
             tick.store(
                 crate::postgres::replication::unix_now_micros() / 1_000_000,
                 Ordering::Relaxed,
             );
-            tokio::time::sleep(Duration::from_secs(1)).await;
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                _ = ticker_stop.cancelled() => break,
+            }
         }
     });
+    // Connections in progress are tracked and given a moment to finish their answer.
+    let mut connections = tokio::task::JoinSet::new();
     let shared = Arc::new(shared);
     loop {
         let (stream, _) = tokio::select! {
-            _ = shutdown.wait_for(|v| *v) => break,
+            _ = shutdown.cancelled() => break,
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -577,8 +584,10 @@ pub async fn serve(
                 }
             },
         };
+        // Finished connections are reaped as new ones come, so the set stays small.
+        while connections.try_join_next().is_some() {}
         let shared = shared.clone();
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let service = service_fn(move |req: Request<Incoming>| {
                 let shared = shared.clone();
                 async move { Ok::<_, Infallible>(route(&shared, &req)) }
@@ -588,6 +597,12 @@ pub async fn serve(
                 .await;
         });
     }
-    ticker.abort();
+    let _ = ticker.await;
+    // A scraper holding a keep-alive connection open does not hold up the stop.
+    let _ = tokio::time::timeout(Duration::from_secs(2), async {
+        while connections.join_next().await.is_some() {}
+    })
+    .await;
+    connections.abort_all();
     Ok(())
 }

@@ -1,11 +1,13 @@
 //! The `ferry` binary: parses the command line, sets up logging, runs one command, and turns its
-//! outcome into an exit code (0 success, 1 failure; clap exits 2 on a command-line usage error).
+//! outcome into an exit code (0 success, 1 failure, 130 a second signal; clap exits 2 on a
+//! command-line usage error). Only this file ends the process.
 
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use clap::Parser;
+use tokio_util::sync::CancellationToken;
 
 use ferry_agent::cli::{Cli, Command, DdlTriggerCommand, LogCommand};
 use ferry_agent::config::Config;
@@ -18,11 +20,26 @@ use ferry_agent::{dump, logging, supervisor};
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// How `ferry run` ended after a signal.
+enum Stopped {
+    Done(ferry_agent::error::Result<()>),
+    /// A second signal, or the grace period over: exit with this code without waiting.
+    Now(u8),
+}
+
+/// Exit at once with this code (the message was logged).
+#[derive(Debug, thiserror::Error)]
+#[error("exiting with code {0}")]
+struct ExitNow(u8);
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init(cli.log_format);
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
+        Err(e) if e.is::<ExitNow>() => {
+            ExitCode::from(e.downcast_ref::<ExitNow>().map_or(1, |x| x.0))
+        }
         Err(e) => {
             eprintln!("ferry: error: {e:#}");
             ExitCode::FAILURE
@@ -41,28 +58,37 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(async {
-                let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-                tokio::spawn(async move {
-                    wait_for_signal().await;
-                    tracing::info!(
-                        "shutdown requested; stopping cleanly (signal again to exit now)"
-                    );
-                    let _ = stop_tx.send(true);
-                    tokio::select! {
-                        _ = wait_for_signal() => {
-                            tracing::warn!("second signal: exiting at once");
-                            std::process::exit(130);
-                        }
-                        _ = tokio::time::sleep(grace) => {
-                            // Whatever was not committed is read again at the next start.
-                            tracing::error!(grace_secs = grace.as_secs(), "not stopped within the grace period (shutdown_grace_seconds): exiting");
-                            std::process::exit(1);
-                        }
+            let outcome = runtime.block_on(async {
+                let stop = CancellationToken::new();
+                let run = supervisor::run(config, until, stop.clone());
+                tokio::pin!(run);
+                tokio::select! {
+                    r = &mut run => return Stopped::Done(r),
+                    _ = wait_for_signal() => {}
+                }
+                tracing::info!("shutdown requested; stopping cleanly (signal again to exit now)");
+                stop.cancel();
+                tokio::select! {
+                    r = &mut run => Stopped::Done(r),
+                    _ = wait_for_signal() => {
+                        tracing::warn!("second signal: exiting at once");
+                        Stopped::Now(130)
                     }
-                });
-                supervisor::run(config, until, stop_rx).await
-            })?;
+                    _ = tokio::time::sleep(grace) => {
+                        // Whatever was not committed is read again at the next start.
+                        tracing::error!(grace_secs = grace.as_secs(), "not stopped within the grace period (shutdown_grace_seconds): exiting");
+                        Stopped::Now(1)
+                    }
+                }
+            });
+            match outcome {
+                Stopped::Done(r) => r?,
+                Stopped::Now(code) => {
+                    // Tasks still running (a hung target) are not waited for.
+                    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+                    return Err(ExitNow(code).into());
+                }
+            }
             Ok(())
         }
         Command::Check(args) => {

@@ -11,6 +11,7 @@ use ferry_sink::kafka::{KafkaSink, KafkaSinkConfig};
 use ferry_sink::postgres::{PgSink, PgSinkConfig, SinkProgress, SinkState};
 use ferry_spool::{Cursors, Offset, SpoolWriter, WriterOptions, segment};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::config::{AckPolicy, Config, SinkKind, SnapshotMode, SourceKind};
 use crate::error::{Error, Result};
@@ -58,7 +59,7 @@ enum Source {
 }
 
 impl Source {
-    async fn run(&mut self, shutdown: watch::Receiver<bool>) -> Result<()> {
+    async fn run(&mut self, shutdown: CancellationToken) -> Result<()> {
         match self {
             Source::Postgres(s) => s.run(shutdown).await,
             Source::Mysql(s) => s.run(shutdown).await,
@@ -246,7 +247,7 @@ pub fn db_sink_configs(config: &Config) -> Result<Vec<(SinkKind, PgSinkConfig)>>
 pub async fn run(
     config: Config,
     until: Option<ferry_proto::Lsn>,
-    shutdown: watch::Receiver<bool>,
+    shutdown: CancellationToken,
 ) -> Result<()> {
     let sink_configs = sink_settings(&config)?;
     // The same checks as `ferry check`: refuse what retrying cannot fix.
@@ -326,12 +327,12 @@ pub async fn run(
     };
 
     // Sinks stop after the source, so they apply what it spooled last.
-    let (sink_stop_tx, sink_stop_rx) = watch::channel(false);
+    let sinks_stop = CancellationToken::new();
     let mut progress: Vec<(String, watch::Receiver<SinkProgress>)> = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
     for cfg in sink_configs {
         let name = cfg.name().to_owned();
-        let (durable, stop) = (durable.clone(), sink_stop_rx.clone());
+        let (durable, stop) = (durable.clone(), sinks_stop.clone());
         match cfg {
             SinkSettings::Postgres(cfg) => {
                 let (sink, rx) = PgSink::new(cfg);
@@ -352,7 +353,7 @@ pub async fn run(
     }
     let watchers: Vec<watch::Receiver<SinkProgress>> =
         progress.iter().map(|(_, rx)| rx.clone()).collect();
-    let (http_stop_tx, http_stop_rx) = watch::channel(false);
+    let http_stop = CancellationToken::new();
     let http_task = match &config.http {
         Some(http) => {
             let sinks = progress
@@ -389,12 +390,13 @@ pub async fn run(
             Some(tokio::spawn(crate::http::serve(
                 listener,
                 shared,
-                http_stop_rx,
+                http_stop.clone(),
             )))
         }
         None => None,
     };
-    let min_task = tokio::spawn(track_min_applied(watchers, applied_tx));
+    let min_stop = CancellationToken::new();
+    let min_task = tokio::spawn(track_min_applied(watchers, applied_tx, min_stop.clone()));
 
     let source_result = source.run(shutdown).await;
     if let Err(e) = &source_result {
@@ -411,7 +413,7 @@ pub async fn run(
             tracing::debug!(sink = %name, "sink caught up with --until");
         }
     }
-    let _ = sink_stop_tx.send(true);
+    sinks_stop.cancel();
     // Each sink finishes its batch and checkpoint; one whose target does not answer (a lock it
     // waits on, a hung server) is given up after a grace period, shorter when the source has
     // failed, so ferry never sits idle with its error unreported. What it had not committed is
@@ -451,8 +453,11 @@ pub async fn run(
             }
         }
     }
-    min_task.abort();
-    let _ = http_stop_tx.send(true);
+    // In dependency order: the sinks are done (above), then what watched them, then the HTTP
+    // endpoint that reported on everything.
+    min_stop.cancel();
+    let _ = min_task.await;
+    http_stop.cancel();
     if let Some(t) = http_task
         && let Ok(Err(e)) = t.await
     {
@@ -473,6 +478,7 @@ const SINK_STOP_GRACE_AFTER_FAILURE: Duration = Duration::from_secs(5);
 async fn track_min_applied(
     mut watchers: Vec<watch::Receiver<SinkProgress>>,
     tx: watch::Sender<Offset>,
+    stop: CancellationToken,
 ) {
     if watchers.is_empty() {
         return;
@@ -489,8 +495,13 @@ async fn track_min_applied(
             changed
         });
         let changes = watchers.iter_mut().map(|w| Box::pin(w.changed()));
-        if futures_util::future::select_all(changes).await.0.is_err() {
-            return;
+        tokio::select! {
+            (changed, _, _) = futures_util::future::select_all(changes) => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            _ = stop.cancelled() => return,
         }
     }
 }

@@ -27,6 +27,7 @@ use std::time::{Duration, Instant};
 use ferry_proto::{Event, OldRow, Position, Relation, RelationId, Value};
 use ferry_spool::{Cursors, Offset, SpoolReader, segment};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::deadletter::DeadLetters;
 use crate::error::{Result, SinkError};
@@ -368,12 +369,12 @@ impl<T: Target> DbSink<T> {
     pub async fn run(
         mut self,
         durable: watch::Receiver<Offset>,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: CancellationToken,
     ) -> Result<()> {
         let mut backoff = Backoff::default();
         loop {
             let started = Instant::now();
-            match self.session(durable.clone(), &mut shutdown).await {
+            match self.session(durable.clone(), &shutdown).await {
                 Ok(()) => {
                     self.set_state(SinkState::Stopped);
                     return Ok(());
@@ -386,7 +387,7 @@ impl<T: Target> DbSink<T> {
                         &self.progress,
                         &mut backoff,
                         started,
-                        &mut shutdown,
+                        &shutdown,
                     )
                     .await?;
                     if !again {
@@ -400,7 +401,7 @@ impl<T: Target> DbSink<T> {
     async fn session(
         &mut self,
         durable: watch::Receiver<Offset>,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &CancellationToken,
     ) -> Result<()> {
         let (t, sequential) = T::connect(&self.cfg).await?;
         let mut t = Some(t);
@@ -418,7 +419,7 @@ impl<T: Target> DbSink<T> {
         slot: &mut Option<T>,
         sequential: bool,
         durable: watch::Receiver<Offset>,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &CancellationToken,
     ) -> Result<()> {
         let name = self.cfg.name.clone();
         let Some(mut t) = slot.take() else {
@@ -490,7 +491,7 @@ impl<T: Target> DbSink<T> {
         &mut self,
         s: &mut Session<T>,
         reader: &mut SpoolReader,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &CancellationToken,
         cursors: &Cursors,
         durable: watch::Receiver<Offset>,
     ) -> Result<()> {
@@ -537,14 +538,14 @@ impl<T: Target> DbSink<T> {
         &mut self,
         s: &mut Session<T>,
         reader: &mut SpoolReader,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &CancellationToken,
         cursors: &Cursors,
     ) -> Result<bool> {
         let idle = !s.in_target_txn && s.txn.is_none();
         let next = if idle {
             tokio::select! {
                 biased;
-                _ = async { shutdown.wait_for(|v| *v).await.is_ok() } => return Ok(false),
+                _ = shutdown.cancelled() => return Ok(false),
                 ev = reader.next_wait() => ev?,
             }
         } else {
@@ -559,7 +560,7 @@ impl<T: Target> DbSink<T> {
                     // Mid-transaction: the writer is still writing it.
                     tokio::select! {
                         biased;
-                        _ = async { shutdown.wait_for(|v| *v).await.is_ok() } => {
+                        _ = shutdown.cancelled() => {
                             s.t.execute("ROLLBACK").await?;
                             s.in_target_txn = false;
                             return Ok(false);
@@ -576,7 +577,7 @@ impl<T: Target> DbSink<T> {
         };
         let after = reader.position();
         self.event(s, reader, offset, after, event).await?;
-        let stop = *shutdown.borrow();
+        let stop = shutdown.is_cancelled();
         if stop && s.txn.is_none() {
             self.commit_batch(s, cursors).await?;
             return Ok(false);

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use ferry_proto::Position;
 use ferry_spool::Offset;
+use tokio_util::sync::CancellationToken;
 
 /// What a sink is doing, for status, metrics and the source's acknowledgement.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -112,7 +113,7 @@ pub async fn after_failure(
     progress: &tokio::sync::watch::Sender<SinkProgress>,
     backoff: &mut crate::Backoff,
     session_started: std::time::Instant,
-    shutdown: &mut tokio::sync::watch::Receiver<bool>,
+    shutdown: &CancellationToken,
 ) -> crate::error::Result<bool> {
     let set = |state: SinkState| {
         write_state(spool_dir, sink, &state);
@@ -132,7 +133,7 @@ pub async fn after_failure(
     progress.send_modify(|p| p.retries += 1);
     tokio::select! {
         _ = tokio::time::sleep(delay) => Ok(true),
-        _ = async { shutdown.wait_for(|s| *s).await.is_ok() } => {
+        _ = shutdown.cancelled() => {
             set(SinkState::Stopped);
             Ok(false)
         }

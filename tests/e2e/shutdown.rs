@@ -95,3 +95,63 @@ async fn sigterm_during_a_workload_exits_0_and_the_restart_loses_and_duplicates_
     assert_eq!(seen.len() as i64, written);
     assert!(seen.values().all(|&n| n == 1), "duplicates in the spool");
 }
+
+/// A sink stuck in its batch (the replica's table locked) holds up a clean stop; a second signal
+/// ends ferry at once with 130, and without one the grace period (`shutdown_grace_seconds`) ends
+/// it with 1, each saying so. The process is ended by `main`, after the runtime gave up its tasks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_or_the_grace_period_ends_a_stuck_stop() {
+    let source = Postgres::start().unwrap();
+    let replica = Postgres::start().unwrap();
+    let (s, r) = (source.connect().await, replica.connect().await);
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY)";
+    s.batch_execute(ddl).await.unwrap();
+    r.batch_execute(ddl).await.unwrap();
+    let lock = replica.connect().await;
+    lock.batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+        .await
+        .unwrap();
+    for (n, grace) in [(0, 60), (1, 2)] {
+        let config = FerryConfig::pg_to_pg(
+            &source.url("postgres"),
+            &replica.url("postgres"),
+            &format!("slot = \"stuck_{n}\"\npublication = \"stuck_{n}\""),
+            "",
+        )
+        .unwrap();
+        let text = std::fs::read_to_string(config.path()).unwrap();
+        std::fs::write(
+            config.path(),
+            format!(
+                "shutdown_grace_seconds = {grace}\n{}",
+                text.replace("name = \"replica\"", &format!("name = \"replica_{n}\""))
+            ),
+        )
+        .unwrap();
+        let mut ferry = config.start(n).unwrap();
+        // Started, streaming, and the sink inside a batch it cannot finish.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !ferry.log_text().contains("starting replication") {
+            ferry.check_alive().unwrap();
+            assert!(Instant::now() < deadline, "{}", ferry.log_text());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        s.batch_execute(&format!("INSERT INTO t VALUES ({n})"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        ferry.signal(libc::SIGTERM);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if n == 0 {
+            ferry.signal(libc::SIGTERM);
+            let (code, log) = ferry.wait_exit(Duration::from_secs(20)).unwrap();
+            assert_eq!(code, 130, "{log}");
+            assert!(log.contains("second signal: exiting at once"), "{log}");
+        } else {
+            let (code, log) = ferry.wait_exit(Duration::from_secs(20)).unwrap();
+            assert_eq!(code, 1, "{log}");
+            assert!(log.contains("not stopped within the grace period"), "{log}");
+        }
+    }
+    drop(lock);
+}

@@ -150,6 +150,11 @@ impl FerryRun {
         Ok((status.code().unwrap_or(-1), self.process.log_text()))
     }
 
+    /// Sends a signal and returns at once.
+    pub fn signal(&self, sig: i32) {
+        self.process.signal(sig);
+    }
+
     /// SIGKILL, at once.
     pub fn kill(mut self) {
         self.process.signal(libc::SIGKILL);

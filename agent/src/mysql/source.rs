@@ -20,6 +20,7 @@ use mysql_async::binlog::events::{EventData, RowsEventData};
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStreamRequest, Conn, Opts};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use super::compressed;
 use super::ddl;
@@ -217,11 +218,11 @@ impl MysqlSource {
     }
 
     /// Streams until `shutdown` turns true, reconnecting after transient failures with backoff.
-    pub async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+    pub async fn run(&mut self, shutdown: CancellationToken) -> Result<()> {
         let mut backoff = ferry_sink::Backoff::default();
         loop {
             let started = Instant::now();
-            let result = self.session(&mut shutdown).await;
+            let result = self.session(&shutdown).await;
             self.set_connected(false);
             match result {
                 Ok(()) => {
@@ -237,7 +238,7 @@ impl MysqlSource {
                     tracing::warn!(error = %e, retry_in = ?wait, "mysql source: connection failed; reconnecting");
                     tokio::select! {
                         _ = tokio::time::sleep(wait) => {}
-                        _ = shutdown.wait_for(|v| *v) => return Ok(()),
+                        _ = shutdown.cancelled() => return Ok(()),
                     }
                 }
                 Err(e) => return Err(e),
@@ -245,7 +246,7 @@ impl MysqlSource {
         }
     }
 
-    async fn session(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<()> {
+    async fn session(&mut self, shutdown: &CancellationToken) -> Result<()> {
         let opts = ferry_sink::mysql::opts_from_url(&self.settings.url)
             .map_err(|e| Error::Config(format!("source url: {e}")))?;
         let mut meta = ferry_sink::mysql::connect(opts.clone()).await?;
@@ -310,7 +311,7 @@ impl MysqlSource {
             let next = if pending {
                 tokio::select! {
                     biased;
-                    _ = shutdown.wait_for(|v| *v) => return Ok(()),
+                    _ = shutdown.cancelled() => return Ok(()),
                     r = tokio::time::timeout(QUIET, stream.next()) => match r {
                         Ok(ev) => ev,
                         Err(_) => { self.commit_spool()?; continue; }
@@ -319,7 +320,7 @@ impl MysqlSource {
             } else {
                 tokio::select! {
                     biased;
-                    _ = shutdown.wait_for(|v| *v) => return Ok(()),
+                    _ = shutdown.cancelled() => return Ok(()),
                     r = tokio::time::timeout(Duration::from_secs(10), stream.next()) => match r {
                         Ok(ev) => ev,
                         Err(_) => return Err(Error::io(
@@ -928,7 +929,7 @@ impl MysqlSource {
     async fn snapshot(
         &mut self,
         opts: Opts,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &CancellationToken,
     ) -> Result<Option<BinlogPos>> {
         let mut conn = ferry_sink::mysql::connect(opts).await?;
         // Values in each column's own character set, timestamps in UTC, as the binlog has them.
@@ -1033,7 +1034,7 @@ impl MysqlSource {
         &mut self,
         conn: &mut Conn,
         schema: &TableSchema,
-        shutdown: &watch::Receiver<bool>,
+        shutdown: &CancellationToken,
     ) -> Result<Option<u64>> {
         let rel = &schema.relation;
         let cols: Vec<String> = schema.columns.iter().map(|c| quote(&c.name)).collect();
@@ -1042,7 +1043,7 @@ impl MysqlSource {
         let mut last: Option<Vec<mysql_async::Value>> = None;
         let mut rows = 0u64;
         loop {
-            if *shutdown.borrow() {
+            if shutdown.is_cancelled() {
                 return Ok(None);
             }
             let order: Vec<String> = key.iter().map(|&i| cols[i].clone()).collect();

@@ -25,8 +25,9 @@ use ferry_proto::{
 };
 use ferry_spool::SpoolWriter;
 use futures_util::StreamExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
 
 use super::catalog::TypeCatalog;
 use super::slot::{quote_ident, quote_literal};
@@ -62,7 +63,7 @@ pub async fn copy_all(
     snapshot_name: &str,
     consistent_point: u64,
     spool: &mut SpoolWriter,
-    shutdown: &mut watch::Receiver<bool>,
+    shutdown: &CancellationToken,
 ) -> Result<bool> {
     if snapshot_name.is_empty() {
         return Err(Error::Protocol("the slot exported no snapshot".into()));
@@ -197,7 +198,7 @@ pub async fn copy_all(
                 None => break,
             },
             _ = tick.tick() => report(false),
-            _ = shutdown.wait_for(|s| *s) => {
+            _ = shutdown.cancelled() => {
                 tasks.abort_all();
                 if terminal {
                     eprintln!();

@@ -28,6 +28,7 @@ use ferry_proto::{
 use ferry_spool::{Offset, SpoolWriter};
 use tokio::sync::watch;
 use tokio_postgres::Client;
+use tokio_util::sync::CancellationToken;
 
 use super::catalog::TypeCatalog;
 use super::ddl::{self, DDL_PREFIX};
@@ -304,11 +305,11 @@ impl PgSource {
     }
 
     /// Streams until `shutdown` turns true, reconnecting after transient failures with backoff.
-    pub async fn run(&mut self, mut shutdown: watch::Receiver<bool>) -> Result<()> {
+    pub async fn run(&mut self, shutdown: CancellationToken) -> Result<()> {
         let mut backoff = ferry_sink::Backoff::default();
         loop {
             self.streaming = false;
-            let result = self.session(&mut shutdown).await;
+            let result = self.session(&shutdown).await;
             self.stats.connected = false;
             self.publish_stats();
             match result {
@@ -324,7 +325,7 @@ impl PgSource {
                     tracing::warn!(error = %e, retry_in = ?delay, "source connection failed; reconnecting");
                     tokio::select! {
                         _ = tokio::time::sleep(delay) => {}
-                        _ = shutdown.wait_for(|s| *s) => return Ok(()),
+                        _ = shutdown.cancelled() => return Ok(()),
                     }
                 }
                 Err(e) => return Err(e),
@@ -345,7 +346,7 @@ impl PgSource {
         self.commit_spool()
     }
 
-    async fn session(&mut self, shutdown: &mut watch::Receiver<bool>) -> Result<()> {
+    async fn session(&mut self, shutdown: &CancellationToken) -> Result<()> {
         let params = &self.settings.params;
         let (client, conn_task) = tokio::time::timeout(
             CONNECT_TIMEOUT,
@@ -365,7 +366,7 @@ impl PgSource {
     async fn prepare(
         &mut self,
         client: &Client,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &CancellationToken,
     ) -> Result<Option<(ReplicationConn, i32)>> {
         let version: i32 = client
             .query_one("SELECT current_setting('server_version_num')::int", &[])
@@ -519,11 +520,7 @@ impl PgSource {
         Ok(Some((repl, version)))
     }
 
-    async fn stream(
-        &mut self,
-        client: &Client,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Result<()> {
+    async fn stream(&mut self, client: &Client, shutdown: &CancellationToken) -> Result<()> {
         let Some((mut repl, version)) = self.prepare(client, shutdown).await? else {
             return Ok(());
         };
@@ -572,7 +569,7 @@ impl PgSource {
         loop {
             tokio::select! {
                 biased;
-                _ = shutdown.wait_for(|s| *s) => {
+                _ = shutdown.cancelled() => {
                     // A transaction still being received is sent again on the next start.
                     self.reset_session_state()?;
                     let ack = self.ack_position();

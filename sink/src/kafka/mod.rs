@@ -28,6 +28,7 @@ use rdkafka::message::{Header, Headers, OwnedHeaders};
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 use rdkafka::{ClientConfig, ClientContext, Message, TopicPartitionList};
 use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use self::format::{Format, Origin};
 use crate::error::{Result, SinkError};
@@ -294,12 +295,12 @@ impl KafkaSink {
     pub async fn run(
         self,
         durable: watch::Receiver<Offset>,
-        mut shutdown: watch::Receiver<bool>,
+        shutdown: CancellationToken,
     ) -> Result<()> {
         let mut backoff = Backoff::default();
         loop {
             let started = Instant::now();
-            match self.session(durable.clone(), &mut shutdown).await {
+            match self.session(durable.clone(), &shutdown).await {
                 Ok(()) => {
                     self.set_state(SinkState::Stopped);
                     return Ok(());
@@ -312,7 +313,7 @@ impl KafkaSink {
                         &self.progress,
                         &mut backoff,
                         started,
-                        &mut shutdown,
+                        &shutdown,
                     )
                     .await?;
                     if !again {
@@ -326,7 +327,7 @@ impl KafkaSink {
     async fn session(
         &self,
         durable: watch::Receiver<Offset>,
-        shutdown: &mut watch::Receiver<bool>,
+        shutdown: &CancellationToken,
     ) -> Result<()> {
         let name = self.cfg.name.clone();
         let deliveries = Arc::new(Deliveries::default());
@@ -376,7 +377,7 @@ impl KafkaSink {
             let next = if idle {
                 tokio::select! {
                     biased;
-                    _ = async { shutdown.wait_for(|v| *v).await.is_ok() } => return Ok(()),
+                    _ = shutdown.cancelled() => return Ok(()),
                     ev = reader.next_wait() => ev?,
                 }
             } else {
@@ -389,7 +390,7 @@ impl KafkaSink {
                     }
                     None => tokio::select! {
                         biased;
-                        _ = async { shutdown.wait_for(|v| *v).await.is_ok() } => {
+                        _ = shutdown.cancelled() => {
                             self.abort(&out, &mut in_kafka_txn).await;
                             return Ok(());
                         }
@@ -448,10 +449,10 @@ impl KafkaSink {
                         || batch
                             .started
                             .is_some_and(|t| t.elapsed() >= self.cfg.max_batch_delay);
-                    if due || *shutdown.borrow() {
+                    if due || shutdown.is_cancelled() {
                         self.finish_batch(&out, &mut in_kafka_txn, &last, &mut batch, &cursors)
                             .await?;
-                        let stop = *shutdown.borrow();
+                        let stop = shutdown.is_cancelled();
                         if stop {
                             return Ok(());
                         }
