@@ -81,27 +81,6 @@ impl Source {
     }
 }
 
-/// The Postgres source settings; for a mysql source, only what the supervisor reads of them.
-fn pg_settings_or_default(config: &Config, mysql: bool) -> Result<SourceSettings> {
-    if !mysql {
-        return pg_settings(config);
-    }
-    Ok(SourceSettings {
-        params: ConnParams::parse("postgres://ferry@localhost/x")?,
-        slot: String::new(),
-        publication: String::new(),
-        filter: TableFilter::new(std::iter::empty(), std::iter::empty()).map_err(Error::Config)?,
-        snapshot: false,
-        snapshot_workers: 1,
-        txn_memory: 0,
-        keyless: Default::default(),
-        min_safe_wal_mb: None,
-        until: None,
-        applied: None,
-        truncate_below: None,
-    })
-}
-
 /// Builds the Postgres source settings from the configuration.
 pub fn pg_settings(config: &Config) -> Result<SourceSettings> {
     let src = &config.source;
@@ -272,8 +251,6 @@ pub async fn run(
             "--until takes a PostgreSQL LSN; it does not apply to a mysql source".into(),
         ));
     }
-    let mut settings = pg_settings_or_default(&config, mysql)?;
-    settings.until = until.map(|l| l.0);
     let opts = WriterOptions {
         segment_bytes: u64::from(config.spool.segment_mb.unwrap_or(64)) << 20,
     };
@@ -303,13 +280,14 @@ pub async fn run(
     }
     let durable = spool.subscribe();
     let (applied_tx, applied_rx) = watch::channel(Offset(0));
-    if !sink_configs.is_empty() {
-        // Segments every sink has applied go, whatever the acknowledgement waits for.
-        settings.truncate_below = Some(applied_rx.clone());
-        if config.spool.ack == AckPolicy::Applied {
-            settings.applied = Some(applied_rx);
-        }
-    }
+    // Segments every sink has applied go, whatever the acknowledgement waits for; with
+    // `ack = "applied"` the source acknowledges only what they applied.
+    let (truncate_below, applied) = if sink_configs.is_empty() {
+        (None, None)
+    } else {
+        let applied = (config.spool.ack == AckPolicy::Applied).then(|| applied_rx.clone());
+        (Some(applied_rx), applied)
+    };
     tracing::info!(
         spool = %dir.display(),
         source = %config.source.url,
@@ -318,11 +296,19 @@ pub async fn run(
         "ferry starting"
     );
     let mut source = if mysql {
-        let mut my = mysql_settings(&config)?;
-        my.applied = settings.applied.take();
-        my.truncate_below = settings.truncate_below.take();
-        Source::Mysql(Box::new(crate::mysql::MysqlSource::new(my, spool)?))
+        let settings = crate::mysql::MysqlSettings {
+            applied,
+            truncate_below,
+            ..mysql_settings(&config)?
+        };
+        Source::Mysql(Box::new(crate::mysql::MysqlSource::new(settings, spool)?))
     } else {
+        let settings = SourceSettings {
+            until: until.map(|l| l.0),
+            applied,
+            truncate_below,
+            ..pg_settings(&config)?
+        };
         Source::Postgres(Box::new(PgSource::new(settings, spool)?))
     };
 

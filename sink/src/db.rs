@@ -104,8 +104,8 @@ pub trait Target: Send + Sized + 'static {
     /// Connects, creates the checkpoint table if missing, and prepares the session; `true` when
     /// changes must be applied one by one in source order (foreign keys cannot be deferred).
     fn connect(cfg: &DbSinkConfig) -> impl Future<Output = Result<(Self, bool)>> + Send;
-    /// Runs a transaction-control statement (`BEGIN`, `COMMIT`, `ROLLBACK`, savepoints).
-    fn execute(&mut self, sql: &str) -> impl Future<Output = Result<()>> + Send;
+    /// Controls the target transaction the batch is applied in.
+    fn control(&mut self, op: TxnControl) -> impl Future<Output = Result<()>> + Send;
     /// The sink's checkpoint: (source position, spool offset after it).
     fn read_checkpoint(
         &mut self,
@@ -176,6 +176,35 @@ pub trait Target: Send + Sized + 'static {
     /// indexes of a table it created, built after the initial copy rather than during it).
     fn end_source_txn(&mut self) -> impl Future<Output = Result<()>> + Send {
         async { Ok(()) }
+    }
+}
+
+/// The transaction control a worker asks of a target: one batch is one target transaction, and
+/// a batch replayed change by change puts a savepoint before each change.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TxnControl {
+    Begin,
+    Commit,
+    Rollback,
+    /// Marks the point before one change.
+    Savepoint,
+    /// The change since the savepoint stays.
+    Release,
+    /// The change since the savepoint is undone; the transaction goes on.
+    RollbackToSavepoint,
+}
+
+impl TxnControl {
+    /// The statement, the same on PostgreSQL and MySQL/MariaDB.
+    pub fn sql(self) -> &'static str {
+        match self {
+            TxnControl::Begin => "BEGIN",
+            TxnControl::Commit => "COMMIT",
+            TxnControl::Rollback => "ROLLBACK",
+            TxnControl::Savepoint => "SAVEPOINT ferry_event",
+            TxnControl::Release => "RELEASE SAVEPOINT ferry_event",
+            TxnControl::RollbackToSavepoint => "ROLLBACK TO SAVEPOINT ferry_event",
+        }
     }
 }
 
@@ -409,7 +438,7 @@ impl<T: Target> DbSink<T> {
         if result.is_err()
             && let Some(t) = t.as_mut()
         {
-            let _ = t.execute("ROLLBACK").await;
+            let _ = t.control(TxnControl::Rollback).await;
         }
         result
     }
@@ -510,7 +539,7 @@ impl<T: Target> DbSink<T> {
                     // A permanent error in a batch: roll it back and replay the same
                     // transactions change by change to find the one that fails.
                     tracing::warn!(sink = %name, error = %e, "a batch failed; replaying it change by change");
-                    s.t.execute("ROLLBACK").await?;
+                    s.t.control(TxnControl::Rollback).await?;
                     s.in_target_txn = false;
                     s.t.reset();
                     s.txn = None;
@@ -561,7 +590,7 @@ impl<T: Target> DbSink<T> {
                     tokio::select! {
                         biased;
                         _ = shutdown.cancelled() => {
-                            s.t.execute("ROLLBACK").await?;
+                            s.t.control(TxnControl::Rollback).await?;
                             s.in_target_txn = false;
                             return Ok(false);
                         }
@@ -587,7 +616,7 @@ impl<T: Target> DbSink<T> {
 
     async fn begin_target(&self, s: &mut Session<T>) -> Result<()> {
         if !s.in_target_txn {
-            s.t.execute("BEGIN").await?;
+            s.t.control(TxnControl::Begin).await?;
             s.in_target_txn = true;
             s.batch_started.get_or_insert_with(Instant::now);
         }
@@ -612,7 +641,7 @@ impl<T: Target> DbSink<T> {
                 if !skip {
                     self.begin_target(s).await?;
                     if s.sequential {
-                        s.t.execute("SAVEPOINT ferry_event").await?;
+                        s.t.control(TxnControl::Savepoint).await?;
                     }
                 }
             }
@@ -786,14 +815,14 @@ impl<T: Target> DbSink<T> {
         match result {
             Ok(()) => {
                 if !committed {
-                    s.t.execute("RELEASE SAVEPOINT ferry_event").await?;
+                    s.t.control(TxnControl::Release).await?;
                 }
-                s.t.execute("SAVEPOINT ferry_event").await?;
+                s.t.control(TxnControl::Savepoint).await?;
                 Ok(())
             }
             Err(e) if e.is_transient() => Err(e),
             Err(e) => {
-                s.t.execute("ROLLBACK TO SAVEPOINT ferry_event").await?;
+                s.t.control(TxnControl::RollbackToSavepoint).await?;
                 s.t.reset();
                 let (position, xid) = s
                     .txn
@@ -850,7 +879,7 @@ impl<T: Target> DbSink<T> {
         }
         s.t.flush().await?;
         self.save_checkpoint(s).await?;
-        s.t.execute("COMMIT").await?;
+        s.t.control(TxnControl::Commit).await?;
         s.in_target_txn = false;
         s.checkpoint = s.last_position.clone();
         s.committed_offset = s.last_offset;

@@ -19,7 +19,7 @@ use ferry_spool::Offset;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Opts, Value as My};
 
-use crate::db::{DbSink, DbSinkConfig, Target};
+use crate::db::{DbSink, DbSinkConfig, Target, TxnControl};
 use crate::error::{Result, SinkError};
 use crate::postgres::encode::civil_from_days;
 use crate::postgres::schema::SchemaChanges;
@@ -711,8 +711,8 @@ impl Target for MyTarget {
         ))
     }
 
-    async fn execute(&mut self, sql: &str) -> Result<()> {
-        Ok(self.conn.query_drop(sql).await?)
+    async fn control(&mut self, op: TxnControl) -> Result<()> {
+        Ok(self.conn.query_drop(op.sql()).await?)
     }
 
     fn take_implicit_commit(&mut self) -> bool {

@@ -30,7 +30,7 @@ use tokio_postgres::Client;
 
 use self::apply::Applier;
 use self::copy::Conn;
-use crate::db::{DbSink, DbSinkConfig, Target};
+use crate::db::{DbSink, DbSinkConfig, Target, TxnControl};
 use crate::error::{Result, SinkError};
 
 /// How a PostgreSQL sink is set up.
@@ -159,12 +159,12 @@ impl Target for PgTarget {
         Ok((t, sequential))
     }
 
-    async fn execute(&mut self, sql: &str) -> Result<()> {
-        if sql.starts_with("ROLLBACK") {
+    async fn control(&mut self, op: TxnControl) -> Result<()> {
+        if matches!(op, TxnControl::Rollback | TxnControl::RollbackToSavepoint) {
             // A COPY in progress belongs to what is rolled back.
             self.conn.abort();
         }
-        Ok(self.conn.client().await?.batch_execute(sql).await?)
+        Ok(self.conn.client().await?.batch_execute(op.sql()).await?)
     }
 
     async fn read_checkpoint(&mut self, sink: &str) -> Result<Option<(Position, Offset)>> {
