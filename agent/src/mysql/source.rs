@@ -246,7 +246,13 @@ impl MysqlSource {
         }
     }
 
-    async fn session(&mut self, shutdown: &CancellationToken) -> Result<()> {
+    /// Connects, checks the server, takes the initial snapshot when the spool has no position
+    /// yet, and opens the binlog stream at the resume position: (the query connection, the
+    /// stream, where it starts, whether events carry checksums). `None` when shutdown came first.
+    async fn open_stream(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<(Conn, mysql_async::BinlogStream, BinlogPos, bool)>> {
         let opts = ferry_sink::mysql::opts_from_url(&self.settings.url)
             .map_err(|e| Error::Config(format!("source url: {e}")))?;
         let mut meta = ferry_sink::mysql::connect(opts.clone()).await?;
@@ -263,7 +269,7 @@ impl MysqlSource {
             let pos = if self.settings.snapshot {
                 match self.snapshot(opts.clone(), shutdown).await? {
                     Some(p) => p,
-                    None => return Ok(()),
+                    None => return Ok(None),
                 }
             } else {
                 let pos = master_position(&mut meta).await?;
@@ -277,7 +283,7 @@ impl MysqlSource {
             self.resume = Some(pos);
         }
         let Some(start) = self.resume.clone() else {
-            return Ok(());
+            return Ok(None);
         };
         let mut conn = ferry_sink::mysql::connect(opts).await?;
         let checksum: Option<String> = conn.query_first("SELECT @@global.binlog_checksum").await?;
@@ -291,10 +297,18 @@ impl MysqlSource {
         let request = BinlogStreamRequest::new(self.settings.server_id)
             .with_filename(start.file.as_bytes())
             .with_pos(start.pos);
-        let mut stream = conn.get_binlog_stream(request).await.map_err(gap_or)?;
+        let stream = conn.get_binlog_stream(request).await.map_err(gap_or)?;
         self.registered_once = true;
         self.set_connected(true);
         tracing::info!(position = %start, server_id = self.settings.server_id, "mysql source: streaming the binlog");
+        Ok(Some((meta, stream, start, checksummed)))
+    }
+
+    async fn session(&mut self, shutdown: &CancellationToken) -> Result<()> {
+        let Some((mut meta, mut stream, start, checksummed)) = self.open_stream(shutdown).await?
+        else {
+            return Ok(());
+        };
         let mut file = start.file.clone();
         let mut gtid: Option<MariaGtid> = None;
         let mut txn: Option<OpenTxn> = None;
@@ -530,144 +544,128 @@ impl MysqlSource {
                             rows.table_id()
                         )));
                     };
-                    let db = tme.database_name().into_owned();
-                    let table = tme.table_name().into_owned();
-                    if !self.settings.wanted(&db, &table) {
-                        continue;
-                    }
-                    let Some(t) = txn.as_mut() else {
-                        return Err(Error::Protocol(format!(
-                            "a row event outside a transaction at {file}:{end}"
-                        )));
-                    };
-                    let mut changes = Vec::new();
-                    let mut names: Option<Vec<String>> = None;
-                    for row in rows.rows(tme) {
-                        let (before, after) = row.map_err(|e| {
-                            Error::Protocol(format!("{db}.{table} row at {file}:{end}: {e}"))
-                        })?;
-                        if names.is_none() {
-                            let r = after.as_ref().or(before.as_ref());
-                            names = r.map(|r| {
-                                r.columns_ref()
-                                    .iter()
-                                    .map(|c| c.name_str().into_owned())
-                                    .collect()
-                            });
-                        }
-                        changes.push((before, after));
-                    }
-                    let kind = match &rows {
-                        RowsEventData::WriteRowsEventV1(_) | RowsEventData::WriteRowsEvent(_) => 0,
-                        RowsEventData::UpdateRowsEventV1(_)
-                        | RowsEventData::UpdateRowsEvent(_)
-                        | RowsEventData::PartialUpdateRowsEvent(_) => 1,
-                        _ => 2,
-                    };
-                    let Some(schema) = self
-                        .catalog
-                        .get(&mut meta, &db, &table, names.as_deref())
-                        .await?
-                    else {
-                        return Err(Error::Fatal(format!(
-                            "rows of {db}.{table} at {file}:{end}, but the table no longer \
-                             exists on the source (dropped or renamed since these rows were \
-                             written), so ferry has no definition to read them with; ferry \
-                             stops rather than skip them. Ways out: add {db}.{table} to \
-                             `exclude` if its changes are not wanted, or re-create the replica \
-                             from a new snapshot"
-                        )));
-                    };
-                    let zero = self.settings.zero_dates;
-                    let at = || format!("{db}.{table} at {file}:{end}");
-                    let rel_id = schema.relation.id;
-                    if !t.announced.contains(&schema.relation) {
-                        if !self.described.contains(&rel_id)
-                            && !self.writer.spool().relations().contains_key(&rel_id)
-                        {
-                            // A table created since the snapshot: its whole definition first.
-                            if let Some(def) = table_def::describe(&mut meta, &db, &table).await? {
-                                let position = Position::Binlog(BinlogPos {
-                                    file: file.clone(),
-                                    pos: end,
-                                });
-                                t.buf.push(
-                                    self.writer.spill_dir(),
-                                    0,
-                                    crate::table_def::message(&def, position),
-                                )?;
-                            }
-                            self.described.insert(rel_id);
-                        }
-                        t.announced.push(schema.relation.clone());
-                        t.buf.push(
-                            self.writer.spill_dir(),
-                            0,
-                            Event::Relation(schema.relation.clone()),
-                        )?;
-                    }
-                    self.table_names
-                        .entry(rel_id)
-                        .or_insert_with(|| schema.relation.qualified_name());
-                    *self.table_rows.entry(rel_id).or_default() += changes.len() as u64;
-                    for (before, after) in changes {
-                        let conv = |r: Option<mysql_async::binlog::row::BinlogRow>| -> Result<Option<Vec<Value>>> {
-                            let Some(r) = r else { return Ok(None) };
-                            let vals = r.unwrap();
-                            if vals.len() != schema.columns.len() {
-                                return Err(Error::Fatal(format!(
-                                    "{}: the row image has {} columns, the table {}; ferry needs binlog_row_image=FULL",
-                                    at(), vals.len(), schema.columns.len()
-                                )));
-                            }
-                            vals.into_iter()
-                                .zip(&schema.columns)
-                                .map(|(v, c)| {
-                                    let v = match v {
-                                        mysql_async::binlog::value::BinlogValue::Value(v) => v,
-                                        mysql_async::binlog::value::BinlogValue::Jsonb(j) => {
-                                            return decode::mysql_json(j).map_err(|e| {
-                                                Error::Fatal(format!("{}: column {}: {e}", at(), c.name))
-                                            });
-                                        }
-                                        mysql_async::binlog::value::BinlogValue::JsonDiff(_) => {
-                                            return Err(Error::Fatal(format!(
-                                                "{}: column {}: partial JSON updates; set binlog_row_value_options='' on the server",
-                                                at(), c.name
-                                            )));
-                                        }
-                                    };
-                                    decode::binlog(c, v, zero)
-                                        .map_err(|e| Error::Fatal(format!("{}: {e}", at())))
-                                })
-                                .collect::<Result<Vec<_>>>()
-                                .map(Some)
-                        };
-                        let rel = schema.relation.id;
-                        let ev = match (kind, conv(before)?, conv(after)?) {
-                            (0, _, Some(new)) => Event::Insert(Insert { relation: rel, new }),
-                            (1, Some(old), Some(new)) => Event::Update(Update {
-                                relation: rel,
-                                old: Some(OldRow::Full(old)),
-                                new,
-                            }),
-                            (2, Some(old), _) => Event::Delete(Delete {
-                                relation: rel,
-                                old: OldRow::Full(old),
-                            }),
-                            _ => {
-                                return Err(Error::Protocol(format!(
-                                    "{}: a row event without its row image",
-                                    at()
-                                )));
-                            }
-                        };
-                        t.buf.push(self.writer.spill_dir(), 0, ev)?;
-                    }
+                    self.on_rows(&mut meta, tme, &rows, &mut txn, &file, end)
+                        .await?;
                 }
                 _ => {}
             }
         }
+    }
+
+    /// A rows event of a captured table: its rows decoded with the table's definition, into the
+    /// open transaction (with the table's definition first, the first time).
+    async fn on_rows(
+        &mut self,
+        meta: &mut Conn,
+        tme: &mysql_async::binlog::events::TableMapEvent<'_>,
+        rows: &RowsEventData<'_>,
+        txn: &mut Option<OpenTxn>,
+        file: &str,
+        end: u64,
+    ) -> Result<()> {
+        let db = tme.database_name().into_owned();
+        let table = tme.table_name().into_owned();
+        if !self.settings.wanted(&db, &table) {
+            return Ok(());
+        }
+        let Some(t) = txn.as_mut() else {
+            return Err(Error::Protocol(format!(
+                "a row event outside a transaction at {file}:{end}"
+            )));
+        };
+        let mut changes = Vec::new();
+        let mut names: Option<Vec<String>> = None;
+        for row in rows.rows(tme) {
+            let (before, after) =
+                row.map_err(|e| Error::Protocol(format!("{db}.{table} row at {file}:{end}: {e}")))?;
+            if names.is_none() {
+                let r = after.as_ref().or(before.as_ref());
+                names = r.map(|r| {
+                    r.columns_ref()
+                        .iter()
+                        .map(|c| c.name_str().into_owned())
+                        .collect()
+                });
+            }
+            changes.push((before, after));
+        }
+        let kind = match &rows {
+            RowsEventData::WriteRowsEventV1(_) | RowsEventData::WriteRowsEvent(_) => 0,
+            RowsEventData::UpdateRowsEventV1(_)
+            | RowsEventData::UpdateRowsEvent(_)
+            | RowsEventData::PartialUpdateRowsEvent(_) => 1,
+            _ => 2,
+        };
+        let Some(schema) = self
+            .catalog
+            .get(meta, &db, &table, names.as_deref())
+            .await?
+        else {
+            return Err(Error::Fatal(format!(
+                "rows of {db}.{table} at {file}:{end}, but the table no longer \
+                 exists on the source (dropped or renamed since these rows were \
+                 written), so ferry has no definition to read them with; ferry \
+                 stops rather than skip them. Ways out: add {db}.{table} to \
+                 `exclude` if its changes are not wanted, or re-create the replica \
+                 from a new snapshot"
+            )));
+        };
+        let zero = self.settings.zero_dates;
+        let at = || format!("{db}.{table} at {file}:{end}");
+        let rel_id = schema.relation.id;
+        if !t.announced.contains(&schema.relation) {
+            if !self.described.contains(&rel_id)
+                && !self.writer.spool().relations().contains_key(&rel_id)
+            {
+                // A table created since the snapshot: its whole definition first.
+                if let Some(def) = table_def::describe(meta, &db, &table).await? {
+                    let position = Position::Binlog(BinlogPos {
+                        file: file.to_owned(),
+                        pos: end,
+                    });
+                    t.buf.push(
+                        self.writer.spill_dir(),
+                        0,
+                        crate::table_def::message(&def, position),
+                    )?;
+                }
+                self.described.insert(rel_id);
+            }
+            t.announced.push(schema.relation.clone());
+            t.buf.push(
+                self.writer.spill_dir(),
+                0,
+                Event::Relation(schema.relation.clone()),
+            )?;
+        }
+        self.table_names
+            .entry(rel_id)
+            .or_insert_with(|| schema.relation.qualified_name());
+        *self.table_rows.entry(rel_id).or_default() += changes.len() as u64;
+        for (before, after) in changes {
+            let conv = |r| row_values(schema, r, zero, &at);
+            let rel = schema.relation.id;
+            let ev = match (kind, conv(before)?, conv(after)?) {
+                (0, _, Some(new)) => Event::Insert(Insert { relation: rel, new }),
+                (1, Some(old), Some(new)) => Event::Update(Update {
+                    relation: rel,
+                    old: Some(OldRow::Full(old)),
+                    new,
+                }),
+                (2, Some(old), _) => Event::Delete(Delete {
+                    relation: rel,
+                    old: OldRow::Full(old),
+                }),
+                _ => {
+                    return Err(Error::Protocol(format!(
+                        "{}: a row event without its row image",
+                        at()
+                    )));
+                }
+            };
+            t.buf.push(self.writer.spill_dir(), 0, ev)?;
+        }
+        Ok(())
     }
 
     fn open_txn(&self, gtid: Option<MariaGtid>, time: u32, from_gtid: bool) -> OpenTxn {
@@ -1272,6 +1270,49 @@ pub fn resume_position(dir: &Path) -> Result<Option<BinlogPos>> {
         return Ok(None);
     }
     Ok(spool_tail(dir)?.0)
+}
+
+/// One row image as ferry's values, each column decoded with the table's definition; `None` for
+/// an absent image. `at` names the table and position for errors.
+fn row_values(
+    schema: &super::schema::TableSchema,
+    row: Option<mysql_async::binlog::row::BinlogRow>,
+    zero: ZeroDates,
+    at: &dyn Fn() -> String,
+) -> Result<Option<Vec<Value>>> {
+    use mysql_async::binlog::value::BinlogValue;
+    let Some(row) = row else { return Ok(None) };
+    let vals = row.unwrap();
+    if vals.len() != schema.columns.len() {
+        return Err(Error::Fatal(format!(
+            "{}: the row image has {} columns, the table {}; ferry needs binlog_row_image=FULL",
+            at(),
+            vals.len(),
+            schema.columns.len()
+        )));
+    }
+    vals.into_iter()
+        .zip(&schema.columns)
+        .map(|(v, c)| {
+            let v = match v {
+                BinlogValue::Value(v) => v,
+                BinlogValue::Jsonb(j) => {
+                    return decode::mysql_json(j)
+                        .map_err(|e| Error::Fatal(format!("{}: column {}: {e}", at(), c.name)));
+                }
+                BinlogValue::JsonDiff(_) => {
+                    return Err(Error::Fatal(format!(
+                        "{}: column {}: partial JSON updates; set binlog_row_value_options='' on \
+                         the server",
+                        at(),
+                        c.name
+                    )));
+                }
+            };
+            decode::binlog(c, v, zero).map_err(|e| Error::Fatal(format!("{}: {e}", at())))
+        })
+        .collect::<Result<Vec<_>>>()
+        .map(Some)
 }
 
 /// A binlog the server no longer has is a gap, never skipped.
