@@ -9,22 +9,14 @@ use std::time::{Duration, Instant};
 use ferry_tests::Postgres;
 use ferry_tests::ferry::FerryConfig;
 use ferry_tests::http::{get, sample, wait_http};
-use tokio_postgres::{Client, NoTls};
-
-async fn connect(pg: &Postgres) -> Client {
-    let (client, conn) = tokio_postgres::connect(&pg.conn_str("postgres"), NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-}
+use tokio_postgres::NoTls;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_count_the_changes_and_readyz_follows_lag_and_halts() {
     let source = Postgres::start().unwrap();
     let replica = Postgres::start().unwrap();
-    let s = connect(&source).await;
-    let r = connect(&replica).await;
+    let s = source.connect().await;
+    let r = replica.connect().await;
     let ddl = "CREATE TABLE t (id int PRIMARY KEY, v int CHECK (v >= 0))";
     s.batch_execute(&ddl.replace(" CHECK (v >= 0)", ""))
         .await

@@ -17,15 +17,6 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::message::Headers;
 use rdkafka::{Message, TopicPartitionList};
 use serde_json::Value as Json;
-use tokio_postgres::{Client, NoTls};
-
-async fn connect(pg: &Postgres) -> Client {
-    let (client, conn) = tokio_postgres::connect(&pg.conn_str("postgres"), NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-}
 
 async fn create_topic(kafka: &Kafka, topic: &str, partitions: i32) {
     let admin: AdminClient<DefaultClientContext> = ClientConfig::new()
@@ -140,7 +131,7 @@ fn kafka_config(pg: &Postgres, kafka: &Kafka, extra: &str) -> FerryConfig {
 async fn every_row_keeps_its_order_across_partitions_in_both_envelopes() {
     let pg = Postgres::start().unwrap();
     let kafka = Kafka::start().unwrap();
-    let s = connect(&pg).await;
+    let s = pg.connect().await;
     s.batch_execute(
         "CREATE TABLE counters (id int PRIMARY KEY, n int, note text, amount numeric(10,2), at timestamptz);
          INSERT INTO counters SELECT g, 0, 'c' || g, 1.50, '2024-02-29 12:00:00+01' FROM generate_series(1, 20) g;
@@ -169,7 +160,7 @@ async fn every_row_keeps_its_order_across_partitions_in_both_envelopes() {
     // Four writers update the same rows concurrently: each update adds 1 to n.
     let mut writers = Vec::new();
     for w in 0..4 {
-        let c = connect(&pg).await;
+        let c = pg.connect().await;
         writers.push(tokio::spawn(async move {
             for i in 0..100 {
                 let id = (i * 7 + w) % 20 + 1;
@@ -327,7 +318,7 @@ async fn every_row_keeps_its_order_across_partitions_in_both_envelopes() {
 async fn inserts_with_kills(pg: &Postgres, config: &FerryConfig) -> i64 {
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
-        let c = connect(pg).await;
+        let c = pg.connect().await;
         let stop = stop.clone();
         tokio::spawn(async move {
             let mut i = 0i64;
@@ -361,7 +352,7 @@ async fn at_least_once_across_sigkill_and_exactly_once_with_transactions() {
     for exactly_once in [false, true] {
         let pg = Postgres::start().unwrap();
         let kafka = Kafka::start().unwrap();
-        let s = connect(&pg).await;
+        let s = pg.connect().await;
         s.batch_execute("CREATE TABLE log (id int8 PRIMARY KEY, v text)")
             .await
             .unwrap();
@@ -433,7 +424,7 @@ async fn at_least_once_across_sigkill_and_exactly_once_with_transactions() {
 async fn a_broker_down_for_30_seconds_stalls_the_sink_and_loses_nothing() {
     let pg = Postgres::start().unwrap();
     let mut kafka = Kafka::start().unwrap();
-    let s = connect(&pg).await;
+    let s = pg.connect().await;
     s.batch_execute(
         "CREATE TABLE counters (id int PRIMARY KEY, n int);
          INSERT INTO counters SELECT g, 0 FROM generate_series(1, 5) g;",
@@ -452,7 +443,7 @@ async fn a_broker_down_for_30_seconds_stalls_the_sink_and_loses_nothing() {
     );
     assert_eq!(snap.len(), 5);
     let writer = {
-        let c = connect(&pg).await;
+        let c = pg.connect().await;
         tokio::spawn(async move {
             for i in 0..300 {
                 c.batch_execute(&format!(
@@ -506,7 +497,7 @@ async fn a_message_over_the_size_limit_follows_on_error() {
     for policy in ["skip", "dead_letter", "halt"] {
         let pg = Postgres::start().unwrap();
         let kafka = Kafka::start().unwrap();
-        let s = connect(&pg).await;
+        let s = pg.connect().await;
         s.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
             .await
             .unwrap();
@@ -636,7 +627,7 @@ async fn key_changes_binary_messages_and_a_bad_checkpoint_record() {
     use ferry_proto::{Event, Value};
     let pg = Postgres::start().unwrap();
     let kafka = Kafka::start().unwrap();
-    let s = connect(&pg).await;
+    let s = pg.connect().await;
     s.batch_execute(
         "CREATE TABLE items (id int PRIMARY KEY, v text);
          INSERT INTO items SELECT g, 'v' || g FROM generate_series(1, 5) g;",

@@ -13,12 +13,6 @@ use ferry_tests::ferry::{FerryConfig, FerryRun};
 use ferry_tests::{MariaDb, Postgres};
 use mysql_async::prelude::Queryable;
 
-async fn connect(db: &MariaDb) -> mysql_async::Conn {
-    mysql_async::Conn::new(mysql_async::Opts::from_url(&db.url("")).unwrap())
-        .await
-        .unwrap()
-}
-
 /// Every row of `table`, ordered by its first column, as values.
 async fn rows(c: &mut mysql_async::Conn, table: &str) -> Vec<Vec<mysql_async::Value>> {
     match c
@@ -66,7 +60,7 @@ async fn converge(
 async fn mariadb_into_mariadb_survives_kills_ddl_and_a_large_transaction() {
     let src = MariaDb::start().unwrap();
     let dst = MariaDb::start().unwrap();
-    let mut s = connect(&src).await;
+    let mut s = src.connect().await;
     s.query_drop(
         "CREATE DATABASE app DEFAULT CHARACTER SET utf8mb4;
          CREATE TABLE app.items (id int PRIMARY KEY, name varchar(40), price decimal(12,2),
@@ -104,7 +98,7 @@ async fn mariadb_into_mariadb_survives_kills_ddl_and_a_large_transaction() {
     // A workload of multi-table transactions while ferry is killed three times.
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
-        let mut c = connect(&src).await;
+        let mut c = src.connect().await;
         let stop = stop.clone();
         tokio::spawn(async move {
             let mut i = 50i64;
@@ -156,7 +150,7 @@ async fn mariadb_into_mariadb_survives_kills_ddl_and_a_large_transaction() {
     s.query_drop("UPDATE app.items SET id = id + 100000 WHERE id = 45")
         .await
         .unwrap();
-    let mut d = connect(&dst).await;
+    let mut d = dst.connect().await;
     let tables = ["app.items", "app.moves", "app.big", "app.digits"];
     converge(&mut s, &mut d, &tables, &mut ferry, 180).await;
     assert_eq!(rows(&mut d, "app.big").await.len(), 200_000);
@@ -280,7 +274,7 @@ async fn postgres_into_mariadb_maps_types_and_dead_letters_what_mysql_cannot_hol
         .iter()
         .map(|r| r.get(0))
         .collect();
-    let mut d = connect(&dst).await;
+    let mut d = dst.connect().await;
     let deadline = Instant::now() + Duration::from_secs(90);
     loop {
         let target: Vec<String> = d

@@ -44,12 +44,6 @@ fn wait_for(dir: &Path, what: &str, timeout: Duration, mut done: impl FnMut(&[Ev
     }
 }
 
-async fn connect(db: &MariaDb) -> mysql_async::Conn {
-    mysql_async::Conn::new(mysql_async::Opts::from_url(&db.url("")).unwrap())
-        .await
-        .unwrap()
-}
-
 const TYPES: &str = "CREATE DATABASE app;
 CREATE TABLE app.types (
   id int PRIMARY KEY,
@@ -125,7 +119,7 @@ fn check_types_row(row: &[Value], n: i64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn every_type_through_snapshot_and_binlog_and_an_exact_resume() {
     let db = MariaDb::start().unwrap();
-    let mut c = connect(&db).await;
+    let mut c = db.connect().await;
     c.query_drop(TYPES).await.unwrap();
     c.query_drop(
         "CREATE TABLE app.log (id int PRIMARY KEY, v varchar(20)); \
@@ -324,7 +318,7 @@ async fn every_type_through_snapshot_and_binlog_and_an_exact_resume() {
 async fn mariadb_into_postgres_equals_the_source() {
     let db = MariaDb::start().unwrap();
     let pg = Postgres::start().unwrap();
-    let mut c = connect(&db).await;
+    let mut c = db.connect().await;
     c.query_drop(
         "CREATE DATABASE shop; \
          CREATE TABLE shop.orders (id bigint PRIMARY KEY, customer varchar(40), \
@@ -429,7 +423,7 @@ async fn mariadb_into_postgres_equals_the_source() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_purged_binlog_stops_ferry_with_the_reason() {
     let db = MariaDb::start().unwrap();
-    let mut c = connect(&db).await;
+    let mut c = db.connect().await;
     c.query_drop("CREATE DATABASE app; CREATE TABLE app.t (id int PRIMARY KEY)")
         .await
         .unwrap();
@@ -565,7 +559,7 @@ async fn tls_to_a_mariadb_that_requires_it() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reconnects_after_killed_binlog_connections_without_duplicates() {
     let db = MariaDb::start().unwrap();
-    let mut c = connect(&db).await;
+    let mut c = db.connect().await;
     c.query_drop("CREATE DATABASE app; CREATE TABLE app.log (id int PRIMARY KEY)")
         .await
         .unwrap();
@@ -576,7 +570,7 @@ async fn reconnects_after_killed_binlog_connections_without_duplicates() {
         e.iter().any(|e| matches!(e, Event::Commit(_)))
     });
     let writer = {
-        let mut w = connect(&db).await;
+        let mut w = db.connect().await;
         tokio::spawn(async move {
             for i in 1..=600 {
                 w.query_drop(format!("INSERT INTO app.log VALUES ({i})"))
@@ -641,7 +635,7 @@ async fn zero_dates_are_kept_on_mariadb_and_follow_each_postgres_sink() {
         .unwrap();
     tokio::spawn(conn);
     pgc.batch_execute("CREATE DATABASE strict").await.unwrap();
-    let mut c = connect(&db).await;
+    let mut c = db.connect().await;
     c.query_drop(
         "CREATE DATABASE cal; CREATE TABLE cal.days (id int PRIMARY KEY, d date, t datetime)",
     )
@@ -674,7 +668,7 @@ async fn zero_dates_are_kept_on_mariadb_and_follow_each_postgres_sink() {
         )
         .await
         .unwrap();
-    let mut d = connect(&dst).await;
+    let mut d = dst.connect().await;
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let target: Vec<String> = d
@@ -744,7 +738,7 @@ async fn zero_dates_are_kept_on_mariadb_and_follow_each_postgres_sink() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn transactions_of_other_tables_move_the_position_past_purged_binlogs() {
     let db = MariaDb::start().unwrap();
-    let mut c = connect(&db).await;
+    let mut c = db.connect().await;
     c.query_drop(
         "CREATE DATABASE app; CREATE TABLE app.t (id int PRIMARY KEY);
          CREATE DATABASE other; CREATE TABLE other.noise (id int PRIMARY KEY)",
@@ -818,7 +812,7 @@ async fn transactions_of_other_tables_move_the_position_past_purged_binlogs() {
 async fn binlog_retention_is_reported_and_a_rotation_moves_the_position() {
     use ferry_tests::http::{get, sample, wait_http};
     let db = MariaDb::start().unwrap();
-    let mut c = connect(&db).await;
+    let mut c = db.connect().await;
     c.query_drop(
         "SET GLOBAL binlog_expire_logs_seconds = 7200;
          CREATE DATABASE app; CREATE TABLE app.t (id int PRIMARY KEY)",

@@ -12,15 +12,7 @@ use std::time::{Duration, Instant};
 use ferry_tests::Postgres;
 use ferry_tests::ferry::FerryConfig;
 use ferry_tests::postgres::PostgresOptions;
-use tokio_postgres::{Client, NoTls};
-
-async fn connect(pg: &Postgres) -> Client {
-    let (client, conn) = tokio_postgres::connect(&pg.conn_str("postgres"), NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-}
+use tokio_postgres::Client;
 
 /// The one value a query without parameters returns.
 async fn one<T: tokio_postgres::types::FromSqlOwned>(c: &Client, sql: &str) -> T {
@@ -31,7 +23,7 @@ async fn one<T: tokio_postgres::types::FromSqlOwned>(c: &Client, sql: &str) -> T
 async fn servers() -> (Postgres, Postgres, Client, Client) {
     let source = Postgres::start().unwrap();
     let replica = Postgres::start().unwrap();
-    let (s, r) = (connect(&source).await, connect(&replica).await);
+    let (s, r) = (source.connect().await, replica.connect().await);
     (source, replica, s, r)
 }
 
@@ -108,7 +100,7 @@ async fn setup(work_mem: &str) -> (Postgres, Postgres, Client, Client) {
     })
     .unwrap();
     let replica = Postgres::start().unwrap();
-    let (s, r) = (connect(&source).await, connect(&replica).await);
+    let (s, r) = (source.connect().await, replica.connect().await);
     s.batch_execute(SCHEMA).await.unwrap();
     r.batch_execute(SCHEMA).await.unwrap();
     s.batch_execute(
@@ -172,7 +164,7 @@ async fn a_mixed_workload_with_sigkills_leaves_a_replica_equal_to_the_source() {
     .unwrap();
     let stop = Arc::new(AtomicBool::new(false));
     let writer = {
-        let c = connect(&source).await;
+        let c = source.connect().await;
         let stop = stop.clone();
         tokio::spawn(async move {
             let mut i = 0;
@@ -273,7 +265,7 @@ async fn a_replica_restart_is_retried_and_readers_never_see_half_a_transaction()
     // A reader checks the source's invariant on the replica while transfers are applied.
     let stop = Arc::new(AtomicBool::new(false));
     let reader = {
-        let r = connect(&replica).await;
+        let r = replica.connect().await;
         let stop = stop.clone();
         tokio::spawn(async move {
             let mut reads = 0;
@@ -295,7 +287,7 @@ async fn a_replica_restart_is_retried_and_readers_never_see_half_a_transaction()
     // The replica restarts while changes keep coming.
     drop(r);
     let writer = {
-        let c = connect(&source).await;
+        let c = source.connect().await;
         tokio::spawn(async move {
             for i in 301..=600 {
                 workload_step(&c, i).await;
@@ -305,7 +297,7 @@ async fn a_replica_restart_is_retried_and_readers_never_see_half_a_transaction()
     tokio::time::sleep(Duration::from_millis(300)).await;
     replica.restart().unwrap();
     writer.await.unwrap();
-    let r = connect(&replica).await;
+    let r = replica.connect().await;
     wait_equal(&s, &r, TABLES, Duration::from_secs(120)).await;
     ferry.check_alive().unwrap();
     assert!(

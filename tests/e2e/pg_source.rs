@@ -18,15 +18,7 @@ use ferry_tests::Postgres;
 use ferry_tests::ferry::FerryConfig;
 use ferry_tests::postgres::PostgresOptions;
 use ferry_tests::samples::{TYPES_DDL, types_insert};
-use tokio_postgres::{Client, NoTls};
-
-async fn connect(pg: &Postgres) -> Client {
-    let (client, conn) = tokio_postgres::connect(&pg.conn_str("postgres"), NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    client
-}
+use tokio_postgres::Client;
 
 fn events(dir: &Path) -> Vec<Event> {
     if !dir.exists() {
@@ -296,7 +288,7 @@ fn dbg<T: std::fmt::Debug>(v: &T) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_type_replica_identity_and_toast_round_trip() {
     let pg = Postgres::start().unwrap();
-    let client = connect(&pg).await;
+    let client = pg.connect().await;
     client.batch_execute(TYPES_DDL).await.unwrap();
     client
         .batch_execute(
@@ -475,7 +467,7 @@ async fn every_type_replica_identity_and_toast_round_trip() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn snapshot_meets_the_stream_with_concurrent_writes() {
     let pg = Postgres::start().unwrap();
-    let client = connect(&pg).await;
+    let client = pg.connect().await;
     client
         .batch_execute(
             "CREATE TABLE a (id int PRIMARY KEY, v text);
@@ -488,7 +480,7 @@ async fn snapshot_meets_the_stream_with_concurrent_writes() {
     // A writer commits small transactions on both tables throughout the snapshot.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
-        let client = connect(&pg).await;
+        let client = pg.connect().await;
         let stop = stop.clone();
         tokio::spawn(async move {
             let mut i = 0i64;
@@ -548,7 +540,7 @@ async fn streamed_transactions_commit_whole_in_order_and_aborted_ones_vanish() {
         ..Default::default()
     })
     .unwrap();
-    let client = connect(&pg).await;
+    let client = pg.connect().await;
     client
         .batch_execute("CREATE TABLE big (id int PRIMARY KEY, v text)")
         .await
@@ -556,7 +548,7 @@ async fn streamed_transactions_commit_whole_in_order_and_aborted_ones_vanish() {
     let config = FerryConfig::postgres(&pg.url("postgres"), "txn_memory_mb = 1").unwrap();
     let ferry = config.start(0).unwrap();
     wait_for_snapshot(&config.spool_dir(), 60);
-    let other = connect(&pg).await;
+    let other = pg.connect().await;
     // A large transaction, streamed while in progress, with a rolled-back savepoint in the
     // middle; a small transaction commits while it is open; then a large one aborts.
     client
@@ -619,7 +611,7 @@ async fn sigkill_at_random_points_keeps_every_change_exactly_once_in_order() {
         ..Default::default()
     })
     .unwrap();
-    let client = connect(&pg).await;
+    let client = pg.connect().await;
     client
         .batch_execute(
             "CREATE TABLE log (id int PRIMARY KEY, v text);
@@ -632,7 +624,7 @@ async fn sigkill_at_random_points_keeps_every_change_exactly_once_in_order() {
     let config = FerryConfig::postgres(&pg.url("postgres"), "txn_memory_mb = 1").unwrap();
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writer = {
-        let client = connect(&pg).await;
+        let client = pg.connect().await;
         let stop = stop.clone();
         tokio::spawn(async move {
             let mut i = 0i32;
@@ -714,7 +706,7 @@ async fn sigkill_at_random_points_keeps_every_change_exactly_once_in_order() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_lost_slot_or_an_advanced_slot_is_a_gap_not_a_silent_restart() {
     let pg = Postgres::start().unwrap();
-    let client = connect(&pg).await;
+    let client = pg.connect().await;
     client
         .batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a')")
         .await
@@ -770,7 +762,7 @@ async fn reconnects_after_killed_walsenders_without_loss() {
         ..Default::default()
     })
     .unwrap();
-    let client = connect(&pg).await;
+    let client = pg.connect().await;
     client
         .batch_execute("CREATE TABLE log (id int PRIMARY KEY, v text)")
         .await
@@ -780,7 +772,7 @@ async fn reconnects_after_killed_walsenders_without_loss() {
     wait_for_snapshot(&config.spool_dir(), 60);
     // Transactions, some streamed, while the walsender is terminated every 200 ms.
     let killer = {
-        let client = connect(&pg).await;
+        let client = pg.connect().await;
         tokio::spawn(async move {
             let mut kills = 0;
             for _ in 0..10 {
@@ -830,7 +822,7 @@ async fn reconnects_after_killed_walsenders_without_loss() {
 
     // Then the server restarts in the middle of more of the same workload.
     let writer = {
-        let client = connect(&pg).await;
+        let client = pg.connect().await;
         tokio::spawn(async move {
             for i in 300..360 {
                 let rows = if i % 20 == 0 { 3000 } else { 1 };
@@ -849,7 +841,7 @@ async fn reconnects_after_killed_walsenders_without_loss() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     pg.restart().unwrap();
     let _ = writer.await;
-    let client = connect(&pg).await;
+    let client = pg.connect().await;
     client
         .batch_execute("SELECT pg_logical_emit_message(true, 'after-restart', '')")
         .await
@@ -880,7 +872,7 @@ async fn reconnects_after_killed_walsenders_without_loss() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_interrupted_snapshot_starts_over_and_copies_each_row_once() {
     let pg = Postgres::start().unwrap();
-    let client = connect(&pg).await;
+    let client = pg.connect().await;
     client
         .batch_execute(
             "CREATE TABLE wide (id int PRIMARY KEY, v text);
@@ -947,7 +939,7 @@ async fn an_interrupted_snapshot_starts_over_and_copies_each_row_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn authenticates_with_scram_md5_and_cleartext_passwords() {
     let pg = Postgres::start().unwrap();
-    let client = connect(&pg).await;
+    let client = pg.connect().await;
     client
         .batch_execute(
             "CREATE TABLE t (id int PRIMARY KEY, v text); INSERT INTO t VALUES (1, 'a');
@@ -1013,7 +1005,7 @@ async fn authenticates_with_scram_md5_and_cleartext_passwords() {
 async fn a_server_restart_is_waited_out_and_nothing_is_lost() {
     let mut pg = Postgres::start().unwrap();
     {
-        let c = connect(&pg).await;
+        let c = pg.connect().await;
         c.batch_execute("CREATE TABLE t (id int PRIMARY KEY)")
             .await
             .unwrap();
@@ -1022,7 +1014,7 @@ async fn a_server_restart_is_waited_out_and_nothing_is_lost() {
     let mut ferry = config.start(0).unwrap();
     wait_for_snapshot(&config.spool_dir(), 60);
     {
-        let c = connect(&pg).await;
+        let c = pg.connect().await;
         c.batch_execute("INSERT INTO t VALUES (1)").await.unwrap();
     }
     let has = |id: i32| {
@@ -1039,7 +1031,7 @@ async fn a_server_restart_is_waited_out_and_nothing_is_lost() {
     );
     pg.restart().unwrap();
     {
-        let c = connect(&pg).await;
+        let c = pg.connect().await;
         c.batch_execute("INSERT INTO t VALUES (2)").await.unwrap();
     }
     wait_for(
