@@ -33,6 +33,15 @@ pub struct ConfigArg {
 }
 
 #[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The command: `stop`.
+    #[arg(value_parser = ["stop"])]
+    pub command: String,
+    #[command(flatten)]
+    pub config: ConfigArg,
+}
+
+#[derive(Debug, Args)]
 pub struct RunArgs {
     #[command(flatten)]
     pub config: ConfigArg,
@@ -59,6 +68,9 @@ pub enum Command {
         #[command(subcommand)]
         command: LogCommand,
     },
+    /// Ask the running ferry of this configuration to do something, over its `[http]` control
+    /// route (needs `[http] token`): `stop` stops it cleanly.
+    Ctl(CtlArgs),
     /// ferry's DDL trigger on a PostgreSQL source, which carries column and table renames and
     /// dropped tables into the stream exactly.
     DdlTrigger {

@@ -231,6 +231,25 @@ impl SinkConfig {
 #[serde(deny_unknown_fields)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
+    /// Enables the control routes (`POST /v1/...`) for requests that present it as a bearer
+    /// token; without it they are off.
+    pub token: Option<Secret>,
+}
+
+/// A secret value (a token): `Debug` never shows it; only [`expose`](Self::expose) does.
+#[derive(Clone, PartialEq, Eq, Deserialize)]
+pub struct Secret(Expanded);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        self.0.as_str()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("\"***\"")
+    }
 }
 
 impl Config {

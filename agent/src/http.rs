@@ -47,6 +47,8 @@ pub struct Shared {
     pub spool_dir: PathBuf,
     /// Unix seconds of the runtime's last tick: a wedged runtime stops ticking.
     pub tick: Arc<AtomicI64>,
+    /// The control routes (`POST /v1/<command>`), when `[http] token` is set.
+    pub control: Option<crate::control::Control>,
 }
 
 /// A sink's lag in seconds, as [`crate::lag`] defines it. Should the spool not be readable at
@@ -494,11 +496,26 @@ fn respond(status: StatusCode, content_type: &str, body: String) -> Response<Ful
 }
 
 fn route(s: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
+    if req.method() == hyper::Method::POST
+        && let Some(command) = req.uri().path().strip_prefix("/v1/")
+    {
+        let (code, body) = match &s.control {
+            Some(c) => c.handle(
+                command,
+                req.headers()
+                    .get(hyper::header::AUTHORIZATION)
+                    .and_then(|v| v.to_str().ok()),
+            ),
+            None => crate::control::off(),
+        };
+        let code = StatusCode::from_u16(code).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        return respond(code, "text/plain", body);
+    }
     if req.method() != hyper::Method::GET {
         return respond(
             StatusCode::METHOD_NOT_ALLOWED,
             "text/plain",
-            "GET only\n".into(),
+            "GET, or POST /v1/<command>\n".into(),
         );
     }
     match req.uri().path() {

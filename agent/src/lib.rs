@@ -5,6 +5,7 @@ pub mod capture;
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod dump;
 pub mod error;
 pub mod filter;

@@ -109,6 +109,16 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("{n} problem(s) to fix before ferry can run")
             }
         }
+        Command::Ctl(args) => {
+            let config = Config::load(&args.config.config)?;
+            let (code, body) = ferry_agent::control::request(&config, &args.command)?;
+            print!("{body}");
+            if (200..300).contains(&code) {
+                Ok(())
+            } else {
+                anyhow::bail!("the running ferry answered {code}")
+            }
+        }
         Command::Status(args) => {
             let config = Config::load(&args.config)?;
             let runtime = tokio::runtime::Builder::new_multi_thread()

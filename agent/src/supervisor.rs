@@ -371,6 +371,10 @@ pub async fn run(
                 durable: durable.clone(),
                 spool_dir: dir.clone(),
                 tick: std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0)),
+                control: http
+                    .token
+                    .clone()
+                    .map(|t| crate::control::Control::new(t, shutdown.clone())),
             };
             let listener = crate::http::bind(http.listen).await?;
             Some(tokio::spawn(crate::http::serve(

@@ -138,3 +138,58 @@ async fn metrics_count_the_changes_and_readyz_follows_lag_and_halts() {
         1.0
     );
 }
+
+/// `POST /v1/<command>` with `[http] token`: refused without the token or with another one,
+/// and `ferry ctl stop` stops ferry cleanly (exit 0). Without a token the routes are off and
+/// `ferry ctl` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_routes_need_the_token_and_ctl_stop_stops_cleanly() {
+    use std::io::{Read, Write};
+    let source = Postgres::start().unwrap();
+    let replica = Postgres::start().unwrap();
+    let ddl = "CREATE TABLE t (id int PRIMARY KEY)";
+    source.connect().await.batch_execute(ddl).await.unwrap();
+    replica.connect().await.batch_execute(ddl).await.unwrap();
+    let port = ferry_tests::process::free_port();
+    let config =
+        FerryConfig::pg_to_pg(&source.url("postgres"), &replica.url("postgres"), "", "").unwrap();
+    let text = std::fs::read_to_string(config.path()).unwrap();
+    let path = config.path();
+    let path = path.to_str().unwrap();
+    let (code, _, err) = ferry_tests::ferry::command(&["ctl", "stop", "--config", path]).unwrap();
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("[http]"), "{err}");
+    std::fs::write(
+        config.path(),
+        format!("{text}\n[http]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"t0ken-for-tests\"\n"),
+    )
+    .unwrap();
+    let mut ferry = config.start(0).unwrap();
+    wait_http(port, "/readyz", 200, 60, &mut ferry);
+    let post = |auth: &str| -> u16 {
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        write!(
+            s,
+            "POST /v1/stop HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        text.split_whitespace().nth(1).unwrap().parse().unwrap()
+    };
+    assert_eq!(post(""), 401);
+    assert_eq!(post("Authorization: Bearer wrong\r\n"), 401);
+    // A GET is not a command.
+    assert_eq!(get(port, "/v1/stop").0, 404);
+    ferry.check_alive().unwrap();
+    let (code, out, err) = ferry_tests::ferry::command(&["ctl", "stop", "--config", path]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("accepted"), "{out}");
+    let (code, log) = ferry.wait_exit(Duration::from_secs(30)).unwrap();
+    assert_eq!(code, 0, "{log}");
+    assert!(
+        log.contains("stop requested over the control route"),
+        "{log}"
+    );
+    assert!(!log.contains("t0ken-for-tests"), "{log}");
+}
