@@ -1,4 +1,6 @@
-//! The agent's error type, and the one place that decides whether an error is worth retrying.
+//! The agent's error type. Whether an error is worth retrying is decided per engine once, in
+//! `ferry_sink::error` (`is_transient_postgres`, `is_transient_mysql`, `is_transient_sqlstate`),
+//! for the sources and the sinks alike.
 
 use std::io;
 
@@ -84,11 +86,7 @@ impl Error {
         match self {
             Error::Io { .. } => true,
             Error::Server { error, .. } => is_transient_sqlstate(&error.code),
-            Error::Postgres(e) => match e.code() {
-                Some(code) => is_transient_sqlstate(code.code()),
-                // No SQLSTATE: closed connection, I/O, timeout.
-                None => e.is_closed() || std::error::Error::source(e).is_some(),
-            },
+            Error::Postgres(e) => ferry_sink::error::is_transient_postgres(e),
             Error::MySql(e) => ferry_sink::error::is_transient_mysql(e),
             _ => false,
         }

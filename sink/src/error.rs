@@ -79,10 +79,7 @@ impl SinkError {
     /// failure, deadlock, read-only during failover: retry (reconnecting) after a pause.
     pub fn is_transient(&self) -> bool {
         match self {
-            SinkError::Postgres(e) => match e.code() {
-                Some(code) => is_transient_sqlstate(code.code()),
-                None => true,
-            },
+            SinkError::Postgres(e) => is_transient_postgres(e),
             SinkError::Io { .. } | SinkError::Kafka(_) => true,
             SinkError::MySql(e) => is_transient_mysql(e),
             _ => false,
@@ -96,6 +93,27 @@ impl SinkError {
             _ => None,
         }
     }
+}
+
+/// PostgreSQL errors worth retrying, for every connection ferry has (source and sinks): by
+/// SQLSTATE when the server sent one ([`is_transient_sqlstate`]); without one, a closed
+/// connection or I/O underneath (reset, refused, timed out). Anything else without a SQLSTATE (a
+/// value that does not convert, a bad configuration, a protocol surprise) needs a person.
+pub fn is_transient_postgres(e: &tokio_postgres::Error) -> bool {
+    if let Some(code) = e.code() {
+        return is_transient_sqlstate(code.code());
+    }
+    if e.is_closed() {
+        return true;
+    }
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if s.is::<std::io::Error>() {
+            return true;
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// MySQL/MariaDB errors worth retrying: the connection lost or refused (I/O, 2006/2013 arrive as
