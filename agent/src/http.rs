@@ -115,16 +115,33 @@ fn started_micros() -> i64 {
     *STARTED.get_or_init(crate::postgres::replication::unix_now_micros)
 }
 
+/// One metric family after another, in the Prometheus text format.
+struct Exposition(String);
+
+impl Exposition {
+    fn family(&mut self, name: &str, kind: &str, help: &str, samples: &[(String, f64)]) {
+        let _ = writeln!(self.0, "# HELP {name} {help}");
+        let _ = writeln!(self.0, "# TYPE {name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(self.0, "{name}{labels} {v}");
+        }
+    }
+}
+
 /// The Prometheus text exposition.
 pub fn metrics(s: &Shared) -> String {
-    let mut out = String::new();
-    let mut family = |name: &str, kind: &str, help: &str, samples: &[(String, f64)]| {
-        let _ = writeln!(out, "# HELP {name} {help}");
-        let _ = writeln!(out, "# TYPE {name} {kind}");
-        for (labels, v) in samples {
-            let _ = writeln!(out, "{name}{labels} {v}");
-        }
-    };
+    let mut out = Exposition(String::new());
+    source_metrics(&mut out, s);
+    snapshot_metrics(&mut out);
+    spool_metrics(&mut out, s);
+    sink_metrics(&mut out, s);
+    process_metrics(&mut out);
+    out.0
+}
+
+/// The source: its progress, and what its server keeps for ferry.
+fn source_metrics(out: &mut Exposition, s: &Shared) {
+    let mut family = |n: &str, k: &str, h: &str, v: &[(String, f64)]| out.family(n, k, h, v);
     let src = s.source.borrow().clone();
     let sl = format!("{{source=\"{}\"}}", s.source_kind);
     family(
@@ -235,6 +252,11 @@ pub fn metrics(s: &Shared) -> String {
         "Row changes read per captured table (one series per table).",
         &tables,
     );
+}
+
+/// The initial snapshot's progress.
+fn snapshot_metrics(out: &mut Exposition) {
+    let mut family = |n: &str, k: &str, h: &str, v: &[(String, f64)]| out.family(n, k, h, v);
     let snap = &crate::progress::SNAPSHOT;
     family(
         "ferry_snapshot_running",
@@ -266,6 +288,11 @@ pub fn metrics(s: &Shared) -> String {
         "Rows the initial snapshot has copied.",
         &[(String::new(), snap.rows.load(Ordering::Relaxed) as f64)],
     );
+}
+
+/// The spool on disk.
+fn spool_metrics(out: &mut Exposition, s: &Shared) {
+    let mut family = |n: &str, k: &str, h: &str, v: &[(String, f64)]| out.family(n, k, h, v);
     let durable = *s.durable.borrow();
     let (bytes, segments) = spool_usage(&s.spool_dir);
     family(
@@ -286,6 +313,13 @@ pub fn metrics(s: &Shared) -> String {
         "Spool offset up to which events are fsynced.",
         &[(String::new(), durable.0 as f64)],
     );
+}
+
+/// Each sink: progress, failures, lag, state.
+fn sink_metrics(out: &mut Exposition, s: &Shared) {
+    let mut family = |n: &str, k: &str, h: &str, v: &[(String, f64)]| out.family(n, k, h, v);
+    let src = s.source.borrow().clone();
+    let durable = *s.durable.borrow();
     let started = started_micros();
     let sinks: Vec<(String, SinkProgress, f64)> = s
         .sinks
@@ -382,6 +416,11 @@ pub fn metrics(s: &Shared) -> String {
         "1 when the sink halted on a permanent failure (on_error = halt).",
         &per(&|p, _| f64::from(u8::from(matches!(p.state, SinkState::Halted(_))))),
     );
+}
+
+/// The process, from `/proc/self`.
+fn process_metrics(out: &mut Exposition) {
+    let mut family = |n: &str, k: &str, h: &str, v: &[(String, f64)]| out.family(n, k, h, v);
     let (rss, cpu) = process();
     family(
         "ferry_process_resident_memory_bytes",
@@ -399,9 +438,8 @@ pub fn metrics(s: &Shared) -> String {
         "ferry_process_start_time_seconds",
         "gauge",
         "When the process started, Unix seconds.",
-        &[(String::new(), started as f64 / 1e6)],
+        &[(String::new(), started_micros() as f64 / 1e6)],
     );
-    out
 }
 
 /// Why ferry is not ready, or `None` when it is.
