@@ -229,22 +229,7 @@ pub async fn run(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let sink_configs = sink_settings(&config)?;
-    // The same checks as `ferry check`: refuse what retrying cannot fix.
-    let report = crate::check::check(&config).await?;
-    for f in &report.findings {
-        match f.level {
-            crate::check::Level::Warning => tracing::warn!("check: {}", f.text),
-            crate::check::Level::Error if f.transient => tracing::warn!("check: {}", f.text),
-            _ => {}
-        }
-    }
-    let fatal: Vec<String> = report.fatal().iter().map(|f| f.text.clone()).collect();
-    if !fatal.is_empty() {
-        return Err(Error::Config(format!(
-            "ferry cannot run (see `ferry check`): {}",
-            fatal.join("; ")
-        )));
-    }
+    preflight(&config).await?;
     let mysql = config.source.kind == SourceKind::Mysql;
     if mysql && until.is_some() {
         return Err(Error::Config(
@@ -342,28 +327,7 @@ pub async fn run(
     let http_stop = CancellationToken::new();
     let http_task = match &config.http {
         Some(http) => {
-            let sinks = progress
-                .iter()
-                .map(|(name, rx)| {
-                    let cfg = config
-                        .sinks
-                        .iter()
-                        .map(|s| s.get_ref())
-                        .find(|s| s.name.as_str() == name);
-                    crate::http::SinkView {
-                        name: name.clone(),
-                        kind: match cfg.map(|c| c.kind) {
-                            Some(SinkKind::Postgres) => "postgres",
-                            Some(SinkKind::Mysql) => "mysql",
-                            _ => "kafka",
-                        },
-                        max_lag_seconds: f64::from(
-                            cfg.and_then(|c| c.max_lag_seconds).unwrap_or(300),
-                        ),
-                        progress: rx.clone(),
-                    }
-                })
-                .collect();
+            let sinks = sink_views(&config, &progress);
             let shared = crate::http::Shared {
                 source_kind: if mysql { "mysql" } else { "postgres" },
                 source: source.stats(),
@@ -404,11 +368,82 @@ pub async fn run(
         }
     }
     sinks_stop.cancel();
+    let halted = join_sinks(&mut tasks, source_result.is_err()).await;
+    // In dependency order: the sinks are done (above), then what watched them, then the HTTP
+    // endpoint that reported on everything.
+    min_stop.cancel();
+    let _ = min_task.await;
+    http_stop.cancel();
+    if let Some(t) = http_task
+        && let Ok(Err(e)) = t.await
+    {
+        tracing::warn!(error = %e, "http endpoint");
+    }
+    source_result?;
+    match halted {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+/// Each sink as the HTTP endpoint shows it: kind, lag limit, progress.
+fn sink_views(
+    config: &Config,
+    progress: &[(String, watch::Receiver<SinkProgress>)],
+) -> Vec<crate::http::SinkView> {
+    progress
+        .iter()
+        .map(|(name, rx)| {
+            let cfg = config
+                .sinks
+                .iter()
+                .map(|s| s.get_ref())
+                .find(|s| s.name.as_str() == name);
+            crate::http::SinkView {
+                name: name.clone(),
+                kind: match cfg.map(|c| c.kind) {
+                    Some(SinkKind::Postgres) => "postgres",
+                    Some(SinkKind::Mysql) => "mysql",
+                    _ => "kafka",
+                },
+                max_lag_seconds: f64::from(cfg.and_then(|c| c.max_lag_seconds).unwrap_or(300)),
+                progress: rx.clone(),
+            }
+        })
+        .collect()
+}
+
+/// The same checks as `ferry check`, logged: refuses what retrying cannot fix.
+async fn preflight(config: &Config) -> Result<()> {
+    let report = crate::check::check(config).await?;
+    for f in &report.findings {
+        match f.level {
+            crate::check::Level::Warning => tracing::warn!("check: {}", f.text),
+            crate::check::Level::Error if f.transient => tracing::warn!("check: {}", f.text),
+            _ => {}
+        }
+    }
+    let fatal: Vec<String> = report.fatal().iter().map(|f| f.text.clone()).collect();
+    if !fatal.is_empty() {
+        return Err(Error::Config(format!(
+            "ferry cannot run (see `ferry check`): {}",
+            fatal.join("; ")
+        )));
+    }
+    Ok(())
+}
+
+/// Waits for the sinks to finish their batch and checkpoint. Each sink's error, or the give-up
+/// when they do not stop in time, is the result.
+async fn join_sinks(
+    tasks: &mut tokio::task::JoinSet<(String, std::result::Result<(), ferry_sink::SinkError>)>,
+    source_failed: bool,
+) -> Option<Error> {
     // Each sink finishes its batch and checkpoint; one whose target does not answer (a lock it
     // waits on, a hung server) is given up after a grace period, shorter when the source has
     // failed, so ferry never sits idle with its error unreported. What it had not committed is
     // rolled back by its target and applied again at the next start.
-    let grace = if source_result.is_err() {
+    let grace = if source_failed {
         SINK_STOP_GRACE_AFTER_FAILURE
     } else {
         SINK_STOP_GRACE
@@ -443,21 +478,7 @@ pub async fn run(
             }
         }
     }
-    // In dependency order: the sinks are done (above), then what watched them, then the HTTP
-    // endpoint that reported on everything.
-    min_stop.cancel();
-    let _ = min_task.await;
-    http_stop.cancel();
-    if let Some(t) = http_task
-        && let Ok(Err(e)) = t.await
-    {
-        tracing::warn!(error = %e, "http endpoint");
-    }
-    source_result?;
-    match halted {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    halted
 }
 
 /// How long sinks may take to stop: after a signal, and after the source failed.
