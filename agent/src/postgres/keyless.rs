@@ -94,6 +94,9 @@ pub fn refusal(tables: &[KeylessTable]) -> String {
 
 /// Sets `REPLICA IDENTITY FULL` on each table, waiting at most 2 s for its lock each, so an
 /// application holding the table is never queued behind ferry for long.
+/// How many times `keyless = "full"` tries to take a table's lock (2 s each) before giving up.
+const LOCK_ATTEMPTS: u32 = 20;
+
 pub async fn make_full(client: &Client, tables: &[KeylessTable]) -> Result<()> {
     for t in tables {
         let name = format!(
@@ -104,7 +107,27 @@ pub async fn make_full(client: &Client, tables: &[KeylessTable]) -> Result<()> {
         let sql = format!(
             "SET lock_timeout = '2s'; ALTER TABLE {name} REPLICA IDENTITY FULL; RESET lock_timeout"
         );
-        if let Err(e) = client.batch_execute(&sql).await {
+        // Another session holding the table's lock (autovacuum, a long transaction) makes the
+        // ALTER give up after 2 s, so that it never queues the application behind it for long;
+        // it is tried again, since a table published without an identity fails the
+        // application's updates and deletes until it is done.
+        let mut attempt = 0;
+        let result = loop {
+            attempt += 1;
+            match client.batch_execute(&sql).await {
+                Err(e)
+                    if attempt < LOCK_ATTEMPTS
+                        && e.code()
+                            == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+                {
+                    let _ = client.batch_execute("RESET lock_timeout").await;
+                    tracing::warn!(table = %t, attempt, "keyless = \"full\": the table's lock is held; trying again");
+                    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+                }
+                other => break other,
+            }
+        };
+        if let Err(e) = result {
             let _ = client.batch_execute("RESET lock_timeout").await;
             return Err(Error::Config(format!(
                 "keyless = \"full\": setting REPLICA IDENTITY FULL on {t} failed: {e}. It needs \

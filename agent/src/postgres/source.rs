@@ -906,83 +906,10 @@ impl PgSource {
                 replica_identity,
                 columns,
             } => {
-                let keys: Vec<(u32, i32)> = columns
-                    .iter()
-                    .map(|c| (c.type_oid, c.type_modifier))
-                    .collect();
-                self.types.resolve(client, &keys).await?;
-                let mut parse = Vec::with_capacity(columns.len());
-                let columns = columns
-                    .into_iter()
-                    .map(|c| {
-                        let info = self.types.get(c.type_oid, c.type_modifier);
-                        parse.push(info.parse_oid);
-                        Column {
-                            name: c.name,
-                            type_name: info.name,
-                            type_id: c.type_oid,
-                            type_modifier: c.type_modifier,
-                            key: c.key,
-                            nullable: !c.key,
-                        }
-                    })
-                    .collect();
-                let relation = Relation {
-                    id: RelationId(u64::from(oid)),
-                    schema: namespace,
-                    name,
-                    replica_identity: replica_identity_of(replica_identity),
-                    columns,
-                };
-                let included = self
-                    .settings
-                    .filter
-                    .accepts(&relation.schema, &relation.name);
-                let no_identity = relation.replica_identity == ReplicaIdentity::Nothing
-                    || (relation.replica_identity == ReplicaIdentity::Default
-                        && relation.key_columns().next().is_none());
-                if included && no_identity && !self.discarding() {
-                    self.published_without_identity(client, &relation).await?;
-                }
-                // The decoder needs the newest definition for the rows that follow; the spool
-                // gets it inside the transaction, so it is written only if the transaction is.
-                if included && (self.in_stream.is_some() || self.txn.is_some()) {
-                    let position = Position::Postgres(Lsn(self.stats.server_wal_end));
-                    let discarding = self.discarding();
-                    let new_table = !self.schema.knows(oid)
-                        && !self.writer.spool().relations().contains_key(&relation.id);
-                    if new_table
-                        && !discarding
-                        && let Some(def) = super::table_def::describe(client, oid).await?
-                    {
-                        // A table created since the snapshot: its whole definition first.
-                        self.change(xid, crate::table_def::message(&def, position.clone()))?;
-                    }
-                    let before = self.schema.on_relation(
-                        oid,
-                        &relation,
-                        self.writer.spool().relations().get(&relation.id),
-                        &position,
-                        !discarding,
-                    )?;
-                    for event in before {
-                        self.change(xid, event)?;
-                    }
-                    if !discarding
-                        && let Some(backfill) = self.backfill(client, oid, &relation).await?
-                    {
-                        self.change(xid, backfill)?;
-                    }
-                    self.change(xid, Event::Relation(relation.clone()))?;
-                }
-                self.relations.insert(
-                    oid,
-                    RelInfo {
-                        relation,
-                        parse,
-                        included,
-                    },
-                );
+                let (relation, parse) = self
+                    .relation_of(client, oid, namespace, name, replica_identity, columns)
+                    .await?;
+                self.on_relation(client, xid, oid, relation, parse).await?;
             }
             PgMessage::Insert { xid, oid, new } => {
                 if let Some(rel) = self.row_relation(oid)? {
@@ -1039,36 +966,7 @@ impl PgSource {
                 lsn,
                 prefix,
                 content,
-            } => {
-                if transactional && prefix == DDL_PREFIX {
-                    // ferry's DDL trigger: carried as the changes it names, not as itself.
-                    let msg = ddl::parse(content)?;
-                    let spool = self.writer.spool();
-                    let events = self.schema.on_ddl(
-                        msg,
-                        |oid| spool.relations().get(&RelationId(u64::from(oid))).cloned(),
-                        &self.settings.filter,
-                        &Position::Postgres(Lsn(lsn)),
-                    );
-                    for event in events {
-                        self.change(xid, event)?;
-                    }
-                    return Ok(());
-                }
-                let event = Event::Message(Message {
-                    transactional,
-                    position: Position::Postgres(Lsn(lsn)),
-                    prefix,
-                    content: content.to_vec(),
-                });
-                if transactional {
-                    self.change(xid, event)?;
-                } else if !self.already_spooled(lsn) {
-                    // Not part of any transaction: written where it arrives.
-                    self.append(&event)?;
-                    self.maybe_commit(false)?;
-                }
-            }
+            } => self.on_message(xid, transactional, lsn, prefix, content)?,
             PgMessage::StreamStart { xid, .. } => {
                 if self.in_stream.is_some() {
                     return Err(Error::Protocol(
@@ -1111,6 +1009,150 @@ impl PgSource {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// A logical decoding message: the DDL trigger's become the changes they name; any other is
+    /// carried as it is (in its transaction, or where it arrives when not transactional).
+    fn on_message(
+        &mut self,
+        xid: Option<u32>,
+        transactional: bool,
+        lsn: u64,
+        prefix: String,
+        content: &[u8],
+    ) -> Result<()> {
+        if transactional && prefix == DDL_PREFIX {
+            // ferry's DDL trigger: carried as the changes it names, not as itself.
+            let msg = ddl::parse(content)?;
+            let spool = self.writer.spool();
+            let events = self.schema.on_ddl(
+                msg,
+                |oid| spool.relations().get(&RelationId(u64::from(oid))).cloned(),
+                &self.settings.filter,
+                &Position::Postgres(Lsn(lsn)),
+            );
+            for event in events {
+                self.change(xid, event)?;
+            }
+            return Ok(());
+        }
+        let event = Event::Message(Message {
+            transactional,
+            position: Position::Postgres(Lsn(lsn)),
+            prefix,
+            content: content.to_vec(),
+        });
+        if transactional {
+            self.change(xid, event)?;
+        } else if !self.already_spooled(lsn) {
+            // Not part of any transaction: written where it arrives.
+            self.append(&event)?;
+            self.maybe_commit(false)?;
+        }
+        Ok(())
+    }
+
+    /// A Relation message as ferry's [`Relation`], with the type each column's text is parsed
+    /// as (its domain's base type).
+    async fn relation_of(
+        &mut self,
+        client: &Client,
+        oid: u32,
+        namespace: String,
+        name: String,
+        replica_identity: u8,
+        columns: Vec<pgoutput::RelColumn>,
+    ) -> Result<(Relation, Vec<u32>)> {
+        let keys: Vec<(u32, i32)> = columns
+            .iter()
+            .map(|c| (c.type_oid, c.type_modifier))
+            .collect();
+        self.types.resolve(client, &keys).await?;
+        let mut parse = Vec::with_capacity(columns.len());
+        let columns = columns
+            .into_iter()
+            .map(|c| {
+                let info = self.types.get(c.type_oid, c.type_modifier);
+                parse.push(info.parse_oid);
+                Column {
+                    name: c.name,
+                    type_name: info.name,
+                    type_id: c.type_oid,
+                    type_modifier: c.type_modifier,
+                    key: c.key,
+                    nullable: !c.key,
+                }
+            })
+            .collect();
+        let relation = Relation {
+            id: RelationId(u64::from(oid)),
+            schema: namespace,
+            name,
+            replica_identity: replica_identity_of(replica_identity),
+            columns,
+        };
+        Ok((relation, parse))
+    }
+
+    /// A table's new definition: checked for a replica identity, written into the transaction
+    /// (with its whole definition first if it is new, and what a schema change implies), and
+    /// kept for decoding the rows that follow.
+    async fn on_relation(
+        &mut self,
+        client: &Client,
+        xid: Option<u32>,
+        oid: u32,
+        relation: Relation,
+        parse: Vec<u32>,
+    ) -> Result<()> {
+        let included = self
+            .settings
+            .filter
+            .accepts(&relation.schema, &relation.name);
+        let no_identity = relation.replica_identity == ReplicaIdentity::Nothing
+            || (relation.replica_identity == ReplicaIdentity::Default
+                && relation.key_columns().next().is_none());
+        if included && no_identity && !self.discarding() {
+            self.published_without_identity(client, &relation).await?;
+        }
+        // The decoder needs the newest definition for the rows that follow; the spool
+        // gets it inside the transaction, so it is written only if the transaction is.
+        if included && (self.in_stream.is_some() || self.txn.is_some()) {
+            let position = Position::Postgres(Lsn(self.stats.server_wal_end));
+            let discarding = self.discarding();
+            let new_table = !self.schema.knows(oid)
+                && !self.writer.spool().relations().contains_key(&relation.id);
+            if new_table
+                && !discarding
+                && let Some(def) = super::table_def::describe(client, oid).await?
+            {
+                // A table created since the snapshot: its whole definition first.
+                self.change(xid, crate::table_def::message(&def, position.clone()))?;
+            }
+            let before = self.schema.on_relation(
+                oid,
+                &relation,
+                self.writer.spool().relations().get(&relation.id),
+                &position,
+                !discarding,
+            )?;
+            for event in before {
+                self.change(xid, event)?;
+            }
+            if !discarding && let Some(backfill) = self.backfill(client, oid, &relation).await? {
+                self.change(xid, backfill)?;
+            }
+            self.change(xid, Event::Relation(relation.clone()))?;
+        }
+        self.relations.insert(
+            oid,
+            RelInfo {
+                relation,
+                parse,
+                included,
+            },
+        );
         Ok(())
     }
 
