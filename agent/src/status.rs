@@ -46,12 +46,7 @@ pub async fn status(config: &Config) -> Result<String> {
     let mut binlog_sizes = Vec::new();
     if mysql {
         binlog_sizes = mysql_source_line(config, &mut out).await;
-        binlog_now = binlog_sizes
-            .last()
-            .map(|(file, size)| ferry_proto::BinlogPos {
-                file: file.clone(),
-                pos: *size,
-            });
+        binlog_now = crate::mysql::source::current_position(&binlog_sizes);
     } else {
         match tls::parse_url(config.source.url.expose()) {
             Ok((cfg, tls)) => match tls.connect_client(&cfg, "status").await {
@@ -212,7 +207,6 @@ pub async fn status(config: &Config) -> Result<String> {
 /// The MySQL source's line: its binlog position now. Returns every binlog file and its size
 /// (the last one's size is the current position).
 async fn mysql_source_line(config: &Config, out: &mut String) -> Vec<(String, u64)> {
-    use mysql_async::prelude::Queryable;
     let opts = match ferry_sink::mysql::opts_from_url(config.source.url.expose()) {
         Ok(o) => o,
         Err(e) => {
@@ -227,23 +221,18 @@ async fn mysql_source_line(config: &Config, out: &mut String) -> Vec<(String, u6
             return Vec::new();
         }
     };
-    let sizes: Vec<(String, u64)> =
-        match conn.query::<mysql_async::Row, _>("SHOW BINARY LOGS").await {
-            Ok(rows) => rows
-                .iter()
-                .filter_map(|r| Some((r.get::<String, _>(0)?, r.get::<u64, _>(1)?)))
-                .collect(),
-            Err(e) => {
-                let _ = writeln!(out, "source: SHOW BINARY LOGS failed: {e}");
-                return Vec::new();
-            }
-        };
+    let sizes = match crate::mysql::source::binlog_sizes(&mut conn).await {
+        Ok(sizes) => sizes,
+        Err(e) => {
+            let _ = writeln!(out, "source: SHOW BINARY LOGS failed: {e}");
+            return Vec::new();
+        }
+    };
     let _ = writeln!(
         out,
         "source: binlog at {}",
-        sizes
-            .last()
-            .map_or("- (no binary log)".into(), |(f, p)| format!("{f}:{p}"))
+        crate::mysql::source::current_position(&sizes)
+            .map_or("- (no binary log)".into(), |p| p.to_string())
     );
     sizes
 }

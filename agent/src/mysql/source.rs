@@ -316,6 +316,8 @@ impl MysqlSource {
         // The compressed transaction payload whose events are being read (MySQL 8).
         let mut payload: Option<payload::Pending> = None;
         let mut binlogs_read = Instant::now() - BINLOGS_INTERVAL;
+        // The end of the last event read in `file`.
+        let mut read_end = 0u64;
         loop {
             if binlogs_read.elapsed() >= BINLOGS_INTERVAL {
                 binlogs_read = Instant::now();
@@ -353,28 +355,13 @@ impl MysqlSource {
             let event = event.map_err(gap_or)?;
             if self.last_published.elapsed() >= Duration::from_secs(1) {
                 self.last_published = Instant::now();
+                self.server_at_least(&file, read_end);
                 self.publish_stats();
             }
             let header = event.header();
             let mut end = u64::from(header.log_pos());
-            // The server is at least as far as what ferry reads: the current position between
-            // two `SHOW BINARY LOGS` (an artificial event has position 0).
-            if end > 0
-                && self
-                    .stats
-                    .binlog_now
-                    .as_ref()
-                    .is_some_and(|n| n.file == file && n.pos < end)
-            {
-                if let Some(n) = self.stats.binlog_now.as_mut() {
-                    n.pos = end;
-                }
-                if let Some(last) = self.stats.binlog_sizes.last_mut()
-                    && last.0 == file
-                {
-                    last.1 = last.1.max(end);
-                }
-            }
+            // An artificial event has position 0.
+            read_end = read_end.max(end);
             if let Some(p) = payload.as_mut() {
                 // An event from inside a compressed transaction: the payload's position.
                 end = p
@@ -431,6 +418,7 @@ impl MysqlSource {
                     } else {
                         raw
                     };
+                    read_end = 0;
                     file = binlog_name(raw).ok_or_else(|| {
                         Error::Protocol(format!(
                             "a rotate event names no binlog file: {:?}",
@@ -894,19 +882,28 @@ impl MysqlSource {
         }))
     }
 
+    /// The server is at least as far as what ferry has read (`end` in `file`): its current
+    /// position between two binlog listings, for lag in bytes.
+    fn server_at_least(&mut self, file: &str, end: u64) {
+        if let Some(n) = self.stats.binlog_now.as_mut()
+            && n.file == file
+            && n.pos < end
+        {
+            n.pos = end;
+            if let Some(last) = self.stats.binlog_sizes.last_mut()
+                && last.0 == file
+            {
+                last.1 = last.1.max(end);
+            }
+        }
+    }
+
     /// The server's binlog files and their sizes, for lag in bytes. A failure leaves the figure
     /// unknown rather than stopping replication.
     async fn read_binlogs(&mut self, meta: &mut Conn) {
-        match meta.query::<mysql_async::Row, _>("SHOW BINARY LOGS").await {
-            Ok(rows) => {
-                let sizes: Vec<(String, u64)> = rows
-                    .iter()
-                    .filter_map(|r| Some((r.get::<String, _>(0)?, r.get::<u64, _>(1)?)))
-                    .collect();
-                self.stats.binlog_now = sizes.last().map(|(file, size)| BinlogPos {
-                    file: file.clone(),
-                    pos: *size,
-                });
+        match binlog_sizes(meta).await {
+            Ok(sizes) => {
+                self.stats.binlog_now = current_position(&sizes);
                 self.stats.binlog_sizes = sizes;
             }
             Err(e) => {
@@ -1224,8 +1221,23 @@ impl Prerequisite {
     }
 }
 
-/// Refuses an unmet prerequisite; one that may pass by itself (a server_id still registered by
-/// ferry's own killed predecessor) is given 30 s.
+/// The server's binlog files and their sizes (`SHOW BINARY LOGS`), oldest first.
+pub async fn binlog_sizes(conn: &mut Conn) -> Result<Vec<(String, u64)>> {
+    let rows: Vec<mysql_async::Row> = conn.query("SHOW BINARY LOGS").await?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| Some((r.get::<String, _>(0)?, r.get::<u64, _>(1)?)))
+        .collect())
+}
+
+/// The server's current binlog position: the end of the newest file in [`binlog_sizes`].
+pub fn current_position(sizes: &[(String, u64)]) -> Option<BinlogPos> {
+    sizes.last().map(|(file, size)| BinlogPos {
+        file: file.clone(),
+        pos: *size,
+    })
+}
+
 /// The server's binlog expiry in seconds, 0 when binlogs are never purged by age:
 /// `binlog_expire_logs_seconds` (MySQL 8, MariaDB 10.6+), else `expire_logs_days`.
 pub async fn binlog_expiry(conn: &mut Conn) -> Result<u64> {
@@ -1242,6 +1254,8 @@ pub async fn binlog_expiry(conn: &mut Conn) -> Result<u64> {
     Ok((days.unwrap_or(0.0) * 86_400.0).max(0.0) as u64)
 }
 
+/// Refuses an unmet prerequisite; one that may pass by itself (a server_id still registered by
+/// ferry's own killed predecessor) is given 30 s.
 async fn check_server(conn: &mut Conn, server_id: u32) -> Result<()> {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
