@@ -114,10 +114,6 @@ pub fn parse_url(url: &str) -> Result<(tokio_postgres::Config, Tls)> {
         .transpose()?
         .unwrap_or(SslMode::Prefer);
     cfg.ssl_mode(mode.for_tokio_postgres());
-    // An unanswered connection attempt is a failed one, retried like a refused one.
-    if cfg.get_connect_timeout().is_none() {
-        cfg.connect_timeout(ferry_sink::CONNECT_TIMEOUT);
-    }
     let root_cert = rootcert
         .filter(|r| !r.is_empty() && r != "system")
         .map(PathBuf::from);
@@ -194,24 +190,18 @@ impl Tls {
         what: &'static str,
     ) -> Result<(tokio_postgres::Client, JoinHandle<()>)> {
         let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*self.config).clone());
-        // tokio-postgres's connect_timeout covers the TCP connect only: a server that accepts
-        // and never answers the startup would hang here. The whole handshake gets the limit.
-        let (client, conn) =
-            tokio::time::timeout(ferry_sink::CONNECT_TIMEOUT, cfg.connect(connector))
-                .await
-                .map_err(|_| {
-                    Error::io(
-                        format!("connecting ({what})"),
-                        std::io::Error::new(
-                            std::io::ErrorKind::TimedOut,
-                            format!(
-                                "no answer within {} s",
-                                ferry_sink::CONNECT_TIMEOUT.as_secs()
-                            ),
-                        ),
-                    )
-                })?
-                .map_err(|e| self.classify(e))?;
+        // A server that accepts and never answers the startup would hang here: the whole
+        // handshake gets the limit, and running out is retried like a refused connection.
+        let limit = ferry_sink::pg_connect_limit(cfg);
+        let (client, conn) = tokio::time::timeout(limit, cfg.connect(connector))
+            .await
+            .map_err(|_| {
+                Error::io(
+                    format!("connecting ({what})"),
+                    ferry_sink::connect_timed_out(limit),
+                )
+            })?
+            .map_err(|e| self.classify(e))?;
         let task = tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "{what} connection closed");

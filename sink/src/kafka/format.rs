@@ -227,7 +227,6 @@ pub fn split_key_change<'e>(rel: &Relation, event: &'e Event) -> Vec<std::borrow
     // its old row (all of them from a MySQL source).
     if let Event::Update(u) = event
         && let Some(old) = &u.old
-        && rel.key_columns().next().is_some()
         && rel.key_columns().any(|i| old.row().get(i) != u.new.get(i))
     {
         return vec![

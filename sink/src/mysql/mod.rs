@@ -51,10 +51,7 @@ pub async fn connect(opts: Opts) -> std::result::Result<Conn, mysql_async::Error
     match tokio::time::timeout(crate::CONNECT_TIMEOUT, Conn::new(opts)).await {
         Ok(r) => r,
         Err(_) => Err(mysql_async::Error::Io(mysql_async::IoError::Io(
-            std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no answer within {} s", crate::CONNECT_TIMEOUT.as_secs()),
-            ),
+            crate::connect_timed_out(crate::CONNECT_TIMEOUT),
         ))),
     }
 }

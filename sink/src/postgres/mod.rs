@@ -98,22 +98,14 @@ impl Target for PgTarget {
         let (client, conn_task) = match &cfg.pg_connector {
             Some(connect) => (connect.0)().await?,
             None => {
-                let mut pg: tokio_postgres::Config = cfg
+                let pg: tokio_postgres::Config = cfg
                     .url
                     .parse()
                     .map_err(|e| SinkError::Config(format!("sink {} url: {e}", cfg.name)))?;
-                if pg.get_connect_timeout().is_none() {
-                    pg.connect_timeout(crate::CONNECT_TIMEOUT);
-                }
-                let (client, conn) =
-                    tokio::time::timeout(crate::CONNECT_TIMEOUT, pg.connect(tokio_postgres::NoTls))
-                        .await
-                        .map_err(|_| {
-                            SinkError::io(
-                                "connecting",
-                                std::io::Error::new(std::io::ErrorKind::TimedOut, "no answer"),
-                            )
-                        })??;
+                let limit = crate::pg_connect_limit(&pg);
+                let (client, conn) = tokio::time::timeout(limit, pg.connect(tokio_postgres::NoTls))
+                    .await
+                    .map_err(|_| SinkError::io("connecting", crate::connect_timed_out(limit)))??;
                 let task = tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!(error = %e, "sink connection closed");
