@@ -53,21 +53,6 @@ fn wait_log(ferry: &mut FerryRun, text: &str, times: usize, secs: u64) {
     }
 }
 
-async fn pg_count(c: &tokio_postgres::Client, table: &str) -> i64 {
-    c.query_one(&format!("SELECT count(*) FROM {table}"), &[])
-        .await
-        .map_or(-1, |r| r.get(0))
-}
-
-async fn wait_pg_count(c: &tokio_postgres::Client, table: &str, n: i64, ferry: &mut FerryRun) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while pg_count(c, table).await != n {
-        ferry.check_alive().unwrap();
-        assert!(Instant::now() < deadline, "{}", ferry.log_text());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 async fn my_count(c: &mut mysql_async::Conn, table: &str) -> i64 {
     c.query_first(format!("SELECT count(*) FROM {table}"))
         .await
@@ -385,7 +370,7 @@ async fn deadlocks_and_serialization_failures_on_a_replica_are_retried() {
     s.batch_execute("INSERT INTO t SELECT g FROM generate_series(1, 10) g")
         .await
         .unwrap();
-    wait_pg_count(&r, "t", 10, &mut ferry).await;
+    ferry.wait_rows(&r, "t", 10).await;
     wait_my_count(&db, "public.t", 10, &mut ferry).await;
     let log = ferry.log_text();
     assert!(!log.contains("sink halted"), "{log}");

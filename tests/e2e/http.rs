@@ -22,7 +22,6 @@ async fn metrics_count_the_changes_and_readyz_follows_lag_and_halts() {
         .await
         .unwrap();
     r.batch_execute(ddl).await.unwrap();
-    let port = ferry_tests::process::free_port();
     let config = FerryConfig::pg_to_pg(
         &source.url("postgres"),
         &replica.url("postgres"),
@@ -30,12 +29,7 @@ async fn metrics_count_the_changes_and_readyz_follows_lag_and_halts() {
         "max_lag_seconds = 2",
     )
     .unwrap();
-    let text = std::fs::read_to_string(config.path()).unwrap();
-    std::fs::write(
-        config.path(),
-        format!("{text}\n[http]\nlisten = \"127.0.0.1:{port}\"\n"),
-    )
-    .unwrap();
+    let port = config.with_http(None).unwrap();
     let mut ferry = config.start(0).unwrap();
     wait_http(port, "/readyz", 200, 60, &mut ferry);
     assert_eq!(get(port, "/healthz").0, 200);
@@ -150,20 +144,14 @@ async fn control_routes_need_the_token_and_ctl_stop_stops_cleanly() {
     let ddl = "CREATE TABLE t (id int PRIMARY KEY)";
     source.connect().await.batch_execute(ddl).await.unwrap();
     replica.connect().await.batch_execute(ddl).await.unwrap();
-    let port = ferry_tests::process::free_port();
     let config =
         FerryConfig::pg_to_pg(&source.url("postgres"), &replica.url("postgres"), "", "").unwrap();
-    let text = std::fs::read_to_string(config.path()).unwrap();
     let path = config.path();
     let path = path.to_str().unwrap();
     let (code, _, err) = ferry_tests::ferry::command(&["ctl", "stop", "--config", path]).unwrap();
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("[http]"), "{err}");
-    std::fs::write(
-        config.path(),
-        format!("{text}\n[http]\nlisten = \"127.0.0.1:{port}\"\ntoken = \"t0ken-for-tests\"\n"),
-    )
-    .unwrap();
+    let port = config.with_http(Some("t0ken-for-tests")).unwrap();
     let mut ferry = config.start(0).unwrap();
     wait_http(port, "/readyz", 200, 60, &mut ferry);
     let post = |auth: &str| -> u16 {

@@ -18,17 +18,6 @@ use mysql_async::prelude::Queryable;
 const SECONDS: &str = "ferry_sink_lag_seconds{sink=\"replica\",type=\"postgres\"}";
 const BYTES: &str = "ferry_sink_lag_bytes{sink=\"replica\",type=\"postgres\"}";
 
-fn with_http(config: &FerryConfig) -> u16 {
-    let port = ferry_tests::process::free_port();
-    let text = std::fs::read_to_string(config.path()).unwrap();
-    std::fs::write(
-        config.path(),
-        format!("{text}\n[http]\nlisten = \"127.0.0.1:{port}\"\n"),
-    )
-    .unwrap();
-    port
-}
-
 /// The `lag s` column of `ferry status` for sink `replica`.
 fn status_seconds(config: &FerryConfig) -> f64 {
     let (code, out, err) =
@@ -45,21 +34,6 @@ fn status_seconds(config: &FerryConfig) -> f64 {
         .unwrap_or_else(|| panic!("no lag seconds in {line:?}"))
 }
 
-async fn replica_count(r: &tokio_postgres::Client) -> i64 {
-    r.query_one("SELECT count(*) FROM t", &[])
-        .await
-        .map_or(-1, |row| row.get(0))
-}
-
-async fn wait_count(r: &tokio_postgres::Client, n: i64, ferry: &mut FerryRun) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while replica_count(r).await != n {
-        ferry.check_alive().unwrap();
-        assert!(Instant::now() < deadline, "{}", ferry.log_text());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 /// The three phases, `write(sql)` committing on the source.
 async fn phases<F, Fut>(
     config: &FerryConfig,
@@ -74,7 +48,7 @@ async fn phases<F, Fut>(
     let r = replica.connect().await;
     wait_http(port, "/readyz", 200, 60, ferry);
     write("INSERT INTO t VALUES (1)".into()).await;
-    wait_count(&r, 1, ferry).await;
+    ferry.wait_rows(&r, "t", 1).await;
 
     // Idle: nothing committed for 12 s.
     tokio::time::sleep(Duration::from_secs(12)).await;
@@ -108,7 +82,7 @@ async fn phases<F, Fut>(
         "{s}"
     );
     lock.batch_execute("COMMIT").await.unwrap();
-    wait_count(&r, 2, ferry).await;
+    ferry.wait_rows(&r, "t", 2).await;
 
     // Under load: 50 transactions over 5 s; no figure exceeds the age of the oldest change.
     let load = Instant::now();
@@ -126,7 +100,7 @@ async fn phases<F, Fut>(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    wait_count(&r, 52, ferry).await;
+    ferry.wait_rows(&r, "t", 52).await;
     let deadline = Instant::now() + Duration::from_secs(30);
     while sample(&get(port, "/metrics").1, SECONDS) != 0.0 {
         assert!(Instant::now() < deadline, "the lag never returned to 0");
@@ -145,7 +119,7 @@ async fn lag_from_a_postgresql_source() {
     replica.connect().await.batch_execute(ddl).await.unwrap();
     let config =
         FerryConfig::pg_to_pg(&source.url("postgres"), &replica.url("postgres"), "", "").unwrap();
-    let port = with_http(&config);
+    let port = config.with_http(None).unwrap();
     let mut ferry = config.start(0).unwrap();
     let s = &s;
     phases(&config, port, &replica, &mut ferry, |sql| async move {
@@ -180,7 +154,7 @@ async fn lag_from_a_mariadb_source() {
         &sink,
     )
     .unwrap();
-    let port = with_http(&config);
+    let port = config.with_http(None).unwrap();
     let mut ferry = config.start(0).unwrap();
     let c = tokio::sync::Mutex::new(c);
     let c = &c;

@@ -44,6 +44,24 @@ fn wait_for(dir: &Path, what: &str, timeout: Duration, mut done: impl FnMut(&[Ev
     }
 }
 
+/// Purges every binlog before `current` (MariaDB purges only behind its binlog checkpoint, so
+/// this may take a few tries).
+async fn purge_to(c: &mut mysql_async::Conn, current: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        c.query_drop(format!("PURGE BINARY LOGS TO '{current}'"))
+            .await
+            .unwrap();
+        let logs: Vec<mysql_async::Row> = c.query("SHOW BINARY LOGS").await.unwrap();
+        let names: Vec<String> = logs.iter().map(|r| r.get(0).unwrap()).collect();
+        if names.first().map(String::as_str) == Some(current) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "cannot purge: {names:?}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
 const TYPES: &str = "CREATE DATABASE app;
 CREATE TABLE app.types (
   id int PRIMARY KEY,
@@ -781,20 +799,7 @@ async fn transactions_of_other_tables_move_the_position_past_purged_binlogs() {
         },
     );
     ferry.stop().unwrap();
-    // The files before it are purged (MariaDB purges only behind its binlog checkpoint).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        c.query_drop(format!("PURGE BINARY LOGS TO '{current}'"))
-            .await
-            .unwrap();
-        let logs: Vec<mysql_async::Row> = c.query("SHOW BINARY LOGS").await.unwrap();
-        let names: Vec<String> = logs.iter().map(|r| r.get(0).unwrap()).collect();
-        if names.first() == Some(&current) {
-            break;
-        }
-        assert!(Instant::now() < deadline, "cannot purge: {names:?}");
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
+    purge_to(&mut c, &current).await;
     let mut run = config.start(1).unwrap();
     c.query_drop("INSERT INTO app.t VALUES (2)").await.unwrap();
     wait_for(&spool, "row 2", Duration::from_secs(60), |e| {
@@ -869,4 +874,19 @@ async fn binlog_retention_is_reported_and_a_rotation_moves_the_position() {
     );
     ferry.check_alive().unwrap();
     ferry.stop().unwrap();
+    // The old file goes; a restart resumes from the rotation's position in the new one.
+    purge_to(&mut c, &current).await;
+    let mut again = config.start(1).unwrap();
+    c.query_drop("INSERT INTO app.t VALUES (2)").await.unwrap();
+    wait_for(
+        &spool,
+        "row 2 after the restart",
+        Duration::from_secs(60),
+        |e| {
+            e.iter()
+                .any(|e| matches!(e, Event::Insert(i) if i.new[0] == Value::Int(2)))
+        },
+    );
+    again.check_alive().unwrap();
+    again.stop().unwrap();
 }

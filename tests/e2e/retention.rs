@@ -9,8 +9,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use ferry_tests::Postgres;
-use ferry_tests::ferry::{FerryConfig, FerryRun};
-use tokio_postgres::Client;
+use ferry_tests::ferry::FerryConfig;
 
 fn segments(dir: &Path) -> Vec<u64> {
     let mut v: Vec<u64> = std::fs::read_dir(dir)
@@ -30,22 +29,6 @@ fn cursor(dir: &Path, sink: &str) -> Option<u64> {
         .trim()
         .parse()
         .ok()
-}
-
-async fn count(c: &Client) -> Option<i64> {
-    c.query_one("SELECT count(*) FROM t", &[])
-        .await
-        .ok()
-        .map(|r| r.get(0))
-}
-
-async fn wait_count(c: &Client, n: i64, ferry: &mut FerryRun) {
-    let deadline = Instant::now() + Duration::from_secs(90);
-    while count(c).await != Some(n) {
-        ferry.check_alive().unwrap();
-        assert!(Instant::now() < deadline, "{}", ferry.log_text());
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -81,8 +64,8 @@ async fn with_ack_spooled_the_spool_keeps_what_the_slowest_sink_needs_and_no_mor
     s.batch_execute("INSERT INTO t VALUES (0, 'first')")
         .await
         .unwrap();
-    wait_count(&f, 1, &mut ferry).await;
-    wait_count(&sl, 1, &mut ferry).await;
+    ferry.wait_rows(&f, "t", 1).await;
+    ferry.wait_rows(&sl, "t", 1).await;
 
     // The slow sink's replica goes away while 6 MB of changes arrive.
     drop(sl);
@@ -96,7 +79,7 @@ async fn with_ack_spooled_the_spool_keeps_what_the_slowest_sink_needs_and_no_mor
         .await
         .unwrap();
     }
-    wait_count(&f, 6001, &mut ferry).await;
+    ferry.wait_rows(&f, "t", 6001).await;
     let spool = config.spool_dir();
     // Truncation runs every 10 s: give it two rounds, then the spool still holds what the slow
     // sink needs, from the segment its position is in.
@@ -115,7 +98,7 @@ async fn with_ack_spooled_the_spool_keeps_what_the_slowest_sink_needs_and_no_mor
     // It catches up: the segments every sink has applied are deleted.
     slow.start_again().unwrap();
     let sl = slow.connect().await;
-    wait_count(&sl, 6001, &mut ferry).await;
+    ferry.wait_rows(&sl, "t", 6001).await;
     let deadline = Instant::now() + Duration::from_secs(45);
     loop {
         let held = segments(&spool);

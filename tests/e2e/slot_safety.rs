@@ -25,7 +25,6 @@ async fn an_unreserved_slot_is_reported_and_a_lost_slot_ends_ferry_with_the_gap(
     let ddl = "CREATE TABLE t (id int PRIMARY KEY, v text)";
     s.batch_execute(ddl).await.unwrap();
     r.batch_execute(ddl).await.unwrap();
-    let port = ferry_tests::process::free_port();
     // No margin: only `unreserved` and `lost` count here (1 MB leaves none to speak of).
     let config = FerryConfig::pg_to_pg(
         &source.url("postgres"),
@@ -34,30 +33,13 @@ async fn an_unreserved_slot_is_reported_and_a_lost_slot_ends_ferry_with_the_gap(
         "",
     )
     .unwrap();
-    let text = std::fs::read_to_string(config.path()).unwrap();
-    std::fs::write(
-        config.path(),
-        format!("{text}\n[http]\nlisten = \"127.0.0.1:{port}\"\n"),
-    )
-    .unwrap();
+    let port = config.with_http(None).unwrap();
     let mut ferry = config.start(0).unwrap();
     wait_http(port, "/readyz", 200, 60, &mut ferry);
     s.batch_execute("INSERT INTO t VALUES (1, 'a')")
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let n: i64 = r
-            .query_one("SELECT count(*) FROM t", &[])
-            .await
-            .unwrap()
-            .get(0);
-        if n == 1 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{}", ferry.log_text());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    ferry.wait_rows(&r, "t", 1).await;
     let metrics = get(port, "/metrics").1;
     assert_eq!(
         sample(

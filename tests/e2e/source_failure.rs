@@ -24,20 +24,7 @@ async fn a_dropped_slot_while_a_sink_is_held_ends_ferry_with_the_reason() {
     s.batch_execute("INSERT INTO t VALUES (1, 'a')")
         .await
         .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let n: i64 = r
-            .query_one("SELECT count(*) FROM t", &[])
-            .await
-            .unwrap()
-            .get(0);
-        if n == 1 {
-            break;
-        }
-        ferry.check_alive().unwrap();
-        assert!(Instant::now() < deadline, "{}", ferry.log_text());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    ferry.wait_rows(&r, "t", 1).await;
     // The sink's next batch waits on the replica's lock.
     let lock = replica.connect().await;
     lock.batch_execute("BEGIN; LOCK TABLE t IN ACCESS EXCLUSIVE MODE")

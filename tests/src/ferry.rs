@@ -95,6 +95,20 @@ impl FerryConfig {
         Ok(config)
     }
 
+    /// Adds an `[http]` section on a free loopback port (with a control `token`, if given); the
+    /// port.
+    pub fn with_http(&self, token: Option<&str>) -> Result<u16> {
+        let port = process::free_port();
+        let text = std::fs::read_to_string(self.path()).map_err(|e| e.to_string())?;
+        let token = token.map_or(String::new(), |t| format!("token = \"{t}\"\n"));
+        std::fs::write(
+            self.path(),
+            format!("{text}\n[http]\nlisten = \"127.0.0.1:{port}\"\n{token}"),
+        )
+        .map_err(|e| e.to_string())?;
+        Ok(port)
+    }
+
     pub fn path(&self) -> PathBuf {
         self.dir.path().join("ferry.toml")
     }
@@ -168,6 +182,29 @@ impl FerryRun {
             .wait_exit(timeout)
             .ok_or_else(|| format!("ferry still running after {timeout:?}"))?;
         Ok((status.code().unwrap_or(-1), self.process.log_text()))
+    }
+
+    /// Waits up to 90 s, ferry staying alive, until `table` on `client` holds `n` rows (a table
+    /// that does not exist yet counts as none); fails with ferry's log.
+    pub async fn wait_rows(&mut self, client: &tokio_postgres::Client, table: &str, n: i64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(90);
+        loop {
+            let count: Option<i64> = client
+                .query_one(&format!("SELECT count(*) FROM {table}"), &[])
+                .await
+                .ok()
+                .map(|r| r.get(0));
+            if count == Some(n) {
+                return;
+            }
+            self.check_alive().unwrap();
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{table} has {count:?} rows, not {n}:\n{}",
+                self.log_text()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
     }
 
     /// Fails (with the log) if ferry has exited.
