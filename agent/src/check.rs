@@ -15,8 +15,8 @@ use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::config::{Config, SourceKind};
 use crate::error::Result;
-use crate::postgres::tls;
 use crate::supervisor::{SinkSettings, pg_settings, sink_settings};
+use ferry_db::postgres::tls;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -153,27 +153,20 @@ async fn check_postgres_source(config: &Config, r: &mut Report) -> Result<Tables
         return Ok(Vec::new());
     };
     r.ok(format!("source {} reachable", config.source.url));
-    let version: i32 = client
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
-        .await?
-        .get(0);
+    let (version, found) = crate::postgres::prerequisites(&client, &settings.params.dbname).await?;
+    for p in found {
+        if p.ok {
+            r.ok(p.text);
+        } else {
+            r.error(p.text);
+        }
+    }
     let major = version / 10_000;
-    if version < 110_000 {
-        r.error(crate::postgres::unsupported_version(version));
-    } else if version < 140_000 {
+    if (110_000..140_000).contains(&version) {
         r.warn(format!(
             "PostgreSQL {major} cannot stream transactions in progress, nor pass ferry the DDL \
              trigger's messages (both 14+): a large transaction reaches ferry only at its \
              commit, and a column rename stops ferry as ambiguous"
-        ));
-    }
-    let wal_level: String = client.query_one("SHOW wal_level", &[]).await?.get(0);
-    if wal_level == "logical" {
-        r.ok("wal_level = logical");
-    } else {
-        r.error(format!(
-            "wal_level is {wal_level}: set wal_level = logical in postgresql.conf and restart \
-             the server"
         ));
     }
     match crate::postgres::ddl::installed(&client).await {
@@ -188,21 +181,6 @@ async fn check_postgres_source(config: &Config, r: &mut Report) -> Result<Tables
              replicas; install it with `ferry ddl-trigger install` (a superuser)",
         ),
         Err(e) => r.error(format!("cannot read pg_event_trigger: {e}")),
-    }
-    let role = client
-        .query_one(
-            "SELECT rolsuper, rolreplication FROM pg_roles WHERE rolname = current_user",
-            &[],
-        )
-        .await?;
-    let (sup, repl): (bool, bool) = (role.get(0), role.get(1));
-    if sup || repl {
-        r.ok("the role may replicate");
-    } else {
-        r.error(
-            "the role has neither REPLICATION nor superuser: ALTER ROLE <user> REPLICATION \
-             (as a superuser)",
-        );
     }
     retention_settings(&client, r).await?;
     let slot_exists =
@@ -388,7 +366,7 @@ async fn retention_settings(client: &tokio_postgres::Client, r: &mut Report) -> 
 
 async fn check_mysql_source(config: &Config, r: &mut Report) -> Result<Tables> {
     let settings = crate::supervisor::mysql_settings(config)?;
-    let opts = match ferry_sink::mysql::opts_from_url(config.source.url.expose()) {
+    let opts = match ferry_db::mysql::opts_from_url(config.source.url.expose()) {
         Ok(o) => o,
         Err(e) => {
             r.error(format!("source url: {e}"));
@@ -396,7 +374,7 @@ async fn check_mysql_source(config: &Config, r: &mut Report) -> Result<Tables> {
         }
     };
     let what = format!("the source {}", config.source.url);
-    let Some(mut conn) = reach(r, &what, ferry_sink::mysql::connect(opts)).await else {
+    let Some(mut conn) = reach(r, &what, ferry_db::mysql::connect(opts)).await else {
         return Ok(Vec::new());
     };
     r.ok(format!("source {} reachable", config.source.url));
@@ -525,12 +503,7 @@ async fn check_mysql_source(config: &Config, r: &mut Report) -> Result<Tables> {
 
 async fn check_postgres_sink(c: &ferry_sink::db::DbSinkConfig, tables: &Tables, r: &mut Report) {
     let what = format!("sink {}", c.name);
-    let Some((client, _task)) = reach(
-        r,
-        &what,
-        crate::postgres::tls::Tls::connect_url(&c.url, "check sink"),
-    )
-    .await
+    let Some((client, _task)) = reach(r, &what, tls::Tls::connect_url(&c.url, "check sink")).await
     else {
         return;
     };
@@ -555,8 +528,8 @@ async fn check_postgres_sink(c: &ferry_sink::db::DbSinkConfig, tables: &Tables, 
     for (schema, table, _) in tables {
         let name = format!(
             "{}.{}",
-            ferry_sink::postgres::schema::quote_ident(schema),
-            ferry_sink::postgres::schema::quote_ident(table)
+            ferry_db::postgres::quote_ident(schema),
+            ferry_db::postgres::quote_ident(table)
         );
         let exists = client
             .query_one("SELECT to_regclass($1) IS NOT NULL", &[&name])
@@ -574,7 +547,7 @@ async fn check_postgres_sink(c: &ferry_sink::db::DbSinkConfig, tables: &Tables, 
 }
 
 async fn check_mysql_sink(c: &ferry_sink::db::DbSinkConfig, tables: &Tables, r: &mut Report) {
-    let opts = match ferry_sink::mysql::opts_from_url(&c.url) {
+    let opts = match ferry_db::mysql::opts_from_url(&c.url) {
         Ok(o) => o,
         Err(e) => {
             r.error(format!("sink {}: url: {e}", c.name));
@@ -582,7 +555,7 @@ async fn check_mysql_sink(c: &ferry_sink::db::DbSinkConfig, tables: &Tables, r: 
         }
     };
     let what = format!("sink {}", c.name);
-    let Some(mut conn) = reach(r, &what, ferry_sink::mysql::connect(opts)).await else {
+    let Some(mut conn) = reach(r, &what, ferry_db::mysql::connect(opts)).await else {
         return;
     };
     r.ok(format!("sink {}: reachable", c.name));

@@ -1,5 +1,5 @@
 //! The agent's error type. Whether an error is worth retrying is decided per engine once, in
-//! `ferry_sink::error` (`is_transient_postgres`, `is_transient_mysql`, `is_transient_sqlstate`),
+//! `ferry_db::transient` (`is_transient_postgres`, `is_transient_mysql`, `is_transient_sqlstate`),
 //! for the sources and the sinks alike.
 
 use std::io;
@@ -71,6 +71,19 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+impl From<ferry_db::ConnectError> for Error {
+    fn from(e: ferry_db::ConnectError) -> Self {
+        use ferry_db::ConnectError as C;
+        match e {
+            C::Postgres(p) => Error::Postgres(p),
+            C::Io { context, source } => Error::Io { context, source },
+            C::Tls(t) => Error::Tls(t),
+            C::Config(c) => Error::Config(c),
+            C::Protocol(p) => Error::Protocol(p),
+        }
+    }
+}
+
 impl Error {
     pub fn io(context: impl Into<String>, source: io::Error) -> Self {
         Error::Io {
@@ -86,11 +99,11 @@ impl Error {
         match self {
             Error::Io { .. } => true,
             Error::Server { error, .. } => is_transient_sqlstate(&error.code),
-            Error::Postgres(e) => ferry_sink::error::is_transient_postgres(e),
-            Error::MySql(e) => ferry_sink::error::is_transient_mysql(e),
+            Error::Postgres(e) => ferry_db::transient::is_transient_postgres(e),
+            Error::MySql(e) => ferry_db::transient::is_transient_mysql(e),
             _ => false,
         }
     }
 }
 
-pub use ferry_sink::is_transient_sqlstate;
+pub use ferry_db::transient::is_transient_sqlstate;

@@ -9,7 +9,7 @@ use ferry_spool::{Cursors, segment};
 use crate::config::{Config, SinkKind, SourceKind};
 use crate::error::Result;
 use crate::postgres::source::spool_tail;
-use crate::postgres::tls;
+use ferry_db::postgres::tls;
 
 /// The status report as text.
 pub async fn status(config: &Config) -> Result<String> {
@@ -207,14 +207,14 @@ pub async fn status(config: &Config) -> Result<String> {
 /// The MySQL source's line: its binlog position now. Returns every binlog file and its size
 /// (the last one's size is the current position).
 async fn mysql_source_line(config: &Config, out: &mut String) -> Vec<(String, u64)> {
-    let opts = match ferry_sink::mysql::opts_from_url(config.source.url.expose()) {
+    let opts = match ferry_db::mysql::opts_from_url(config.source.url.expose()) {
         Ok(o) => o,
         Err(e) => {
             let _ = writeln!(out, "source: url: {e}");
             return Vec::new();
         }
     };
-    let mut conn = match ferry_sink::mysql::connect(opts).await {
+    let mut conn = match ferry_db::mysql::connect(opts).await {
         Ok(c) => c,
         Err(e) => {
             let _ = writeln!(out, "source: unreachable: {e}");
@@ -240,9 +240,9 @@ async fn mysql_source_line(config: &Config, out: &mut String) -> Vec<(String, u6
 /// A MySQL sink's checkpoint: (position, age in seconds).
 async fn mysql_checkpoint(url: &str, sink: &str) -> Result<Option<(String, f64)>> {
     use mysql_async::prelude::Queryable;
-    let opts = ferry_sink::mysql::opts_from_url(url)
+    let opts = ferry_db::mysql::opts_from_url(url)
         .map_err(|e| crate::error::Error::Config(format!("sink url: {e}")))?;
-    let mut conn = ferry_sink::mysql::connect(opts).await?;
+    let mut conn = ferry_db::mysql::connect(opts).await?;
     let row: std::result::Result<Option<(String, f64)>, mysql_async::Error> = conn
         .exec_first(
             "SELECT position, CAST(TIMESTAMPDIFF(MICROSECOND, updated_at, CURRENT_TIMESTAMP(6)) / 1e6 AS DOUBLE) \

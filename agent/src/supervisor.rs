@@ -44,7 +44,7 @@ pub fn mysql_settings(config: &Config) -> Result<crate::mysql::MysqlSettings> {
 fn source_database(config: &Config) -> Result<String> {
     match config.source.kind {
         SourceKind::Postgres => Ok(ConnParams::parse(config.source.url.expose())?.dbname),
-        SourceKind::Mysql => Ok(ferry_sink::mysql::opts_from_url(config.source.url.expose())
+        SourceKind::Mysql => Ok(ferry_db::mysql::opts_from_url(config.source.url.expose())
             .map_err(|e| Error::Config(format!("source url: {e}")))?
             .db_name()
             .unwrap_or("")
@@ -197,16 +197,15 @@ pub fn db_sink_configs(config: &Config) -> Result<Vec<(SinkKind, PgSinkConfig)>>
             .url
             .as_ref()
             .ok_or_else(|| Error::Config(format!("sink {:?} needs url", sink.name.as_str())))?;
+        if sink.kind == SinkKind::Postgres {
+            // A URL or TLS setting that cannot work stops `ferry run` before anything starts.
+            ferry_db::postgres::parse_url(url.expose())?;
+        }
         out.push((
             sink.kind,
             PgSinkConfig {
                 name: sink.name.as_str().to_owned(),
                 url: url.expose().to_owned(),
-                pg_connector: if sink.kind == SinkKind::Postgres {
-                    Some(crate::postgres::tls::Tls::sink_connector(url.expose())?)
-                } else {
-                    None
-                },
                 on_error: sink.on_error,
                 schema_changes: sink.schema_changes.unwrap_or_default(),
                 create_tables: sink.create_tables.unwrap_or(false),

@@ -11,15 +11,15 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use ferry_db::postgres::quote_ident;
 use ferry_sink::postgres::read_checkpoint;
-use ferry_sink::postgres::schema::quote_ident;
 use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
 use crate::config::{Config, SinkKind};
 use crate::error::{Error, Result};
-use crate::postgres::tls;
 use crate::supervisor::pg_settings;
+use ferry_db::postgres::tls;
 
 /// Rows per chunk.
 pub const CHUNK_ROWS: i64 = 50_000;

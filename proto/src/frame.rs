@@ -206,3 +206,6 @@ pub fn decode(buf: &[u8]) -> Result<(Event, usize), FrameError> {
     let event = decode_payload(&hb, &header, &buf[HEADER_LEN..total])?;
     Ok((event, total))
 }
+
+#[cfg(test)]
+mod tests;

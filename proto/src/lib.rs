@@ -25,3 +25,6 @@ pub use value::{Micros, Row, Value};
 /// Strategies and samples shared by this crate's tests and other crates' tests.
 #[doc(hidden)]
 pub mod samples;
+
+#[cfg(test)]
+mod position_tests;

@@ -1,71 +1,34 @@
-//! The database replica sink's apply loop, shared by the PostgreSQL and MySQL/MariaDB targets:
-//! reads the spool from its own position and applies whole source transactions, in commit order,
-//! exactly once.
-//!
-//! Many consecutive source transactions go into one target transaction (a batch, bounded by rows
-//! and time: it is committed as soon as the spool has nothing more to give, so latency stays low
-//! under light load and batches grow under heavy load), never part of one. The batch's last
-//! source position and the spool offset after it are written to the target's checkpoint table in
-//! the same target transaction, so after any crash the sink resumes exactly after what the target
-//! has, and a transaction it sees again (at or below the checkpoint) is skipped: replay is a
-//! no-op.
-//!
-//! Failures: a transient error (connection lost, target restarting, deadlock, …) rolls the batch
-//! back and the sink reconnects with capped exponential backoff and jitter, resuming from the
-//! checkpoint. A permanent error in a batch rolls it back and replays the same transactions one
-//! change at a time, each under a savepoint, to find the failing change; `on_error` then decides:
-//! `halt` stops the sink naming table, key and position; `skip` logs and counts it;
-//! `dead_letter` writes it to the dead-letter file. Then batching resumes.
+//! A database replica as a [`Destination`] of the sink worker ([`crate::worker`]): what the
+//! PostgreSQL and MySQL/MariaDB targets share. One batch is one target transaction with the
+//! checkpoint row written in it (so a crash never applies a transaction twice), transaction
+//! control is typed ([`TxnControl`]), and change-by-change replay puts a savepoint before each
+//! step.
 //!
 //! What differs between engines (connecting, the checkpoint table, set-based statements, schema
 //! changes) is a [`Target`].
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use ferry_proto::{Event, OldRow, Position, Relation, RelationId, Value};
-use ferry_spool::{Cursors, Offset, SpoolReader, segment};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+use ferry_spool::Offset;
 
-use crate::deadletter::DeadLetters;
+use crate::OnError;
+use crate::destination::{
+    Checkpoint, Destination, Opened, Refusal, Relations, Step, WorkerSettings,
+};
 use crate::error::{Result, SinkError};
 use crate::postgres::schema::SchemaChanges;
-use crate::progress::{SinkProgress, SinkState};
-use crate::{Backoff, OnError};
-
-/// Opens a PostgreSQL target connection (and the task driving it). The agent supplies one that
-/// speaks TLS as the URL's `sslmode` says; without one the sink connects in plain text.
-#[derive(Clone)]
-pub struct PgConnector(
-    #[allow(clippy::type_complexity)]
-    pub  std::sync::Arc<
-        dyn Fn() -> std::pin::Pin<
-                Box<
-                    dyn Future<
-                            Output = Result<(tokio_postgres::Client, tokio::task::JoinHandle<()>)>,
-                        > + Send,
-                >,
-            > + Send
-            + Sync,
-    >,
-);
-
-impl std::fmt::Debug for PgConnector {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("PgConnector")
-    }
-}
+use crate::progress::Status;
 
 /// How a database sink is set up. `Debug` shows the URL without its password.
 #[derive(Clone)]
 pub struct DbSinkConfig {
     pub name: String,
-    /// Connection URL of the target.
+    /// Connection URL of the target (PostgreSQL: with `sslmode`/`sslrootcert`; MySQL/MariaDB:
+    /// with `ssl_ca`), opened by [`ferry_db`].
     pub url: String,
-    /// PostgreSQL targets: how to connect (TLS); plain text when `None`.
-    pub pg_connector: Option<PgConnector>,
     pub on_error: OnError,
     pub schema_changes: SchemaChanges,
     pub create_tables: bool,
@@ -96,8 +59,6 @@ impl std::fmt::Debug for DbSinkConfig {
 /// target transaction: what the sink holds in memory stays bounded whatever the transaction size.
 const FLUSH_ROWS: usize = 25_000;
 const FLUSH_BYTES: usize = 32 << 20;
-/// A batch is also committed once it holds this many bytes of changes.
-const MAX_BATCH_BYTES: usize = 64 << 20;
 
 /// One target database: a connection and the pending changes of its open transaction.
 pub trait Target: Send + Sized + 'static {
@@ -334,599 +295,178 @@ pub fn culprit(event: &Event, rel: Option<&Relation>) -> Culprit {
     }
 }
 
-/// A database sink worker over one kind of [`Target`].
-#[derive(Debug)]
-pub struct DbSink<T> {
-    cfg: DbSinkConfig,
-    progress: watch::Sender<SinkProgress>,
-    dead: DeadLetters,
-    target: std::marker::PhantomData<fn() -> T>,
-}
-
-/// One source transaction being read: whether it is already on the target, and where it began.
-#[derive(Debug)]
-struct Txn {
-    begin: ferry_proto::Begin,
-    skip: bool,
-}
-
-/// Per-session state of the apply loop.
-struct Session<T> {
+/// A database replica as a [`Destination`] over one kind of [`Target`].
+pub struct Db<T> {
     t: T,
-    /// Apply change by change (no replica role, or replaying a failed batch).
-    sequential: bool,
-    /// Replaying a failed batch one change at a time until this offset.
-    replay_until: Option<Offset>,
-    checkpoint: Option<Position>,
-    in_target_txn: bool,
-    batch_rows: usize,
-    batch_bytes: usize,
-    batch_txns: u64,
-    batch_started: Option<Instant>,
-    txn: Option<Txn>,
-    last_position: Option<Position>,
-    last_commit_time: Option<i64>,
-    last_offset: Offset,
-    /// Spool offset of the last checkpoint committed on the target.
-    committed_offset: Offset,
+    name: String,
+    status: Status,
+    /// A step committed the target transaction by itself (MySQL's DDL): its savepoints are gone.
+    implicit_commit: bool,
+    /// Replaying change by change: a savepoint stands before each step.
+    savepoints: bool,
 }
 
-impl<T: Target> DbSink<T> {
-    pub fn new(cfg: DbSinkConfig) -> (DbSink<T>, watch::Receiver<SinkProgress>) {
-        let (progress, rx) = watch::channel(SinkProgress::new());
-        let dead = DeadLetters::new(&cfg.spool_dir, &cfg.name);
-        (
-            DbSink {
-                cfg,
-                progress,
-                dead,
-                target: std::marker::PhantomData,
-            },
-            rx,
-        )
+impl<T> std::fmt::Debug for Db<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Db")
+            .field("name", &self.name)
+            .finish_non_exhaustive()
     }
+}
 
-    /// Sets the state, in the progress channel and in the state file (best effort: the file is
-    /// for people, the checkpoint is on the target).
-    fn set_state(&self, state: SinkState) {
-        crate::progress::write_state(&self.cfg.spool_dir, &self.cfg.name, &state);
-        self.progress.send_modify(|p| p.state = state);
-    }
-
-    /// Applies the spool until `shutdown`, retrying transient failures; returns the permanent
-    /// failure that halted it, if one did.
-    pub async fn run(
-        mut self,
-        durable: watch::Receiver<Offset>,
-        shutdown: CancellationToken,
-    ) -> Result<()> {
-        let mut backoff = Backoff::default();
-        loop {
-            let started = Instant::now();
-            match self.session(durable.clone(), &shutdown).await {
-                Ok(()) => {
-                    self.set_state(SinkState::Stopped);
-                    return Ok(());
-                }
-                Err(e) => {
-                    let again = crate::progress::after_failure(
-                        e,
-                        &self.cfg.name,
-                        &self.cfg.spool_dir,
-                        &self.progress,
-                        &mut backoff,
-                        started,
-                        &shutdown,
-                    )
-                    .await?;
-                    if !again {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-    }
-
-    async fn session(
+impl<T: Target> Db<T> {
+    /// Announces a table the target has not met in this session, as the reader's catalog has it.
+    async fn ensure_known(
         &mut self,
-        durable: watch::Receiver<Offset>,
-        shutdown: &CancellationToken,
+        id: RelationId,
+        relations: &(dyn Relations + Sync),
     ) -> Result<()> {
-        let (t, sequential) = T::connect(&self.cfg).await?;
-        let mut t = Some(t);
-        let result = self.apply_loop(&mut t, sequential, durable, shutdown).await;
-        if result.is_err()
-            && let Some(t) = t.as_mut()
+        if !self.t.knows(id)
+            && let Some(rel) = relations.relation(id)
         {
-            let _ = t.control(TxnControl::Rollback).await;
+            self.t.relation(rel).await?;
         }
-        result
+        Ok(())
     }
 
-    async fn apply_loop(
-        &mut self,
-        slot: &mut Option<T>,
-        sequential: bool,
-        durable: watch::Receiver<Offset>,
-        shutdown: &CancellationToken,
-    ) -> Result<()> {
-        let name = self.cfg.name.clone();
-        let Some(mut t) = slot.take() else {
-            return Err(SinkError::Fatal("sink session without a connection".into()));
-        };
-        let checkpoint = match t.read_checkpoint(&name).await {
-            Ok(c) => c,
-            Err(e) => {
-                *slot = Some(t);
-                return Err(e);
-            }
-        };
-        let cursors = Cursors::new(&self.cfg.spool_dir);
-        let oldest = segment::list(&self.cfg.spool_dir)?
-            .first()
-            .copied()
-            .unwrap_or(0);
-        let cursor = cursors.load(&name)?;
-        let start = checkpoint
-            .as_ref()
-            .map(|c| c.1)
-            .max(cursor)
-            .unwrap_or(Offset(oldest));
-        let spool_end = *durable.borrow();
-        if start > spool_end {
-            return Err(SinkError::Fatal(format!(
-                "sink {name}: its checkpoint is at spool offset {start}, beyond the spool's end \
-                 {spool_end}: the spool was recreated. Clear the replica (and its \
-                 ferry.checkpoints row) and start again from a snapshot"
-            )));
-        }
-        let mut reader = SpoolReader::open_tailing(&self.cfg.spool_dir, start, durable.clone())?;
-        tracing::info!(
-            sink = %name,
-            offset = %start,
-            checkpoint = %checkpoint.as_ref().map(|c| c.0.to_string()).unwrap_or_else(|| "none".into()),
-            mode = if sequential { "change by change" } else { "set-based batches" },
-            "sink starting"
-        );
-        self.set_state(SinkState::Running);
-        self.progress.send_modify(|p| {
-            p.offset = start;
-            p.position = checkpoint.as_ref().map(|c| c.0.clone());
-        });
-        let mut s = Session {
-            t,
-            sequential,
-            replay_until: None,
-            checkpoint: checkpoint.map(|c| c.0),
-            in_target_txn: false,
-            batch_rows: 0,
-            batch_bytes: 0,
-            batch_txns: 0,
-            batch_started: None,
-            txn: None,
-            last_position: None,
-            last_commit_time: None,
-            last_offset: start,
-            committed_offset: start,
-        };
-        let result = self
-            .apply_events(&mut s, &mut reader, shutdown, &cursors, durable)
-            .await;
-        *slot = Some(s.t);
-        result
-    }
-
-    async fn apply_events(
-        &mut self,
-        s: &mut Session<T>,
-        reader: &mut SpoolReader,
-        shutdown: &CancellationToken,
-        cursors: &Cursors,
-        durable: watch::Receiver<Offset>,
-    ) -> Result<()> {
-        let name = self.cfg.name.clone();
-        loop {
-            match self.step(s, reader, shutdown, cursors).await {
-                Ok(true) => {}
-                Ok(false) => return Ok(()),
-                // A damaged spool is no change to find by replaying: it halts at once.
-                Err(e)
-                    if !e.is_transient()
-                        && !s.sequential
-                        && s.in_target_txn
-                        && !matches!(e, SinkError::Spool(_)) =>
-                {
-                    // A permanent error in a batch: roll it back and replay the same
-                    // transactions change by change to find the one that fails.
-                    tracing::warn!(sink = %name, error = %e, "a batch failed; replaying it change by change");
-                    s.t.control(TxnControl::Rollback).await?;
-                    s.in_target_txn = false;
-                    s.t.reset();
-                    s.txn = None;
-                    s.batch_rows = 0;
-                    s.batch_bytes = 0;
-                    s.batch_txns = 0;
-                    s.batch_started = None;
-                    s.sequential = true;
-                    s.replay_until = Some(reader.position());
-                    s.last_offset = s.committed_offset;
-                    s.last_position = s.checkpoint.clone();
-                    *reader = SpoolReader::open_tailing(
-                        &self.cfg.spool_dir,
-                        s.committed_offset,
-                        durable.clone(),
-                    )?;
+    async fn step(&mut self, step: Step<'_>, relations: &(dyn Relations + Sync)) -> Result<()> {
+        match step {
+            Step::Begin(_) => Ok(()),
+            // A table the target knows under another definition: changed now, so the rows that
+            // follow find the new columns.
+            Step::Relation(rel) if self.t.differs(rel) => self.t.relation(rel).await,
+            Step::Relation(_) => Ok(()),
+            Step::Change(Event::Truncate(tr), _) => {
+                for id in &tr.relations {
+                    self.ensure_known(*id, relations).await?;
                 }
-                Err(e) => return Err(e),
+                self.t
+                    .truncate(&tr.relations, tr.cascade, tr.restart_identity)
+                    .await
             }
-        }
-    }
-
-    /// Reads and applies one event (committing the batch when it is due); false to stop.
-    async fn step(
-        &mut self,
-        s: &mut Session<T>,
-        reader: &mut SpoolReader,
-        shutdown: &CancellationToken,
-        cursors: &Cursors,
-    ) -> Result<bool> {
-        let idle = !s.in_target_txn && s.txn.is_none();
-        let next = if idle {
-            tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return Ok(false),
-                ev = reader.next_wait() => ev?,
-            }
-        } else {
-            match reader.try_next()? {
-                Some(ev) => Some(ev),
-                None if s.txn.is_none() => {
-                    // The spool has nothing more right now: commit what the batch holds.
-                    self.commit_batch(s, cursors).await?;
-                    return Ok(true);
-                }
-                None => {
-                    // Mid-transaction: the writer is still writing it.
-                    tokio::select! {
-                        biased;
-                        _ = shutdown.cancelled() => {
-                            s.t.control(TxnControl::Rollback).await?;
-                            s.in_target_txn = false;
-                            return Ok(false);
+            Step::Change(event, bytes) => {
+                if let Some(id) = event.relation_id() {
+                    self.ensure_known(id, relations).await?;
+                    // Creating or altering the table committed on its own (MySQL): the change
+                    // needs a savepoint of its own to be undone alone.
+                    if self.t.take_implicit_commit() {
+                        self.implicit_commit = true;
+                        if self.savepoints {
+                            self.t.control(TxnControl::Savepoint).await?;
                         }
-                        ev = reader.next_wait() => ev?,
                     }
                 }
-            }
-        };
-        let Some((offset, event)) = next else {
-            // The writer is gone and everything is read.
-            self.commit_batch(s, cursors).await?;
-            return Ok(false);
-        };
-        let after = reader.position();
-        self.event(s, reader, offset, after, event).await?;
-        let stop = shutdown.is_cancelled();
-        if stop && s.txn.is_none() {
-            self.commit_batch(s, cursors).await?;
-            return Ok(false);
-        }
-        Ok(true)
-    }
-
-    async fn begin_target(&self, s: &mut Session<T>) -> Result<()> {
-        if !s.in_target_txn {
-            s.t.control(TxnControl::Begin).await?;
-            s.in_target_txn = true;
-            s.batch_started.get_or_insert_with(Instant::now);
-        }
-        Ok(())
-    }
-
-    async fn event(
-        &mut self,
-        s: &mut Session<T>,
-        reader: &SpoolReader,
-        offset: Offset,
-        after: Offset,
-        event: Event,
-    ) -> Result<()> {
-        match &event {
-            Event::Begin(b) => {
-                let skip = s.checkpoint.as_ref().is_some_and(|c| c.covers(&b.position));
-                s.txn = Some(Txn {
-                    begin: b.clone(),
-                    skip,
-                });
-                if !skip {
-                    self.begin_target(s).await?;
-                    if s.sequential {
-                        s.t.control(TxnControl::Savepoint).await?;
-                    }
+                self.t.change(event, bytes).await?;
+                if self.t.pending() >= FLUSH_ROWS || self.t.pending_bytes() >= FLUSH_BYTES {
+                    self.t.flush().await?;
                 }
-            }
-            Event::Commit(c) => {
-                let Some(txn) = s.txn.take() else {
-                    return Err(SinkError::Fatal(format!(
-                        "spool offset {offset}: Commit without Begin"
-                    )));
-                };
-                s.last_position = Some(c.position.clone());
-                s.last_commit_time = Some(c.commit_time);
-                s.last_offset = after;
-                if txn.skip {
-                    if !s.in_target_txn {
-                        s.committed_offset = after;
-                        self.progress.send_modify(|p| {
-                            p.offset = after;
-                            p.position = Some(c.position.clone());
-                        });
-                    }
-                    return Ok(());
-                }
-                s.t.end_source_txn().await?;
-                s.batch_txns += 1;
-                let full = s.batch_rows >= self.cfg.max_batch_rows
-                    || s.batch_bytes >= MAX_BATCH_BYTES
-                    || s.batch_started
-                        .is_some_and(|t| t.elapsed() >= self.cfg.max_batch_delay);
-                let replay_done = s.replay_until.is_some_and(|u| after >= u);
-                if s.sequential || full {
-                    let cursors = Cursors::new(&self.cfg.spool_dir);
-                    self.commit_batch(s, &cursors).await?;
-                }
-                if replay_done {
-                    tracing::info!(sink = %self.cfg.name, "failed batch replayed; back to batches");
-                    s.replay_until = None;
-                    s.sequential = false;
-                }
-            }
-            Event::Relation(rel) => {
-                // A table the applier knows under another definition: apply the change now (in
-                // a target transaction), so the rows that follow find the new columns.
-                let skipping = s.txn.as_ref().is_some_and(|t| t.skip);
-                if !skipping && s.t.differs(rel) {
-                    self.begin_target(s).await?;
-                    self.guarded(s, &event, Some(rel), Op::Relation(rel))
-                        .await?;
-                }
-            }
-            Event::Insert(_) | Event::Update(_) | Event::Delete(_) | Event::Truncate(_) => {
-                let Some(txn) = &s.txn else {
-                    return Err(SinkError::Fatal(format!(
-                        "spool offset {offset}: a row change outside a transaction"
-                    )));
-                };
-                if txn.skip {
-                    return Ok(());
-                }
-                // A table met for the first time (in this session): the reader's catalog has
-                // its definition as of this event.
-                let ids: Vec<ferry_proto::RelationId> = match &event {
-                    Event::Truncate(t) => t.relations.clone(),
-                    _ => event.relation_id().into_iter().collect(),
-                };
-                for id in ids {
-                    if !s.t.knows(id)
-                        && let Some(rel) = reader.relation(id)
-                    {
-                        self.guarded(s, &event, Some(rel), Op::Relation(rel))
-                            .await?;
-                    }
-                }
-                let rel = event.relation_id().and_then(|id| reader.relation(id));
-                // Sized once: the applier bounds its pending changes by it, the batch its size.
-                let bytes = event_bytes(&event);
-                self.guarded(s, &event, rel, Op::Change(&event, bytes))
-                    .await?;
-                s.batch_rows += 1;
-                s.batch_bytes += bytes;
-                if s.t.pending() >= FLUSH_ROWS || s.t.pending_bytes() >= FLUSH_BYTES {
-                    s.t.flush().await?;
-                }
-            }
-            Event::Message(m)
-                if matches!(
-                    m.prefix.as_str(),
-                    ferry_proto::RENAME_PREFIX
-                        | ferry_proto::RENAME_COLUMN_PREFIX
-                        | ferry_proto::DROP_TABLE_PREFIX
-                ) =>
-            {
-                if s.txn.as_ref().is_some_and(|t| t.skip) {
-                    return Ok(());
-                }
-                let Some(ddl) = Ddl::from_message(m)? else {
-                    return Ok(());
-                };
-                self.begin_target(s).await?;
-                self.guarded(s, &event, None, Op::Ddl(&ddl)).await?;
-            }
-            Event::Message(m) if m.prefix == ferry_proto::TABLE_PREFIX => {
-                if !s.txn.as_ref().is_some_and(|t| t.skip) {
-                    let def = serde_json::from_slice(&m.content)
-                        .map_err(|e| SinkError::Fatal(format!("a {} message: {e}", m.prefix)))?;
-                    s.t.define(def);
-                }
-            }
-            Event::Message(m) if m.prefix == ferry_proto::BACKFILL_PREFIX => {
-                if !s.txn.as_ref().is_some_and(|t| t.skip) {
-                    s.t.backfill(&m.content)?;
-                }
-            }
-            Event::Message(_) => {}
-            Event::Heartbeat(h) if s.txn.is_none() && s.in_target_txn => {
-                // Between transactions of an open batch: the batch's checkpoint covers it.
-                s.last_position = Some(h.position.clone());
-                s.last_offset = after;
-                // The source's time at the heartbeat: lag is measured to it, not to the last
-                // commit, so an idle source is not "behind" by the age of its last commit.
-                s.last_commit_time = s.last_commit_time.max(Some(h.time));
-            }
-            Event::Heartbeat(h) => {
-                if s.txn.is_none() && !s.in_target_txn {
-                    s.last_position = Some(h.position.clone());
-                    s.last_offset = after;
-                    s.committed_offset = after;
-                    s.last_commit_time = s.last_commit_time.max(Some(h.time));
-                    // The checkpoint follows idle progress (heartbeats come at most once a
-                    // second), so `verify` and `status` see the target as current, and the
-                    // position published for the source's acknowledgement is always one the
-                    // target has recorded.
-                    self.save_checkpoint(s).await?;
-                    Cursors::new(&self.cfg.spool_dir).save(&self.cfg.name, after)?;
-                    let time = s.last_commit_time;
-                    self.progress.send_modify(|p| {
-                        p.offset = after;
-                        p.position = Some(h.position.clone());
-                        p.last_commit_time = time.or(p.last_commit_time);
-                    });
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Runs one operation. In sequential mode it runs under a savepoint, and a permanent failure
-    /// follows `on_error`; in batch mode errors go up (and the batch is replayed sequentially).
-    async fn guarded(
-        &mut self,
-        s: &mut Session<T>,
-        event: &Event,
-        rel: Option<&Relation>,
-        op: Op<'_>,
-    ) -> Result<()> {
-        let result = async {
-            op.run(&mut s.t).await?;
-            if s.sequential {
-                s.t.flush().await?;
-            }
-            Ok(())
-        }
-        .await;
-        let committed = s.t.take_implicit_commit();
-        let nulled = s.t.take_zero_dates();
-        if nulled > 0 {
-            self.progress.send_modify(|p| p.zero_dates += nulled);
-        }
-        if !s.sequential {
-            return result;
-        }
-        match result {
-            Ok(()) => {
-                if !committed {
-                    s.t.control(TxnControl::Release).await?;
-                }
-                s.t.control(TxnControl::Savepoint).await?;
                 Ok(())
             }
-            Err(e) if e.is_transient() => Err(e),
-            Err(e) => {
-                s.t.control(TxnControl::RollbackToSavepoint).await?;
-                s.t.reset();
-                let (position, xid) = s
-                    .txn
-                    .as_ref()
-                    .map(|t| (t.begin.position.clone(), t.begin.xid))
-                    .unwrap_or((Position::Postgres(ferry_proto::Lsn(0)), 0));
-                let Culprit { table, key } = culprit(event, rel);
-                let error = e.to_string();
-                match self.cfg.on_error {
-                    OnError::Halt => Err(SinkError::Halted(Box::new(crate::error::Halt {
-                        sink: self.cfg.name.clone(),
-                        position,
-                        table,
-                        key,
-                        error,
-                    }))),
-                    OnError::Skip => {
-                        tracing::warn!(sink = %self.cfg.name, %position, %table, %key, %error, "skipping a change that failed (on_error = skip)");
-                        self.progress.send_modify(|p| p.skipped += 1);
-                        Ok(())
-                    }
-                    OnError::DeadLetter => {
-                        self.dead.write(
-                            &self.cfg.name,
-                            &position,
-                            xid,
-                            &table,
-                            &key,
-                            &error,
-                            event,
-                        )?;
-                        tracing::warn!(sink = %self.cfg.name, %position, %table, %key, %error, file = %self.dead.path().display(), "change written to the dead-letter file");
-                        self.progress.send_modify(|p| p.dead_lettered += 1);
-                        Ok(())
-                    }
-                }
+            Step::Ddl(Ddl::RenameTable(from, to)) => {
+                self.t.rename((&from.0, &from.1), (&to.0, &to.1)).await
             }
+            Step::Ddl(Ddl::RenameColumn { table, from, to }) => {
+                self.t.rename_column((&table.0, &table.1), from, to).await
+            }
+            Step::Ddl(Ddl::DropTable(table)) => self.t.drop_table((&table.0, &table.1)).await,
+            Step::Define(def) => {
+                self.t.define(def);
+                Ok(())
+            }
+            Step::Backfill(content) => self.t.backfill(content),
+            Step::End { .. } => self.t.end_source_txn().await,
+        }
+    }
+}
+
+impl<T: Target> Destination for Db<T> {
+    type Config = DbSinkConfig;
+
+    fn settings(cfg: &DbSinkConfig) -> WorkerSettings {
+        WorkerSettings {
+            name: cfg.name.clone(),
+            spool_dir: cfg.spool_dir.clone(),
+            on_error: cfg.on_error,
+            max_batch_rows: cfg.max_batch_rows,
+            max_batch_delay: cfg.max_batch_delay,
         }
     }
 
-    async fn save_checkpoint(&self, s: &mut Session<T>) -> Result<()> {
-        let Some(position) = &s.last_position else {
-            return Ok(());
+    async fn open(cfg: &DbSinkConfig, status: Status) -> Result<(Self, Opened)> {
+        let (mut t, sequential) = T::connect(cfg).await?;
+        let checkpoint = t.read_checkpoint(&cfg.name).await?;
+        let db = Db {
+            t,
+            name: cfg.name.clone(),
+            status,
+            implicit_commit: false,
+            savepoints: false,
         };
-        let position = position.to_string();
-        s.t.save_checkpoint(&self.cfg.name, &position, s.last_offset)
+        let opened = Opened {
+            resume: checkpoint.as_ref().map(|c| c.1),
+            applied: checkpoint.map(|c| c.0),
+            change_by_change: sequential,
+        };
+        Ok((db, opened))
+    }
+
+    async fn begin(&mut self) -> Result<()> {
+        self.t.control(TxnControl::Begin).await
+    }
+
+    async fn apply(&mut self, step: Step<'_>, relations: &(dyn Relations + Sync)) -> Result<()> {
+        let result = self.step(step, relations).await;
+        self.implicit_commit |= self.t.take_implicit_commit();
+        let nulled = self.t.take_zero_dates();
+        if nulled > 0 {
+            self.status.update(|p| p.zero_dates += nulled);
+        }
+        result
+    }
+
+    async fn flush(&mut self) -> Result<Vec<Refusal>> {
+        self.t.flush().await?;
+        Ok(Vec::new())
+    }
+
+    async fn commit(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        self.t.flush().await?;
+        self.record_idle(checkpoint).await?;
+        self.savepoints = false;
+        self.t.control(TxnControl::Commit).await
+    }
+
+    async fn abort(&mut self) -> Result<()> {
+        self.savepoints = false;
+        self.t.control(TxnControl::Rollback).await?;
+        self.t.reset();
+        Ok(())
+    }
+
+    async fn record_idle(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        let position = checkpoint.position.to_string();
+        self.t
+            .save_checkpoint(&self.name, &position, checkpoint.offset)
             .await
     }
 
-    /// Flushes and commits the open target transaction with the checkpoint in it.
-    async fn commit_batch(&mut self, s: &mut Session<T>, cursors: &Cursors) -> Result<()> {
-        if !s.in_target_txn {
-            return Ok(());
-        }
-        s.t.flush().await?;
-        self.save_checkpoint(s).await?;
-        s.t.control(TxnControl::Commit).await?;
-        s.in_target_txn = false;
-        s.checkpoint = s.last_position.clone();
-        s.committed_offset = s.last_offset;
-        cursors.save(&self.cfg.name, s.last_offset)?;
-        let (rows, txns) = (s.batch_rows as u64, s.batch_txns);
-        s.batch_rows = 0;
-        s.batch_bytes = 0;
-        s.batch_txns = 0;
-        s.batch_started = None;
-        let (offset, position) = (s.last_offset, s.last_position.clone());
-        let commit_time = s.last_commit_time;
-        self.progress.send_modify(|p| {
-            p.offset = offset;
-            p.position = position;
-            p.last_commit_time = commit_time.or(p.last_commit_time);
-            p.rows += rows;
-            p.transactions += txns;
-            p.batches += 1;
-        });
-        Ok(())
+    async fn mark(&mut self) -> Result<()> {
+        self.savepoints = true;
+        self.implicit_commit = false;
+        self.t.control(TxnControl::Savepoint).await
     }
-}
 
-/// One thing the applier does for an event.
-enum Op<'e> {
-    Relation(&'e Relation),
-    /// A row change or truncate, with its size from [`event_bytes`].
-    Change(&'e Event, usize),
-    Ddl(&'e Ddl),
-}
-
-impl Op<'_> {
-    async fn run<T: Target>(&self, t: &mut T) -> Result<()> {
-        match self {
-            Op::Relation(rel) => t.relation(rel).await,
-            Op::Change(Event::Truncate(tr), _) => {
-                t.truncate(&tr.relations, tr.cascade, tr.restart_identity)
-                    .await
-            }
-            Op::Change(ev, bytes) => t.change(ev, *bytes).await,
-            Op::Ddl(Ddl::RenameTable(from, to)) => {
-                t.rename((&from.0, &from.1), (&to.0, &to.1)).await
-            }
-            Op::Ddl(Ddl::RenameColumn { table, from, to }) => {
-                t.rename_column((&table.0, &table.1), from, to).await
-            }
-            Op::Ddl(Ddl::DropTable(table)) => t.drop_table((&table.0, &table.1)).await,
+    async fn keep(&mut self) -> Result<()> {
+        if !std::mem::take(&mut self.implicit_commit) {
+            self.t.control(TxnControl::Release).await?;
         }
+        self.t.control(TxnControl::Savepoint).await
+    }
+
+    async fn undo(&mut self) -> Result<()> {
+        self.implicit_commit = false;
+        self.t.control(TxnControl::RollbackToSavepoint).await?;
+        self.t.reset();
+        Ok(())
     }
 }

@@ -6,13 +6,15 @@ use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use ferry_proto::{Event, Position};
+use ferry_proto::Event;
 use serde::Serialize;
 
+use crate::destination::{DeadLetters, Refusal};
 use crate::error::{Result, SinkError};
 
+/// The dead-letter file of one sink.
 #[derive(Debug)]
-pub struct DeadLetters {
+pub struct DeadLetterFile {
     path: PathBuf,
     file: Option<File>,
 }
@@ -20,17 +22,31 @@ pub struct DeadLetters {
 #[derive(Serialize)]
 struct Line<'a> {
     sink: &'a str,
-    position: String,
+    position: &'a str,
     xid: u64,
     table: &'a str,
     key: &'a str,
     error: &'a str,
-    event: &'a Event,
+    event: Option<&'a Event>,
 }
 
-impl DeadLetters {
+impl DeadLetters for DeadLetterFile {
+    fn write<'a>(
+        &'a mut self,
+        sink: &'a str,
+        r: &'a Refusal,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>> {
+        Box::pin(async move { self.append(sink, r) })
+    }
+
+    fn place(&self) -> String {
+        format!("file {}", self.path.display())
+    }
+}
+
+impl DeadLetterFile {
     pub fn new(spool_dir: &Path, sink: &str) -> Self {
-        DeadLetters {
+        DeadLetterFile {
             path: spool_dir.join("dead-letter").join(format!("{sink}.jsonl")),
             file: None,
         }
@@ -40,17 +56,8 @@ impl DeadLetters {
         &self.path
     }
 
-    #[allow(clippy::too_many_arguments)]
-    pub fn write(
-        &mut self,
-        sink: &str,
-        position: &Position,
-        xid: u64,
-        table: &str,
-        key: &str,
-        error: &str,
-        event: &Event,
-    ) -> Result<()> {
+    /// Appends one line and fsyncs it.
+    pub fn append(&mut self, sink: &str, r: &Refusal) -> Result<()> {
         let ctx = |op: &str| format!("{op} {}", self.path.display());
         if self.file.is_none() {
             if let Some(dir) = self.path.parent() {
@@ -65,12 +72,12 @@ impl DeadLetters {
         }
         let mut line = serde_json::to_vec(&Line {
             sink,
-            position: position.to_string(),
-            xid,
-            table,
-            key,
-            error,
-            event,
+            position: &r.position,
+            xid: r.xid,
+            table: &r.table,
+            key: &r.key,
+            error: &r.error,
+            event: r.event.as_ref(),
         })
         .map_err(|e| SinkError::Fatal(format!("encode dead letter: {e}")))?;
         line.push(b'\n');

@@ -1,8 +1,6 @@
 //! The sink crate's error type, and the one function that decides whether an error is worth
 //! retrying (transient) or needs the `on_error` policy or a person (permanent).
 
-use ferry_proto::Position;
-
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
     #[error("target: {}", describe(.0))]
@@ -41,7 +39,7 @@ pub enum SinkError {
 )]
 pub struct Halt {
     pub sink: String,
-    pub position: Position,
+    pub position: String,
     pub table: String,
     pub key: String,
     pub error: String,
@@ -66,6 +64,21 @@ fn describe(e: &tokio_postgres::Error) -> String {
 }
 
 pub type Result<T, E = SinkError> = std::result::Result<T, E>;
+
+/// A connection that could not be set up keeps its class: a certificate that does not verify
+/// needs a person, a lost connection is retried.
+impl From<ferry_db::ConnectError> for SinkError {
+    fn from(e: ferry_db::ConnectError) -> Self {
+        use ferry_db::ConnectError as C;
+        match e {
+            C::Postgres(p) => SinkError::Postgres(p),
+            C::Io { context, source } => SinkError::Io { context, source },
+            C::Tls(t) => SinkError::Config(format!("TLS: {t}")),
+            C::Config(c) => SinkError::Config(c),
+            C::Protocol(p) => SinkError::Fatal(format!("protocol: {p}")),
+        }
+    }
+}
 
 impl SinkError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
@@ -95,78 +108,4 @@ impl SinkError {
     }
 }
 
-/// PostgreSQL errors worth retrying, for every connection ferry has (source and sinks): by
-/// SQLSTATE when the server sent one ([`is_transient_sqlstate`]); without one, a closed
-/// connection or I/O underneath (reset, refused, timed out). Anything else without a SQLSTATE (a
-/// value that does not convert, a bad configuration, a protocol surprise) needs a person.
-pub fn is_transient_postgres(e: &tokio_postgres::Error) -> bool {
-    if let Some(code) = e.code() {
-        return is_transient_sqlstate(code.code());
-    }
-    if e.is_closed() {
-        return true;
-    }
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        if s.is::<std::io::Error>() {
-            return true;
-        }
-        source = s.source();
-    }
-    false
-}
-
-/// MySQL/MariaDB errors worth retrying: the connection lost or refused (I/O, 2006/2013 arrive as
-/// I/O errors in mysql_async), too many connections (1040), shutdown in progress (1053, 1077),
-/// network errors (1152, 1158–1161), lock wait timeout (1205), deadlock (1213), read-only during
-/// a failover (1290, 1836), query interrupted or connection killed (1317, 1927).
-pub fn is_transient_mysql(e: &mysql_async::Error) -> bool {
-    match e {
-        // A certificate that does not verify needs a person, not a retry.
-        mysql_async::Error::Io(mysql_async::IoError::Tls(_)) => false,
-        mysql_async::Error::Io(mysql_async::IoError::Io(io)) => !io
-            .get_ref()
-            .is_some_and(|inner| inner.is::<rustls::Error>()),
-        mysql_async::Error::Driver(d) => matches!(
-            d,
-            mysql_async::DriverError::ConnectionClosed | mysql_async::DriverError::PoolDisconnected
-        ),
-        mysql_async::Error::Server(s) => matches!(
-            s.code,
-            1040 | 1053 | 1077 | 1152 | 1158..=1161 | 1205 | 1213 | 1290 | 1317 | 1836 | 1927
-        ),
-        _ => false,
-    }
-}
-
-/// SQLSTATEs worth retrying: connection exceptions (08), insufficient resources (53: too many
-/// connections, out of memory, disk full), operator intervention (57P01 admin shutdown, 57P02
-/// crash shutdown, 57P03 cannot connect now), serialization failure and deadlock (40001, 40P01),
-/// object in use (55006: a replication slot still held by a departing walsender), lock not
-/// available (55P03), read-only transaction (25006: a primary that became a standby in a
-/// failover).
-pub fn is_transient_sqlstate(code: &str) -> bool {
-    code.starts_with("08")
-        || code.starts_with("53")
-        || matches!(
-            code,
-            "57P01" | "57P02" | "57P03" | "40001" | "40P01" | "55006" | "55P03" | "25006"
-        )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn classifies_sqlstates() {
-        for t in [
-            "08006", "08001", "53300", "57P01", "40001", "40P01", "25006",
-        ] {
-            assert!(is_transient_sqlstate(t), "{t}");
-        }
-        for p in ["23505", "23503", "22P02", "42703", "42P01", "XX000"] {
-            assert!(!is_transient_sqlstate(p), "{p}");
-        }
-    }
-}
+pub use ferry_db::transient::{is_transient_mysql, is_transient_postgres, is_transient_sqlstate};

@@ -7,6 +7,7 @@
 
 pub mod db;
 pub mod deadletter;
+pub mod destination;
 pub mod error;
 pub mod kafka;
 pub mod mysql;
@@ -16,28 +17,8 @@ pub mod progress;
 pub mod redact;
 pub mod retry;
 pub mod types;
+pub mod worker;
 
-pub use error::{SinkError, is_transient_sqlstate};
+pub use error::SinkError;
 pub use policy::OnError;
 pub use retry::Backoff;
-
-/// How long any connection attempt (source or target, PostgreSQL or MySQL/MariaDB) may take
-/// before it counts as failed and is retried like a refused one.
-pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// The limit for a whole PostgreSQL connection attempt, handshake included (tokio-postgres's own
-/// `connect_timeout` covers the TCP connect only): the URL's `connect_timeout` when it sets one,
-/// else [`CONNECT_TIMEOUT`].
-pub fn pg_connect_limit(cfg: &tokio_postgres::Config) -> std::time::Duration {
-    cfg.get_connect_timeout()
-        .copied()
-        .unwrap_or(CONNECT_TIMEOUT)
-}
-
-/// The error of a connection attempt that ran out of time: I/O, so retried like a refused one.
-pub fn connect_timed_out(limit: std::time::Duration) -> std::io::Error {
-    std::io::Error::new(
-        std::io::ErrorKind::TimedOut,
-        format!("no answer within {} s", limit.as_secs()),
-    )
-}

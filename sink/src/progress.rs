@@ -1,10 +1,12 @@
 //! What every sink reports: its state and progress (for the source's acknowledgement, `ferry
 //! status` and metrics), and the state file `ferry status` reads when ferry is not running.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use ferry_proto::Position;
 use ferry_spool::Offset;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// What a sink is doing, for status, metrics and the source's acknowledgement.
@@ -103,23 +105,58 @@ pub fn write_state(spool_dir: &std::path::Path, sink: &str, state: &SinkState) {
     }
 }
 
+/// A sink's handle on its state and counters, shared by the worker and its destination: the
+/// progress channel (for the source's acknowledgement, `/metrics`, `/status`) and the state file.
+#[derive(Debug, Clone)]
+pub struct Status {
+    name: Arc<str>,
+    spool_dir: Arc<Path>,
+    progress: Arc<watch::Sender<SinkProgress>>,
+}
+
+impl Status {
+    pub fn new(name: &str, spool_dir: &Path) -> (Status, watch::Receiver<SinkProgress>) {
+        let (tx, rx) = watch::channel(SinkProgress::new());
+        (
+            Status {
+                name: name.into(),
+                spool_dir: spool_dir.into(),
+                progress: Arc::new(tx),
+            },
+            rx,
+        )
+    }
+
+    /// Sets the state, in the progress channel and in the state file (best effort: the file is
+    /// for people, the checkpoint is on the destination).
+    pub fn set(&self, state: SinkState) {
+        write_state(&self.spool_dir, &self.name, &state);
+        self.progress.send_modify(|p| p.state = state);
+    }
+
+    pub fn update(&self, f: impl FnOnce(&mut SinkProgress)) {
+        self.progress.send_modify(f);
+    }
+
+    pub fn get(&self) -> SinkProgress {
+        self.progress.borrow().clone()
+    }
+}
+
 /// What a sink's run loop does when a session ends with `e`: a transient error waits out the
 /// backoff (true: run another session; false: shutdown came meanwhile), a permanent one halts
 /// the sink (the error is returned). States are recorded for `ferry status`.
 pub async fn after_failure(
     e: crate::SinkError,
-    sink: &str,
-    spool_dir: &std::path::Path,
-    progress: &tokio::sync::watch::Sender<SinkProgress>,
+    transient: bool,
+    status: &Status,
     backoff: &mut crate::Backoff,
     session_started: std::time::Instant,
     shutdown: &CancellationToken,
 ) -> crate::error::Result<bool> {
-    let set = |state: SinkState| {
-        write_state(spool_dir, sink, &state);
-        progress.send_modify(|p| p.state = state);
-    };
-    if !e.is_transient() {
+    let sink = &*status.name;
+    let set = |state: SinkState| status.set(state);
+    if !transient {
         tracing::error!(%sink, error = %e, "sink halted");
         set(SinkState::Halted(e.to_string()));
         return Err(e);
@@ -130,7 +167,7 @@ pub async fn after_failure(
     let delay = backoff.next_delay();
     tracing::warn!(%sink, error = %e, retry_in = ?delay, "sink failed; retrying");
     set(SinkState::Retrying(e.to_string()));
-    progress.send_modify(|p| p.retries += 1);
+    status.update(|p| p.retries += 1);
     tokio::select! {
         _ = tokio::time::sleep(delay) => Ok(true),
         _ = shutdown.cancelled() => {

@@ -124,3 +124,6 @@ impl SpoolError {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -685,7 +685,7 @@ async fn a_granted_replica_role_batches_and_row_level_security_takes_inserts() {
     )
     .await;
     let log = ferry.log_text();
-    assert!(log.contains("set-based batches"), "{log}");
+    assert!(log.contains("mode=\"batches\""), "{log}");
     assert!(!log.contains("replaying it change by change"), "{log}");
     assert!(log.contains("COPY \"public\".\"open\""), "{log}");
     assert!(!log.contains("COPY \"public\".\"guarded\""), "{log}");

@@ -9,11 +9,11 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use ferry_db::mysql::quote;
 use ferry_proto::{
     Begin, BinlogPos, Commit, Delete, Event, Heartbeat, Insert, Message, OldRow, Position,
     Relation, Truncate, Update, Value,
 };
-use ferry_sink::mysql::quote;
 use ferry_spool::{Offset, SpoolWriter};
 use futures_util::StreamExt;
 use mysql_async::binlog::events::{EventData, RowsEventData};
@@ -28,6 +28,7 @@ use super::decode::{self, ZeroDates};
 use super::payload;
 use super::schema::{self, Catalog, TableSchema};
 use super::table_def;
+use crate::capture::prerequisite::Prerequisite;
 use crate::capture::spill::TxnBuffer;
 use crate::capture::stats::SourceStats;
 use crate::capture::writer::SourceWriter;
@@ -253,9 +254,9 @@ impl MysqlSource {
         &mut self,
         shutdown: &CancellationToken,
     ) -> Result<Option<(Conn, mysql_async::BinlogStream, BinlogPos, bool)>> {
-        let opts = ferry_sink::mysql::opts_from_url(&self.settings.url)
+        let opts = ferry_db::mysql::opts_from_url(&self.settings.url)
             .map_err(|e| Error::Config(format!("source url: {e}")))?;
-        let mut meta = ferry_sink::mysql::connect(opts.clone()).await?;
+        let mut meta = ferry_db::mysql::connect(opts.clone()).await?;
         if !self.registered_once {
             check_server(&mut meta, self.settings.server_id).await?;
         }
@@ -285,7 +286,7 @@ impl MysqlSource {
         let Some(start) = self.resume.clone() else {
             return Ok(None);
         };
-        let mut conn = ferry_sink::mysql::connect(opts).await?;
+        let mut conn = ferry_db::mysql::connect(opts).await?;
         let checksum: Option<String> = conn.query_first("SELECT @@global.binlog_checksum").await?;
         let checksummed = checksum.is_some_and(|c| !c.eq_ignore_ascii_case("NONE"));
         // MariaDB sends its GTID events only to a replica that says it understands them; MySQL
@@ -926,7 +927,7 @@ impl MysqlSource {
         opts: Opts,
         shutdown: &CancellationToken,
     ) -> Result<Option<BinlogPos>> {
-        let mut conn = ferry_sink::mysql::connect(opts).await?;
+        let mut conn = ferry_db::mysql::connect(opts).await?;
         // Values in each column's own character set, timestamps in UTC, as the binlog has them.
         conn.query_drop("SET SESSION time_zone = '+00:00', SESSION character_set_results = NULL")
             .await?;
@@ -1193,32 +1194,6 @@ pub async fn prerequisites(conn: &mut Conn, server_id: u32) -> Result<Vec<Prereq
         });
     }
     Ok(out)
-}
-
-/// One prerequisite of the binlog source: met or not, and whether it may pass by itself.
-#[derive(Debug, Clone)]
-pub struct Prerequisite {
-    pub ok: bool,
-    pub transient: bool,
-    pub text: String,
-}
-
-impl Prerequisite {
-    fn met(text: String) -> Self {
-        Prerequisite {
-            ok: true,
-            transient: false,
-            text,
-        }
-    }
-
-    fn unmet(text: String) -> Self {
-        Prerequisite {
-            ok: false,
-            transient: false,
-            text,
-        }
-    }
 }
 
 /// The server's binlog files and their sizes (`SHOW BINARY LOGS`), oldest first.

@@ -3,8 +3,8 @@
 //! order, unique keys and other indexes (with prefix lengths), so a sink can create the source's
 //! table and not a lookalike.
 
+use ferry_db::mysql::quote;
 use ferry_proto::table::{AutoIncrement, ColumnDef, Engine, IndexDef, TableDef};
-use ferry_sink::mysql::quote;
 use mysql_async::Conn;
 use mysql_async::prelude::Queryable;
 

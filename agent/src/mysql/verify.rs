@@ -11,8 +11,8 @@
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
+use ferry_db::mysql::quote;
 use ferry_proto::Position;
-use ferry_sink::mysql::quote;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Value as My};
 
@@ -28,8 +28,8 @@ type Key = Vec<My>;
 
 async fn connect(url: &str) -> Result<Conn> {
     let opts =
-        ferry_sink::mysql::opts_from_url(url).map_err(|e| Error::Config(format!("url: {e}")))?;
-    let mut conn = ferry_sink::mysql::connect(opts).await?;
+        ferry_db::mysql::opts_from_url(url).map_err(|e| Error::Config(format!("url: {e}")))?;
+    let mut conn = ferry_db::mysql::connect(opts).await?;
     conn.query_drop("SET SESSION time_zone = '+00:00'").await?;
     Ok(conn)
 }

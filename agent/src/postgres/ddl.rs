@@ -52,7 +52,7 @@ pub async fn install_for(config: &crate::config::Config) -> Result<()> {
                 .into(),
         ));
     }
-    let (cfg, tls) = super::tls::parse_url(config.source.url.expose())?;
+    let (cfg, tls) = ferry_db::postgres::parse_url(config.source.url.expose())?;
     let (client, _task) = tls.connect_client(&cfg, "ddl trigger").await?;
     install(&client).await
 }

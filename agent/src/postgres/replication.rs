@@ -17,9 +17,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::pgoutput::PG_EPOCH_OFFSET_MICROS;
-use super::tls::{PgStream, Tls};
 use super::types::SESSION_OPTIONS;
 use crate::error::{DbError, Error, Result};
+use ferry_db::postgres::tls::{PgStream, Tls};
 
 /// Where and as whom to connect, parsed from the source URL.
 #[derive(Clone)]
@@ -51,7 +51,7 @@ impl std::fmt::Debug for ConnParams {
 impl ConnParams {
     /// Parses a `postgres://` URL or a `key=value` connection string, as libpq does.
     pub fn parse(url: &str) -> Result<ConnParams> {
-        let (cfg, tls) = super::tls::parse_url(url)?;
+        let (cfg, tls) = ferry_db::postgres::parse_url(url)?;
         let host = match cfg.get_hosts().first() {
             Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
             Some(tokio_postgres::config::Host::Unix(p)) => {

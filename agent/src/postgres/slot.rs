@@ -21,7 +21,7 @@ pub struct CreatedSlot {
     pub snapshot_name: Option<String>,
 }
 
-pub use ferry_sink::postgres::schema::{quote_ident, quote_literal};
+pub use ferry_db::postgres::{quote_ident, quote_literal};
 
 /// Creates the publication when it does not exist: `FOR ALL TABLES` without include patterns
 /// (so new tables appear without a restart), otherwise `TABLES IN SCHEMA` for `schema.*` patterns

@@ -368,31 +368,9 @@ impl PgSource {
         client: &Client,
         shutdown: &CancellationToken,
     ) -> Result<Option<(ReplicationConn, i32)>> {
-        let version: i32 = client
-            .query_one("SELECT current_setting('server_version_num')::int", &[])
-            .await?
-            .get(0);
-        if version < 110_000 {
-            return Err(Error::Config(crate::postgres::unsupported_version(version)));
-        }
-        let row = client
-            .query_one(
-                "SELECT current_setting('wal_level'), current_setting('server_encoding')",
-                &[],
-            )
-            .await?;
-        let (wal_level, encoding): (String, String) = (row.get(0), row.get(1));
-        if wal_level != "logical" {
-            return Err(Error::Config(format!(
-                "wal_level is {wal_level}: set wal_level = logical in postgresql.conf and restart"
-            )));
-        }
-        if encoding != "UTF8" {
-            return Err(Error::Config(format!(
-                "database {:?} uses encoding {encoding}; ferry captures UTF8 databases only",
-                self.settings.params.dbname
-            )));
-        }
+        let (version, found) =
+            crate::postgres::prerequisites(client, &self.settings.params.dbname).await?;
+        crate::capture::prerequisite::refuse(&found)?;
         // Before anything is created: a table without a replica identity must not be published
         // in a way that fails the application's updates and deletes.
         let keyless = keyless::find(client, &self.settings.filter).await?;

@@ -13,27 +13,32 @@
 //! compacted topic `checkpoint_topic`) are committed in one Kafka transaction; a restart reads the
 //! last committed checkpoint and resumes after it, and the transactional id fences a zombie.
 
+mod checkpoint;
 pub mod format;
+mod producer;
 
+use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
-use ferry_proto::{Begin, Event, Position};
-use ferry_spool::{Cursors, Offset, SpoolReader, segment};
-use rdkafka::consumer::{BaseConsumer, Consumer};
+use ferry_proto::{Begin, Event, RelationId};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{Header, Headers, OwnedHeaders};
-use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
-use rdkafka::{ClientConfig, ClientContext, Message, TopicPartitionList};
-use tokio::sync::watch;
-use tokio_util::sync::CancellationToken;
+use rdkafka::message::{Header, OwnedHeaders};
+use rdkafka::producer::Producer;
 
 use self::format::{Format, Origin};
+use self::producer::Out;
+use crate::OnError;
+use crate::destination::{
+    Checkpoint, DeadLetters, Destination, ErrorClass, Opened, Refusal, Relations, Step,
+    WorkerSettings,
+};
 use crate::error::{Result, SinkError};
-use crate::progress::{SinkProgress, SinkState, write_state};
-use crate::{Backoff, OnError};
+use crate::progress::{SinkState, Status};
+
+/// A Kafka sink worker.
+pub type KafkaSink = crate::worker::Worker<Kafka>;
 
 /// How a Kafka sink is set up. `Debug` shows secret properties as `***`.
 #[derive(Clone)]
@@ -100,8 +105,6 @@ pub fn topic_name(cfg: &KafkaSinkConfig, schema: &str, table: &str) -> String {
         .replace("{database}", &cfg.database)
 }
 
-use crate::redact::secret_property as secret;
-
 /// The header texts of the transaction being sent.
 #[derive(Debug, Default)]
 struct TxnTexts {
@@ -110,447 +113,46 @@ struct TxnTexts {
     commit_time: String,
 }
 
-/// The source transactions and messages of the batch being sent, and since when.
-#[derive(Debug, Default)]
-struct Batch {
-    txns: u64,
-    msgs: usize,
-    started: Option<Instant>,
+/// Kafka topics as a [`Destination`]: a batch is the messages of its source transactions, all
+/// acknowledged before the batch counts as done (and, with `exactly_once`, one Kafka transaction
+/// with the checkpoint record).
+pub struct Kafka {
+    cfg: Arc<KafkaSinkConfig>,
+    out: Out,
+    status: Status,
+    /// A Kafka transaction is open (`exactly_once`).
+    in_txn: bool,
+    /// The source transaction being sent, and the header texts its messages carry (made once
+    /// per transaction).
+    begin: Option<Begin>,
+    texts: TxnTexts,
+    /// Topic names once per table; the binary format's `ferry.relation` header once per
+    /// definition.
+    topics: HashMap<RelationId, Arc<str>>,
+    relation_frames: HashMap<RelationId, Vec<u8>>,
+    /// Messages librdkafka refused on the spot, for `on_error` at the next flush.
+    refused: Vec<Refusal>,
 }
 
-/// A message the broker refused, as librdkafka's delivery report gives it back.
-struct Failed {
-    topic: String,
-    key: Option<Vec<u8>>,
-    /// The `ferry.position` header: which source transaction it belonged to.
-    position: String,
-    error: KafkaError,
-}
-
-/// Delivery accounting shared with librdkafka's polling thread. A delivery report per message,
-/// counted instead of answered through a channel each: the sink only needs to know that every
-/// message of a batch is settled, and which ones failed.
-#[derive(Default)]
-struct Deliveries {
-    /// Messages handed to librdkafka and not yet acknowledged or refused.
-    pending: AtomicUsize,
-    failed: Mutex<Vec<Failed>>,
-    settled: tokio::sync::Notify,
-}
-
-struct Tracker(Arc<Deliveries>);
-
-impl ClientContext for Tracker {}
-
-impl ProducerContext for Tracker {
-    type DeliveryOpaque = ();
-
-    fn delivery(&self, result: &DeliveryResult<'_>, _: ()) {
-        if let Err((error, m)) = result {
-            let position = m
-                .headers()
-                .and_then(|h| h.iter().find(|h| h.key == "ferry.position"))
-                .and_then(|h| h.value)
-                .map(|v| String::from_utf8_lossy(v).into_owned())
-                .unwrap_or_default();
-            let failed = Failed {
-                topic: m.topic().to_string(),
-                key: m.key().map(<[u8]>::to_vec),
-                position,
-                error: error.clone(),
-            };
-            self.0
-                .failed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push(failed);
-        }
-        if self.0.pending.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.0.settled.notify_waiters();
-        }
+impl std::fmt::Debug for Kafka {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Kafka")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
     }
 }
 
-/// A session's producer and its delivery accounting.
-struct Out {
-    producer: Arc<ThreadedProducer<Tracker>>,
-    deliveries: Arc<Deliveries>,
-}
-
-impl Out {
-    /// Waits until every message handed over is settled; `on_slow` runs once if that takes long
-    /// (a broker that is down: librdkafka keeps retrying, with no delivery timeout).
-    async fn settle(&self, mut on_slow: impl FnMut(usize)) -> Vec<Failed> {
-        let mut slow = false;
-        loop {
-            let notified = self.deliveries.settled.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let n = self.deliveries.pending.load(Ordering::Acquire);
-            if n == 0 {
-                break;
-            }
-            if tokio::time::timeout(Duration::from_secs(5), notified)
-                .await
-                .is_err()
-                && !slow
-            {
-                slow = true;
-                on_slow(n);
-            }
-        }
-        std::mem::take(
-            &mut *self
-                .deliveries
-                .failed
-                .lock()
-                .unwrap_or_else(|p| p.into_inner()),
-        )
-    }
-
-    /// Hands one message to librdkafka, waiting while its queue is full.
-    async fn send(
-        &self,
-        topic: &str,
-        key: Option<&[u8]>,
-        payload: Option<&[u8]>,
-        headers: OwnedHeaders,
-    ) -> std::result::Result<(), KafkaError> {
-        let mut record: BaseRecord<'_, [u8], [u8]> = BaseRecord::to(topic).headers(headers);
-        if let Some(k) = key {
-            record = record.key(k);
-        }
-        if let Some(p) = payload {
-            record = record.payload(p);
-        }
-        loop {
-            self.deliveries.pending.fetch_add(1, Ordering::AcqRel);
-            match self.producer.send(record) {
-                Ok(()) => return Ok(()),
-                Err((e, back)) => {
-                    self.deliveries.pending.fetch_sub(1, Ordering::AcqRel);
-                    if e != KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull) {
-                        return Err(e);
-                    }
-                    record = back;
-                    tokio::time::sleep(Duration::from_millis(1)).await;
-                }
-            }
-        }
-    }
-}
-
-/// A Kafka sink worker.
-#[derive(Debug)]
-pub struct KafkaSink {
-    cfg: KafkaSinkConfig,
-    progress: watch::Sender<SinkProgress>,
-}
-
-impl KafkaSink {
-    pub fn new(cfg: KafkaSinkConfig) -> (KafkaSink, watch::Receiver<SinkProgress>) {
-        let (progress, rx) = watch::channel(SinkProgress::new());
-        (KafkaSink { cfg, progress }, rx)
-    }
-
-    fn set_state(&self, state: SinkState) {
-        write_state(&self.cfg.spool_dir, &self.cfg.name, &state);
-        self.progress.send_modify(|p| p.state = state);
-    }
-
-    fn topic_for(&self, schema: &str, table: &str) -> String {
-        topic_name(&self.cfg, schema, table)
-    }
-
-    fn client_config(&self) -> ClientConfig {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.cfg.brokers)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("max.in.flight.requests.per.connection", "5")
-            .set("compression.type", "lz4")
-            .set("linger.ms", "5")
-            .set("batch.size", "1000000")
-            .set("message.timeout.ms", "0");
-        if self.cfg.exactly_once {
-            c.set("transactional.id", format!("ferry-{}", self.cfg.name))
-                .set("transaction.timeout.ms", "60000");
-        }
-        for (k, v) in &self.cfg.properties {
-            c.set(k, v);
-        }
-        let shown: Vec<String> = self
-            .cfg
-            .properties
-            .iter()
-            .map(|(k, v)| format!("{k}={}", if secret(k) { "***" } else { v }))
-            .collect();
-        if !shown.is_empty() {
-            tracing::info!(sink = %self.cfg.name, properties = %shown.join(", "), "kafka properties");
-        }
-        c
-    }
-
-    /// Sends the spool until `shutdown`, retrying transient failures.
-    pub async fn run(
-        self,
-        durable: watch::Receiver<Offset>,
-        shutdown: CancellationToken,
-    ) -> Result<()> {
-        let mut backoff = Backoff::default();
-        loop {
-            let started = Instant::now();
-            match self.session(durable.clone(), &shutdown).await {
-                Ok(()) => {
-                    self.set_state(SinkState::Stopped);
-                    return Ok(());
-                }
-                Err(e) => {
-                    let again = crate::progress::after_failure(
-                        e,
-                        &self.cfg.name,
-                        &self.cfg.spool_dir,
-                        &self.progress,
-                        &mut backoff,
-                        started,
-                        &shutdown,
-                    )
-                    .await?;
-                    if !again {
-                        return Ok(());
-                    }
-                }
-            }
-        }
-    }
-
-    async fn session(
-        &self,
-        durable: watch::Receiver<Offset>,
-        shutdown: &CancellationToken,
-    ) -> Result<()> {
-        let name = self.cfg.name.clone();
-        let deliveries = Arc::new(Deliveries::default());
-        let producer: ThreadedProducer<Tracker> = self
-            .client_config()
-            .create_with_context(Tracker(deliveries.clone()))
-            .map_err(kafka)?;
-        let out = Out {
-            producer: Arc::new(producer),
-            deliveries,
-        };
-        let cursors = Cursors::new(&self.cfg.spool_dir);
-        let oldest = segment::list(&self.cfg.spool_dir)?
-            .first()
-            .copied()
-            .unwrap_or(0);
-        let start = if self.cfg.exactly_once {
-            let p = out.producer.clone();
-            tokio::task::spawn_blocking(move || p.init_transactions(Duration::from_secs(60)))
-                .await
-                .map_err(|e| SinkError::Fatal(e.to_string()))?
-                .map_err(kafka)?;
-            self.read_checkpoint().await?.unwrap_or(Offset(oldest))
-        } else {
-            cursors.load(&name)?.unwrap_or(Offset(oldest))
-        };
-        let mut reader = SpoolReader::open_tailing(&self.cfg.spool_dir, start, durable)?;
-        tracing::info!(sink = %name, offset = %start, exactly_once = self.cfg.exactly_once, "kafka sink starting");
-        self.set_state(SinkState::Running);
-        self.progress.send_modify(|p| p.offset = start);
-
-        let mut txn: Option<(Begin, usize)> = None;
-        // Texts every message of a transaction carries, made once per transaction; topic names
-        // once per table.
-        let mut texts = TxnTexts::default();
-        let mut topics: std::collections::HashMap<ferry_proto::RelationId, std::sync::Arc<str>> =
-            std::collections::HashMap::new();
-        let mut batch = Batch::default();
-        // The binary format's `ferry.relation` header, encoded once per definition.
-        let mut relation_frames: std::collections::HashMap<ferry_proto::RelationId, Vec<u8>> =
-            std::collections::HashMap::new();
-        let mut last: Option<(Offset, Position, Option<i64>)> = None;
-        let mut in_kafka_txn = false;
-        let mut last_commit_time: Option<i64> = None;
-        loop {
-            let idle = txn.is_none() && batch.started.is_none();
-            let next = if idle {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => return Ok(()),
-                    ev = reader.next_wait() => ev?,
-                }
-            } else {
-                match reader.try_next()? {
-                    Some(ev) => Some(ev),
-                    None if txn.is_none() => {
-                        self.finish_batch(&out, &mut in_kafka_txn, &last, &mut batch, &cursors)
-                            .await?;
-                        continue;
-                    }
-                    None => tokio::select! {
-                        biased;
-                        _ = shutdown.cancelled() => {
-                            self.abort(&out, &mut in_kafka_txn).await;
-                            return Ok(());
-                        }
-                        ev = reader.next_wait() => ev?,
-                    },
-                }
-            };
-            let Some((_, event)) = next else {
-                self.finish_batch(&out, &mut in_kafka_txn, &last, &mut batch, &cursors)
-                    .await?;
-                return Ok(());
-            };
-            let after = reader.position();
-            match &event {
-                Event::Begin(b) => {
-                    if self.cfg.exactly_once && !in_kafka_txn {
-                        out.producer.begin_transaction().map_err(kafka)?;
-                        in_kafka_txn = true;
-                    }
-                    batch.started.get_or_insert_with(Instant::now);
-                    txn = Some((b.clone(), 0));
-                    texts = TxnTexts {
-                        position: b.position.to_string(),
-                        xid: b.xid.to_string(),
-                        commit_time: format::commit_time(b),
-                    };
-                    if let Some(t) = &self.cfg.transaction_topic {
-                        let v = serde_json::json!({"status": "BEGIN", "id": b.xid, "position": b.position.to_string()});
-                        let msg = Outgoing {
-                            topic: t,
-                            key: None,
-                            relation: None,
-                        };
-                        self.send(&out, &msg, Some(v.to_string().as_bytes()), &texts, "begin")
-                            .await?;
-                    }
-                }
-                Event::Commit(c) => {
-                    let Some((b, count)) = txn.take() else {
-                        return Err(SinkError::Fatal("Commit without Begin in the spool".into()));
-                    };
-                    if let Some(t) = &self.cfg.transaction_topic {
-                        let v = serde_json::json!({"status": "END", "id": b.xid, "position": c.position.to_string(), "event_count": count});
-                        let msg = Outgoing {
-                            topic: t,
-                            key: None,
-                            relation: None,
-                        };
-                        self.send(&out, &msg, Some(v.to_string().as_bytes()), &texts, "end")
-                            .await?;
-                    }
-                    last_commit_time = Some(c.commit_time);
-                    last = Some((after, c.position.clone(), last_commit_time));
-                    batch.txns += 1;
-                    let due = batch.msgs >= self.cfg.max_batch_messages
-                        || batch
-                            .started
-                            .is_some_and(|t| t.elapsed() >= self.cfg.max_batch_delay);
-                    if due || shutdown.is_cancelled() {
-                        self.finish_batch(&out, &mut in_kafka_txn, &last, &mut batch, &cursors)
-                            .await?;
-                        let stop = shutdown.is_cancelled();
-                        if stop {
-                            return Ok(());
-                        }
-                    }
-                }
-                Event::Heartbeat(h) => {
-                    // Lag is measured to the source's time at the heartbeat.
-                    last_commit_time = last_commit_time.max(Some(h.time));
-                    if txn.is_none() && batch.started.is_none() {
-                        last = Some((after, h.position.clone(), last_commit_time));
-                        cursors.save(&name, after)?;
-                        let position = h.position.clone();
-                        let time = last_commit_time;
-                        self.progress.send_modify(|p| {
-                            p.offset = after;
-                            p.position = Some(position);
-                            p.last_commit_time = time.or(p.last_commit_time);
-                        });
-                    } else {
-                        last = Some((after, h.position.clone(), last_commit_time));
-                    }
-                }
-                Event::Insert(_) | Event::Update(_) | Event::Delete(_) | Event::Truncate(_) => {
-                    let Some((b, count)) = txn.as_mut() else {
-                        return Err(SinkError::Fatal(
-                            "a row change outside a transaction".into(),
-                        ));
-                    };
-                    *count += 1;
-                    let b = &*b;
-                    let ids: Vec<_> = match &event {
-                        Event::Truncate(t) => t.relations.clone(),
-                        _ => event.relation_id().into_iter().collect(),
-                    };
-                    for id in ids {
-                        let Some(rel) = reader.relation(id) else {
-                            return Err(SinkError::Fatal(format!("relation {} unknown", id.0)));
-                        };
-                        let topic = topics
-                            .entry(id)
-                            .or_insert_with(|| self.topic_for(&rel.schema, &rel.name).into())
-                            .clone();
-                        let origin = Origin {
-                            begin: b,
-                            database: &self.cfg.database,
-                            server: &self.cfg.server,
-                            position: &texts.position,
-                            commit_time: &texts.commit_time,
-                        };
-                        if self.cfg.format == Format::Binary && !relation_frames.contains_key(&id) {
-                            let frame =
-                                ferry_proto::frame::encode_to_vec(&Event::Relation(rel.clone()))
-                                    .map_err(|e| SinkError::Fatal(e.to_string()))?;
-                            relation_frames.insert(id, frame);
-                        }
-                        let relation_frame = relation_frames.get(&id).map(Vec::as_slice);
-                        for part in format::split_key_change(rel, &event) {
-                            let part = part.as_ref();
-                            let key = match format::key_row(part) {
-                                Some(r) => format::key(rel, r)?,
-                                None => None,
-                            };
-                            let payload = format::message(self.cfg.format, rel, part, &origin)?;
-                            let tombstone = self.cfg.tombstones && matches!(part, Event::Delete(_));
-                            let msg = Outgoing {
-                                topic: &topic,
-                                key: key.as_deref(),
-                                relation: relation_frame,
-                            };
-                            self.send(&out, &msg, Some(&payload), &texts, part.kind())
-                                .await?;
-                            batch.msgs += 1;
-                            if tombstone {
-                                self.send(&out, &msg, None, &texts, "tombstone").await?;
-                                batch.msgs += 1;
-                            }
-                        }
-                    }
-                }
-                Event::Relation(r) => {
-                    topics.remove(&r.id);
-                    relation_frames.remove(&r.id);
-                }
-                Event::Message(_) => {}
-            }
-        }
-    }
-
-    /// Queues one message with the transaction's headers (and, in the binary format, the frame
+impl Kafka {
+    /// Sends one message with the transaction's headers (and, in the binary format, the frame
     /// of its table's Relation in `ferry.relation`, so every message decodes on its own).
+    /// A permanent refusal of this message is returned, for `on_error`.
     async fn send(
         &self,
-        out: &Out,
         msg: &Outgoing<'_>,
         payload: Option<&[u8]>,
-        texts: &TxnTexts,
         op: &str,
-    ) -> Result<()> {
+    ) -> Result<Option<SinkError>> {
+        let texts = &self.texts;
         let mut headers = OwnedHeaders::new_with_capacity(4)
             .insert(Header {
                 key: "ferry.position",
@@ -570,77 +172,18 @@ impl KafkaSink {
                 value: Some(frame),
             });
         }
-        match out.send(msg.topic, msg.key, payload, headers).await {
-            Ok(()) => Ok(()),
-            Err(e) => {
-                self.refuse(out, msg.topic, msg.key, &texts.position, e)
-                    .await
-            }
+        match self.out.send(msg.topic, msg.key, payload, headers).await {
+            Ok(()) => Ok(None),
+            Err(e) => self.refusal(e).map(Some),
         }
     }
 
-    /// A message that could not be delivered: retried (a transient error, or any error with
-    /// exactly-once, where the transaction is aborted and redone), or handled as `on_error` says.
-    async fn refuse(
-        &self,
-        out: &Out,
-        topic: &str,
-        key: Option<&[u8]>,
-        position: &str,
-        e: KafkaError,
-    ) -> Result<()> {
-        let err = self.permanent_or_retry(e);
-        if err.is_transient() || self.cfg.exactly_once {
-            return Err(err);
-        }
-        match self.cfg.on_error {
-            OnError::Halt => Err(SinkError::Fatal(format!(
-                "sink {} halted at {position}: topic {topic}: {err}",
-                self.cfg.name
-            ))),
-            OnError::Skip => {
-                tracing::warn!(sink = %self.cfg.name, %position, %topic, error = %err, "skipping a message (on_error = skip)");
-                self.progress.send_modify(|p| p.skipped += 1);
-                Ok(())
-            }
-            OnError::DeadLetter => {
-                let Some(dlq) = &self.cfg.dead_letter_topic else {
-                    return Err(SinkError::Config(format!(
-                        "sink {}: on_error = \"dead_letter\" needs dead_letter_topic",
-                        self.cfg.name
-                    )));
-                };
-                let reason = err.to_string();
-                let headers = OwnedHeaders::new()
-                    .insert(Header {
-                        key: "ferry.error",
-                        value: Some(reason.as_bytes()),
-                    })
-                    .insert(Header {
-                        key: "ferry.topic",
-                        value: Some(topic.as_bytes()),
-                    })
-                    .insert(Header {
-                        key: "ferry.position",
-                        value: Some(position.as_bytes()),
-                    });
-                // The refused payload (too large, most likely) stays out: the key, the topic,
-                // the position and the error say which change it was.
-                // Its delivery is settled with the batch's; a refused dead letter stops the sink.
-                out.send(dlq, key, None, headers).await.map_err(kafka)?;
-                tracing::warn!(sink = %self.cfg.name, %position, %topic, error = %reason, dead_letter_topic = %dlq, "message sent to the dead-letter topic");
-                self.progress.send_modify(|p| p.dead_lettered += 1);
-                Ok(())
-            }
-        }
-    }
-
-    /// Classifies a broker error: message-specific and permanent ones (too large, unknown topic
-    /// with auto-creation off, not authorized) versus the rest, which are retried.
-    fn permanent_or_retry(&self, e: KafkaError) -> SinkError {
-        let code = e.rdkafka_error_code();
+    /// A broker error about one message: permanent (too large, unknown topic with
+    /// auto-creation off, not authorized) for `on_error`, unless `exactly_once`, where its
+    /// transaction cannot be committed without it; anything else is retried.
+    fn refusal(&self, e: KafkaError) -> Result<SinkError> {
         let permanent = matches!(
-            code,
+            e.rdkafka_error_code(),
             Some(
                 RDKafkaErrorCode::MessageSizeTooLarge
                     | RDKafkaErrorCode::InvalidMessageSize
@@ -650,65 +193,265 @@ impl KafkaSink {
                     | RDKafkaErrorCode::InvalidTopic
             )
         );
-        if permanent {
-            SinkError::Value(format!("kafka: {e}"))
-        } else {
-            kafka(e)
+        if !permanent {
+            return Err(kafka(e));
+        }
+        let e = SinkError::Value(format!("kafka: {e}"));
+        if self.cfg.exactly_once {
+            return Err(e);
+        }
+        Ok(e)
+    }
+
+    /// A BEGIN or END record on the transaction topic, when one is set.
+    async fn marker(&mut self, value: serde_json::Value, op: &str) -> Result<()> {
+        let Some(topic) = self.cfg.transaction_topic.clone() else {
+            return Ok(());
+        };
+        let msg = Outgoing {
+            topic: &topic,
+            key: None,
+            relation: None,
+        };
+        if let Some(e) = self
+            .send(&msg, Some(value.to_string().as_bytes()), op)
+            .await?
+        {
+            self.refused.push(Refusal {
+                position: self.texts.position.clone(),
+                xid: self.begin.as_ref().map_or(0, |b| b.xid),
+                table: "-".into(),
+                key: "-".into(),
+                error: e.to_string(),
+                event: None,
+                topic: Some(topic.clone()),
+                message_key: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// The messages of one row change or truncate: one per table it touches (two for an
+    /// update that changes the key), and a tombstone after a delete when asked for.
+    async fn change(&mut self, event: &Event, relations: &(dyn Relations + Sync)) -> Result<()> {
+        let Some(begin) = self.begin.clone() else {
+            return Err(SinkError::Fatal(
+                "a row change outside a transaction".into(),
+            ));
+        };
+        let ids: Vec<RelationId> = match event {
+            Event::Truncate(t) => t.relations.clone(),
+            _ => event.relation_id().into_iter().collect(),
+        };
+        for id in ids {
+            let Some(rel) = relations.relation(id) else {
+                return Err(SinkError::Fatal(format!("relation {} unknown", id.0)));
+            };
+            let cfg = self.cfg.clone();
+            let topic = self
+                .topics
+                .entry(id)
+                .or_insert_with(|| topic_name(&cfg, &rel.schema, &rel.name).into())
+                .clone();
+            if cfg.format == Format::Binary && !self.relation_frames.contains_key(&id) {
+                let frame = ferry_proto::frame::encode_to_vec(&Event::Relation(rel.clone()))
+                    .map_err(|e| SinkError::Fatal(e.to_string()))?;
+                self.relation_frames.insert(id, frame);
+            }
+            for part in format::split_key_change(rel, event) {
+                let part = part.as_ref();
+                let key = match format::key_row(part) {
+                    Some(r) => format::key(rel, r)?,
+                    None => None,
+                };
+                let origin = Origin {
+                    begin: &begin,
+                    database: &cfg.database,
+                    server: &cfg.server,
+                    position: &self.texts.position,
+                    commit_time: &self.texts.commit_time,
+                };
+                let payload = format::message(cfg.format, rel, part, &origin)?;
+                let msg = Outgoing {
+                    topic: &topic,
+                    key: key.as_deref(),
+                    relation: self.relation_frames.get(&id).map(Vec::as_slice),
+                };
+                let mut refused = self.send(&msg, Some(&payload), part.kind()).await?;
+                if refused.is_none() && cfg.tombstones && matches!(part, Event::Delete(_)) {
+                    refused = self.send(&msg, None, "tombstone").await?;
+                }
+                if let Some(e) = refused {
+                    let culprit = crate::db::culprit(part, Some(rel));
+                    self.refused.push(Refusal {
+                        position: self.texts.position.clone(),
+                        xid: begin.xid,
+                        table: culprit.table,
+                        key: culprit.key,
+                        error: e.to_string(),
+                        event: Some(part.clone()),
+                        topic: Some(topic.to_string()),
+                        message_key: key.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(
+            &rdkafka::producer::ThreadedProducer<producer::Tracker>,
+        ) -> std::result::Result<T, KafkaError>
+        + Send
+        + 'static,
+    ) -> Result<T> {
+        let p = self.out.producer.clone();
+        tokio::task::spawn_blocking(move || f(&p))
+            .await
+            .map_err(|e| SinkError::Fatal(e.to_string()))?
+            .map_err(kafka)
+    }
+}
+
+impl Destination for Kafka {
+    type Config = KafkaSinkConfig;
+
+    fn settings(cfg: &KafkaSinkConfig) -> WorkerSettings {
+        WorkerSettings {
+            name: cfg.name.clone(),
+            spool_dir: cfg.spool_dir.clone(),
+            on_error: cfg.on_error,
+            max_batch_rows: cfg.max_batch_messages,
+            max_batch_delay: cfg.max_batch_delay,
         }
     }
 
-    /// Awaits every delivery of the batch (or commits its Kafka transaction with the checkpoint),
-    /// then records the batch's end as the sink's position.
-    #[allow(clippy::too_many_arguments)]
-    async fn finish_batch(
-        &self,
-        out: &Out,
-        in_kafka_txn: &mut bool,
-        last: &Option<(Offset, Position, Option<i64>)>,
-        batch: &mut Batch,
-        cursors: &Cursors,
-    ) -> Result<()> {
-        let (txns, msgs) = (batch.txns, batch.msgs);
-        *batch = Batch::default();
-        // A broker that is down stalls the batch here (librdkafka keeps retrying); the state
-        // says so after a while, and goes back to running once the broker acknowledges.
-        let mut stalled = false;
-        loop {
-            let failed = out
-                .settle(|n| {
-                    stalled = true;
-                    tracing::warn!(sink = %self.cfg.name, unacknowledged = n, "waiting for the broker to acknowledge");
-                    self.set_state(SinkState::Retrying(format!(
-                        "waiting for the broker to acknowledge {n} message(s)"
-                    )));
-                })
-                .await;
-            if failed.is_empty() {
-                break;
-            }
-            for f in failed {
-                if self.cfg.dead_letter_topic.as_deref() == Some(f.topic.as_str()) {
-                    return Err(SinkError::Fatal(format!(
-                        "sink {}: the dead-letter topic {} refused a message: {}",
-                        self.cfg.name, f.topic, f.error
-                    )));
-                }
-                self.refuse(out, &f.topic, f.key.as_deref(), &f.position, f.error)
-                    .await?;
+    async fn open(cfg: &KafkaSinkConfig, status: Status) -> Result<(Self, Opened)> {
+        let k = Kafka {
+            cfg: Arc::new(cfg.clone()),
+            out: Out::create(cfg)?,
+            status,
+            in_txn: false,
+            begin: None,
+            texts: TxnTexts::default(),
+            topics: HashMap::new(),
+            relation_frames: HashMap::new(),
+            refused: Vec::new(),
+        };
+        let mut opened = Opened {
+            resume: None,
+            applied: None,
+            change_by_change: false,
+        };
+        if cfg.exactly_once {
+            k.blocking(|p| p.init_transactions(Duration::from_secs(60)))
+                .await?;
+            if let Some((offset, position)) = checkpoint::read(cfg).await? {
+                opened.resume = Some(offset);
+                opened.applied = position;
             }
         }
+        let shown = crate::redact::properties(&cfg.properties);
+        if !cfg.properties.is_empty() {
+            tracing::info!(sink = %cfg.name, properties = ?shown, exactly_once = cfg.exactly_once, "kafka producer");
+        }
+        Ok((k, opened))
+    }
+
+    async fn begin(&mut self) -> Result<()> {
+        if self.cfg.exactly_once && !self.in_txn {
+            self.out.producer.begin_transaction().map_err(kafka)?;
+            self.in_txn = true;
+        }
+        Ok(())
+    }
+
+    async fn apply(&mut self, step: Step<'_>, relations: &(dyn Relations + Sync)) -> Result<()> {
+        match step {
+            Step::Begin(b) => {
+                self.texts = TxnTexts {
+                    position: b.position.to_string(),
+                    xid: b.xid.to_string(),
+                    commit_time: format::commit_time(b),
+                };
+                self.begin = Some(b.clone());
+                let v = serde_json::json!({"status": "BEGIN", "id": b.xid, "position": b.position.to_string()});
+                self.marker(v, "begin").await
+            }
+            Step::End { commit, changes } => {
+                let xid = self.begin.take().map_or(0, |b| b.xid);
+                let v = serde_json::json!({"status": "END", "id": xid, "position": commit.position.to_string(), "event_count": changes});
+                self.marker(v, "end").await
+            }
+            Step::Relation(r) => {
+                self.topics.remove(&r.id);
+                self.relation_frames.remove(&r.id);
+                Ok(())
+            }
+            Step::Change(event, _) => self.change(event, relations).await,
+            Step::Ddl(_) | Step::Define(_) | Step::Backfill(_) => Ok(()),
+        }
+    }
+
+    /// Waits until the broker has acknowledged or refused every message sent; a broker that is
+    /// down stalls here (librdkafka keeps retrying, with no delivery timeout), and the state
+    /// says so after a while.
+    async fn flush(&mut self) -> Result<Vec<Refusal>> {
+        let mut stalled = false;
+        let failed = self
+            .out
+            .settle(|n| {
+                stalled = true;
+                tracing::warn!(sink = %self.cfg.name, unacknowledged = n, "waiting for the broker to acknowledge");
+                self.status.set(SinkState::Retrying(format!(
+                    "waiting for the broker to acknowledge {n} message(s)"
+                )));
+            })
+            .await;
         if stalled {
             tracing::info!(sink = %self.cfg.name, "the broker acknowledges again");
-            self.set_state(SinkState::Running);
+            self.status.set(SinkState::Running);
         }
-        let Some((offset, position, last_commit_time)) = last.clone() else {
+        let mut refused = std::mem::take(&mut self.refused);
+        for f in failed {
+            if self.cfg.dead_letter_topic.as_deref() == Some(f.topic.as_str()) {
+                return Err(SinkError::Fatal(format!(
+                    "sink {}: the dead-letter topic {} refused a message: {}",
+                    self.cfg.name, f.topic, f.error
+                )));
+            }
+            let e = self.refusal(f.error)?;
+            refused.push(Refusal {
+                position: f.position,
+                xid: f.xid,
+                table: f.topic.clone(),
+                key: f
+                    .key
+                    .as_deref()
+                    .map_or_else(|| "-".into(), |k| String::from_utf8_lossy(k).into_owned()),
+                error: e.to_string(),
+                event: None,
+                topic: Some(f.topic),
+                message_key: f.key,
+            });
+        }
+        Ok(refused)
+    }
+
+    async fn commit(&mut self, checkpoint: &Checkpoint) -> Result<()> {
+        if !(self.cfg.exactly_once && self.in_txn) {
             return Ok(());
-        };
-        if self.cfg.exactly_once && *in_kafka_txn {
-            // The checkpoint record commits with the batch, in the same Kafka transaction.
-            let value = serde_json::json!({"offset": offset.0, "position": position.to_string()})
-                .to_string();
-            out.send(
+        }
+        // The checkpoint record commits with the batch, in the same Kafka transaction.
+        let value = serde_json::json!({
+            "offset": checkpoint.offset.0,
+            "position": checkpoint.position.to_string(),
+        })
+        .to_string();
+        self.out
+            .send(
                 &self.cfg.checkpoint_topic,
                 Some(self.cfg.name.as_bytes()),
                 Some(value.as_bytes()),
@@ -716,125 +459,84 @@ impl KafkaSink {
             )
             .await
             .map_err(kafka)?;
-            // commit_transaction flushes; a refused checkpoint record fails the commit.
-            let p = out.producer.clone();
-            tokio::task::spawn_blocking(move || p.commit_transaction(Duration::from_secs(60)))
-                .await
-                .map_err(|e| SinkError::Fatal(e.to_string()))?
-                .map_err(kafka)?;
-            *in_kafka_txn = false;
-        }
-        cursors.save(&self.cfg.name, offset)?;
-        self.progress.send_modify(|p| {
-            p.offset = offset;
-            p.position = Some(position);
-            p.last_commit_time = last_commit_time.or(p.last_commit_time);
-            p.transactions += txns;
-            p.rows += msgs as u64;
-            p.batches += 1;
-        });
+        // commit_transaction flushes; a refused checkpoint record fails the commit.
+        self.blocking(|p| p.commit_transaction(Duration::from_secs(60)))
+            .await?;
+        self.in_txn = false;
         Ok(())
     }
 
-    async fn abort(&self, out: &Out, in_kafka_txn: &mut bool) {
-        if self.cfg.exactly_once && *in_kafka_txn {
-            let p = out.producer.clone();
-            let _ =
-                tokio::task::spawn_blocking(move || p.abort_transaction(Duration::from_secs(30)))
-                    .await;
-            *in_kafka_txn = false;
+    async fn abort(&mut self) -> Result<()> {
+        self.refused.clear();
+        self.begin = None;
+        if self.cfg.exactly_once && self.in_txn {
+            self.in_txn = false;
+            self.blocking(|p| p.abort_transaction(Duration::from_secs(30)))
+                .await?;
+        }
+        // Without a Kafka transaction, what was sent stays sent (at least once).
+        Ok(())
+    }
+
+    fn classify(&self, e: &SinkError) -> ErrorClass {
+        match crate::destination::default_class(e) {
+            // A refused message aborts its Kafka transaction: nothing to skip past.
+            ErrorClass::Refused if self.cfg.exactly_once => ErrorClass::Halt,
+            class => class,
         }
     }
 
-    /// The offset after the last batch committed with `exactly_once`, from the checkpoint topic.
-    async fn read_checkpoint(&self) -> Result<Option<Offset>> {
-        let mut c = ClientConfig::new();
-        c.set("bootstrap.servers", &self.cfg.brokers)
-            .set("group.id", format!("ferry-{}-checkpoint", self.cfg.name))
-            .set("enable.auto.commit", "false")
-            .set("isolation.level", "read_committed");
-        for (k, v) in &self.cfg.properties {
-            if !k.starts_with("transaction") && !k.starts_with("enable.idempotence") {
-                c.set(k, v);
-            }
-        }
-        let consumer: BaseConsumer = c.create().map_err(kafka)?;
-        let topic = self.cfg.checkpoint_topic.clone();
-        let name = self.cfg.name.clone();
-        tokio::task::spawn_blocking(move || -> Result<Option<Offset>> {
-            let metadata = consumer
-                .fetch_metadata(Some(&topic), Duration::from_secs(30))
-                .map_err(kafka)?;
-            let partitions: Vec<i32> = metadata
-                .topics()
-                .iter()
-                .flat_map(|t| t.partitions().iter().map(|p| p.id()))
-                .collect();
-            let mut found = None;
-            for p in partitions {
-                let (low, high) = consumer
-                    .fetch_watermarks(&topic, p, Duration::from_secs(30))
-                    .map_err(kafka)?;
-                if high <= low {
-                    continue;
-                }
-                let mut tpl = TopicPartitionList::new();
-                tpl.add_partition_offset(&topic, p, rdkafka::Offset::Offset(low))
-                    .map_err(kafka)?;
-                consumer.assign(&tpl).map_err(kafka)?;
-                let deadline = Instant::now() + Duration::from_secs(30);
-                loop {
-                    if Instant::now() > deadline {
-                        return Err(SinkError::Fatal(format!(
-                            "reading the checkpoint topic {topic} timed out"
-                        )));
-                    }
-                    let Some(msg) = consumer.poll(Duration::from_millis(500)) else {
-                        // read_committed stops at the last stable offset.
-                        let pos = consumer.position().map_err(kafka)?;
-                        let at = pos
-                            .elements_for_topic(&topic)
-                            .first()
-                            .and_then(|e| e.offset().to_raw())
-                            .unwrap_or(0);
-                        if at >= high - 1 {
-                            break;
-                        }
-                        continue;
-                    };
-                    let msg = msg.map_err(kafka)?;
-                    if msg.key() == Some(name.as_bytes()) {
-                        // A record under this sink's key that is not a checkpoint: resuming
-                        // from an older one would send duplicates under exactly-once.
-                        let offset = msg
-                            .payload()
-                            .and_then(|v| serde_json::from_slice::<serde_json::Value>(v).ok())
-                            .and_then(|j| j["offset"].as_u64());
-                        let Some(o) = offset else {
-                            return Err(SinkError::Fatal(format!(
-                                "the checkpoint topic {topic} (partition {p}, offset {}) holds a \
-                                 record for sink {name} that is not a checkpoint ({}): ferry \
-                                 cannot tell where the sink stopped. Remove it (or write the \
-                                 right checkpoint, {{\"offset\": N}}), or give the sink another \
-                                 checkpoint_topic to start it over",
-                                msg.offset(),
-                                msg.payload().map_or("a tombstone".into(), |v| format!(
-                                    "{:?}",
-                                    String::from_utf8_lossy(&v[..v.len().min(200)])
-                                ))
-                            )));
-                        };
-                        found = Some(Offset(o));
-                    }
-                    if msg.offset() >= high - 1 {
-                        break;
-                    }
-                }
-            }
-            Ok(found)
+    fn dead_letters(&self, _: &WorkerSettings) -> Box<dyn DeadLetters> {
+        Box::new(TopicLetters {
+            out: self.out.clone(),
+            topic: self.cfg.dead_letter_topic.clone(),
         })
-        .await
-        .map_err(|e| SinkError::Fatal(e.to_string()))?
+    }
+}
+
+/// Dead letters as messages on the sink's `dead_letter_topic`: the refused message's key, no
+/// payload (a message too large is the usual reason), and headers saying where it was going,
+/// from which source transaction, and why.
+struct TopicLetters {
+    out: Out,
+    topic: Option<String>,
+}
+
+impl DeadLetters for TopicLetters {
+    fn write<'a>(
+        &'a mut self,
+        sink: &'a str,
+        r: &'a Refusal,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>> {
+        Box::pin(async move {
+            let Some(dlq) = &self.topic else {
+                return Err(SinkError::Config(format!(
+                    "sink {sink}: on_error = \"dead_letter\" needs dead_letter_topic"
+                )));
+            };
+            let headers = OwnedHeaders::new()
+                .insert(Header {
+                    key: "ferry.error",
+                    value: Some(r.error.as_bytes()),
+                })
+                .insert(Header {
+                    key: "ferry.topic",
+                    value: Some(r.topic.as_deref().unwrap_or("-").as_bytes()),
+                })
+                .insert(Header {
+                    key: "ferry.position",
+                    value: Some(r.position.as_bytes()),
+                });
+            // Its delivery is settled with the batch's; a refused dead letter halts the sink.
+            self.out
+                .send(dlq, r.message_key.as_deref(), None, headers)
+                .await
+                .map_err(kafka)
+        })
+    }
+
+    fn place(&self) -> String {
+        format!("topic {}", self.topic.as_deref().unwrap_or("(none set)"))
     }
 }
 

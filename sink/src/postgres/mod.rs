@@ -30,13 +30,13 @@ use tokio_postgres::Client;
 
 use self::apply::Applier;
 use self::copy::Conn;
-use crate::db::{DbSink, DbSinkConfig, Target, TxnControl};
+use crate::db::{Db, DbSinkConfig, Target, TxnControl};
 use crate::error::{Result, SinkError};
 
 /// How a PostgreSQL sink is set up.
 pub type PgSinkConfig = DbSinkConfig;
 /// A PostgreSQL sink worker.
-pub type PgSink = DbSink<PgTarget>;
+pub type PgSink = crate::worker::Worker<Db<PgTarget>>;
 
 pub use crate::progress::{SinkProgress, SinkState, read_state, state_path};
 
@@ -95,25 +95,7 @@ impl Drop for PgTarget {
 
 impl Target for PgTarget {
     async fn connect(cfg: &DbSinkConfig) -> Result<(Self, bool)> {
-        let (client, conn_task) = match &cfg.pg_connector {
-            Some(connect) => (connect.0)().await?,
-            None => {
-                let pg: tokio_postgres::Config = cfg
-                    .url
-                    .parse()
-                    .map_err(|e| SinkError::Config(format!("sink {} url: {e}", cfg.name)))?;
-                let limit = crate::pg_connect_limit(&pg);
-                let (client, conn) = tokio::time::timeout(limit, pg.connect(tokio_postgres::NoTls))
-                    .await
-                    .map_err(|_| SinkError::io("connecting", crate::connect_timed_out(limit)))??;
-                let task = tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "sink connection closed");
-                    }
-                });
-                (client, task)
-            }
-        };
+        let (client, conn_task) = ferry_db::postgres::connect(&cfg.url, "sink").await?;
         let mut t = PgTarget {
             conn: Conn::new(client, &cfg.name),
             conn_task,

@@ -31,9 +31,7 @@ pub struct TargetTable {
     pub copy: bool,
 }
 
-pub fn quote_ident(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\"\""))
-}
+pub use ferry_db::postgres::{quote_ident, quote_literal};
 
 pub fn quoted_name(rel: &Relation) -> String {
     format!("{}.{}", quote_ident(&rel.schema), quote_ident(&rel.name))
@@ -65,12 +63,6 @@ pub async fn load(client: &Client, rel: &Relation) -> Result<Option<TargetTable>
 
 /// The values rows that exist hold in added columns, by column name (text input; `None` is NULL).
 pub type Backfill = HashMap<String, Option<String>>;
-
-/// `'text'` as an SQL literal (with `standard_conforming_strings` on, the default, and set in
-/// the sink's session).
-pub fn quote_literal(text: &str) -> String {
-    format!("'{}'", text.replace('\'', "''"))
-}
 
 /// Makes the target table fit `rel`: creates it (with `create_tables`), adds the columns the
 /// source has and the target lacks, and applies the differences from `prev`, the definition the

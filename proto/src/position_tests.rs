@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 
-use ferry_proto::{Lsn, Position};
+use crate::{Lsn, Position};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone, Copy)]

@@ -1,4 +1,5 @@
-//! TLS to the source PostgreSQL server: the one place that knows `sslmode` and `sslrootcert`.
+//! TLS to PostgreSQL (the source, its replication connection, and the sinks): the one place that
+//! knows `sslmode` and `sslrootcert`.
 //!
 //! It owns (1) taking `sslmode`/`sslrootcert` out of the source URL, because tokio-postgres knows
 //! neither `verify-ca`/`verify-full` nor `sslrootcert`; (2) the rustls client configuration (ring
@@ -33,7 +34,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::task::JoinHandle;
 
-use crate::error::{Error, Result};
+use crate::error::{ConnectError as Error, Result};
 
 /// libpq's `sslmode` values (`allow` is not supported).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -165,24 +166,6 @@ impl Tls {
         tls.connect_client(&cfg, what).await
     }
 
-    /// A sink's connector: TLS as its URL says, errors classified for the sink's retries (a
-    /// certificate that does not verify is permanent, a lost connection transient).
-    pub fn sink_connector(url: &str) -> Result<ferry_sink::db::PgConnector> {
-        let (cfg, tls) = parse_url(url)?;
-        let (cfg, tls) = (Arc::new(cfg), Arc::new(tls));
-        Ok(ferry_sink::db::PgConnector(Arc::new(move || {
-            let (cfg, tls) = (cfg.clone(), tls.clone());
-            Box::pin(async move {
-                tls.connect_client(&cfg, "sink").await.map_err(|e| match e {
-                    Error::Postgres(p) => ferry_sink::SinkError::Postgres(p),
-                    Error::Tls(t) => ferry_sink::SinkError::Config(format!("TLS: {t}")),
-                    Error::Io { context, source } => ferry_sink::SinkError::io(context, source),
-                    other => ferry_sink::SinkError::Fatal(other.to_string()),
-                })
-            })
-        })))
-    }
-
     /// Opens a tokio-postgres connection with these TLS settings and drives it on a task.
     pub async fn connect_client(
         &self,
@@ -192,13 +175,13 @@ impl Tls {
         let connector = tokio_postgres_rustls::MakeRustlsConnect::new((*self.config).clone());
         // A server that accepts and never answers the startup would hang here: the whole
         // handshake gets the limit, and running out is retried like a refused connection.
-        let limit = ferry_sink::pg_connect_limit(cfg);
+        let limit = crate::pg_connect_limit(cfg);
         let (client, conn) = tokio::time::timeout(limit, cfg.connect(connector))
             .await
             .map_err(|_| {
                 Error::io(
                     format!("connecting ({what})"),
-                    ferry_sink::connect_timed_out(limit),
+                    crate::connect_timed_out(limit),
                 )
             })?
             .map_err(|e| self.classify(e))?;

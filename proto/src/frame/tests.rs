@@ -5,9 +5,9 @@
 
 use std::path::PathBuf;
 
-use ferry_proto::frame::{self, FrameError, HEADER_LEN, MAX_PAYLOAD};
-use ferry_proto::samples;
-use ferry_proto::*;
+use crate::frame::{self, FrameError, HEADER_LEN, MAX_PAYLOAD};
+use crate::samples;
+use crate::*;
 use proptest::prelude::*;
 
 fn arb_value() -> impl Strategy<Value = Value> {
@@ -245,7 +245,7 @@ fn golden_dir() -> PathBuf {
 
 /// The golden file of the current version holds the frames of `samples::all_kinds()`, back to
 /// back. Regenerate it only for an intended format change (with a new FORMAT_VERSION):
-/// `FERRY_BLESS=1 cargo test -p ferry-proto --test frame golden`.
+/// `FERRY_BLESS=1 cargo test -p ferry-proto --lib golden`.
 #[test]
 fn golden_v2() {
     let events = samples::all_kinds();

@@ -6,9 +6,9 @@
 use std::fs;
 use std::path::Path;
 
+use crate::segment::{self, SEGMENT_HEADER_LEN};
+use crate::*;
 use ferry_proto::{Event, RelationId, Value, samples};
-use ferry_spool::segment::{self, SEGMENT_HEADER_LEN};
-use ferry_spool::*;
 
 fn opts(segment_bytes: u64) -> WriterOptions {
     WriterOptions { segment_bytes }
@@ -372,7 +372,7 @@ fn an_encoded_frame_is_copied_as_it_is_and_a_bad_one_refused() {
     longer.push(0);
     assert!(w.append_frame(&longer).is_err());
     w.commit().unwrap();
-    let all = ferry_spool::read_all(dir.path(), at).unwrap();
+    let all = crate::read_all(dir.path(), at).unwrap();
     assert_eq!(all, vec![(at, ev)]);
 }
 
