@@ -14,9 +14,9 @@ use rdkafka::client::DefaultClientContext;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 
 use crate::config::{Config, SourceKind};
-use crate::error::Result;
 use crate::supervisor::{SinkSettings, pg_settings, sink_settings};
 use ferry_db::postgres::tls;
+use ferry_source::error::Result;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -153,7 +153,8 @@ async fn check_postgres_source(config: &Config, r: &mut Report) -> Result<Tables
         return Ok(Vec::new());
     };
     r.ok(format!("source {} reachable", config.source.url));
-    let (version, found) = crate::postgres::prerequisites(&client, &settings.params.dbname).await?;
+    let (version, found) =
+        ferry_source::postgres::prerequisites(&client, &settings.params.dbname).await?;
     for p in found {
         if p.ok {
             r.ok(p.text);
@@ -169,7 +170,7 @@ async fn check_postgres_source(config: &Config, r: &mut Report) -> Result<Tables
              commit, and a column rename stops ferry as ambiguous"
         ));
     }
-    match crate::postgres::ddl::installed(&client).await {
+    match ferry_source::postgres::ddl::installed(&client).await {
         Ok(_) if version < 140_000 => {}
         Ok(true) => r.ok(
             "the DDL trigger is installed: column and table renames and dropped tables reach \
@@ -183,24 +184,27 @@ async fn check_postgres_source(config: &Config, r: &mut Report) -> Result<Tables
         Err(e) => r.error(format!("cannot read pg_event_trigger: {e}")),
     }
     retention_settings(&client, r).await?;
-    let slot_exists =
-        match crate::postgres::slot::inspect_slot(&client, &settings.slot, &settings.params.dbname)
-            .await
-        {
-            Ok(s) => {
-                if s.is_some() {
-                    r.ok(format!(
-                        "replication slot {:?} exists and fits",
-                        settings.slot
-                    ));
-                }
-                s.is_some()
+    let slot_exists = match ferry_source::postgres::slot::inspect_slot(
+        &client,
+        &settings.slot,
+        &settings.params.dbname,
+    )
+    .await
+    {
+        Ok(s) => {
+            if s.is_some() {
+                r.ok(format!(
+                    "replication slot {:?} exists and fits",
+                    settings.slot
+                ));
             }
-            Err(e) => {
-                r.error(e.to_string());
-                true
-            }
-        };
+            s.is_some()
+        }
+        Err(e) => {
+            r.error(e.to_string());
+            true
+        }
+    };
     let row = client
         .query_one(
             "SELECT current_setting('max_replication_slots')::int,
@@ -252,8 +256,8 @@ async fn check_postgres_source(config: &Config, r: &mut Report) -> Result<Tables
         tables.push((schema, name, pk || ident == "f"));
     }
     // The same tables `run` refuses or handles: one query decides both.
-    for t in crate::postgres::keyless::find(&client, &settings.filter).await? {
-        use crate::postgres::keyless::Keyless;
+    for t in ferry_source::postgres::keyless::find(&client, &settings.filter).await? {
+        use ferry_source::postgres::keyless::Keyless;
         let (table, what) = (
             format!("{}.{}", t.schema, t.name),
             if t.nothing {
@@ -378,7 +382,7 @@ async fn check_mysql_source(config: &Config, r: &mut Report) -> Result<Tables> {
         return Ok(Vec::new());
     };
     r.ok(format!("source {} reachable", config.source.url));
-    for p in crate::mysql::source::prerequisites(&mut conn, settings.server_id).await? {
+    for p in ferry_source::mysql::source::prerequisites(&mut conn, settings.server_id).await? {
         match (p.ok, p.transient) {
             (true, _) => r.ok(p.text),
             // `run` waits for it to pass (ferry's own killed predecessor, most likely).
@@ -420,7 +424,7 @@ async fn check_mysql_source(config: &Config, r: &mut Report) -> Result<Tables> {
             r.warn("gtid_mode is not ON (advisory): ferry resumes by file:position either way");
         }
     }
-    match crate::mysql::source::binlog_expiry(&mut conn).await {
+    match ferry_source::mysql::source::binlog_expiry(&mut conn).await {
         Ok(0) => r.warn(
             "binlogs are never expired (binlog_expire_logs_seconds and expire_logs_days are 0): \
              the source's disk grows; ferry needs them kept only as long as it may be down",
@@ -433,7 +437,7 @@ async fn check_mysql_source(config: &Config, r: &mut Report) -> Result<Tables> {
         Err(e) => r.error(format!("the binlog expiry cannot be read: {e}")),
     }
     // The position the spool would resume from must still be on the server.
-    let resume = match crate::mysql::source::resume_position(config.spool.dir()) {
+    let resume = match ferry_source::mysql::source::resume_position(config.spool.dir()) {
         Ok(p) => p,
         Err(e) => {
             r.error(format!(

@@ -70,9 +70,9 @@ pub struct SourceConfig {
     /// MiB a transaction may hold in memory before it spills to the spool directory (default 64).
     pub txn_memory_mb: Option<u32>,
     /// MySQL: what a zero date (`0000-00-00`) becomes: "keep" (default), "null" or "error".
-    pub zero_dates: Option<crate::mysql::decode::ZeroDates>,
+    pub zero_dates: Option<ferry_source::mysql::decode::ZeroDates>,
     /// PostgreSQL: what to do about captured tables without a replica identity.
-    pub keyless: Option<crate::postgres::keyless::Keyless>,
+    pub keyless: Option<ferry_source::postgres::keyless::Keyless>,
     /// PostgreSQL: warn (and turn `/readyz` unready) when the slot's `safe_wal_size` falls below
     /// this many MiB (default: a quarter of `max_slot_wal_keep_size`).
     pub min_safe_wal_mb: Option<u32>,
@@ -155,7 +155,7 @@ impl fmt::Debug for KafkaProperties {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_map()
             .entries(self.0.iter().map(|(k, v)| {
-                let shown = if ferry_sink::redact::secret_property(k) {
+                let shown = if ferry_db::redact::secret_property(k) {
                     "***"
                 } else {
                     v.as_str()
@@ -536,7 +536,7 @@ impl fmt::Debug for ConnUrl {
     }
 }
 
-pub use ferry_sink::redact::redact;
+pub use ferry_db::redact::redact;
 
 #[cfg(test)]
 mod tests {

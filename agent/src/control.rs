@@ -17,7 +17,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
-use crate::error::{Error, Result};
+use ferry_source::error::{Error, Result};
 
 /// What the control routes act on.
 #[derive(Debug, Clone)]

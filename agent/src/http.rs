@@ -25,8 +25,8 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::capture::stats::SourceStats;
-use crate::error::{Error, Result};
+use ferry_source::capture::stats::SourceStats;
+use ferry_source::error::{Error, Result};
 
 /// A sink as the endpoint sees it.
 #[derive(Debug, Clone)]
@@ -51,23 +51,23 @@ pub struct Shared {
     pub control: Option<crate::control::Control>,
 }
 
-/// A sink's lag in seconds, as [`crate::lag`] defines it. Should the spool not be readable at
+/// A sink's lag in seconds, as [`ferry_source::lag`] defines it. Should the spool not be readable at
 /// its offset, the age of the last source transaction or heartbeat it applied (or of the
 /// process) stands in: never less than the real figure.
 fn lag_seconds(s: &Shared, p: &SinkProgress, durable: Offset, started: i64) -> f64 {
     if p.offset >= durable {
         return 0.0;
     }
-    let now = crate::postgres::replication::unix_now_micros();
-    crate::lag::seconds_behind(&s.spool_dir, p.offset, now).unwrap_or_else(|| {
+    let now = ferry_source::postgres::replication::unix_now_micros();
+    ferry_source::lag::seconds_behind(&s.spool_dir, p.offset, now).unwrap_or_else(|| {
         let since = p.last_commit_time.unwrap_or(started);
         ((now - since) as f64 / 1e6).max(0.0)
     })
 }
 
-/// A sink's lag in bytes of the source's log, as [`crate::lag`] defines it.
+/// A sink's lag in bytes of the source's log, as [`ferry_source::lag`] defines it.
 fn lag_bytes(src: &SourceStats, p: &SinkProgress) -> Option<u64> {
-    crate::lag::bytes_behind(
+    ferry_source::lag::bytes_behind(
         &src.position_now()?,
         p.position.as_ref()?,
         &src.binlog_sizes,
@@ -112,7 +112,7 @@ fn spool_usage(dir: &std::path::Path) -> (u64, usize) {
 
 fn started_micros() -> i64 {
     static STARTED: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-    *STARTED.get_or_init(crate::postgres::replication::unix_now_micros)
+    *STARTED.get_or_init(ferry_source::postgres::replication::unix_now_micros)
 }
 
 /// One metric family after another, in the Prometheus text format.
@@ -183,7 +183,7 @@ fn source_metrics(out: &mut Exposition, s: &Shared) {
         "Transactions larger than txn_memory_mb, spilled to disk before their commit.",
         &[(sl.clone(), src.spilled as f64)],
     );
-    let now = crate::postgres::replication::unix_now_micros();
+    let now = ferry_source::postgres::replication::unix_now_micros();
     let ret = &src.retention;
     if let Some(status) = &ret.wal_status {
         let samples: Vec<(String, f64)> = ["reserved", "extended", "unreserved", "lost"]
@@ -257,7 +257,7 @@ fn source_metrics(out: &mut Exposition, s: &Shared) {
 /// The initial snapshot's progress.
 fn snapshot_metrics(out: &mut Exposition) {
     let mut family = |n: &str, k: &str, h: &str, v: &[(String, f64)]| out.family(n, k, h, v);
-    let snap = &crate::progress::SNAPSHOT;
+    let snap = &ferry_source::progress::SNAPSHOT;
     family(
         "ferry_snapshot_running",
         "gauge",
@@ -448,7 +448,7 @@ pub fn unready(s: &Shared) -> Option<String> {
     if !src.connected {
         return Some("the source is not connected".into());
     }
-    let now = crate::postgres::replication::unix_now_micros();
+    let now = ferry_source::postgres::replication::unix_now_micros();
     if let Some(why) = src.retention.warning(now) {
         return Some(why);
     }
@@ -473,7 +473,7 @@ pub fn unready(s: &Shared) -> Option<String> {
 /// The `/status` document.
 pub fn status_json(s: &Shared) -> serde_json::Value {
     let src = s.source.borrow().clone();
-    let now = crate::postgres::replication::unix_now_micros();
+    let now = ferry_source::postgres::replication::unix_now_micros();
     let durable = *s.durable.borrow();
     let started = started_micros();
     let (bytes, segments) = spool_usage(&s.spool_dir);
@@ -559,7 +559,7 @@ fn route(s: &Shared, req: &Request<Incoming>) -> Response<Full<Bytes>> {
     match req.uri().path() {
         "/metrics" => respond(StatusCode::OK, "text/plain; version=0.0.4", metrics(s)),
         "/healthz" => {
-            let age = crate::postgres::replication::unix_now_micros() / 1_000_000
+            let age = ferry_source::postgres::replication::unix_now_micros() / 1_000_000
                 - s.tick.load(Ordering::Relaxed);
             if age <= 30 {
                 respond(StatusCode::OK, "text/plain", "ok\n".into())
@@ -609,14 +609,14 @@ pub async fn serve(
 ) -> Result<()> {
     let tick = shared.tick.clone();
     tick.store(
-        crate::postgres::replication::unix_now_micros() / 1_000_000,
+        ferry_source::postgres::replication::unix_now_micros() / 1_000_000,
         Ordering::Relaxed,
     );
     let ticker_stop = shutdown.clone();
     let ticker = tokio::spawn(async move {
         loop {
             tick.store(
-                crate::postgres::replication::unix_now_micros() / 1_000_000,
+                ferry_source::postgres::replication::unix_now_micros() / 1_000_000,
                 Ordering::Relaxed,
             );
             tokio::select! {

@@ -22,7 +22,7 @@ static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// How `ferry run` ended after a signal.
 enum Stopped {
-    Done(ferry_agent::error::Result<()>),
+    Done(ferry_source::error::Result<()>),
     /// A second signal, or the grace period over: exit with this code without waiting.
     Now(u8),
 }
@@ -181,7 +181,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::DdlTrigger {
             command: DdlTriggerCommand::Sql,
         } => {
-            print!("{}", ferry_agent::postgres::ddl::TRIGGER_SQL);
+            print!("{}", ferry_source::postgres::ddl::TRIGGER_SQL);
             Ok(())
         }
         Command::DdlTrigger {
@@ -191,7 +191,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let runtime = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            runtime.block_on(ferry_agent::postgres::ddl::install_for(&config))?;
+            runtime.block_on(ferry_agent::ddl_trigger::install_for(&config))?;
             println!(
                 "ferry's DDL trigger is installed on {}: column and table renames and dropped \
                  tables now reach the replicas exactly",

@@ -7,9 +7,9 @@ use ferry_proto::{Lsn, Position};
 use ferry_spool::{Cursors, segment};
 
 use crate::config::{Config, SinkKind, SourceKind};
-use crate::error::Result;
-use crate::postgres::source::spool_tail;
 use ferry_db::postgres::tls;
+use ferry_source::error::Result;
+use ferry_source::postgres::source::spool_tail;
 
 /// The status report as text.
 pub async fn status(config: &Config) -> Result<String> {
@@ -29,7 +29,7 @@ pub async fn status(config: &Config) -> Result<String> {
     let spooled: Option<String> = if bases.is_empty() {
         None
     } else if mysql {
-        crate::mysql::source::resume_position(dir)?.map(|p| p.to_string())
+        ferry_source::mysql::source::resume_position(dir)?.map(|p| p.to_string())
     } else {
         spool_tail(dir)?.resume_from.map(|l| Lsn(l).to_string())
     };
@@ -46,7 +46,7 @@ pub async fn status(config: &Config) -> Result<String> {
     let mut binlog_sizes = Vec::new();
     if mysql {
         binlog_sizes = mysql_source_line(config, &mut out).await;
-        binlog_now = crate::mysql::source::current_position(&binlog_sizes);
+        binlog_now = ferry_source::mysql::source::current_position(&binlog_sizes);
     } else {
         match tls::parse_url(config.source.url.expose()) {
             Ok((cfg, tls)) => match tls.connect_client(&cfg, "status").await {
@@ -59,7 +59,7 @@ pub async fn status(config: &Config) -> Result<String> {
                             &[&config.source.slot()],
                         )
                         .await?;
-                    let retention = crate::postgres::slot::retention(
+                    let retention = ferry_source::postgres::slot::retention(
                         &client,
                         config.source.slot(),
                         config.source.min_safe_wal_mb,
@@ -133,7 +133,11 @@ pub async fn status(config: &Config) -> Result<String> {
         let cursor = offset.map_or("-".into(), |o| o.to_string());
         let lag_s = offset
             .and_then(|o| {
-                crate::lag::seconds_behind(dir, o, crate::postgres::replication::unix_now_micros())
+                ferry_source::lag::seconds_behind(
+                    dir,
+                    o,
+                    ferry_source::postgres::replication::unix_now_micros(),
+                )
             })
             .map_or("-".into(), |s| format!("{s:.1}"));
         let state =
@@ -221,7 +225,7 @@ async fn mysql_source_line(config: &Config, out: &mut String) -> Vec<(String, u6
             return Vec::new();
         }
     };
-    let sizes = match crate::mysql::source::binlog_sizes(&mut conn).await {
+    let sizes = match ferry_source::mysql::source::binlog_sizes(&mut conn).await {
         Ok(sizes) => sizes,
         Err(e) => {
             let _ = writeln!(out, "source: SHOW BINARY LOGS failed: {e}");
@@ -231,7 +235,7 @@ async fn mysql_source_line(config: &Config, out: &mut String) -> Vec<(String, u6
     let _ = writeln!(
         out,
         "source: binlog at {}",
-        crate::mysql::source::current_position(&sizes)
+        ferry_source::mysql::source::current_position(&sizes)
             .map_or("- (no binary log)".into(), |p| p.to_string())
     );
     sizes
@@ -241,7 +245,7 @@ async fn mysql_source_line(config: &Config, out: &mut String) -> Vec<(String, u6
 async fn mysql_checkpoint(url: &str, sink: &str) -> Result<Option<(String, f64)>> {
     use mysql_async::prelude::Queryable;
     let opts = ferry_db::mysql::opts_from_url(url)
-        .map_err(|e| crate::error::Error::Config(format!("sink url: {e}")))?;
+        .map_err(|e| ferry_source::error::Error::Config(format!("sink url: {e}")))?;
     let mut conn = ferry_db::mysql::connect(opts).await?;
     let row: std::result::Result<Option<(String, f64)>, mysql_async::Error> = conn
         .exec_first(
@@ -257,7 +261,7 @@ async fn mysql_checkpoint(url: &str, sink: &str) -> Result<Option<(String, f64)>
     }
 }
 
-/// How many bytes of the source's log lie past a sink's applied position ([`crate::lag`]), or
+/// How many bytes of the source's log lie past a sink's applied position ([`ferry_source::lag`]), or
 /// "-" when it cannot be known.
 fn lag_bytes(
     wal_now: Option<Lsn>,
@@ -273,6 +277,6 @@ fn lag_bytes(
     applied
         .parse::<Position>()
         .ok()
-        .and_then(|a| crate::lag::bytes_behind(&now, &a, binlog_sizes))
+        .and_then(|a| ferry_source::lag::bytes_behind(&now, &a, binlog_sizes))
         .map_or("-".into(), |b| b.to_string())
 }

@@ -14,20 +14,20 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{AckPolicy, Config, SinkKind, SnapshotMode, SourceKind};
-use crate::error::{Error, Result};
-use crate::filter::TableFilter;
-use crate::postgres::replication::ConnParams;
-use crate::postgres::{PgSource, SourceSettings};
+use ferry_source::error::{Error, Result};
+use ferry_source::filter::TableFilter;
+use ferry_source::postgres::replication::ConnParams;
+use ferry_source::postgres::{PgSource, SourceSettings};
 
 /// Builds the MySQL/MariaDB source settings from the configuration.
-pub fn mysql_settings(config: &Config) -> Result<crate::mysql::MysqlSettings> {
+pub fn mysql_settings(config: &Config) -> Result<ferry_source::mysql::MysqlSettings> {
     let src = &config.source;
     let filter = TableFilter::new(
         src.tables.iter().map(|t| t.as_str()),
         src.exclude.iter().map(|t| t.as_str()),
     )
     .map_err(|e| Error::Config(format!("source.tables: {e}")))?;
-    Ok(crate::mysql::MysqlSettings {
+    Ok(ferry_source::mysql::MysqlSettings {
         url: src.url.expose().to_owned(),
         server_id: src.server_id.unwrap_or_default(),
         filter,
@@ -55,7 +55,7 @@ fn source_database(config: &Config) -> Result<String> {
 /// The running source, by kind.
 enum Source {
     Postgres(Box<PgSource>),
-    Mysql(Box<crate::mysql::MysqlSource>),
+    Mysql(Box<ferry_source::mysql::MysqlSource>),
 }
 
 impl Source {
@@ -73,7 +73,7 @@ impl Source {
         }
     }
 
-    fn stats(&self) -> watch::Receiver<crate::capture::stats::SourceStats> {
+    fn stats(&self) -> watch::Receiver<ferry_source::capture::stats::SourceStats> {
         match self {
             Source::Postgres(s) => s.stats(),
             Source::Mysql(s) => s.stats(),
@@ -280,12 +280,14 @@ pub async fn run(
         "ferry starting"
     );
     let mut source = if mysql {
-        let settings = crate::mysql::MysqlSettings {
+        let settings = ferry_source::mysql::MysqlSettings {
             applied,
             truncate_below,
             ..mysql_settings(&config)?
         };
-        Source::Mysql(Box::new(crate::mysql::MysqlSource::new(settings, spool)?))
+        Source::Mysql(Box::new(ferry_source::mysql::MysqlSource::new(
+            settings, spool,
+        )?))
     } else {
         let settings = SourceSettings {
             until: until.map(|l| l.0),

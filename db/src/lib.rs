@@ -1,10 +1,13 @@
 //! ferry's database plumbing, shared by the sources, the sinks and the commands: connecting to
 //! PostgreSQL (with `sslmode`/`sslrootcert` as libpq means them) and to MySQL/MariaDB (with
-//! `ssl_ca`), each within a time limit; quoting; and which errors are worth retrying.
+//! `ssl_ca`), each within a time limit; quoting; which errors are worth retrying and the backoff
+//! between tries; and keeping secrets out of logs.
 
 pub mod error;
 pub mod mysql;
 pub mod postgres;
+pub mod redact;
+pub mod retry;
 pub mod transient;
 
 pub use error::ConnectError;

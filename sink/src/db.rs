@@ -45,7 +45,7 @@ impl std::fmt::Debug for DbSinkConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("DbSinkConfig")
             .field("name", &self.name)
-            .field("url", &crate::redact::redact(&self.url))
+            .field("url", &ferry_db::redact::redact(&self.url))
             .field("on_error", &self.on_error)
             .field("create_tables", &self.create_tables)
             .field("spool_dir", &self.spool_dir)

@@ -14,11 +14,9 @@ pub mod mysql;
 pub mod policy;
 pub mod postgres;
 pub mod progress;
-pub mod redact;
-pub mod retry;
 pub mod types;
 pub mod worker;
 
 pub use error::SinkError;
+pub use ferry_db::retry::Backoff;
 pub use policy::OnError;
-pub use retry::Backoff;

@@ -78,7 +78,10 @@ impl std::fmt::Debug for KafkaSinkConfig {
             .field("topic", &self.topic)
             .field("format", &self.format)
             .field("exactly_once", &self.exactly_once)
-            .field("properties", &crate::redact::properties(&self.properties))
+            .field(
+                "properties",
+                &ferry_db::redact::properties(&self.properties),
+            )
             .field("spool_dir", &self.spool_dir)
             .finish_non_exhaustive()
     }
@@ -353,7 +356,7 @@ impl Destination for Kafka {
                 opened.applied = position;
             }
         }
-        let shown = crate::redact::properties(&cfg.properties);
+        let shown = ferry_db::redact::properties(&cfg.properties);
         if !cfg.properties.is_empty() {
             tracing::info!(sink = %cfg.name, properties = ?shown, exactly_once = cfg.exactly_once, "kafka producer");
         }

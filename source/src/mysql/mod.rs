@@ -9,6 +9,5 @@ pub mod payload;
 pub mod schema;
 pub mod source;
 pub mod table_def;
-pub mod verify;
 
 pub use source::{MysqlSettings, MysqlSource};

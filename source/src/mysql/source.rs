@@ -76,7 +76,7 @@ pub struct MysqlSettings {
 impl std::fmt::Debug for MysqlSettings {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MysqlSettings")
-            .field("url", &ferry_sink::redact::redact(&self.url))
+            .field("url", &ferry_db::redact::redact(&self.url))
             .field("server_id", &self.server_id)
             .field("filter", &self.filter)
             .field("snapshot", &self.snapshot)
@@ -220,7 +220,7 @@ impl MysqlSource {
 
     /// Streams until `shutdown` turns true, reconnecting after transient failures with backoff.
     pub async fn run(&mut self, shutdown: CancellationToken) -> Result<()> {
-        let mut backoff = ferry_sink::Backoff::default();
+        let mut backoff = ferry_db::retry::Backoff::default();
         loop {
             let started = Instant::now();
             let result = self.session(&shutdown).await;
@@ -233,7 +233,7 @@ impl MysqlSource {
                 Err(e) if e.is_transient() => {
                     self.commit_spool()?;
                     if started.elapsed() > Duration::from_secs(30) {
-                        backoff = ferry_sink::Backoff::default();
+                        backoff = ferry_db::retry::Backoff::default();
                     }
                     let wait = backoff.next_delay();
                     tracing::warn!(error = %e, retry_in = ?wait, "mysql source: connection failed; reconnecting");

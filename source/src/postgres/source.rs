@@ -306,7 +306,7 @@ impl PgSource {
 
     /// Streams until `shutdown` turns true, reconnecting after transient failures with backoff.
     pub async fn run(&mut self, shutdown: CancellationToken) -> Result<()> {
-        let mut backoff = ferry_sink::Backoff::default();
+        let mut backoff = ferry_db::retry::Backoff::default();
         loop {
             self.streaming = false;
             let result = self.session(&shutdown).await;

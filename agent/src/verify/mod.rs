@@ -8,6 +8,8 @@
 //! is checked again after waiting for the sink's checkpoint to pass the source's current WAL
 //! position; only a chunk that still differs after that is reported.
 
+pub mod mysql;
+
 use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
@@ -17,9 +19,9 @@ use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
 
 use crate::config::{Config, SinkKind};
-use crate::error::{Error, Result};
 use crate::supervisor::pg_settings;
 use ferry_db::postgres::tls;
+use ferry_source::error::{Error, Result};
 
 /// Rows per chunk.
 pub const CHUNK_ROWS: i64 = 50_000;
@@ -82,7 +84,7 @@ pub fn write_line(out: &mut String, r: &TableReport) {
 /// the tables that differ.
 pub async fn verify(config: &Config, out: &mut String) -> Result<Vec<TableReport>> {
     if config.source.kind == crate::config::SourceKind::Mysql {
-        return crate::mysql::verify::verify(config, out).await;
+        return crate::verify::mysql::verify(config, out).await;
     }
     let settings = pg_settings(config)?;
     let (cfg, tls) = tls::parse_url(config.source.url.expose())?;
@@ -117,7 +119,7 @@ pub async fn verify(config: &Config, out: &mut String) -> Result<Vec<TableReport
 
 async fn captured_tables(
     client: &Client,
-    settings: &crate::postgres::SourceSettings,
+    settings: &ferry_source::postgres::SourceSettings,
 ) -> Result<Vec<Table>> {
     let rows = client
         .query(

@@ -16,10 +16,10 @@ use ferry_proto::Position;
 use mysql_async::prelude::Queryable;
 use mysql_async::{Conn, Value as My};
 
-use super::schema::{self, TableSchema};
+use super::{CHUNK_ROWS, TableReport, write_header, write_line};
 use crate::config::{Config, SinkKind};
-use crate::error::{Error, Result};
-use crate::verify::{CHUNK_ROWS, TableReport, write_header, write_line};
+use ferry_source::error::{Error, Result};
+use ferry_source::mysql::schema::{self, TableSchema};
 
 const RECHECKS: usize = 3;
 
