@@ -205,6 +205,23 @@ async fn check_postgres_source(config: &Config, r: &mut Report) -> Result<Tables
             true
         }
     };
+    slots_and_senders(&client, slot_exists, r).await?;
+    let tables = postgres_tables(&client, &settings, r).await?;
+    if tables.is_empty() {
+        r.warn("no table matches source.tables and source.exclude: nothing would be captured");
+    } else {
+        r.ok(format!("{} table(s) to capture", tables.len()));
+    }
+    publication_coverage(&client, &settings, &tables, r).await?;
+    Ok(tables)
+}
+
+/// Whether a replication slot (unless ferry's exists) and a WAL sender are free.
+async fn slots_and_senders(
+    client: &tokio_postgres::Client,
+    slot_exists: bool,
+    r: &mut Report,
+) -> Result<()> {
     let row = client
         .query_one(
             "SELECT current_setting('max_replication_slots')::int,
@@ -228,6 +245,16 @@ async fn check_postgres_source(config: &Config, r: &mut Report) -> Result<Tables
             "all {max_senders} WAL senders are busy: raise max_wal_senders and restart"
         ));
     }
+    Ok(())
+}
+
+/// The tables the filter captures (with SELECT granted, and each keyless one as `keyless` will
+/// treat it): (schema, name, has a key or REPLICA IDENTITY FULL).
+async fn postgres_tables(
+    client: &tokio_postgres::Client,
+    settings: &ferry_source::postgres::source::SourceSettings,
+    r: &mut Report,
+) -> Result<Tables> {
     let rows = client
         .query(
             "SELECT n.nspname::text, c.relname::text, c.relreplident::text,
@@ -256,7 +283,7 @@ async fn check_postgres_source(config: &Config, r: &mut Report) -> Result<Tables
         tables.push((schema, name, pk || ident == "f"));
     }
     // The same tables `run` refuses or handles: one query decides both.
-    for t in ferry_source::postgres::keyless::find(&client, &settings.filter).await? {
+    for t in ferry_source::postgres::keyless::find(client, &settings.filter).await? {
         use ferry_source::postgres::keyless::Keyless;
         let (table, what) = (
             format!("{}.{}", t.schema, t.name),
@@ -285,11 +312,16 @@ async fn check_postgres_source(config: &Config, r: &mut Report) -> Result<Tables
             )),
         }
     }
-    if tables.is_empty() {
-        r.warn("no table matches source.tables and source.exclude: nothing would be captured");
-    } else {
-        r.ok(format!("{} table(s) to capture", tables.len()));
-    }
+    Ok(tables)
+}
+
+/// An existing publication that lists its tables: every captured table must be in it.
+async fn publication_coverage(
+    client: &tokio_postgres::Client,
+    settings: &ferry_source::postgres::source::SourceSettings,
+    tables: &Tables,
+    r: &mut Report,
+) -> Result<()> {
     let publication = client
         .query_opt(
             "SELECT puballtables FROM pg_publication WHERE pubname = $1",
@@ -308,7 +340,7 @@ async fn check_postgres_source(config: &Config, r: &mut Report) -> Result<Tables
             .iter()
             .map(|r| (r.get(0), r.get(1)))
             .collect();
-        for (s, t, _) in &tables {
+        for (s, t, _) in tables {
             if !published.iter().any(|(ps, pt)| ps == s && pt == t) {
                 r.warn(format!(
                     "publication {:?} does not include {s}.{t}: ALTER PUBLICATION {} ADD TABLE {s}.{t}",
@@ -317,7 +349,7 @@ async fn check_postgres_source(config: &Config, r: &mut Report) -> Result<Tables
             }
         }
     }
-    Ok(tables)
+    Ok(())
 }
 
 /// How much WAL the server keeps for a slot that falls behind, and how long it keeps an idle one:
@@ -382,7 +414,7 @@ async fn check_mysql_source(config: &Config, r: &mut Report) -> Result<Tables> {
         return Ok(Vec::new());
     };
     r.ok(format!("source {} reachable", config.source.url));
-    for p in ferry_source::mysql::source::prerequisites(&mut conn, settings.server_id).await? {
+    for p in ferry_source::mysql::server::prerequisites(&mut conn, settings.server_id).await? {
         match (p.ok, p.transient) {
             (true, _) => r.ok(p.text),
             // `run` waits for it to pass (ferry's own killed predecessor, most likely).
@@ -424,7 +456,7 @@ async fn check_mysql_source(config: &Config, r: &mut Report) -> Result<Tables> {
             r.warn("gtid_mode is not ON (advisory): ferry resumes by file:position either way");
         }
     }
-    match ferry_source::mysql::source::binlog_expiry(&mut conn).await {
+    match ferry_source::mysql::server::binlog_expiry(&mut conn).await {
         Ok(0) => r.warn(
             "binlogs are never expired (binlog_expire_logs_seconds and expire_logs_days are 0): \
              the source's disk grows; ferry needs them kept only as long as it may be down",

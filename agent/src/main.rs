@@ -49,53 +49,10 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Command::Run(args) => {
-            let config = Config::load(&args.config.config)?;
-            let until = args.until;
-            let grace = std::time::Duration::from_secs(u64::from(
-                config.shutdown_grace_seconds.unwrap_or(10),
-            ));
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
-            let outcome = runtime.block_on(async {
-                let stop = CancellationToken::new();
-                let run = supervisor::run(config, until, stop.clone());
-                tokio::pin!(run);
-                tokio::select! {
-                    r = &mut run => return Stopped::Done(r),
-                    _ = wait_for_signal() => {}
-                }
-                tracing::info!("shutdown requested; stopping cleanly (signal again to exit now)");
-                stop.cancel();
-                tokio::select! {
-                    r = &mut run => Stopped::Done(r),
-                    _ = wait_for_signal() => {
-                        tracing::warn!("second signal: exiting at once");
-                        Stopped::Now(130)
-                    }
-                    _ = tokio::time::sleep(grace) => {
-                        // Whatever was not committed is read again at the next start.
-                        tracing::error!(grace_secs = grace.as_secs(), "not stopped within the grace period (shutdown_grace_seconds): exiting");
-                        Stopped::Now(1)
-                    }
-                }
-            });
-            match outcome {
-                Stopped::Done(r) => r?,
-                Stopped::Now(code) => {
-                    // Tasks still running (a hung target) are not waited for.
-                    runtime.shutdown_timeout(std::time::Duration::from_millis(500));
-                    return Err(ExitNow(code).into());
-                }
-            }
-            Ok(())
-        }
+        Command::Run(args) => run_ferry(Config::load(&args.config.config)?, args.until),
         Command::Check(args) => {
             let config = Config::load(&args.config)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let runtime = runtime()?;
             let report = runtime.block_on(ferry_agent::check::check(&config))?;
             print!("{report}");
             if report.passes() {
@@ -121,18 +78,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Status(args) => {
             let config = Config::load(&args.config)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let runtime = runtime()?;
             let text = runtime.block_on(ferry_agent::status::status(&config))?;
             print!("{text}");
             Ok(())
         }
         Command::Verify(args) => {
             let config = Config::load(&args.config)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let runtime = runtime()?;
             let mut text = String::new();
             let reports = runtime.block_on(ferry_agent::verify::verify(&config, &mut text))?;
             print!("{text}");
@@ -154,30 +107,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     from,
                     follow,
                 },
-        } => {
-            let config = Config::load(&config.config)?;
-            let stop = Arc::new(AtomicBool::new(false));
-            if follow {
-                let flag = stop.clone();
-                std::thread::spawn(move || {
-                    let rt = tokio::runtime::Builder::new_current_thread()
-                        .enable_all()
-                        .build();
-                    if let Ok(rt) = rt {
-                        rt.block_on(async {
-                            let _ = tokio::signal::ctrl_c().await;
-                        });
-                        flag.store(true, Ordering::Relaxed);
-                    }
-                });
-            }
-            let stdout = std::io::stdout();
-            let mut out = std::io::BufWriter::new(stdout.lock());
-            dump::dump(config.spool.dir(), from, follow, &mut out, || {
-                stop.load(Ordering::Relaxed)
-            })?;
-            Ok(())
-        }
+        } => dump_log(&Config::load(&config.config)?, from, follow),
         Command::DdlTrigger {
             command: DdlTriggerCommand::Sql,
         } => {
@@ -188,9 +118,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             command: DdlTriggerCommand::Install(args),
         } => {
             let config = Config::load(&args.config)?;
-            let runtime = tokio::runtime::Builder::new_multi_thread()
-                .enable_all()
-                .build()?;
+            let runtime = runtime()?;
             runtime.block_on(ferry_agent::ddl_trigger::install_for(&config))?;
             println!(
                 "ferry's DDL trigger is installed on {}: column and table renames and dropped \
@@ -200,6 +128,77 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// `ferry run`: until the first SIGTERM/SIGINT, then a clean stop within the grace period;
+/// a second signal (exit 130) or the grace running out (exit 1) ends the process at once.
+fn run_ferry(config: Config, until: Option<ferry_proto::Lsn>) -> anyhow::Result<()> {
+    let grace =
+        std::time::Duration::from_secs(u64::from(config.shutdown_grace_seconds.unwrap_or(10)));
+    let runtime = runtime()?;
+    let outcome = runtime.block_on(async {
+        let stop = CancellationToken::new();
+        let run = supervisor::run(config, until, stop.clone());
+        tokio::pin!(run);
+        tokio::select! {
+            r = &mut run => return Stopped::Done(r),
+            _ = wait_for_signal() => {}
+        }
+        tracing::info!("shutdown requested; stopping cleanly (signal again to exit now)");
+        stop.cancel();
+        tokio::select! {
+            r = &mut run => Stopped::Done(r),
+            _ = wait_for_signal() => {
+                tracing::warn!("second signal: exiting at once");
+                Stopped::Now(130)
+            }
+            _ = tokio::time::sleep(grace) => {
+                // Whatever was not committed is read again at the next start.
+                tracing::error!(grace_secs = grace.as_secs(), "not stopped within the grace period (shutdown_grace_seconds): exiting");
+                Stopped::Now(1)
+            }
+        }
+    });
+    match outcome {
+        Stopped::Done(r) => r?,
+        Stopped::Now(code) => {
+            // Tasks still running (a hung target) are not waited for.
+            runtime.shutdown_timeout(std::time::Duration::from_millis(500));
+            return Err(ExitNow(code).into());
+        }
+    }
+    Ok(())
+}
+
+/// `ferry log dump`: the spool's events as JSON lines, following new ones until Ctrl-C with
+/// `--follow`.
+fn dump_log(config: &Config, from: Option<u64>, follow: bool) -> anyhow::Result<()> {
+    let stop = Arc::new(AtomicBool::new(false));
+    if follow {
+        let flag = stop.clone();
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build();
+            if let Ok(rt) = rt {
+                rt.block_on(async {
+                    let _ = tokio::signal::ctrl_c().await;
+                });
+                flag.store(true, Ordering::Relaxed);
+            }
+        });
+    }
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    dump::dump(config.spool.dir(), from, follow, &mut out, || {
+        stop.load(Ordering::Relaxed)
+    })?;
+    Ok(())
+}
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }
 
 /// SIGTERM or SIGINT.

@@ -235,33 +235,8 @@ pub async fn run(
             "--until takes a PostgreSQL LSN; it does not apply to a mysql source".into(),
         ));
     }
-    let opts = WriterOptions {
-        segment_bytes: u64::from(config.spool.segment_mb.unwrap_or(64)) << 20,
-    };
     let dir = config.spool.dir().to_owned();
-    let (spool, recovery) = SpoolWriter::open(&dir, opts)?;
-    if recovery.truncated_bytes > 0 {
-        tracing::warn!(
-            bytes = recovery.truncated_bytes,
-            "spool recovered from an interrupted write"
-        );
-    }
-    // A sink that has never run starts at the spool's beginning, which must still be there.
-    let cursors = Cursors::new(&dir);
-    let oldest = segment::list(&dir)?.first().copied().unwrap_or(0);
-    for sink in &sink_configs {
-        if cursors.load(sink.name())?.is_none() {
-            if oldest > 0 {
-                return Err(Error::Gap(format!(
-                    "sink {:?} is new, but the spool no longer holds its beginning (segments \
-                     were deleted once the other sinks applied them): start the new sink with \
-                     its own spool directory and a new slot, so it gets a snapshot",
-                    sink.name()
-                )));
-            }
-            cursors.save(sink.name(), Offset(0))?;
-        }
-    }
+    let spool = open_spool(&config, &sink_configs)?;
     let durable = spool.subscribe();
     let (applied_tx, applied_rx) = watch::channel(Offset(0));
     // Segments every sink has applied go, whatever the acknowledgement waits for; with
@@ -300,29 +275,7 @@ pub async fn run(
 
     // Sinks stop after the source, so they apply what it spooled last.
     let sinks_stop = CancellationToken::new();
-    let mut progress: Vec<(String, watch::Receiver<SinkProgress>)> = Vec::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    for cfg in sink_configs {
-        let name = cfg.name().to_owned();
-        let (durable, stop) = (durable.clone(), sinks_stop.clone());
-        match cfg {
-            SinkSettings::Postgres(cfg) => {
-                let (sink, rx) = PgSink::new(cfg);
-                progress.push((name.clone(), rx));
-                tasks.spawn(async move { (name, sink.run(durable, stop).await) });
-            }
-            SinkSettings::Mysql(cfg) => {
-                let (sink, rx) = ferry_sink::mysql::MySink::new(cfg);
-                progress.push((name.clone(), rx));
-                tasks.spawn(async move { (name, sink.run(durable, stop).await) });
-            }
-            SinkSettings::Kafka(cfg) => {
-                let (sink, rx) = KafkaSink::new(*cfg);
-                progress.push((name.clone(), rx));
-                tasks.spawn(async move { (name, sink.run(durable, stop).await) });
-            }
-        }
-    }
+    let (mut progress, mut tasks) = spawn_sinks(sink_configs, &durable, &sinks_stop);
     let watchers: Vec<watch::Receiver<SinkProgress>> =
         progress.iter().map(|(_, rx)| rx.clone()).collect();
     let http_stop = CancellationToken::new();
@@ -412,6 +365,73 @@ fn sink_views(
             }
         })
         .collect()
+}
+
+/// Opens the spool, recovering from an interrupted write, and starts each sink that has never
+/// run at the spool's beginning, which must still be there.
+fn open_spool(config: &Config, sinks: &[SinkSettings]) -> Result<SpoolWriter> {
+    let opts = WriterOptions {
+        segment_bytes: u64::from(config.spool.segment_mb.unwrap_or(64)) << 20,
+    };
+    let dir = config.spool.dir();
+    let (spool, recovery) = SpoolWriter::open(dir, opts)?;
+    if recovery.truncated_bytes > 0 {
+        tracing::warn!(
+            bytes = recovery.truncated_bytes,
+            "spool recovered from an interrupted write"
+        );
+    }
+    let cursors = Cursors::new(dir);
+    let oldest = segment::list(dir)?.first().copied().unwrap_or(0);
+    for sink in sinks {
+        if cursors.load(sink.name())?.is_none() {
+            if oldest > 0 {
+                return Err(Error::Gap(format!(
+                    "sink {:?} is new, but the spool no longer holds its beginning (segments \
+                     were deleted once the other sinks applied them): start the new sink with \
+                     its own spool directory and a new slot, so it gets a snapshot",
+                    sink.name()
+                )));
+            }
+            cursors.save(sink.name(), Offset(0))?;
+        }
+    }
+    Ok(spool)
+}
+
+type SinkTasks = tokio::task::JoinSet<(String, ferry_sink::error::Result<()>)>;
+
+/// Starts one worker per sink, each tailing the spool until `stop`; returns their progress
+/// channels and tasks.
+fn spawn_sinks(
+    sink_configs: Vec<SinkSettings>,
+    durable: &watch::Receiver<Offset>,
+    stop: &CancellationToken,
+) -> (Vec<(String, watch::Receiver<SinkProgress>)>, SinkTasks) {
+    let mut progress: Vec<(String, watch::Receiver<SinkProgress>)> = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for cfg in sink_configs {
+        let name = cfg.name().to_owned();
+        let (durable, stop) = (durable.clone(), stop.clone());
+        match cfg {
+            SinkSettings::Postgres(cfg) => {
+                let (sink, rx) = PgSink::new(cfg);
+                progress.push((name.clone(), rx));
+                tasks.spawn(async move { (name, sink.run(durable, stop).await) });
+            }
+            SinkSettings::Mysql(cfg) => {
+                let (sink, rx) = ferry_sink::mysql::MySink::new(cfg);
+                progress.push((name.clone(), rx));
+                tasks.spawn(async move { (name, sink.run(durable, stop).await) });
+            }
+            SinkSettings::Kafka(cfg) => {
+                let (sink, rx) = KafkaSink::new(*cfg);
+                progress.push((name.clone(), rx));
+                tasks.spawn(async move { (name, sink.run(durable, stop).await) });
+            }
+        }
+    }
+    (progress, tasks)
 }
 
 /// The same checks as `ferry check`, logged: refuses what retrying cannot fix.

@@ -215,6 +215,25 @@ struct Run {
     store: Arc<Mutex<Store>>,
     progress: SinkProgress,
     result: Result<()>,
+    /// The spool directory (dead letters are beside it).
+    dir: tempfile::TempDir,
+}
+
+/// Runs a worker over a spool of 10 transactions of 3 rows into a destination set up as
+/// `store` says.
+async fn run_ten(store: Store, on_error: OnError) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let w = spool(dir.path(), 10, 3);
+    let mut r = run(dir.path(), &w, Arc::new(Mutex::new(store)), on_error).await;
+    r.dir = dir;
+    r
+}
+
+/// Every row of the ten transactions but `missing`, each committed once.
+fn assert_all_but(s: &Store, missing: &[i64]) {
+    let want: Vec<i64> = (1..=30).filter(|i| !missing.contains(i)).collect();
+    assert_eq!(ids(s), want);
+    assert_eq!(s.duplicates, 0);
 }
 
 /// Runs a worker over the spool until it has applied everything (or stopped), then shuts it
@@ -258,6 +277,7 @@ async fn run(
         store,
         progress,
         result,
+        dir: tempfile::tempdir().unwrap(),
     }
 }
 
@@ -267,13 +287,10 @@ fn ids(store: &Store) -> Vec<i64> {
 
 #[tokio::test]
 async fn applies_every_transaction_once_in_batches() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = spool(dir.path(), 10, 3);
-    let r = run(dir.path(), &w, Arc::default(), OnError::Halt).await;
+    let r = run_ten(Store::default(), OnError::Halt).await;
     r.result.unwrap();
     let s = r.store.lock().unwrap();
-    assert_eq!(ids(&s), (1..=30).collect::<Vec<_>>());
-    assert_eq!(s.duplicates, 0);
+    assert_all_but(&s, &[]);
     assert_eq!(
         s.checkpoint.as_ref().unwrap().0,
         Position::Postgres(Lsn(10))
@@ -286,100 +303,80 @@ async fn applies_every_transaction_once_in_batches() {
 
 #[tokio::test]
 async fn a_change_by_change_destination_commits_each_transaction() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = spool(dir.path(), 5, 2);
-    let store = Arc::new(Mutex::new(Store {
+    let store = Store {
         change_by_change: true,
         ..Store::default()
-    }));
-    let r = run(dir.path(), &w, store, OnError::Halt).await;
+    };
+    let r = run_ten(store, OnError::Halt).await;
     r.result.unwrap();
     let s = r.store.lock().unwrap();
-    assert_eq!(ids(&s), (1..=10).collect::<Vec<_>>());
-    assert_eq!(s.commits, 5);
+    assert_all_but(&s, &[]);
+    assert_eq!(s.commits, 10);
 }
 
 #[tokio::test]
 async fn a_transient_apply_failure_retries_without_duplicates() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = spool(dir.path(), 10, 3);
-    let store = Arc::new(Mutex::new(Store {
+    let store = Store {
         fail_apply: Some(12),
         ..Store::default()
-    }));
-    let r = run(dir.path(), &w, store, OnError::Halt).await;
+    };
+    let r = run_ten(store, OnError::Halt).await;
     r.result.unwrap();
     let s = r.store.lock().unwrap();
-    assert_eq!(ids(&s), (1..=30).collect::<Vec<_>>());
-    assert_eq!(s.duplicates, 0);
+    assert_all_but(&s, &[]);
     assert_eq!(s.opens, 2);
     assert_eq!(r.progress.retries, 1);
 }
 
 #[tokio::test]
 async fn a_failed_commit_is_retried_whole() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = spool(dir.path(), 10, 3);
-    let store = Arc::new(Mutex::new(Store {
+    let store = Store {
         fail_commit: Some(1),
         ..Store::default()
-    }));
-    let r = run(dir.path(), &w, store, OnError::Halt).await;
+    };
+    let r = run_ten(store, OnError::Halt).await;
     r.result.unwrap();
-    let s = r.store.lock().unwrap();
-    assert_eq!(ids(&s), (1..=30).collect::<Vec<_>>());
-    assert_eq!(s.duplicates, 0);
+    assert_all_but(&r.store.lock().unwrap(), &[]);
     assert_eq!(r.progress.retries, 1);
 }
 
 #[tokio::test]
 async fn a_commit_whose_ack_is_lost_is_not_applied_twice() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = spool(dir.path(), 10, 3);
-    let store = Arc::new(Mutex::new(Store {
+    let store = Store {
         lose_commit_ack: Some(1),
         ..Store::default()
-    }));
-    let r = run(dir.path(), &w, store, OnError::Halt).await;
+    };
+    let r = run_ten(store, OnError::Halt).await;
     r.result.unwrap();
     let s = r.store.lock().unwrap();
     // The reopened destination's checkpoint says what it has; the worker resumes after it.
-    assert_eq!(ids(&s), (1..=30).collect::<Vec<_>>());
-    assert_eq!(s.duplicates, 0);
+    assert_all_but(&s, &[]);
     assert_eq!(s.opens, 2);
 }
 
 #[tokio::test]
 async fn transactions_the_destination_has_are_skipped() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = spool(dir.path(), 10, 3);
     // The destination has transactions 1–4 and keeps no offset: the worker reads the spool
     // from its start and skips what the position covers.
-    let store = Arc::new(Mutex::new(Store {
+    let store = Store {
         checkpoint: Some((Position::Postgres(Lsn(4)), Offset(0))),
+        rows: (1..=12).map(|i| (i, format!("row {i}"))).collect(),
         ..Store::default()
-    }));
-    {
-        let mut s = store.lock().unwrap();
-        s.rows = (1..=12).map(|i| (i, format!("row {i}"))).collect();
-    }
-    let r = run(dir.path(), &w, store, OnError::Halt).await;
+    };
+    let r = run_ten(store, OnError::Halt).await;
     r.result.unwrap();
     let s = r.store.lock().unwrap();
-    assert_eq!(ids(&s), (1..=30).collect::<Vec<_>>());
-    assert_eq!(s.duplicates, 0);
+    assert_all_but(&s, &[]);
     assert_eq!(s.change_applies, 18);
 }
 
 #[tokio::test]
 async fn a_refused_change_halts_after_the_transactions_before_it() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = spool(dir.path(), 10, 3);
-    let store = Arc::new(Mutex::new(Store {
+    let store = Store {
         refuse: [14].into(),
         ..Store::default()
-    }));
-    let r = run(dir.path(), &w, store, OnError::Halt).await;
+    };
+    let r = run_ten(store, OnError::Halt).await;
     let err = r.result.unwrap_err().to_string();
     assert!(
         err.contains("pg:0/5") && err.contains("id=Int(14)"),
@@ -397,36 +394,27 @@ async fn a_refused_change_halts_after_the_transactions_before_it() {
 
 #[tokio::test]
 async fn a_refused_change_is_skipped_and_the_rest_applied() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = spool(dir.path(), 10, 3);
-    let store = Arc::new(Mutex::new(Store {
+    let store = Store {
         refuse: [14].into(),
         ..Store::default()
-    }));
-    let r = run(dir.path(), &w, store, OnError::Skip).await;
+    };
+    let r = run_ten(store, OnError::Skip).await;
     r.result.unwrap();
-    let s = r.store.lock().unwrap();
-    let want: Vec<i64> = (1..=30).filter(|&i| i != 14).collect();
-    assert_eq!(ids(&s), want);
-    assert_eq!(s.duplicates, 0);
+    assert_all_but(&r.store.lock().unwrap(), &[14]);
     assert_eq!(r.progress.skipped, 1);
 }
 
 #[tokio::test]
 async fn a_refused_change_becomes_a_dead_letter() {
-    let dir = tempfile::tempdir().unwrap();
-    let w = spool(dir.path(), 10, 3);
-    let store = Arc::new(Mutex::new(Store {
+    let store = Store {
         refuse: [14, 29].into(),
         ..Store::default()
-    }));
-    let r = run(dir.path(), &w, store, OnError::DeadLetter).await;
+    };
+    let r = run_ten(store, OnError::DeadLetter).await;
     r.result.unwrap();
-    let s = r.store.lock().unwrap();
-    let want: Vec<i64> = (1..=30).filter(|&i| i != 14 && i != 29).collect();
-    assert_eq!(ids(&s), want);
+    assert_all_but(&r.store.lock().unwrap(), &[14, 29]);
     assert_eq!(r.progress.dead_lettered, 2);
-    let text = std::fs::read_to_string(dir.path().join("dead-letter/mem.jsonl")).unwrap();
+    let text = std::fs::read_to_string(r.dir.path().join("dead-letter/mem.jsonl")).unwrap();
     let lines: Vec<serde_json::Value> = text
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())

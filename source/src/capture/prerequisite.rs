@@ -1,5 +1,5 @@
 //! What a source server must offer before ferry streams from it, decided once per engine
-//! (`postgres::prerequisites`, `mysql::source::prerequisites`) and read by both `ferry check`
+//! (`postgres::prerequisites`, `mysql::server::prerequisites`) and read by both `ferry check`
 //! (every finding) and the source at start (the first unmet one refuses).
 
 /// One prerequisite: met or not, what was found or what to change, and whether it may pass by

@@ -7,6 +7,7 @@ pub mod ddl;
 pub mod decode;
 pub mod payload;
 pub mod schema;
+pub mod server;
 pub mod source;
 pub mod table_def;
 

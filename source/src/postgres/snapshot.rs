@@ -69,40 +69,7 @@ pub async fn copy_all(
         return Err(Error::Protocol("the slot exported no snapshot".into()));
     }
     let first = connect(settings, snapshot_name).await?;
-    let tables: Vec<Table> = first
-        .query(
-            "SELECT c.oid, n.nspname::text, c.relname::text, c.relreplident::text
-             FROM pg_publication_tables p
-             JOIN pg_namespace n ON n.nspname = p.schemaname
-             JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename
-             WHERE p.pubname = $1 ORDER BY pg_relation_size(c.oid) DESC, 2, 3",
-            &[&settings.publication],
-        )
-        .await?
-        .iter()
-        .map(|r| Table {
-            oid: r.get(0),
-            schema: r.get(1),
-            name: r.get(2),
-            replident: r.get(3),
-        })
-        .filter(|t| settings.filter.accepts(&t.schema, &t.name))
-        .collect();
-    // Foreign keys among the copied tables: parents are copied before children, one table at a
-    // time, so a replica applying the copy in order (without session_replication_role) never
-    // meets a row whose parent it has not seen.
-    let edges: Vec<(u32, u32)> = first
-        .query(
-            "SELECT conrelid, confrelid FROM pg_constraint
-             WHERE contype = 'f' AND conrelid <> confrelid",
-            &[],
-        )
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .filter(|(c, p)| tables.iter().any(|t| t.oid == *c) && tables.iter().any(|t| t.oid == *p))
-        .collect();
-    let tables = parents_first(tables, &edges);
+    let (tables, foreign_keys) = tables_to_copy(&first, settings).await?;
     let total = tables.len();
     // The snapshot holds every transaction whose commit record ends at or before the slot's
     // consistent point: that is the point's meaning as a position.
@@ -123,11 +90,11 @@ pub async fn copy_all(
     crate::progress::SNAPSHOT.start(total as u64);
     let queue = Arc::new(Mutex::new(tables.into_iter().collect::<VecDeque<_>>()));
     let progress = Arc::new(Progress::default());
-    let workers = if edges.is_empty() {
+    let workers = if foreign_keys == 0 {
         settings.snapshot_workers.clamp(1, total.max(1))
     } else {
         tracing::info!(
-            foreign_keys = edges.len(),
+            foreign_keys,
             "initial snapshot: the tables have foreign keys; copying parents first, one table at a time"
         );
         1
@@ -149,23 +116,126 @@ pub async fn copy_all(
     }
     drop(tx);
 
-    let started = Instant::now();
-    let terminal = stderr_is_terminal();
-    let mut tick = tokio::time::interval(if terminal {
+    let reporter = Reporter {
+        started: Instant::now(),
+        terminal: stderr_is_terminal(),
+        total,
+        progress: progress.clone(),
+    };
+    let mut tick = tokio::time::interval(if reporter.terminal {
         Duration::from_millis(500)
     } else {
         Duration::from_secs(10)
     });
     tick.tick().await;
-    let report = |final_line: bool| {
+    loop {
+        tokio::select! {
+            batch = rx.recv() => match batch {
+                Some(events) => {
+                    for ev in &events {
+                        spool.append(ev)?;
+                    }
+                    if spool.end().0 - spool.durable_end().0 >= 4 << 20 {
+                        tokio::task::block_in_place(|| spool.commit())?;
+                    }
+                }
+                None => break,
+            },
+            _ = tick.tick() => reporter.report(false),
+            _ = shutdown.cancelled() => {
+                tasks.abort_all();
+                if reporter.terminal {
+                    eprintln!();
+                }
+                tracing::warn!("initial snapshot interrupted by shutdown; it starts over at the next start");
+                return Ok(false);
+            }
+        }
+    }
+    while let Some(res) = tasks.join_next().await {
+        res.map_err(|e| Error::Fatal(format!("snapshot worker: {e}")))??;
+    }
+    reporter.report(true);
+    crate::progress::SNAPSHOT.finish();
+    spool.append(&Event::Commit(Commit {
+        position,
+        xid: 0,
+        commit_time: now,
+    }))?;
+    tokio::task::block_in_place(|| spool.commit())?;
+    let rows = progress.rows.load(Ordering::Relaxed);
+    let secs = reporter.started.elapsed().as_secs_f64();
+    tracing::info!(
+        tables = total,
+        rows,
+        seconds = secs,
+        rows_per_sec = (rows as f64 / secs.max(1e-3)) as u64,
+        "initial snapshot: complete"
+    );
+    Ok(true)
+}
+
+/// The published tables that pass the filter, parents before children, and how many foreign
+/// keys link them.
+async fn tables_to_copy(client: &Client, settings: &SourceSettings) -> Result<(Vec<Table>, usize)> {
+    let tables: Vec<Table> = client
+        .query(
+            "SELECT c.oid, n.nspname::text, c.relname::text, c.relreplident::text
+             FROM pg_publication_tables p
+             JOIN pg_namespace n ON n.nspname = p.schemaname
+             JOIN pg_class c ON c.relnamespace = n.oid AND c.relname = p.tablename
+             WHERE p.pubname = $1 ORDER BY pg_relation_size(c.oid) DESC, 2, 3",
+            &[&settings.publication],
+        )
+        .await?
+        .iter()
+        .map(|r| Table {
+            oid: r.get(0),
+            schema: r.get(1),
+            name: r.get(2),
+            replident: r.get(3),
+        })
+        .filter(|t| settings.filter.accepts(&t.schema, &t.name))
+        .collect();
+    // Foreign keys among the copied tables: parents are copied before children, one table at a
+    // time, so a replica applying the copy in order (without session_replication_role) never
+    // meets a row whose parent it has not seen.
+    let edges: Vec<(u32, u32)> = client
+        .query(
+            "SELECT conrelid, confrelid FROM pg_constraint
+             WHERE contype = 'f' AND conrelid <> confrelid",
+            &[],
+        )
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .filter(|(c, p)| tables.iter().any(|t| t.oid == *c) && tables.iter().any(|t| t.oid == *p))
+        .collect();
+    let foreign_keys = edges.len();
+    Ok((parents_first(tables, &edges), foreign_keys))
+}
+
+/// The copy's progress, for people and `/metrics`: a status line on a terminal, a log line
+/// every 10 s otherwise.
+struct Reporter {
+    started: Instant,
+    terminal: bool,
+    total: usize,
+    progress: Arc<Progress>,
+}
+
+impl Reporter {
+    fn report(&self, final_line: bool) {
+        let progress = &self.progress;
+        let total = self.total;
         crate::progress::SNAPSHOT.set(
             progress.tables_done.load(Ordering::Relaxed),
             progress.rows.load(Ordering::Relaxed),
         );
         let rows = progress.rows.load(Ordering::Relaxed);
         let done = progress.tables_done.load(Ordering::Relaxed);
-        let rate = (rows as f64 / started.elapsed().as_secs_f64().max(1e-3)) as u64;
-        if terminal {
+        let rate = (rows as f64 / self.started.elapsed().as_secs_f64().max(1e-3)) as u64;
+        if self.terminal {
             let mut err = std::io::stderr().lock();
             let _ = write!(
                 err,
@@ -183,52 +253,7 @@ pub async fn copy_all(
                 "initial snapshot: copying"
             );
         }
-    };
-    loop {
-        tokio::select! {
-            batch = rx.recv() => match batch {
-                Some(events) => {
-                    for ev in &events {
-                        spool.append(ev)?;
-                    }
-                    if spool.end().0 - spool.durable_end().0 >= 4 << 20 {
-                        tokio::task::block_in_place(|| spool.commit())?;
-                    }
-                }
-                None => break,
-            },
-            _ = tick.tick() => report(false),
-            _ = shutdown.cancelled() => {
-                tasks.abort_all();
-                if terminal {
-                    eprintln!();
-                }
-                tracing::warn!("initial snapshot interrupted by shutdown; it starts over at the next start");
-                return Ok(false);
-            }
-        }
     }
-    while let Some(res) = tasks.join_next().await {
-        res.map_err(|e| Error::Fatal(format!("snapshot worker: {e}")))??;
-    }
-    report(true);
-    crate::progress::SNAPSHOT.finish();
-    spool.append(&Event::Commit(Commit {
-        position,
-        xid: 0,
-        commit_time: now,
-    }))?;
-    tokio::task::block_in_place(|| spool.commit())?;
-    let rows = progress.rows.load(Ordering::Relaxed);
-    let secs = started.elapsed().as_secs_f64();
-    tracing::info!(
-        tables = total,
-        rows,
-        seconds = secs,
-        rows_per_sec = (rows as f64 / secs.max(1e-3)) as u64,
-        "initial snapshot: complete"
-    );
-    Ok(true)
 }
 
 /// Orders tables so that every table comes after the tables it references (`edges` are

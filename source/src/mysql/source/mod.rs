@@ -6,6 +6,8 @@
 //! MariaDB alike, with or without GTIDs, so a restart resumes after the last spooled transaction
 //! and nothing is read twice. The MariaDB GTID of each transaction becomes its id.
 
+mod snapshot;
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -27,8 +29,8 @@ use super::ddl;
 use super::decode::{self, ZeroDates};
 use super::payload;
 use super::schema::{self, Catalog, TableSchema};
+use super::server::{binlog_expiry, binlog_sizes, check_server, current_position, master_position};
 use super::table_def;
-use crate::capture::prerequisite::Prerequisite;
 use crate::capture::spill::TxnBuffer;
 use crate::capture::stats::SourceStats;
 use crate::capture::writer::SourceWriter;
@@ -131,6 +133,30 @@ fn parse_maria_gtid(data: &[u8]) -> Option<MariaGtid> {
         standalone: flags & 1 != 0,
     })
 }
+
+/// Where the binlog stream is and what is open in it.
+struct StreamState {
+    file: String,
+    /// The end of the last event read in `file`.
+    read_end: u64,
+    /// Events end with a checksum (`binlog_checksum`).
+    checksummed: bool,
+    seen_format: bool,
+    gtid: Option<MariaGtid>,
+    txn: Option<OpenTxn>,
+    /// The compressed transaction payload whose events are being read (MySQL 8).
+    payload: Option<payload::Pending>,
+}
+
+/// What waiting on the binlog stream gave.
+enum Next {
+    Event(BinlogEvent),
+    /// Nothing within [`QUIET`] while transactions wait for their group commit.
+    Quiet,
+    Stop,
+}
+
+type BinlogEvent = mysql_async::binlog::events::Event;
 
 pub struct MysqlSource {
     settings: MysqlSettings,
@@ -310,235 +336,267 @@ impl MysqlSource {
         else {
             return Ok(());
         };
-        let mut file = start.file.clone();
-        let mut gtid: Option<MariaGtid> = None;
-        let mut txn: Option<OpenTxn> = None;
-        let mut seen_format = false;
-        // The compressed transaction payload whose events are being read (MySQL 8).
-        let mut payload: Option<payload::Pending> = None;
+        let mut st = StreamState {
+            file: start.file.clone(),
+            read_end: 0,
+            checksummed,
+            seen_format: false,
+            gtid: None,
+            txn: None,
+            payload: None,
+        };
         let mut binlogs_read = Instant::now() - BINLOGS_INTERVAL;
-        // The end of the last event read in `file`.
-        let mut read_end = 0u64;
         loop {
             if binlogs_read.elapsed() >= BINLOGS_INTERVAL {
                 binlogs_read = Instant::now();
                 self.read_binlogs(&mut meta).await;
             }
-            let pending = self.writer.pending() > 0;
-            let next = if pending {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => return Ok(()),
-                    r = tokio::time::timeout(QUIET, stream.next()) => match r {
-                        Ok(ev) => ev,
-                        Err(_) => { self.commit_spool()?; continue; }
-                    },
-                }
-            } else {
-                tokio::select! {
-                    biased;
-                    _ = shutdown.cancelled() => return Ok(()),
-                    r = tokio::time::timeout(Duration::from_secs(10), stream.next()) => match r {
-                        Ok(ev) => ev,
-                        Err(_) => return Err(Error::io(
-                            "mysql source",
-                            std::io::Error::new(std::io::ErrorKind::TimedOut, "no binlog event or heartbeat for 10 s"),
-                        )),
-                    },
-                }
-            };
-            let Some(event) = next else {
-                return Err(Error::io(
-                    "mysql source",
-                    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "binlog stream ended"),
-                ));
-            };
-            let event = event.map_err(gap_or)?;
-            if self.last_published.elapsed() >= Duration::from_secs(1) {
-                self.last_published = Instant::now();
-                self.server_at_least(&file, read_end);
-                self.publish_stats();
-            }
-            let header = event.header();
-            let mut end = u64::from(header.log_pos());
-            // An artificial event has position 0.
-            read_end = read_end.max(end);
-            if let Some(p) = payload.as_mut() {
-                // An event from inside a compressed transaction: the payload's position.
-                end = p
-                    .next(end)
-                    .map_err(|e| Error::Protocol(format!("binlog {file} after {}: {e}", p.end)))?;
-                if p.remaining == 0 {
-                    payload = None;
-                }
-            }
-            if header.event_type_raw() == MARIADB_GTID_EVENT {
-                gtid = parse_maria_gtid(event.data());
-                if gtid.is_none() {
-                    return Err(Error::Protocol("a MariaDB GTID event too short".into()));
-                }
-                txn = Some(self.open_txn(gtid, header.timestamp(), true));
-                continue;
-            }
-            let plain;
-            let event = if compressed::is_compressed(header.event_type_raw()) {
-                plain = compressed::plain_event(&event)
-                    .map_err(|e| Error::Protocol(format!("binlog event at {file}:{end}: {e}")))?;
-                &plain
-            } else {
-                &event
-            };
-            let Some(data) = event
-                .read_data()
-                .map_err(|e| Error::Protocol(format!("binlog event at {file}:{end}: {e}")))?
-            else {
-                // A type mysql_common does not know: only one known to carry no change, or
-                // one the server marks ignorable (LOG_EVENT_IGNORABLE_F), may pass.
-                if CHANGELESS_EVENTS.contains(&header.event_type_raw())
-                    || header.flags_raw() & LOG_EVENT_IGNORABLE != 0
-                {
+            let event = match self.next_event(&mut stream, shutdown).await? {
+                Next::Event(e) => e,
+                Next::Quiet => {
+                    self.commit_spool()?;
                     continue;
                 }
-                return Err(Error::Protocol(format!(
-                    "binlog event of type {} at {file}:{end} is not one ferry can decode, and \
-                     the server does not mark it ignorable: it may carry changes, so ferry \
-                     stops rather than skip it (is binlog encryption or a newer server's \
-                     feature in use?)",
-                    header.event_type_raw()
-                )));
+                Next::Stop => return Ok(()),
             };
-            match data {
-                EventData::FormatDescriptionEvent(_) => seen_format = true,
-                EventData::RotateEvent(r) => {
-                    // The server's first, artificial rotate event comes before the format
-                    // description that tells the reader events end with a checksum, so its name
-                    // still has the 4 checksum bytes after it.
-                    let raw = r.name_raw();
-                    let raw = if checksummed && !seen_format {
-                        &raw[..raw.len().saturating_sub(4)]
-                    } else {
-                        raw
-                    };
-                    read_end = 0;
-                    file = binlog_name(raw).ok_or_else(|| {
-                        Error::Protocol(format!(
-                            "a rotate event names no binlog file: {:?}",
-                            String::from_utf8_lossy(r.name_raw())
-                        ))
-                    })?;
-                    // A real rotation (not the stream's artificial first one, at position 0):
-                    // ferry is past the old file, which the server may purge at once, so the
-                    // next file's start is recorded as soon as nothing is open.
-                    if header.log_pos() != 0 && txn.is_none() {
-                        self.passed = Some((
-                            BinlogPos {
-                                file: file.clone(),
-                                pos: r.position(),
-                            },
-                            i64::from(header.timestamp()) * 1_000_000,
-                        ));
-                    }
-                }
-                EventData::QueryEvent(q) => {
-                    let sql = q.query();
-                    let word = sql
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or("")
-                        .to_ascii_uppercase();
-                    match word.as_str() {
-                        "BEGIN" => {
-                            if txn.as_ref().is_none_or(|t| t.buf.events() > 0) {
-                                txn = Some(self.open_txn(gtid, header.timestamp(), false));
-                            }
-                            if let Some(t) = txn.as_mut() {
-                                t.standalone = false;
-                            }
-                        }
-                        "COMMIT" => {
-                            if let Some(t) = txn.take() {
-                                self.write_txn(
-                                    t,
-                                    BinlogPos {
-                                        file: file.clone(),
-                                        pos: end,
-                                    },
-                                )?;
-                            }
-                            gtid = None;
-                        }
-                        "ROLLBACK" => {
-                            if let Some(t) = txn.take() {
-                                t.buf.discard();
-                            }
-                        }
-                        _ => {
-                            let db = q.schema().into_owned();
-                            self.ddl(
-                                &mut meta,
-                                &db,
-                                &sql,
-                                txn.take(),
-                                BinlogPos {
-                                    file: file.clone(),
-                                    pos: end,
-                                },
-                                header.timestamp(),
-                            )
-                            .await?;
-                            gtid = None;
-                        }
-                    }
-                }
-                EventData::XidEvent(x) => {
-                    if let Some(mut t) = txn.take() {
-                        if gtid.is_none() {
-                            t.xid = x.xid;
-                        }
-                        self.write_txn(
-                            t,
-                            BinlogPos {
-                                file: file.clone(),
-                                pos: end,
-                            },
-                        )?;
-                    }
-                    gtid = None;
-                }
-                EventData::HeartbeatEvent if txn.is_none() => {
-                    self.record_passed()?;
-                    // Heartbeats come only when ferry has read to the end of the binlog being
-                    // written, which the server never purges: while ferry resumes from that
-                    // file, it is safe for the full expiry from now.
-                    if self.resume.as_ref().is_some_and(|r| r.file == file) {
-                        self.stats.retention.binlog_needed_since =
-                            Some(crate::postgres::replication::unix_now_micros());
-                    }
-                }
-                EventData::TransactionPayloadEvent(tpe) => {
-                    // Its events follow; see `payload`.
-                    let total = payload::inner_events(&tpe).map_err(|e| {
-                        Error::Protocol(format!("binlog event at {file}:{end}: {e}"))
-                    })?;
-                    payload = Some(payload::Pending {
-                        end,
-                        remaining: total,
-                        total,
-                    });
-                }
-                EventData::RowsEvent(rows) => {
-                    let Some(tme) = stream.get_tme(rows.table_id()) else {
-                        return Err(Error::Protocol(format!(
-                            "rows event for table id {} without its table map at {file}:{end}",
-                            rows.table_id()
-                        )));
-                    };
-                    self.on_rows(&mut meta, tme, &rows, &mut txn, &file, end)
-                        .await?;
-                }
-                _ => {}
+            if self.last_published.elapsed() >= Duration::from_secs(1) {
+                self.last_published = Instant::now();
+                self.server_at_least(&st.file, st.read_end);
+                self.publish_stats();
+            }
+            self.on_event(&mut st, &mut meta, &stream, event).await?;
+        }
+    }
+
+    /// The next binlog event. While transactions wait for their group commit the stream is given
+    /// only [`QUIET`] (then they are made durable); otherwise a stream silent for 10 s, with a
+    /// heartbeat due every second, is lost.
+    async fn next_event(
+        &mut self,
+        stream: &mut mysql_async::BinlogStream,
+        shutdown: &CancellationToken,
+    ) -> Result<Next> {
+        let pending = self.writer.pending() > 0;
+        let limit = if pending {
+            QUIET
+        } else {
+            Duration::from_secs(10)
+        };
+        let next = tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(Next::Stop),
+            r = tokio::time::timeout(limit, stream.next()) => r,
+        };
+        let lost = |kind, what| Error::io("mysql source", std::io::Error::new(kind, what));
+        match next {
+            Err(_) if pending => Ok(Next::Quiet),
+            Err(_) => Err(lost(
+                std::io::ErrorKind::TimedOut,
+                "no binlog event or heartbeat for 10 s",
+            )),
+            Ok(None) => Err(lost(
+                std::io::ErrorKind::UnexpectedEof,
+                "binlog stream ended",
+            )),
+            Ok(Some(event)) => Ok(Next::Event(event.map_err(gap_or)?)),
+        }
+    }
+
+    /// One binlog event: its position accounted for, then what it means for the open
+    /// transaction, the file being read, or the schema.
+    async fn on_event(
+        &mut self,
+        st: &mut StreamState,
+        meta: &mut Conn,
+        stream: &mysql_async::BinlogStream,
+        event: BinlogEvent,
+    ) -> Result<()> {
+        let header = event.header();
+        let mut end = u64::from(header.log_pos());
+        // An artificial event has position 0.
+        st.read_end = st.read_end.max(end);
+        if let Some(p) = st.payload.as_mut() {
+            // An event from inside a compressed transaction: the payload's position.
+            end = p
+                .next(end)
+                .map_err(|e| Error::Protocol(format!("binlog {} after {}: {e}", st.file, p.end)))?;
+            if p.remaining == 0 {
+                st.payload = None;
             }
         }
+        if header.event_type_raw() == MARIADB_GTID_EVENT {
+            st.gtid = parse_maria_gtid(event.data());
+            if st.gtid.is_none() {
+                return Err(Error::Protocol("a MariaDB GTID event too short".into()));
+            }
+            st.txn = Some(self.open_txn(st.gtid, header.timestamp(), true));
+            return Ok(());
+        }
+        let at = |e: &dyn std::fmt::Display| {
+            Error::Protocol(format!("binlog event at {}:{end}: {e}", st.file))
+        };
+        let plain;
+        let event = if compressed::is_compressed(header.event_type_raw()) {
+            plain = compressed::plain_event(&event).map_err(|e| at(&e))?;
+            &plain
+        } else {
+            &event
+        };
+        let Some(data) = event.read_data().map_err(|e| at(&e))? else {
+            // A type mysql_common does not know: only one known to carry no change, or
+            // one the server marks ignorable (LOG_EVENT_IGNORABLE_F), may pass.
+            if CHANGELESS_EVENTS.contains(&header.event_type_raw())
+                || header.flags_raw() & LOG_EVENT_IGNORABLE != 0
+            {
+                return Ok(());
+            }
+            return Err(Error::Protocol(format!(
+                "binlog event of type {} at {}:{end} is not one ferry can decode, and \
+                 the server does not mark it ignorable: it may carry changes, so ferry \
+                 stops rather than skip it (is binlog encryption or a newer server's \
+                 feature in use?)",
+                header.event_type_raw(),
+                st.file
+            )));
+        };
+        let here = BinlogPos {
+            file: st.file.clone(),
+            pos: end,
+        };
+        match data {
+            EventData::FormatDescriptionEvent(_) => st.seen_format = true,
+            EventData::RotateEvent(r) => {
+                self.on_rotate(st, &r, header.log_pos(), header.timestamp())?
+            }
+            EventData::QueryEvent(q) => {
+                self.on_query(st, meta, &q, here, header.timestamp())
+                    .await?;
+            }
+            EventData::XidEvent(x) => {
+                if let Some(mut t) = st.txn.take() {
+                    if st.gtid.is_none() {
+                        t.xid = x.xid;
+                    }
+                    self.write_txn(t, here)?;
+                }
+                st.gtid = None;
+            }
+            EventData::HeartbeatEvent if st.txn.is_none() => {
+                self.record_passed()?;
+                // Heartbeats come only when ferry has read to the end of the binlog being
+                // written, which the server never purges: while ferry resumes from that
+                // file, it is safe for the full expiry from now.
+                if self.resume.as_ref().is_some_and(|r| r.file == st.file) {
+                    self.stats.retention.binlog_needed_since =
+                        Some(crate::postgres::replication::unix_now_micros());
+                }
+            }
+            EventData::TransactionPayloadEvent(tpe) => {
+                // Its events follow; see `payload`.
+                let total = payload::inner_events(&tpe).map_err(|e| at(&e))?;
+                st.payload = Some(payload::Pending {
+                    end,
+                    remaining: total,
+                    total,
+                });
+            }
+            EventData::RowsEvent(rows) => {
+                let Some(tme) = stream.get_tme(rows.table_id()) else {
+                    return Err(Error::Protocol(format!(
+                        "rows event for table id {} without its table map at {here}",
+                        rows.table_id()
+                    )));
+                };
+                self.on_rows(meta, tme, &rows, &mut st.txn, &st.file, end)
+                    .await?;
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The stream moved to another binlog file.
+    fn on_rotate(
+        &mut self,
+        st: &mut StreamState,
+        r: &mysql_async::binlog::events::RotateEvent<'_>,
+        log_pos: u32,
+        timestamp: u32,
+    ) -> Result<()> {
+        // The server's first, artificial rotate event comes before the format description
+        // that tells the reader events end with a checksum, so its name still has the 4
+        // checksum bytes after it.
+        let raw = r.name_raw();
+        let raw = if st.checksummed && !st.seen_format {
+            &raw[..raw.len().saturating_sub(4)]
+        } else {
+            raw
+        };
+        st.read_end = 0;
+        st.file = binlog_name(raw).ok_or_else(|| {
+            Error::Protocol(format!(
+                "a rotate event names no binlog file: {:?}",
+                String::from_utf8_lossy(r.name_raw())
+            ))
+        })?;
+        // A real rotation (not the stream's artificial first one, at position 0): ferry is
+        // past the old file, which the server may purge at once, so the next file's start is
+        // recorded as soon as nothing is open.
+        if log_pos != 0 && st.txn.is_none() {
+            self.passed = Some((
+                BinlogPos {
+                    file: st.file.clone(),
+                    pos: r.position(),
+                },
+                i64::from(timestamp) * 1_000_000,
+            ));
+        }
+        Ok(())
+    }
+
+    /// A statement event: a transaction's BEGIN, COMMIT or ROLLBACK, or DDL.
+    async fn on_query(
+        &mut self,
+        st: &mut StreamState,
+        meta: &mut Conn,
+        q: &mysql_async::binlog::events::QueryEvent<'_>,
+        here: BinlogPos,
+        timestamp: u32,
+    ) -> Result<()> {
+        let sql = q.query();
+        let word = sql
+            .split_whitespace()
+            .next()
+            .unwrap_or("")
+            .to_ascii_uppercase();
+        match word.as_str() {
+            "BEGIN" => {
+                if st.txn.as_ref().is_none_or(|t| t.buf.events() > 0) {
+                    st.txn = Some(self.open_txn(st.gtid, timestamp, false));
+                }
+                if let Some(t) = st.txn.as_mut() {
+                    t.standalone = false;
+                }
+            }
+            "COMMIT" => {
+                if let Some(t) = st.txn.take() {
+                    self.write_txn(t, here)?;
+                }
+                st.gtid = None;
+            }
+            "ROLLBACK" => {
+                if let Some(t) = st.txn.take() {
+                    t.buf.discard();
+                }
+            }
+            _ => {
+                let db = q.schema().into_owned();
+                self.ddl(meta, &db, &sql, st.txn.take(), here, timestamp)
+                    .await?;
+                st.gtid = None;
+            }
+        }
+        Ok(())
     }
 
     /// A rows event of a captured table: its rows decoded with the table's definition, into the
@@ -918,185 +976,6 @@ impl MysqlSource {
         self.writer.commit()?;
         self.writer.truncate()
     }
-
-    /// The initial snapshot: every captured table read in one consistent-snapshot transaction
-    /// whose binlog position is known, written as one spool transaction at that position.
-    /// `None` when shutdown interrupted it (it starts over at the next start).
-    async fn snapshot(
-        &mut self,
-        opts: Opts,
-        shutdown: &CancellationToken,
-    ) -> Result<Option<BinlogPos>> {
-        let mut conn = ferry_db::mysql::connect(opts).await?;
-        // Values in each column's own character set, timestamps in UTC, as the binlog has them.
-        conn.query_drop("SET SESSION time_zone = '+00:00', SESSION character_set_results = NULL")
-            .await?;
-        conn.query_drop("SET SESSION TRANSACTION ISOLATION LEVEL REPEATABLE READ")
-            .await?;
-        let version: String = conn
-            .query_first("SELECT VERSION()")
-            .await?
-            .unwrap_or_default();
-        let mariadb = version.contains("MariaDB");
-        let pos = if mariadb {
-            // MariaDB reports the binlog position of a consistent snapshot without any lock.
-            conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-                .await?;
-            let rows: Vec<(String, String)> =
-                conn.query("SHOW STATUS LIKE 'binlog_snapshot_%'").await?;
-            let get = |k: &str| {
-                rows.iter()
-                    .find(|(n, _)| n.eq_ignore_ascii_case(k))
-                    .map(|(_, v)| v.clone())
-            };
-            let (Some(file), Some(p)) =
-                (get("binlog_snapshot_file"), get("binlog_snapshot_position"))
-            else {
-                return Err(Error::Fatal(
-                    "the server did not report binlog_snapshot_file".into(),
-                ));
-            };
-            BinlogPos {
-                file,
-                pos: p
-                    .parse()
-                    .map_err(|_| Error::Protocol(format!("binlog_snapshot_position {p:?}")))?,
-            }
-        } else {
-            // MySQL: the global read lock is held only while the snapshot starts and the
-            // position is read.
-            conn.query_drop("FLUSH TABLES WITH READ LOCK").await?;
-            conn.query_drop("START TRANSACTION WITH CONSISTENT SNAPSHOT")
-                .await?;
-            let pos = master_position(&mut conn).await;
-            conn.query_drop("UNLOCK TABLES").await?;
-            pos?
-        };
-        let settings = self.settings.clone();
-        let tables = schema::list_tables(&mut conn, &|d, t| settings.wanted(d, t)).await?;
-        tracing::info!(tables = tables.len(), position = %pos, "initial snapshot: starting");
-        crate::progress::SNAPSHOT.start(tables.len() as u64);
-        let position = Position::Binlog(pos.clone());
-        let now = crate::postgres::replication::unix_now_micros();
-        let begin = self.writer.spool().end();
-        self.append(&Event::Begin(Begin {
-            position: position.clone(),
-            xid: 0,
-            commit_time: now,
-        }))?;
-        let started = Instant::now();
-        let mut total = 0u64;
-        for (i, (db, table)) in tables.iter().enumerate() {
-            let Some(schema) = schema::load(&mut conn, db, table).await? else {
-                continue;
-            };
-            // The whole definition first, so a sink creates the source's table.
-            if let Some(def) = table_def::describe(&mut conn, db, table).await? {
-                self.append(&crate::table_def::message(&def, position.clone()))?;
-            }
-            self.described.insert(schema.relation.id);
-            self.append(&Event::Relation(schema.relation.clone()))?;
-            let rows = self.copy_table(&mut conn, &schema, shutdown).await?;
-            let Some(rows) = rows else {
-                self.writer.spool_mut().truncate_from(begin)?;
-                tracing::warn!(
-                    "initial snapshot interrupted by shutdown; it starts over at the next start"
-                );
-                return Ok(None);
-            };
-            total += rows;
-            crate::progress::SNAPSHOT.set(i as u64 + 1, total);
-            let secs = started.elapsed().as_secs_f64().max(0.001);
-            tracing::info!(table = %format!("{db}.{table}"), rows, tables_done = i + 1, tables = tables.len(), rows_per_sec = (total as f64 / secs) as u64, "initial snapshot: table copied");
-        }
-        conn.query_drop("COMMIT").await?;
-        crate::progress::SNAPSHOT.finish();
-        self.append(&Event::Commit(Commit {
-            position,
-            xid: 0,
-            commit_time: now,
-        }))?;
-        self.commit_spool()?;
-        tracing::info!(
-            rows = total,
-            secs = started.elapsed().as_secs_f64(),
-            "initial snapshot: done"
-        );
-        Ok(Some(pos))
-    }
-
-    /// Copies one table in key-ordered chunks (all at once when it has no key).
-    async fn copy_table(
-        &mut self,
-        conn: &mut Conn,
-        schema: &TableSchema,
-        shutdown: &CancellationToken,
-    ) -> Result<Option<u64>> {
-        let rel = &schema.relation;
-        let cols: Vec<String> = schema.columns.iter().map(|c| quote(&c.name)).collect();
-        let key: Vec<usize> = rel.key_columns().collect();
-        let from = format!("{}.{}", quote(&rel.schema), quote(&rel.name));
-        let mut last: Option<Vec<mysql_async::Value>> = None;
-        let mut rows = 0u64;
-        loop {
-            if shutdown.is_cancelled() {
-                return Ok(None);
-            }
-            let order: Vec<String> = key.iter().map(|&i| cols[i].clone()).collect();
-            let (sql, params) = if key.is_empty() {
-                (
-                    format!("SELECT {} FROM {from}", cols.join(", ")),
-                    Vec::new(),
-                )
-            } else {
-                let cond = match &last {
-                    None => String::new(),
-                    Some(_) => format!(
-                        " WHERE ({}) > ({})",
-                        order.join(", "),
-                        vec!["?"; order.len()].join(", ")
-                    ),
-                };
-                (
-                    format!(
-                        "SELECT {} FROM {from}{cond} ORDER BY {} LIMIT {CHUNK_ROWS}",
-                        cols.join(", "),
-                        order.join(", ")
-                    ),
-                    last.clone().unwrap_or_default(),
-                )
-            };
-            let batch: Vec<mysql_async::Row> = if params.is_empty() {
-                conn.query(sql).await?
-            } else {
-                conn.exec(sql, params).await?
-            };
-            let n = batch.len();
-            for row in batch {
-                let raw = row.unwrap();
-                if !key.is_empty() {
-                    last = Some(key.iter().map(|&i| raw[i].clone()).collect());
-                }
-                let values = raw
-                    .into_iter()
-                    .zip(&schema.columns)
-                    .map(|(v, c)| {
-                        decode::text_result(c, v, self.settings.zero_dates).map_err(|e| {
-                            Error::Fatal(format!("snapshot of {}: {e}", rel.qualified_name()))
-                        })
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                self.append(&Event::Insert(Insert {
-                    relation: rel.id,
-                    new: values,
-                }))?;
-                rows += 1;
-            }
-            if key.is_empty() || n < CHUNK_ROWS {
-                return Ok(Some(rows));
-            }
-        }
-    }
 }
 
 /// The binlog file a rotate event names: a base name and a numeric extension.
@@ -1113,144 +992,6 @@ fn binlog_name(raw: &[u8]) -> Option<String> {
 /// `ALTER TABLE a RENAME [TO|AS] b`. Unqualified names are in `db`, the statement's database.
 fn unquote(s: &str) -> String {
     s.trim_matches('`').replace("``", "`")
-}
-
-async fn master_position(conn: &mut Conn) -> Result<BinlogPos> {
-    let row: Option<mysql_async::Row> = conn.query_first("SHOW MASTER STATUS").await?;
-    let Some(row) = row else {
-        return Err(Error::Config(
-            "the source has no binary log: start it with log_bin (and binlog_format=ROW)".into(),
-        ));
-    };
-    let file: Option<String> = row.get(0);
-    let pos: Option<u64> = row.get(1);
-    match (file, pos) {
-        (Some(file), Some(pos)) => Ok(BinlogPos { file, pos }),
-        _ => Err(Error::Protocol(
-            "SHOW MASTER STATUS without a file and position".into(),
-        )),
-    }
-}
-
-/// The server settings the binlog source needs, and a `server_id` no connected replica uses:
-/// (satisfied, what was found or what to change).
-pub async fn prerequisites(conn: &mut Conn, server_id: u32) -> Result<Vec<Prerequisite>> {
-    let vars: Vec<(String, String)> = conn
-        .query(
-            "SHOW GLOBAL VARIABLES WHERE Variable_name IN \
-             ('log_bin', 'binlog_format', 'binlog_row_image', 'binlog_row_metadata', 'server_id')",
-        )
-        .await?;
-    let get = |k: &str| {
-        vars.iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(k))
-            .map(|(_, v)| v.to_ascii_uppercase())
-    };
-    let want = [
-        ("log_bin", "ON", "start the server with log_bin"),
-        ("binlog_format", "ROW", "set binlog_format = ROW"),
-        ("binlog_row_image", "FULL", "set binlog_row_image = FULL"),
-        (
-            "binlog_row_metadata",
-            "FULL",
-            "set binlog_row_metadata = FULL (MySQL 8.0.1+, MariaDB 10.5+)",
-        ),
-    ];
-    let mut out = Vec::new();
-    for (var, value, fix) in want {
-        out.push(match get(var) {
-            Some(v) if v == value => Prerequisite::met(format!("{var} = {v}")),
-            Some(v) => Prerequisite::unmet(format!("{var} is {v}: {fix} and restart the server")),
-            None => Prerequisite::unmet(format!("{var} is not set: {fix}")),
-        });
-    }
-    if get("server_id").as_deref() == Some(&server_id.to_string()) {
-        out.push(Prerequisite::unmet(format!(
-            "server_id {server_id} is the source server's own id: give ferry another"
-        )));
-    }
-    // MariaDB spells it SHOW SLAVE HOSTS, MySQL 8.0.22+ SHOW REPLICAS (and still accepts the old).
-    let hosts: Vec<mysql_async::Row> = match conn.query("SHOW SLAVE HOSTS").await {
-        Ok(h) => h,
-        Err(e) => {
-            out.push(Prerequisite::unmet(format!(
-                "SHOW SLAVE HOSTS failed ({e}), so ferry cannot tell whether another replica \
-                 uses server_id {server_id}: grant the account REPLICATION CLIENT (MariaDB \
-                 10.5.9+: REPLICA MONITOR)"
-            )));
-            Vec::new()
-        }
-    };
-    if hosts.iter().any(|h| h.get::<u32, _>(0) == Some(server_id)) {
-        // Possibly ferry's own previous connection, killed a moment ago: the server drops it
-        // once it notices, within a heartbeat or two.
-        out.push(Prerequisite {
-            ok: false,
-            transient: true,
-            text: format!(
-                "another replica connected to the source already uses server_id {server_id}: \
-                 give ferry a server_id no replica uses"
-            ),
-        });
-    }
-    Ok(out)
-}
-
-/// The server's binlog files and their sizes (`SHOW BINARY LOGS`), oldest first.
-pub async fn binlog_sizes(conn: &mut Conn) -> Result<Vec<(String, u64)>> {
-    let rows: Vec<mysql_async::Row> = conn.query("SHOW BINARY LOGS").await?;
-    Ok(rows
-        .iter()
-        .filter_map(|r| Some((r.get::<String, _>(0)?, r.get::<u64, _>(1)?)))
-        .collect())
-}
-
-/// The server's current binlog position: the end of the newest file in [`binlog_sizes`].
-pub fn current_position(sizes: &[(String, u64)]) -> Option<BinlogPos> {
-    sizes.last().map(|(file, size)| BinlogPos {
-        file: file.clone(),
-        pos: *size,
-    })
-}
-
-/// The server's binlog expiry in seconds, 0 when binlogs are never purged by age:
-/// `binlog_expire_logs_seconds` (MySQL 8, MariaDB 10.6+), else `expire_logs_days`.
-pub async fn binlog_expiry(conn: &mut Conn) -> Result<u64> {
-    let seconds: std::result::Result<Option<u64>, _> = conn
-        .query_first("SELECT @@global.binlog_expire_logs_seconds")
-        .await;
-    if let Ok(Some(s)) = seconds {
-        return Ok(s);
-    }
-    // A fraction of days on MariaDB before 10.6; whole days on MySQL 5.7.
-    let days: Option<f64> = conn
-        .query_first("SELECT CAST(@@global.expire_logs_days AS DOUBLE)")
-        .await?;
-    Ok((days.unwrap_or(0.0) * 86_400.0).max(0.0) as u64)
-}
-
-/// Refuses an unmet prerequisite; one that may pass by itself (a server_id still registered by
-/// ferry's own killed predecessor) is given 30 s.
-async fn check_server(conn: &mut Conn, server_id: u32) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let unmet: Vec<Prerequisite> = prerequisites(conn, server_id)
-            .await?
-            .into_iter()
-            .filter(|p| !p.ok)
-            .collect();
-        match unmet.first() {
-            None => return Ok(()),
-            Some(p) if unmet.iter().all(|p| p.transient) && Instant::now() < deadline => {
-                tracing::info!("{}; waiting for it to go away", p.text);
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            Some(_) => {
-                let p = unmet.iter().find(|p| !p.transient).unwrap_or(&unmet[0]);
-                return Err(Error::Config(p.text.clone()));
-            }
-        }
-    }
 }
 
 /// Where a spool of this source would resume, if it has a position.
