@@ -1,4 +1,4 @@
-//! The command line: `ferry run|check|status|verify|log dump --config FILE`.
+//! The command line: `ferry run|check|status|verify|restore|backup|log dump|ctl|ddl-trigger`.
 
 use std::path::PathBuf;
 
@@ -71,12 +71,47 @@ pub enum Command {
     /// Ask the running ferry of this configuration to do something, over its `[http]` control
     /// route (needs `[http] token`): `stop` stops it cleanly.
     Ctl(CtlArgs),
+    /// Rebuild an empty database from the archive, as the source was at a time or position.
+    Restore(RestoreArgs),
+    /// The archive: what it can restore, and whether every object in it is sound.
+    Backup {
+        #[command(subcommand)]
+        command: BackupCommand,
+    },
     /// ferry's DDL trigger on a PostgreSQL source, which carries column and table renames and
     /// dropped tables into the stream exactly.
     DdlTrigger {
         #[command(subcommand)]
         command: DdlTriggerCommand,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// `latest`, a time (`2026-12-03T14:05:00Z`, `2026-12-03 14:05:00.5+01:00`: the restore
+    /// stops before the first transaction committed after it), or a source position
+    /// (`pg:0/16B3748`, `binlog:mysql-bin.000003:1234`).
+    #[arg(long)]
+    pub to: String,
+    /// The empty PostgreSQL or MySQL/MariaDB database to rebuild (`postgres://…`, `mysql://…`).
+    #[arg(long)]
+    pub into: String,
+    /// Only these tables (`schema.table`, comma-separated); default: every archived table.
+    #[arg(long, value_delimiter = ',')]
+    pub tables: Vec<String>,
+    /// List the objects the restore would read, and stop.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BackupCommand {
+    /// The archive's objects and the span of time a restore can reach.
+    List(ConfigArg),
+    /// Read every object: present, checksum, decryption, frames, the chain unbroken.
+    Verify(ConfigArg),
 }
 
 #[derive(Debug, Subcommand)]

@@ -29,6 +29,8 @@ pub struct Config {
     #[serde(default, rename = "sink")]
     pub sinks: Vec<toml::Spanned<SinkConfig>>,
     pub http: Option<HttpConfig>,
+    /// Keeps the spool's transactions in an object store, for `ferry restore`; off when absent.
+    pub archive: Option<ArchiveConfig>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -224,6 +226,39 @@ impl SinkConfig {
             .as_ref()
             .map(|u| u.expose().to_owned())
             .unwrap_or_default()
+    }
+}
+
+/// `[archive]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchiveConfig {
+    /// `file:///absolute/dir`.
+    pub url: Expanded,
+    /// 64 hex digits (32 bytes): every object is encrypted with XChaCha20-Poly1305 when set.
+    pub encryption_key: Option<Secret>,
+    /// An object is written at the latest this many seconds after its first transaction
+    /// (default 10): the newest transactions of a quiet database reach the archive within it.
+    pub archive_timeout_seconds: Option<u32>,
+    /// An object is written once it holds this many MiB of the spool (default 16).
+    pub object_mb: Option<u32>,
+}
+
+impl ArchiveConfig {
+    /// The archiver's settings, defaults filled in.
+    pub fn settings(&self) -> Result<ferry_archive::ArchiveSettings, ferry_archive::ArchiveError> {
+        let key = match &self.encryption_key {
+            Some(k) => Some(ferry_archive::object::Key::from_hex(k.expose())?),
+            None => None,
+        };
+        Ok(ferry_archive::ArchiveSettings {
+            url: self.url.as_str().to_owned(),
+            key,
+            object_bytes: (self.object_mb.unwrap_or(16).max(1) as usize) << 20,
+            timeout: std::time::Duration::from_secs(u64::from(
+                self.archive_timeout_seconds.unwrap_or(10).max(1),
+            )),
+        })
     }
 }
 

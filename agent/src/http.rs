@@ -49,6 +49,8 @@ pub struct Shared {
     pub tick: Arc<AtomicI64>,
     /// The control routes (`POST /v1/<command>`), when `[http] token` is set.
     pub control: Option<crate::control::Control>,
+    /// The archive's progress, when `[archive]` is set.
+    pub archive: Option<watch::Receiver<ferry_archive::ArchiveProgress>>,
 }
 
 /// A sink's lag in seconds, as [`ferry_source::lag`] defines it. Should the spool not be readable at
@@ -134,6 +136,7 @@ pub fn metrics(s: &Shared) -> String {
     source_metrics(&mut out, s);
     snapshot_metrics(&mut out);
     spool_metrics(&mut out, s);
+    archive_metrics(&mut out, s);
     sink_metrics(&mut out, s);
     process_metrics(&mut out);
     out.0
@@ -313,6 +316,66 @@ fn spool_metrics(out: &mut Exposition, s: &Shared) {
         "Spool offset up to which events are fsynced.",
         &[(String::new(), durable.0 as f64)],
     );
+}
+
+/// The archive: how far it holds the spool, and how old its newest transaction is (the RPO).
+fn archive_metrics(out: &mut Exposition, s: &Shared) {
+    let Some(rx) = &s.archive else {
+        return;
+    };
+    let p = rx.borrow().clone();
+    let durable = *s.durable.borrow();
+    let mut family = |n: &str, k: &str, h: &str, v: &[(String, f64)]| out.family(n, k, h, v);
+    family(
+        "ferry_archive_lag_seconds",
+        "gauge",
+        "0 when the archive holds every spooled transaction; else how long the oldest one it \
+         lacks has waited since its source commit: the recovery point a restore can promise.",
+        &[(String::new(), archive_lag_seconds(s, &p, durable))],
+    );
+    family(
+        "ferry_archive_spool_lag_bytes",
+        "gauge",
+        "Spool bytes not archived yet (kept on disk until they are).",
+        &[(String::new(), durable.0.saturating_sub(p.offset.0) as f64)],
+    );
+    family(
+        "ferry_archive_last_commit_time_seconds",
+        "gauge",
+        "Source commit time of the newest archived transaction (Unix seconds).",
+        &[(
+            String::new(),
+            p.last_commit_time.map_or(0.0, |t| t as f64 / 1e6),
+        )],
+    );
+    family(
+        "ferry_archive_objects_total",
+        "counter",
+        "Archive objects written by this process.",
+        &[(String::new(), p.objects as f64)],
+    );
+    family(
+        "ferry_archive_bytes_total",
+        "counter",
+        "Bytes of archive objects written by this process.",
+        &[(String::new(), p.bytes as f64)],
+    );
+    family(
+        "ferry_archive_up",
+        "gauge",
+        "1 while the archive writes without failing.",
+        &[(String::new(), f64::from(u8::from(p.failing.is_none())))],
+    );
+}
+
+/// The archive's lag in seconds, as a sink's (the age of the oldest spooled transaction it
+/// lacks).
+fn archive_lag_seconds(s: &Shared, p: &ferry_archive::ArchiveProgress, durable: Offset) -> f64 {
+    if p.offset >= durable {
+        return 0.0;
+    }
+    let now = ferry_source::postgres::replication::unix_now_micros();
+    ferry_source::lag::seconds_behind(&s.spool_dir, p.offset, now).unwrap_or(0.0)
 }
 
 /// Each sink: progress, failures, lag, state.
@@ -520,6 +583,19 @@ pub fn status_json(s: &Shared) -> serde_json::Value {
             "durable_offset": durable.0,
         },
         "sinks": sinks,
+        "archive": s.archive.as_ref().map(|rx| {
+            let p = rx.borrow().clone();
+            serde_json::json!({
+                "offset": p.offset.0,
+                "position": p.position.as_ref().map(ToString::to_string),
+                "last_commit_time": p.last_commit_time,
+                "lag_seconds": archive_lag_seconds(s, &p, durable),
+                "spool_lag_bytes": durable.0.saturating_sub(p.offset.0),
+                "objects": p.objects,
+                "bytes": p.bytes,
+                "failing": p.failing,
+            })
+        }),
         "ready": unready(s).is_none(),
     })
 }

@@ -3,6 +3,7 @@
 //! thin shell over these modules. The sources are `ferry_source`, the sinks `ferry_sink`, the
 //! connections `ferry_db`.
 
+pub mod backup;
 pub mod check;
 pub mod cli;
 pub mod config;

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use clap::Parser;
 use tokio_util::sync::CancellationToken;
 
-use ferry_agent::cli::{Cli, Command, DdlTriggerCommand, LogCommand};
+use ferry_agent::cli::{BackupCommand, Cli, Command, DdlTriggerCommand, LogCommand};
 use ferry_agent::config::Config;
 use ferry_agent::{dump, logging, supervisor};
 
@@ -108,6 +108,40 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     follow,
                 },
         } => dump_log(&Config::load(&config.config)?, from, follow),
+        Command::Restore(args) => {
+            let config = Config::load(&args.config.config)?;
+            let text = runtime()?.block_on(ferry_agent::backup::restore(
+                &config,
+                &args.to,
+                &args.into,
+                &args.tables,
+                args.dry_run,
+            ))?;
+            print!("{text}");
+            Ok(())
+        }
+        Command::Backup {
+            command: BackupCommand::List(args),
+        } => {
+            let config = Config::load(&args.config)?;
+            print!(
+                "{}",
+                runtime()?.block_on(ferry_agent::backup::list(&config))?
+            );
+            Ok(())
+        }
+        Command::Backup {
+            command: BackupCommand::Verify(args),
+        } => {
+            let config = Config::load(&args.config)?;
+            let (text, sound) = runtime()?.block_on(ferry_agent::backup::verify(&config))?;
+            print!("{text}");
+            if sound {
+                Ok(())
+            } else {
+                anyhow::bail!("the archive has problems")
+            }
+        }
         Command::DdlTrigger {
             command: DdlTriggerCommand::Sql,
         } => {

@@ -239,14 +239,27 @@ pub async fn run(
     let spool = open_spool(&config, &sink_configs)?;
     let durable = spool.subscribe();
     let (applied_tx, applied_rx) = watch::channel(Offset(0));
-    // Segments every sink has applied go, whatever the acknowledgement waits for; with
-    // `ack = "applied"` the source acknowledges only what they applied.
-    let (truncate_below, applied) = if sink_configs.is_empty() {
-        (None, None)
-    } else {
-        let applied = (config.spool.ack == AckPolicy::Applied).then(|| applied_rx.clone());
-        (Some(applied_rx), applied)
+    // The archive is one more reader of the spool: a segment goes once every sink has applied
+    // it and the archive holds it, but the source's acknowledgement never waits for the archive.
+    let archive = match &config.archive {
+        Some(a) => Some(
+            a.settings()
+                .map_err(|e| Error::Config(format!("[archive]: {e}")))?,
+        ),
+        None => None,
     };
+    let archiver = archive.map(|settings| ferry_archive::Archiver::new(settings, dir.clone()));
+    let (truncate_tx, truncate_rx) = watch::channel(Offset(0));
+    let sinks_applied = (!sink_configs.is_empty()).then(|| applied_rx.clone());
+    // Segments every sink (and the archive) has go, whatever the acknowledgement waits for;
+    // with `ack = "applied"` the source acknowledges only what the sinks applied.
+    let truncate_below = match &archiver {
+        Some(_) => Some(truncate_rx),
+        None => sinks_applied.clone(),
+    };
+    let applied = sinks_applied
+        .clone()
+        .filter(|_| config.spool.ack == AckPolicy::Applied);
     tracing::info!(
         spool = %dir.display(),
         source = %config.source.url,
@@ -293,6 +306,7 @@ pub async fn run(
                     .token
                     .clone()
                     .map(|t| crate::control::Control::new(t, shutdown.clone())),
+                archive: archiver.as_ref().map(|(_, rx)| rx.clone()),
             };
             let listener = crate::http::bind(http.listen).await?;
             Some(tokio::spawn(crate::http::serve(
@@ -305,6 +319,16 @@ pub async fn run(
     };
     let min_stop = CancellationToken::new();
     let min_task = tokio::spawn(track_min_applied(watchers, applied_tx, min_stop.clone()));
+    let archive_stop = CancellationToken::new();
+    let archive_task = archiver.map(|(archiver, progress)| {
+        tokio::spawn(track_truncation(
+            sinks_applied.clone(),
+            progress,
+            truncate_tx,
+            min_stop.clone(),
+        ));
+        tokio::spawn(archiver.run(durable.clone(), archive_stop.clone()))
+    });
 
     let source_result = source.run(shutdown).await;
     if let Err(e) = &source_result {
@@ -323,8 +347,16 @@ pub async fn run(
     }
     sinks_stop.cancel();
     let halted = join_sinks(&mut tasks, source_result.is_err()).await;
-    // In dependency order: the sinks are done (above), then what watched them, then the HTTP
-    // endpoint that reported on everything.
+    // In dependency order: the sinks are done (above), then the archive (it seals what it
+    // holds), then what watched them, then the HTTP endpoint that reported on everything.
+    archive_stop.cancel();
+    let archive_result = match archive_task {
+        Some(t) => t
+            .await
+            .map_err(|e| Error::Fatal(format!("archive task: {e}")))?
+            .map_err(|e| Error::Fatal(format!("the archive stopped: {e}"))),
+        None => Ok(()),
+    };
     min_stop.cancel();
     let _ = min_task.await;
     http_stop.cancel();
@@ -336,7 +368,7 @@ pub async fn run(
     source_result?;
     match halted {
         Some(e) => Err(e),
-        None => Ok(()),
+        None => archive_result,
     }
 }
 
@@ -507,6 +539,36 @@ const SINK_STOP_GRACE: Duration = Duration::from_secs(20);
 const SINK_STOP_GRACE_AFTER_FAILURE: Duration = Duration::from_secs(5);
 
 /// Publishes the lowest spool offset every sink has applied below.
+/// Publishes how far the spool may be truncated: the archive's offset, and the sinks' minimum
+/// when there are sinks.
+async fn track_truncation(
+    mut applied: Option<watch::Receiver<Offset>>,
+    mut archived: watch::Receiver<ferry_archive::ArchiveProgress>,
+    tx: watch::Sender<Offset>,
+    stop: CancellationToken,
+) {
+    loop {
+        let a = archived.borrow().offset;
+        let min = applied.as_ref().map_or(a, |r| a.min(*r.borrow()));
+        tx.send_if_modified(|v| {
+            let changed = *v != min;
+            *v = min;
+            changed
+        });
+        let sinks = async {
+            match applied.as_mut() {
+                Some(r) => r.changed().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            r = archived.changed() => if r.is_err() { return },
+            r = sinks => if r.is_err() { return },
+            _ = stop.cancelled() => return,
+        }
+    }
+}
+
 async fn track_min_applied(
     mut watchers: Vec<watch::Receiver<SinkProgress>>,
     tx: watch::Sender<Offset>,

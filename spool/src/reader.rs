@@ -96,6 +96,11 @@ impl SpoolReader {
         self.relations.get(&id)
     }
 
+    /// Every relation as of the reader's position.
+    pub fn relations(&self) -> impl Iterator<Item = &Relation> {
+        self.relations.values()
+    }
+
     /// The next event and its offset, or `None` when no complete durable frame is available now.
     pub fn try_next(&mut self) -> Result<Option<(Offset, Event)>, SpoolError> {
         loop {

@@ -2,6 +2,7 @@
 //! servers it needs through the harness (`tests/src`) and running the real `ferry` binary.
 //! Run one area with `cargo test -p ferry-tests --test e2e <module>::`.
 
+mod archive;
 mod check;
 mod exactly_once;
 mod examples;

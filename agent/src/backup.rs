@@ -1,0 +1,365 @@
+//! `ferry restore` and `ferry backup list|verify`: the archive read back. A restore writes the
+//! archived transactions up to its target into a private spool and applies it with the same
+//! sink worker and database destination `ferry run` uses, into an empty database (tables
+//! created from the source's definitions), so a restore is exactly as faithful as a replica.
+
+use std::fmt::Write as _;
+use std::time::{Duration, Instant};
+
+use ferry_archive::Archive;
+use ferry_archive::restore::{self, Target};
+use ferry_proto::Position;
+use ferry_sink::db::DbSinkConfig;
+use ferry_source::error::{Error, Result};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+
+fn archive_of(config: &Config) -> Result<Archive> {
+    let Some(a) = &config.archive else {
+        return Err(Error::Config(
+            "the configuration has no [archive]: nothing to restore from".into(),
+        ));
+    };
+    Archive::open(&a.settings().map_err(archive_error)?).map_err(archive_error)
+}
+
+fn archive_error(e: ferry_archive::ArchiveError) -> Error {
+    if e.is_transient() {
+        Error::io("archive", std::io::Error::other(e.to_string()))
+    } else {
+        Error::Fatal(e.to_string())
+    }
+}
+
+/// `--to`: `latest`, a position, or a time.
+pub fn parse_target(text: &str) -> Result<Target> {
+    let text = text.trim();
+    if text.eq_ignore_ascii_case("latest") {
+        return Ok(Target::Latest);
+    }
+    if let Ok(p) = text.parse::<Position>() {
+        return Ok(Target::Position(p));
+    }
+    parse_time(text).map(Target::Time).ok_or_else(|| {
+        Error::Config(format!(
+            "--to {text:?}: expected `latest`, a time such as 2026-12-03T14:05:00Z (a zone is \
+             required: Z or ±HH:MM), or a position such as pg:0/16B3748"
+        ))
+    })
+}
+
+/// An RFC 3339 time (`T` or a space between date and time, optional fraction, `Z` or
+/// `±HH:MM`) as microseconds since the epoch.
+pub fn parse_time(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = s.get(r)?;
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())?
+    };
+    if b.len() < 20 || b[4] != b'-' || b[7] != b'-' || !matches!(b[10], b'T' | b't' | b' ') {
+        return None;
+    }
+    if b[13] != b':' || b[16] != b':' {
+        return None;
+    }
+    let (year, month, day) = (num(0..4)?, num(5..7)?, num(8..10)?);
+    let (hour, minute, second) = (num(11..13)?, num(14..16)?, num(17..19)?);
+    if !(1..=12).contains(&month) || !(1..=31).contains(&day) || hour > 23 || minute > 59 {
+        return None;
+    }
+    if second > 60 {
+        return None;
+    }
+    let mut i = 19;
+    let mut micros = 0i64;
+    if b.get(i) == Some(&b'.') {
+        i += 1;
+        let start = i;
+        while b.get(i).is_some_and(u8::is_ascii_digit) {
+            i += 1;
+        }
+        let digits = s.get(start..i)?;
+        if digits.is_empty() {
+            return None;
+        }
+        let mut padded: String = digits.chars().take(6).collect();
+        while padded.len() < 6 {
+            padded.push('0');
+        }
+        micros = padded.parse().ok()?;
+    }
+    let offset_secs = match s.get(i..)? {
+        "Z" | "z" => 0,
+        zone if zone.len() == 6 && (zone.starts_with('+') || zone.starts_with('-')) => {
+            let h = num(i + 1..i + 3)?;
+            let m = num(i + 4..i + 6)?;
+            if zone.as_bytes()[3] != b':' || h > 23 || m > 59 {
+                return None;
+            }
+            let sign = if zone.starts_with('-') { -1 } else { 1 };
+            sign * (h * 3600 + m * 60)
+        }
+        _ => return None,
+    };
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
+    Some(secs * 1_000_000 + micros)
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
+fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// A time for people: UTC, to the microsecond.
+pub fn format_time(micros: i64) -> String {
+    let secs = micros.div_euclid(1_000_000);
+    let frac = micros.rem_euclid(1_000_000);
+    let days = secs.div_euclid(86_400);
+    let rem = secs.rem_euclid(86_400);
+    // civil_from_days (Howard Hinnant).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// `ferry restore`: returns the report it prints.
+pub async fn restore(
+    config: &Config,
+    to: &str,
+    into: &str,
+    tables: &[String],
+    dry_run: bool,
+) -> Result<String> {
+    let target = parse_target(to)?;
+    let archive = archive_of(config)?;
+    let mut out = String::new();
+    if dry_run {
+        let plan = restore::plan(&archive, &target)
+            .await
+            .map_err(archive_error)?;
+        for m in &plan {
+            let _ = writeln!(
+                out,
+                "{}  {} transaction(s)  {} .. {}  {} bytes",
+                m.object,
+                m.transactions,
+                format_time(m.first_commit_time),
+                format_time(m.last_commit_time),
+                m.bytes
+            );
+        }
+        let _ = writeln!(out, "{} object(s) to read", plan.len());
+        return Ok(out);
+    }
+    let started = Instant::now();
+    let dir = std::env::temp_dir().join(format!(
+        "ferry-restore-{}-{}",
+        std::process::id(),
+        started.elapsed().as_nanos()
+    ));
+    let wanted: Vec<(String, String)> = tables
+        .iter()
+        .map(|t| match t.split_once('.') {
+            Some((s, n)) => Ok((s.to_owned(), n.to_owned())),
+            None => Err(Error::Config(format!("--tables {t:?}: write schema.table"))),
+        })
+        .collect::<Result<_>>()?;
+    let filter = move |schema: &str, name: &str| {
+        wanted.is_empty() || wanted.iter().any(|(s, n)| s == schema && n == name)
+    };
+    let result = async {
+        let (stopped, durable) = restore::to_spool(&archive, &target, &filter, &dir)
+            .await
+            .map_err(archive_error)?;
+        apply(into, &dir, durable).await?;
+        Ok::<_, Error>(stopped)
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let stopped = result?;
+    let Some(position) = &stopped.position else {
+        return Err(Error::Config(
+            "no archived transaction is at or before the target: nothing restored".into(),
+        ));
+    };
+    let _ = writeln!(
+        out,
+        "restored {} transaction(s), {} row change(s) from {} object(s) in {:.1} s",
+        stopped.transactions,
+        stopped.changes,
+        stopped.objects.len(),
+        started.elapsed().as_secs_f64()
+    );
+    let _ = writeln!(
+        out,
+        "stopped at {position} (committed {}, transaction {})",
+        stopped.commit_time.map_or("-".into(), format_time),
+        stopped.xid.map_or("-".into(), |x| x.to_string())
+    );
+    Ok(out)
+}
+
+/// Applies a restore's spool to the database at `into` with the sink worker.
+async fn apply(
+    into: &str,
+    dir: &std::path::Path,
+    durable: tokio::sync::watch::Receiver<ferry_spool::Offset>,
+) -> Result<()> {
+    let cfg = DbSinkConfig {
+        name: "restore".into(),
+        url: into.to_owned(),
+        on_error: ferry_sink::OnError::Halt,
+        schema_changes: Default::default(),
+        create_tables: true,
+        zero_dates: Default::default(),
+        spool_dir: dir.to_owned(),
+        max_batch_rows: 10_000,
+        max_batch_delay: Duration::from_millis(500),
+    };
+    let stop = CancellationToken::new();
+    let result = if into.starts_with("mysql://") {
+        let (sink, _) = ferry_sink::mysql::MySink::new(cfg);
+        sink.run(durable, stop).await
+    } else if into.starts_with("postgres://") || into.starts_with("postgresql://") {
+        ferry_db::postgres::parse_url(into)?;
+        let (sink, _) = ferry_sink::postgres::PgSink::new(cfg);
+        sink.run(durable, stop).await
+    } else {
+        return Err(Error::Config(format!(
+            "--into {}: expected a postgres:// or mysql:// URL",
+            ferry_db::redact::redact(into)
+        )));
+    };
+    result.map_err(|e| Error::Fatal(format!("restoring into the database: {e}")))
+}
+
+/// `ferry backup list`.
+pub async fn list(config: &Config) -> Result<String> {
+    let archive = archive_of(config)?;
+    let manifests = archive.manifests().await.map_err(archive_error)?;
+    let mut out = String::new();
+    for m in &manifests {
+        let _ = writeln!(
+            out,
+            "{}  {} transaction(s)  {} .. {}  {} .. {}  {} bytes{}",
+            m.object,
+            m.transactions,
+            m.first_position,
+            m.last_position,
+            format_time(m.first_commit_time),
+            format_time(m.last_commit_time),
+            m.bytes,
+            if m.encrypted { "  encrypted" } else { "" }
+        );
+    }
+    match (manifests.first(), manifests.last()) {
+        (Some(first), Some(last)) if first.first_offset == 0 => {
+            let _ = writeln!(
+                out,
+                "restorable from {} (the initial snapshot) to {} ({})",
+                format_time(first.first_commit_time),
+                format_time(last.last_commit_time),
+                last.last_position
+            );
+        }
+        (Some(first), _) => {
+            let _ = writeln!(
+                out,
+                "not restorable: the archive begins at spool offset {}, after the initial snapshot",
+                first.first_offset
+            );
+        }
+        _ => {
+            let _ = writeln!(out, "the archive {} is empty", archive.url);
+        }
+    }
+    Ok(out)
+}
+
+/// `ferry backup verify`: the report, and whether everything is sound.
+pub async fn verify(config: &Config) -> Result<(String, bool)> {
+    let archive = archive_of(config)?;
+    let v = restore::verify(&archive).await.map_err(archive_error)?;
+    let mut out = String::new();
+    for p in &v.problems {
+        let _ = writeln!(out, "error: {p}");
+    }
+    let _ = writeln!(
+        out,
+        "{} object(s), {} transaction(s), {} bytes read: {}",
+        v.objects,
+        v.transactions,
+        v.bytes,
+        if v.problems.is_empty() {
+            "every object is present, intact and decodes, and the chain is unbroken".to_owned()
+        } else {
+            format!("{} problem(s)", v.problems.len())
+        }
+    );
+    Ok((out, v.problems.is_empty()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_parse_as_rfc_3339() {
+        assert_eq!(parse_time("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(parse_time("1970-01-01 00:00:01.5Z"), Some(1_500_000));
+        assert_eq!(
+            parse_time("2026-12-03T15:00:00+01:00"),
+            parse_time("2026-12-03T14:00:00Z")
+        );
+        assert_eq!(
+            parse_time("2000-03-01T00:00:00Z"),
+            Some(951_868_800_000_000)
+        );
+        for bad in [
+            "2026-12-03T15:00:00",
+            "2026-13-03T15:00:00Z",
+            "yesterday",
+            "2026-12-03T15:00:00.Z",
+        ] {
+            assert_eq!(parse_time(bad), None, "{bad}");
+        }
+        let t = parse_time("2026-12-03T14:05:06.000007Z").unwrap();
+        assert_eq!(format_time(t), "2026-12-03T14:05:06.000007Z");
+    }
+
+    #[test]
+    fn targets() {
+        assert_eq!(parse_target("latest").unwrap(), Target::Latest);
+        assert!(matches!(
+            parse_target("pg:0/16B3748").unwrap(),
+            Target::Position(_)
+        ));
+        assert!(matches!(
+            parse_target("2026-12-03T14:05:00Z").unwrap(),
+            Target::Time(_)
+        ));
+        assert!(parse_target("soon").is_err());
+    }
+}

@@ -1,0 +1,362 @@
+//! The archiver: one more reader of the spool, beside the sinks. It cuts the spool into objects
+//! of whole transactions, each beginning exactly where the one before ended, and writes each
+//! with its manifest. A segment leaves the spool only once every sink has applied it and the
+//! archive holds it; the source's acknowledgement never waits for the archive.
+//!
+//! An object is sealed when it holds `object_bytes` or when `archive_timeout` has passed since
+//! its first transaction, so a quiet database's newest transactions are archived within that
+//! time (the RPO). Where the archive ends is read from the archive itself (the last manifest's
+//! name) at every start, so a crash between an object and the cursor neither repeats nor loses
+//! a transaction. An object store that fails is retried with backoff; meanwhile the spool grows
+//! and the progress says why.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use ferry_proto::{Event, Position, Relation, RelationId};
+use ferry_spool::{Cursors, Offset, SpoolReader};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::ArchiveSettings;
+use crate::error::{ArchiveError, Result};
+use crate::object::{self, Manifest};
+use crate::store::{Archive, offsets_of};
+
+/// The spool cursor that keeps segments the archive still needs.
+pub const CURSOR: &str = "archive";
+
+/// What the archive holds, for metrics, `/status` and the spool's truncation.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ArchiveProgress {
+    /// Everything before this spool offset is in the archive.
+    pub offset: Offset,
+    /// The last archived transaction's (or heartbeat's) position and commit time (µs).
+    pub position: Option<Position>,
+    pub last_commit_time: Option<i64>,
+    /// Objects and bytes written by this process.
+    pub objects: u64,
+    pub bytes: u64,
+    /// Why the archive is not keeping up, while it retries.
+    pub failing: Option<String>,
+}
+
+/// The archiver task.
+#[derive(Debug)]
+pub struct Archiver {
+    settings: ArchiveSettings,
+    spool_dir: PathBuf,
+    progress: watch::Sender<ArchiveProgress>,
+}
+
+/// The object being filled.
+struct Batch {
+    /// Where it begins: where the previous object ended.
+    first_offset: Offset,
+    /// The frames of the whole transactions (and heartbeats between them) it holds.
+    frames: Vec<u8>,
+    first: Option<(Position, i64)>,
+    last_position: Option<Position>,
+    last_commit_time: Option<i64>,
+    transactions: u64,
+    /// When its first transaction arrived, for `archive_timeout`.
+    started: Option<Instant>,
+    /// Just after its last complete event.
+    end_offset: Offset,
+    /// The definitions in force where it begins: its prologue, so it decodes on its own.
+    relations: Vec<Relation>,
+}
+
+impl Batch {
+    fn new(at: Offset, relations: &BTreeMap<RelationId, Relation>) -> Batch {
+        Batch {
+            relations: relations.values().cloned().collect(),
+            first_offset: at,
+            frames: Vec::new(),
+            first: None,
+            last_position: None,
+            last_commit_time: None,
+            transactions: 0,
+            started: None,
+            end_offset: at,
+        }
+    }
+}
+
+/// A transaction being read: its frames, and the definitions it changes.
+struct OpenTxn {
+    frames: Vec<u8>,
+    relations: Vec<Relation>,
+}
+
+impl Archiver {
+    pub fn new(
+        settings: ArchiveSettings,
+        spool_dir: PathBuf,
+    ) -> (Archiver, watch::Receiver<ArchiveProgress>) {
+        let (progress, rx) = watch::channel(ArchiveProgress::default());
+        (
+            Archiver {
+                settings,
+                spool_dir,
+                progress,
+            },
+            rx,
+        )
+    }
+
+    /// Archives the spool until `shutdown` (sealing what it holds first), retrying a failing
+    /// object store; returns an error that retrying cannot fix.
+    pub async fn run(
+        self,
+        durable: watch::Receiver<Offset>,
+        shutdown: CancellationToken,
+    ) -> Result<()> {
+        let mut backoff = ferry_db::retry::Backoff::default();
+        loop {
+            let started = Instant::now();
+            match self.session(durable.clone(), &shutdown).await {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_transient() => {
+                    if started.elapsed() > Duration::from_secs(30) {
+                        backoff.reset();
+                    }
+                    let delay = backoff.next_delay();
+                    tracing::warn!(error = %e, retry_in = ?delay, "archive: failing; retrying (the spool keeps what is not archived)");
+                    self.progress
+                        .send_modify(|p| p.failing = Some(e.to_string()));
+                    tokio::select! {
+                        _ = tokio::time::sleep(delay) => {}
+                        _ = shutdown.cancelled() => return Ok(()),
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "archive: stopped");
+                    self.progress
+                        .send_modify(|p| p.failing = Some(e.to_string()));
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Where the archive ends: after its last object, or (empty) the spool's oldest segment.
+    async fn start(&self, archive: &Archive, durable: &watch::Receiver<Offset>) -> Result<Offset> {
+        let names = archive.manifest_names().await?;
+        let oldest = ferry_spool::segment::list(&self.spool_dir)?
+            .first()
+            .copied()
+            .unwrap_or(0);
+        let start = match names.last() {
+            Some(name) => {
+                let (_, end) = offsets_of(name).ok_or_else(|| {
+                    ArchiveError::Format(format!("{name} is not a name ferry writes"))
+                })?;
+                Offset(end)
+            }
+            None => {
+                if oldest > 0 {
+                    tracing::warn!(
+                        spool_offset = oldest,
+                        "archive: empty, and the spool no longer holds its beginning: the archive \
+                         starts here, and restores need a base backup taken after it"
+                    );
+                }
+                Offset(oldest)
+            }
+        };
+        let end = *durable.borrow();
+        if start > end {
+            return Err(ArchiveError::Config(format!(
+                "the archive {} ends at spool offset {start}, beyond this spool's end {end}: it \
+                 belongs to another spool; give this one its own archive url",
+                archive.url
+            )));
+        }
+        if start.0 < oldest {
+            return Err(ArchiveError::Gap(format!(
+                "the archive {} ends at spool offset {start}, but the spool begins at {oldest}: \
+                 the transactions between were deleted before they were archived",
+                archive.url
+            )));
+        }
+        Ok(start)
+    }
+
+    async fn session(
+        &self,
+        durable: watch::Receiver<Offset>,
+        shutdown: &CancellationToken,
+    ) -> Result<()> {
+        let archive = Archive::open(&self.settings)?;
+        let start = self.start(&archive, &durable).await?;
+        let cursors = Cursors::new(&self.spool_dir);
+        cursors.save(CURSOR, start)?;
+        self.progress.send_modify(|p| {
+            p.offset = start;
+            p.failing = None;
+        });
+        let mut reader = SpoolReader::open_tailing(&self.spool_dir, start, durable)?;
+        tracing::info!(url = %archive.url, offset = %start, "archive: starting");
+        // The definitions in force after the last whole transaction read.
+        let mut relations: BTreeMap<RelationId, Relation> =
+            reader.relations().map(|r| (r.id, r.clone())).collect();
+        let mut batch = Batch::new(start, &relations);
+        let mut txn: Option<OpenTxn> = None;
+        let timeout = self.settings.timeout;
+        loop {
+            let next = match reader.try_next()? {
+                Some(ev) => Some(ev),
+                None => {
+                    let deadline = batch.started.map(|t| t + timeout);
+                    tokio::select! {
+                        biased;
+                        _ = shutdown.cancelled() => {
+                            self.seal(&archive, &mut batch, &relations, &cursors).await?;
+                            return Ok(());
+                        }
+                        _ = sleep_until(deadline) => {
+                            self.seal(&archive, &mut batch, &relations, &cursors).await?;
+                            continue;
+                        }
+                        ev = reader.next_wait() => ev?,
+                    }
+                }
+            };
+            let Some((offset, event)) = next else {
+                // The writer is gone: archive what is whole.
+                self.seal(&archive, &mut batch, &relations, &cursors)
+                    .await?;
+                return Ok(());
+            };
+            let after = reader.position();
+            let frame = ferry_proto::frame::encode_to_vec(&event)
+                .map_err(|e| ArchiveError::Format(format!("spool offset {offset}: {e}")))?;
+            match (&event, txn.as_mut()) {
+                (Event::Begin(_), _) => {
+                    txn = Some(OpenTxn {
+                        frames: frame,
+                        relations: Vec::new(),
+                    });
+                }
+                (Event::Commit(c), Some(t)) => {
+                    t.frames.extend_from_slice(&frame);
+                    let t = txn
+                        .take()
+                        .ok_or_else(|| ArchiveError::Format("lost txn".into()))?;
+                    for r in t.relations {
+                        relations.insert(r.id, r);
+                    }
+                    batch.frames.extend_from_slice(&t.frames);
+                    if batch.first.is_none() {
+                        let first = match ferry_proto::frame::decode(&t.frames) {
+                            Ok((Event::Begin(b), _)) => b.position,
+                            _ => c.position.clone(),
+                        };
+                        batch.first = Some((first, c.commit_time));
+                        batch.started = Some(Instant::now());
+                    }
+                    batch.last_position = Some(c.position.clone());
+                    batch.last_commit_time = Some(c.commit_time);
+                    batch.transactions += 1;
+                    batch.end_offset = after;
+                    if batch.frames.len() >= self.settings.object_bytes {
+                        self.seal(&archive, &mut batch, &relations, &cursors)
+                            .await?;
+                    }
+                }
+                (Event::Relation(r), Some(t)) => {
+                    t.relations.push(r.clone());
+                    t.frames.extend_from_slice(&frame);
+                }
+                (_, Some(t)) => t.frames.extend_from_slice(&frame),
+                (Event::Commit(_), None) => {
+                    return Err(ArchiveError::Format(format!(
+                        "spool offset {offset}: Commit without Begin"
+                    )));
+                }
+                (Event::Relation(r), None) => {
+                    // A segment's prologue repeating a definition: already in force.
+                    relations.insert(r.id, r.clone());
+                    batch.frames.extend_from_slice(&frame);
+                    batch.end_offset = after;
+                }
+                (Event::Heartbeat(h), None) => {
+                    batch.frames.extend_from_slice(&frame);
+                    batch.last_position = Some(h.position.clone());
+                    batch.end_offset = after;
+                }
+                (_, None) => {
+                    batch.frames.extend_from_slice(&frame);
+                    batch.end_offset = after;
+                }
+            }
+        }
+    }
+
+    /// Writes the batch's whole transactions as an object and its manifest, then starts the
+    /// next batch where it ended. Nothing to write without a transaction.
+    async fn seal(
+        &self,
+        archive: &Archive,
+        batch: &mut Batch,
+        relations: &BTreeMap<RelationId, Relation>,
+        cursors: &Cursors,
+    ) -> Result<()> {
+        let Some((first_position, first_commit_time)) = batch.first.clone() else {
+            batch.started = None;
+            return Ok(());
+        };
+        // The definitions in force where the object begins come first, so the object decodes
+        // on its own; the batch's own Relation frames then change them in stream order.
+        let mut frames = Vec::with_capacity(batch.frames.len() + 4096);
+        for r in &batch.relations {
+            ferry_proto::frame::encode(&Event::Relation(r.clone()), &mut frames)
+                .map_err(|e| ArchiveError::Format(e.to_string()))?;
+        }
+        frames.extend_from_slice(&batch.frames);
+        let (object_name, manifest_name) = object::names(batch.first_offset, batch.end_offset);
+        let bytes = object::seal(&frames, archive.key.as_ref(), &object_name)?;
+        let manifest = Manifest {
+            format: 1,
+            object: object_name.clone(),
+            first_offset: batch.first_offset.0,
+            end_offset: batch.end_offset.0,
+            first_position,
+            last_position: batch
+                .last_position
+                .clone()
+                .ok_or_else(|| ArchiveError::Format("a batch without a position".into()))?,
+            first_commit_time,
+            last_commit_time: batch.last_commit_time.unwrap_or(first_commit_time),
+            transactions: batch.transactions,
+            bytes: bytes.len() as u64,
+            crc32c: crc32c::crc32c(&bytes),
+            encrypted: archive.key.is_some(),
+            compression: "zstd".into(),
+        };
+        let size = bytes.len() as u64;
+        archive.put_object(&object_name, bytes).await?;
+        archive.put_manifest(&manifest_name, &manifest).await?;
+        cursors.save(CURSOR, Offset(manifest.end_offset))?;
+        tracing::debug!(object = %object_name, transactions = manifest.transactions, bytes = size, "archive: object written");
+        self.progress.send_modify(|p| {
+            p.offset = Offset(manifest.end_offset);
+            p.position = Some(manifest.last_position.clone());
+            p.last_commit_time = Some(manifest.last_commit_time);
+            p.objects += 1;
+            p.bytes += size;
+            p.failing = None;
+        });
+        *batch = Batch::new(Offset(manifest.end_offset), relations);
+        Ok(())
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}

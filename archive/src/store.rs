@@ -1,0 +1,152 @@
+//! Where the archive lives: an object store (a local directory for `file://`), the names of its
+//! objects and manifests, and the chain they form.
+
+use std::sync::Arc;
+
+use futures_util::TryStreamExt;
+use object_store::path::Path;
+use object_store::{GetOptions, ObjectStore, PutMode, PutOptions, PutPayload};
+
+use crate::ArchiveSettings;
+use crate::error::{ArchiveError, Result};
+use crate::object::{Key, Manifest};
+
+/// An archive: its store and, when encrypted, its key.
+#[derive(Debug, Clone)]
+pub struct Archive {
+    store: Arc<dyn ObjectStore>,
+    /// The URL, for messages.
+    pub url: String,
+    pub key: Option<Key>,
+}
+
+impl Archive {
+    /// Opens the archive the settings name (a `file://` directory is created if missing).
+    pub fn open(settings: &ArchiveSettings) -> Result<Archive> {
+        let url = settings.url.as_str();
+        let store: Arc<dyn ObjectStore> = if let Some(dir) = url.strip_prefix("file://") {
+            if !dir.starts_with('/') {
+                return Err(ArchiveError::Config(format!(
+                    "archive url {url}: a file:// URL needs an absolute path (file:///var/lib/ferry/archive)"
+                )));
+            }
+            std::fs::create_dir_all(dir)
+                .map_err(|e| ArchiveError::Config(format!("archive directory {dir}: {e}")))?;
+            Arc::new(
+                object_store::local::LocalFileSystem::new_with_prefix(dir)
+                    .map_err(ArchiveError::Store)?,
+            )
+        } else {
+            return Err(ArchiveError::Config(format!(
+                "archive url {url}: ferry archives to file:// directories (s3:// is not built yet)"
+            )));
+        };
+        Ok(Archive {
+            store,
+            url: url.to_owned(),
+            key: settings.key.clone(),
+        })
+    }
+
+    /// Writes an object that must not exist yet. A data object left by an attempt that died
+    /// before its manifest (which alone commits it) is replaced; a manifest is never replaced.
+    pub async fn put_object(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
+        let path = Path::from(name);
+        match self.put_create(&path, bytes.clone()).await {
+            Err(ArchiveError::Store(object_store::Error::AlreadyExists { .. })) => {
+                let opts = PutOptions {
+                    mode: PutMode::Overwrite,
+                    ..PutOptions::default()
+                };
+                self.store
+                    .put_opts(&path, PutPayload::from(bytes), opts)
+                    .await?;
+                Ok(())
+            }
+            other => other,
+        }
+    }
+
+    /// Commits an object by writing its manifest.
+    pub async fn put_manifest(&self, name: &str, manifest: &Manifest) -> Result<()> {
+        let text = serde_json::to_vec_pretty(manifest)
+            .map_err(|e| ArchiveError::Format(format!("manifest {name}: {e}")))?;
+        self.put_create(&Path::from(name), text).await
+    }
+
+    async fn put_create(&self, path: &Path, bytes: Vec<u8>) -> Result<()> {
+        let opts = PutOptions {
+            mode: PutMode::Create,
+            ..PutOptions::default()
+        };
+        self.store
+            .put_opts(path, PutPayload::from(bytes), opts)
+            .await?;
+        Ok(())
+    }
+
+    /// The bytes of an object.
+    pub async fn get(&self, name: &str) -> Result<bytes::Bytes> {
+        let result = self
+            .store
+            .get_opts(&Path::from(name), GetOptions::default())
+            .await?;
+        Ok(result.bytes().await?)
+    }
+
+    /// The names of the committed objects' manifests, in stream order.
+    pub async fn manifest_names(&self) -> Result<Vec<String>> {
+        let metas: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&Path::from("log")))
+            .try_collect()
+            .await?;
+        let mut names: Vec<String> = metas
+            .into_iter()
+            .map(|m| m.location.to_string())
+            .filter(|n| n.ends_with(".json"))
+            .collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// Every manifest, in stream order.
+    pub async fn manifests(&self) -> Result<Vec<Manifest>> {
+        let mut out = Vec::new();
+        for name in self.manifest_names().await? {
+            let bytes = self.get(&name).await?;
+            let m: Manifest =
+                serde_json::from_slice(&bytes).map_err(|e| ArchiveError::Damaged {
+                    object: name.clone(),
+                    reason: format!("not a manifest: {e}"),
+                })?;
+            out.push(m);
+        }
+        Ok(out)
+    }
+}
+
+/// The spool offsets a manifest's name says it covers: `log/<first>-<end>.json`.
+pub fn offsets_of(name: &str) -> Option<(u64, u64)> {
+    let stem = name.strip_prefix("log/")?.strip_suffix(".json")?;
+    let (a, b) = stem.split_once('-')?;
+    Some((
+        u64::from_str_radix(a, 16).ok()?,
+        u64::from_str_radix(b, 16).ok()?,
+    ))
+}
+
+/// Checks that `manifests` form one unbroken chain (each begins where the one before ended);
+/// a missing object between two is a gap, named.
+pub fn check_chain(manifests: &[Manifest]) -> Result<()> {
+    for pair in manifests.windows(2) {
+        if pair[1].first_offset != pair[0].end_offset {
+            return Err(ArchiveError::Gap(format!(
+                "after {} (ending at spool offset {}) the next object, {}, begins at {}: the \
+                 transactions between are not in the archive",
+                pair[0].object, pair[0].end_offset, pair[1].object, pair[1].first_offset
+            )));
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,355 @@
+//! The archive and point-in-time restore: an accidental DELETE undone by restoring to just
+//! before it, restores of some tables and of the latest state, damage and a wrong key found by
+//! `ferry backup verify` and refused by `ferry restore`, and an archive written while ferry is
+//! killed again and again that still restores to exactly the source.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use ferry_tests::Postgres;
+use ferry_tests::ferry::{FerryConfig, command};
+
+const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+/// A source-only configuration archiving to `dir` (sealing after 1 s), with `extra` lines in
+/// `[archive]`.
+fn archive_config(source: &Postgres, dir: &Path, extra: &str) -> FerryConfig {
+    let config = FerryConfig::postgres(&source.url("postgres"), "").unwrap();
+    let text = std::fs::read_to_string(config.path()).unwrap();
+    std::fs::write(
+        config.path(),
+        format!(
+            "{text}\n[archive]\nurl = \"file://{}\"\narchive_timeout_seconds = 1\n{extra}\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    config
+}
+
+/// The manifests in the archive directory, in order.
+fn manifests(dir: &Path) -> Vec<serde_json::Value> {
+    let mut names: Vec<PathBuf> = std::fs::read_dir(dir.join("log"))
+        .map(|d| d.map(|e| e.unwrap().path()).collect())
+        .unwrap_or_default();
+    names.retain(|p| p.extension().is_some_and(|e| e == "json"));
+    names.sort();
+    names
+        .iter()
+        .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
+        .collect()
+}
+
+/// Waits until the archive holds a transaction committed at or after `micros`.
+async fn wait_archived(dir: &Path, micros: i64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let last = manifests(dir)
+            .last()
+            .and_then(|m| m["last_commit_time"].as_i64())
+            .unwrap_or(0);
+        if last >= micros {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the archive did not catch up");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn one<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+    c: &tokio_postgres::Client,
+    sql: &str,
+) -> T {
+    c.query_one(sql, &[]).await.unwrap().get(0)
+}
+
+/// The source's clock now, as RFC 3339 and as µs since the epoch.
+async fn now(c: &tokio_postgres::Client) -> (String, i64) {
+    let row = c
+        .query_one(
+            "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', \
+             'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"'), \
+             (extract(epoch FROM clock_timestamp()) * 1000000)::bigint",
+            &[],
+        )
+        .await
+        .unwrap();
+    (row.get(0), row.get(1))
+}
+
+const DUMP_ORDERS: &str = "SELECT coalesce(string_agg(t::text, '|' ORDER BY id), '') FROM orders t";
+const DUMP_ITEMS: &str = "SELECT coalesce(string_agg(t::text, '|' ORDER BY id), '') FROM items t";
+
+fn restore(config: &FerryConfig, to: &str, into: &str, extra: &[&str]) -> (i32, String) {
+    let path = config.path();
+    let mut args = vec![
+        "restore",
+        "--config",
+        path.to_str().unwrap(),
+        "--to",
+        to,
+        "--into",
+        into,
+    ];
+    args.extend_from_slice(extra);
+    let (code, out, err) = command(&args).unwrap();
+    (code, format!("{out}{err}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_accidental_delete_is_undone_by_restoring_to_just_before_it() {
+    let source = Postgres::start().unwrap();
+    let target = Postgres::start().unwrap();
+    let s = source.connect().await;
+    let t = target.connect().await;
+    s.batch_execute(
+        "CREATE TABLE orders (id int PRIMARY KEY, amount numeric(12,2), note text);
+         CREATE TABLE items (id int PRIMARY KEY, order_id int, sku text);
+         INSERT INTO orders SELECT g, g * 1.5, 'before ' || g FROM generate_series(1, 200) g;
+         INSERT INTO items SELECT g, g % 200 + 1, 'sku' || g FROM generate_series(1, 300) g;",
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = archive_config(&source, dir.path(), "");
+    let mut ferry = config.start(0).unwrap();
+    for i in 0..20 {
+        s.batch_execute(&format!(
+            "BEGIN; INSERT INTO orders VALUES ({id}, 9.99, 'during'); \
+             UPDATE orders SET note = 'touched {i}' WHERE id = {i} + 1; \
+             INSERT INTO items VALUES ({id}, {id}, 'new'); COMMIT;",
+            id = 500 + i
+        ))
+        .await
+        .unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The moment to go back to, and what the tables held then.
+    let (before, _) = now(&s).await;
+    let orders_then: String = one(&s, DUMP_ORDERS).await;
+    let items_then: String = one(&s, DUMP_ITEMS).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    s.batch_execute("DELETE FROM orders").await.unwrap();
+    s.batch_execute(
+        "INSERT INTO orders SELECT g, 1, 'after' FROM generate_series(1000, 1050) g;
+         UPDATE items SET sku = 'changed' WHERE id < 10;",
+    )
+    .await
+    .unwrap();
+    let (_, after_micros) = now(&s).await;
+    wait_archived(dir.path(), after_micros - 1_000_000).await;
+    ferry.check_alive().unwrap();
+
+    // To just before the DELETE, into an empty database on another server.
+    for db in ["restored", "latest", "partial"] {
+        t.batch_execute(&format!("CREATE DATABASE {db}"))
+            .await
+            .unwrap();
+    }
+    let (code, out) = restore(&config, &before, &target.url("restored"), &[]);
+    assert_eq!(code, 0, "{out}\n{}", ferry.log_text());
+    assert!(out.contains("stopped at pg:"), "{out}");
+    let (r, conn) = tokio_postgres::connect(&target.conn_str("restored"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let orders_restored: String = one(&r, DUMP_ORDERS).await;
+    let items_restored: String = one(&r, DUMP_ITEMS).await;
+    assert_eq!(orders_restored, orders_then);
+    assert_eq!(items_restored, items_then);
+    let n: i64 = one(&r, "SELECT count(*) FROM orders").await;
+    assert_eq!(n, 220);
+
+    // The latest archived state is the source's now.
+    let (code, out) = restore(&config, "latest", &target.url("latest"), &[]);
+    assert_eq!(code, 0, "{out}");
+    let (l, conn) = tokio_postgres::connect(&target.conn_str("latest"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let a: String = one(&s, DUMP_ORDERS).await;
+    let b: String = one(&l, DUMP_ORDERS).await;
+    assert_eq!(a, b);
+    let a: String = one(&s, DUMP_ITEMS).await;
+    let b: String = one(&l, DUMP_ITEMS).await;
+    assert_eq!(a, b);
+
+    // One table only: the other is not created.
+    let (code, out) = restore(
+        &config,
+        &before,
+        &target.url("partial"),
+        &["--tables", "public.items"],
+    );
+    assert_eq!(code, 0, "{out}");
+    let (p, conn) = tokio_postgres::connect(&target.conn_str("partial"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let items_partial: String = one(&p, DUMP_ITEMS).await;
+    assert_eq!(items_partial, items_then);
+    let orders: Option<String> = one(&p, "SELECT to_regclass('public.orders')::text").await;
+    assert_eq!(orders, None);
+
+    let path = config.path();
+    let (code, out, err) =
+        command(&["backup", "verify", "--config", path.to_str().unwrap()]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("the chain is unbroken"), "{out}");
+    let (code, out, _) = command(&["backup", "list", "--config", path.to_str().unwrap()]).unwrap();
+    assert_eq!(code, 0);
+    assert!(out.contains("restorable from"), "{out}");
+    ferry.stop().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn damage_a_missing_object_and_a_wrong_key_are_clear_errors() {
+    let source = Postgres::start().unwrap();
+    let target = Postgres::start().unwrap();
+    let s = source.connect().await;
+    s.batch_execute("CREATE TABLE t (id int PRIMARY KEY, v text)")
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = archive_config(&source, dir.path(), &format!("encryption_key = \"{KEY}\""));
+    let ferry = config.start(0).unwrap();
+    // Bursts more than archive_timeout apart: one object each.
+    for burst in 0..4 {
+        s.batch_execute(&format!(
+            "INSERT INTO t SELECT g, 'b{burst}' FROM generate_series({0}, {0} + 9) g",
+            burst * 10
+        ))
+        .await
+        .unwrap();
+        let (_, at) = now(&s).await;
+        wait_archived(dir.path(), at - 500_000).await;
+    }
+    ferry.stop().unwrap();
+    let objects = manifests(dir.path());
+    assert!(objects.len() >= 4, "{objects:?}");
+    assert!(objects.iter().all(|m| m["encrypted"] == true));
+    let path = config.path();
+    let verify = |p: &Path| {
+        let (code, out, err) =
+            command(&["backup", "verify", "--config", p.to_str().unwrap()]).unwrap();
+        (code, format!("{out}{err}"))
+    };
+    let (code, out) = verify(&path);
+    assert_eq!(code, 0, "{out}");
+    // The objects hold no readable row: they are encrypted.
+    let raw = std::fs::read(dir.path().join(objects[1]["object"].as_str().unwrap())).unwrap();
+    assert!(
+        !raw.windows(2).any(|w| w == b"b0"),
+        "plain text in an encrypted object"
+    );
+
+    // A wrong key.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let wrong = dir.path().join("wrong.toml");
+    std::fs::write(&wrong, text.replace(KEY, &"ab".repeat(32))).unwrap();
+    let (code, out) = verify(&wrong);
+    assert_ne!(code, 0);
+    assert!(out.contains("does not decrypt"), "{out}");
+
+    // One changed byte in the second object.
+    let second = dir.path().join(objects[1]["object"].as_str().unwrap());
+    let good = std::fs::read(&second).unwrap();
+    let mut bad = good.clone();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 0x40;
+    std::fs::write(&second, &bad).unwrap();
+    let (code, out) = verify(&path);
+    assert_ne!(code, 0);
+    assert!(
+        out.contains(objects[1]["object"].as_str().unwrap()),
+        "{out}"
+    );
+    let t = target.connect().await;
+    for db in ["r1", "r2"] {
+        t.batch_execute(&format!("CREATE DATABASE {db}"))
+            .await
+            .unwrap();
+    }
+    let (code, out) = restore(&config, "latest", &target.url("r1"), &[]);
+    assert_ne!(code, 0);
+    assert!(out.contains("damaged"), "{out}");
+    std::fs::write(&second, &good).unwrap();
+
+    // The third object gone: a gap, named, never a shorter restore.
+    let third = dir.path().join(objects[2]["object"].as_str().unwrap());
+    std::fs::remove_file(&third).unwrap();
+    let (code, out) = verify(&path);
+    assert_ne!(code, 0);
+    assert!(out.contains("missing"), "{out}");
+    let (code, out) = restore(&config, "latest", &target.url("r2"), &[]);
+    assert_ne!(code, 0);
+    assert!(out.contains("gap"), "{out}");
+    let third_manifest = third.with_extension("json");
+    std::fs::remove_file(&third_manifest).unwrap();
+    let (code, out) = verify(&path);
+    assert_ne!(code, 0);
+    assert!(out.contains("gap"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_archive_written_through_sigkills_restores_to_exactly_the_source() {
+    let source = Postgres::start().unwrap();
+    let target = Postgres::start().unwrap();
+    let s = source.connect().await;
+    s.batch_execute(
+        "CREATE TABLE orders (id int PRIMARY KEY, amount numeric(12,2), note text);
+         CREATE TABLE items (id int PRIMARY KEY, order_id int, sku text);",
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = archive_config(&source, dir.path(), "object_mb = 1");
+    let mut next = 0;
+    for round in 0..4 {
+        let ferry = config.start(round).unwrap();
+        let until = Instant::now() + Duration::from_millis(2500);
+        while Instant::now() < until {
+            s.batch_execute(&format!(
+                "BEGIN; INSERT INTO orders VALUES ({next}, {next}, repeat('x', 200)); \
+                 INSERT INTO items VALUES ({next}, {next}, 'r{round}'); \
+                 UPDATE orders SET note = 'u' WHERE id = {next} / 2; COMMIT;"
+            ))
+            .await
+            .unwrap();
+            next += 1;
+        }
+        if round < 3 {
+            ferry.kill();
+        } else {
+            let (_, at) = now(&s).await;
+            wait_archived(dir.path(), at - 1_000_000).await;
+            ferry.stop().unwrap();
+        }
+    }
+    // Every object begins where the one before ended: no transaction twice, none missing.
+    let objects = manifests(dir.path());
+    for pair in objects.windows(2) {
+        assert_eq!(pair[0]["end_offset"], pair[1]["first_offset"]);
+    }
+    let path = config.path();
+    let (code, out, err) =
+        command(&["backup", "verify", "--config", path.to_str().unwrap()]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let t = target.connect().await;
+    t.batch_execute("CREATE DATABASE restored").await.unwrap();
+    let (code, out) = restore(&config, "latest", &target.url("restored"), &[]);
+    assert_eq!(code, 0, "{out}");
+    let (r, conn) = tokio_postgres::connect(&target.conn_str("restored"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    for dump in [DUMP_ORDERS, DUMP_ITEMS] {
+        let a: String = one(&s, dump).await;
+        let b: String = one(&r, dump).await;
+        assert_eq!(a, b);
+    }
+    let n: i64 = one(&r, "SELECT count(*) FROM orders").await;
+    assert_eq!(n, next as i64);
+}
