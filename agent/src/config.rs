@@ -242,6 +242,9 @@ pub struct ArchiveConfig {
     pub archive_timeout_seconds: Option<u32>,
     /// An object is written once it holds this many MiB of the spool (default 16).
     pub object_mb: Option<u32>,
+    /// `/readyz` is unready while the newest transaction the archive lacks has waited longer
+    /// (default: no limit; a failing archive is unready whatever this says).
+    pub max_lag_seconds: Option<u32>,
 }
 
 impl ArchiveConfig {

@@ -51,6 +51,8 @@ pub struct Shared {
     pub control: Option<crate::control::Control>,
     /// The archive's progress, when `[archive]` is set.
     pub archive: Option<watch::Receiver<ferry_archive::ArchiveProgress>>,
+    /// `[archive] max_lag_seconds`: `/readyz` is unready while the archive is further behind.
+    pub archive_max_lag: Option<f64>,
 }
 
 /// A sink's lag in seconds, as [`ferry_source::lag`] defines it. Should the spool not be readable at
@@ -527,6 +529,22 @@ pub fn unready(s: &Shared) -> Option<String> {
             return Some(format!(
                 "sink {} is {lag:.0} s behind (max_lag_seconds = {})",
                 v.name, v.max_lag_seconds
+            ));
+        }
+    }
+    if let Some(rx) = &s.archive {
+        let p = rx.borrow().clone();
+        if let Some(why) = &p.failing {
+            return Some(format!(
+                "the archive is failing (the spool keeps what it lacks): {why}"
+            ));
+        }
+        let lag = archive_lag_seconds(s, &p, durable);
+        if let Some(max) = s.archive_max_lag
+            && lag > max
+        {
+            return Some(format!(
+                "the archive is {lag:.0} s behind ([archive] max_lag_seconds = {max})"
             ));
         }
     }

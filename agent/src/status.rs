@@ -22,6 +22,9 @@ pub async fn status(config: &Config) -> Result<String> {
     } else {
         now.wal = postgres_source_line(config, &mut out).await?;
     }
+    if let Some(a) = &config.archive {
+        archive_line(a, &mut out).await;
+    }
     let _ = writeln!(
         out,
         "{:<16} {:<10} {:<20} {:>14} {:>8} {:>12} {:>14}  state",
@@ -32,6 +35,33 @@ pub async fn status(config: &Config) -> Result<String> {
         let _ = writeln!(out, "{line}");
     }
     Ok(out)
+}
+
+/// The archive's line: how many objects, and the newest transaction it holds.
+async fn archive_line(a: &crate::config::ArchiveConfig, out: &mut String) {
+    let archive = match a.settings().and_then(|s| ferry_archive::Archive::open(&s)) {
+        Ok(archive) => archive,
+        Err(e) => {
+            let _ = writeln!(out, "archive: {e}");
+            return;
+        }
+    };
+    let line = match archive.last_manifest().await {
+        Ok(Some((objects, m))) => {
+            let age = (ferry_source::postgres::replication::unix_now_micros() - m.last_commit_time)
+                as f64
+                / 1e6;
+            format!(
+                "archive {}: {objects} object(s), holds the source up to {} (committed {}, {age:.1} s ago)",
+                archive.url,
+                m.last_position,
+                crate::backup::format_time(m.last_commit_time)
+            )
+        }
+        Ok(None) => format!("archive {}: empty", archive.url),
+        Err(e) => format!("archive {}: unreadable: {e}", archive.url),
+    };
+    let _ = writeln!(out, "{line}");
 }
 
 /// Where the source's server is now, for the sinks' lag in bytes.

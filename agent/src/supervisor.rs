@@ -307,6 +307,11 @@ pub async fn run(
                     .clone()
                     .map(|t| crate::control::Control::new(t, shutdown.clone())),
                 archive: archiver.as_ref().map(|(_, rx)| rx.clone()),
+                archive_max_lag: config
+                    .archive
+                    .as_ref()
+                    .and_then(|a| a.max_lag_seconds)
+                    .map(f64::from),
             };
             let listener = crate::http::bind(http.listen).await?;
             Some(tokio::spawn(crate::http::serve(

@@ -114,15 +114,26 @@ impl Archive {
     pub async fn manifests(&self) -> Result<Vec<Manifest>> {
         let mut out = Vec::new();
         for name in self.manifest_names().await? {
-            let bytes = self.get(&name).await?;
-            let m: Manifest =
-                serde_json::from_slice(&bytes).map_err(|e| ArchiveError::Damaged {
-                    object: name.clone(),
-                    reason: format!("not a manifest: {e}"),
-                })?;
-            out.push(m);
+            out.push(self.manifest(&name).await?);
         }
         Ok(out)
+    }
+
+    /// The newest manifest, if any (and how many there are): where the archive ends.
+    pub async fn last_manifest(&self) -> Result<Option<(usize, Manifest)>> {
+        let names = self.manifest_names().await?;
+        match names.last() {
+            Some(name) => Ok(Some((names.len(), self.manifest(name).await?))),
+            None => Ok(None),
+        }
+    }
+
+    async fn manifest(&self, name: &str) -> Result<Manifest> {
+        let bytes = self.get(name).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ArchiveError::Damaged {
+            object: name.to_owned(),
+            reason: format!("not a manifest: {e}"),
+        })
     }
 }
 

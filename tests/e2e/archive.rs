@@ -8,8 +8,9 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use ferry_tests::Postgres;
 use ferry_tests::ferry::{FerryConfig, command};
+use ferry_tests::{MariaDb, Postgres};
+use mysql_async::prelude::Queryable;
 
 const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
@@ -352,4 +353,81 @@ async fn an_archive_written_through_sigkills_restores_to_exactly_the_source() {
     }
     let n: i64 = one(&r, "SELECT count(*) FROM orders").await;
     assert_eq!(n, next as i64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mariadb_archive_restores_into_postgresql() {
+    let src = MariaDb::start().unwrap();
+    let target = Postgres::start().unwrap();
+    let mut m = src.connect().await;
+    m.query_drop(
+        "CREATE DATABASE shop;
+         CREATE TABLE shop.orders (id int PRIMARY KEY, amount decimal(10,2), note varchar(100),
+                                   placed datetime(6));
+         INSERT INTO shop.orders VALUES (1, 10.50, 'first', '2026-01-02 03:04:05.000006'),
+                                        (2, 20.00, NULL, '2026-02-03 04:05:06');",
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = FerryConfig::mysql(&src.url("shop"), src.server_id() + 1, "", "").unwrap();
+    let text = std::fs::read_to_string(config.path()).unwrap();
+    std::fs::write(
+        config.path(),
+        format!(
+            "{text}\n[archive]\nurl = \"file://{}\"\narchive_timeout_seconds = 1\n",
+            dir.path().display()
+        ),
+    )
+    .unwrap();
+    let ferry = config.start(0).unwrap();
+    // The snapshot archived first, so that the changes below come through the binlog.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while manifests(dir.path()).is_empty() {
+        assert!(Instant::now() < deadline, "{}", ferry.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    m.query_drop(
+        "INSERT INTO shop.orders VALUES (3, 30.25, 'third', '2026-03-04 05:06:07.5');
+         UPDATE shop.orders SET note = 'changed' WHERE id = 1;
+         DELETE FROM shop.orders WHERE id = 2;",
+    )
+    .await
+    .unwrap();
+    // The last change's commit is archived within archive_timeout_seconds.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while manifests(dir.path())
+        .iter()
+        .map(|m| m["transactions"].as_u64().unwrap())
+        .sum::<u64>()
+        < 4
+    {
+        assert!(
+            Instant::now() < deadline,
+            "{:?}\n{}",
+            manifests(dir.path()),
+            ferry.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ferry.stop().unwrap();
+    let t = target.connect().await;
+    t.batch_execute("CREATE DATABASE restored").await.unwrap();
+    let (code, out) = restore(&config, "latest", &target.url("restored"), &[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("stopped at binlog:"), "{out}");
+    let (r, conn) = tokio_postgres::connect(&target.conn_str("restored"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let rows: String = one(
+        &r,
+        "SELECT string_agg(concat_ws(',', id, amount, coalesce(note, '-'), placed), '|' ORDER BY id) \
+         FROM shop.orders",
+    )
+    .await;
+    assert_eq!(
+        rows,
+        "1,10.50,changed,2026-01-02 03:04:05.000006|3,30.25,third,2026-03-04 05:06:07.5"
+    );
 }
