@@ -141,7 +141,31 @@ pub async fn check(config: &Config) -> Result<Report> {
             SinkSettings::Kafka(c) => check_kafka_sink(&c, &tables, &mut r).await,
         }
     }
+    if let Some(a) = &config.archive {
+        check_archive(a, &mut r).await;
+    }
     Ok(r)
+}
+
+/// The archive: its settings, and that its store answers a listing.
+async fn check_archive(a: &crate::config::ArchiveConfig, r: &mut Report) {
+    let archive = match a.settings().and_then(|s| ferry_archive::Archive::open(&s)) {
+        Ok(archive) => archive,
+        Err(e) => {
+            r.error(format!("[archive]: {e}"));
+            return;
+        }
+    };
+    match archive.manifest_names().await {
+        Ok(names) => r.ok(format!(
+            "archive {} reachable ({} object(s))",
+            archive.url,
+            names.len()
+        )),
+        // Unreachable now: `run` keeps the spool until it answers.
+        Err(e) if e.is_transient() => r.unreachable(format!("archive {}: {e}", archive.url)),
+        Err(e) => r.error(format!("archive {}: {e}", archive.url)),
+    }
 }
 
 async fn check_postgres_source(config: &Config, r: &mut Report) -> Result<Tables> {

@@ -233,8 +233,16 @@ impl SinkConfig {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ArchiveConfig {
-    /// `file:///absolute/dir`.
+    /// `file:///absolute/dir` or `s3://bucket/prefix`.
     pub url: Expanded,
+    /// `s3://`: an S3-compatible store's endpoint (`https://…`, or `http://…` for a private
+    /// one); AWS when absent.
+    pub endpoint: Option<Expanded>,
+    pub region: Option<Expanded>,
+    /// `s3://` credentials; the environment's `AWS_ACCESS_KEY_ID`/`AWS_SECRET_ACCESS_KEY` when
+    /// absent.
+    pub access_key_id: Option<Expanded>,
+    pub secret_access_key: Option<Secret>,
     /// 64 hex digits (32 bytes): every object is encrypted with XChaCha20-Poly1305 when set.
     pub encryption_key: Option<Secret>,
     /// An object is written at the latest this many seconds after its first transaction
@@ -256,6 +264,15 @@ impl ArchiveConfig {
         };
         Ok(ferry_archive::ArchiveSettings {
             url: self.url.as_str().to_owned(),
+            s3: ferry_archive::S3Settings {
+                endpoint: self.endpoint.as_ref().map(|e| e.as_str().to_owned()),
+                region: self.region.as_ref().map(|e| e.as_str().to_owned()),
+                access_key_id: self.access_key_id.as_ref().map(|e| e.as_str().to_owned()),
+                secret_access_key: self
+                    .secret_access_key
+                    .as_ref()
+                    .map(|e| e.expose().to_owned()),
+            },
             key,
             object_bytes: (self.object_mb.unwrap_or(16).max(1) as usize) << 20,
             timeout: std::time::Duration::from_secs(u64::from(

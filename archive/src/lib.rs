@@ -22,12 +22,34 @@ pub use store::Archive;
 /// How the archive is set up (`[archive]`).
 #[derive(Debug, Clone)]
 pub struct ArchiveSettings {
-    /// `file:///dir` (or, later, `s3://bucket/prefix`).
+    /// `file:///dir` or `s3://bucket/prefix`.
     pub url: String,
+    /// For `s3://`: the endpoint of an S3-compatible store (AWS when `None`), region and
+    /// credentials (from the environment's `AWS_*` when not set).
+    pub s3: S3Settings,
     /// Encrypts every object when set.
     pub key: Option<object::Key>,
     /// An object is sealed once it holds this many bytes of frames…
     pub object_bytes: usize,
     /// …or once this long has passed since its first transaction.
     pub timeout: Duration,
+}
+
+/// An S3-compatible store's connection settings. `Debug` hides the secret.
+#[derive(Clone, Default)]
+pub struct S3Settings {
+    pub endpoint: Option<String>,
+    pub region: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+}
+
+impl std::fmt::Debug for S3Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("S3Settings")
+            .field("endpoint", &self.endpoint)
+            .field("region", &self.region)
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
 }

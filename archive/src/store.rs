@@ -36,9 +36,11 @@ impl Archive {
                 object_store::local::LocalFileSystem::new_with_prefix(dir)
                     .map_err(ArchiveError::Store)?,
             )
+        } else if let Some(rest) = url.strip_prefix("s3://") {
+            s3(rest, &settings.s3)?
         } else {
             return Err(ArchiveError::Config(format!(
-                "archive url {url}: ferry archives to file:// directories (s3:// is not built yet)"
+                "archive url {url}: expected file:///dir or s3://bucket/prefix"
             )));
         };
         Ok(Archive {
@@ -135,6 +137,41 @@ impl Archive {
             reason: format!("not a manifest: {e}"),
         })
     }
+}
+
+/// An S3-compatible store at `bucket[/prefix]`. Path-style requests (what S3-compatible servers
+/// expect at an endpoint); plain HTTP only when the endpoint says `http://`. Objects are written
+/// create-only with `If-None-Match: *` (object_store's default conditional put).
+fn s3(rest: &str, s: &crate::S3Settings) -> Result<Arc<dyn ObjectStore>> {
+    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+    if bucket.is_empty() {
+        return Err(ArchiveError::Config(
+            "archive url s3://: name a bucket (s3://bucket/prefix)".into(),
+        ));
+    }
+    let mut b = object_store::aws::AmazonS3Builder::from_env().with_bucket_name(bucket);
+    if let Some(e) = &s.endpoint {
+        b = b
+            .with_endpoint(e)
+            .with_allow_http(e.starts_with("http://"))
+            .with_virtual_hosted_style_request(false);
+    }
+    if let Some(r) = &s.region {
+        b = b.with_region(r);
+    }
+    if let Some(k) = &s.access_key_id {
+        b = b.with_access_key_id(k);
+    }
+    if let Some(k) = &s.secret_access_key {
+        b = b.with_secret_access_key(k);
+    }
+    let store = b.build()?;
+    let prefix = prefix.trim_matches('/');
+    Ok(if prefix.is_empty() {
+        Arc::new(store)
+    } else {
+        Arc::new(object_store::prefix::PrefixStore::new(store, prefix))
+    })
 }
 
 /// The spool offsets a manifest's name says it covers: `log/<first>-<end>.json`.

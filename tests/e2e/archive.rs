@@ -431,3 +431,83 @@ async fn a_mariadb_archive_restores_into_postgresql() {
         "1,10.50,changed,2026-01-02 03:04:05.000006|3,30.25,third,2026-03-04 05:06:07.5"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_s3_archive_survives_an_outage_and_restores() {
+    let mut s3 = ferry_tests::s3::S3Server::start("backups").unwrap();
+    let source = Postgres::start().unwrap();
+    let replica = Postgres::start().unwrap();
+    let target = Postgres::start().unwrap();
+    let s = source.connect().await;
+    let r = replica.connect().await;
+    let ddl = "CREATE TABLE orders (id int PRIMARY KEY, amount numeric(12,2), note text)";
+    s.batch_execute(ddl).await.unwrap();
+    r.batch_execute(ddl).await.unwrap();
+    let config =
+        FerryConfig::pg_to_pg(&source.url("postgres"), &replica.url("postgres"), "", "").unwrap();
+    let text = std::fs::read_to_string(config.path()).unwrap();
+    std::fs::write(
+        config.path(),
+        format!(
+            "{text}\n[archive]\nurl = \"s3://backups/prod\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\n\
+             access_key_id = \"{}\"\nsecret_access_key = \"{}\"\narchive_timeout_seconds = 1\n",
+            s3.endpoint(),
+            ferry_tests::s3::ACCESS_KEY,
+            ferry_tests::s3::SECRET_KEY
+        ),
+    )
+    .unwrap();
+    let objects = s3.bucket_dir("backups").join("prod");
+    let path = config.path();
+    let (code, out, err) = command(&["check", "--config", path.to_str().unwrap()]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("archive s3://backups/prod reachable (0 object(s))"),
+        "{out}"
+    );
+    let mut ferry = config.start(0).unwrap();
+    s.batch_execute("INSERT INTO orders SELECT g, g, 'first' FROM generate_series(1, 50) g")
+        .await
+        .unwrap();
+    let (_, at) = now(&s).await;
+    wait_archived(&objects, at - 1_000_000).await;
+
+    // The store goes away: the replica keeps up (the acknowledgement never waits for the
+    // archive), and no object is written meanwhile.
+    s3.stop();
+    let before = manifests(&objects).len();
+    for i in 0..20 {
+        s.batch_execute(&format!(
+            "INSERT INTO orders VALUES ({}, 1, 'during the outage')",
+            100 + i
+        ))
+        .await
+        .unwrap();
+    }
+    let (_, outage_end) = now(&s).await;
+    ferry.wait_rows(&r, "orders", 70).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(manifests(&objects).len(), before);
+    ferry.check_alive().unwrap();
+
+    // Back: the archive catches up with the transactions of the outage.
+    s3.start_again().unwrap();
+    wait_archived(&objects, outage_end - 300_000).await;
+    assert!(manifests(&objects).len() > before);
+    ferry.stop().unwrap();
+    let path = config.path();
+    let (code, out, err) =
+        command(&["backup", "verify", "--config", path.to_str().unwrap()]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    let t = target.connect().await;
+    t.batch_execute("CREATE DATABASE restored").await.unwrap();
+    let (code, out) = restore(&config, "latest", &target.url("restored"), &[]);
+    assert_eq!(code, 0, "{out}");
+    let (rc, conn) = tokio_postgres::connect(&target.conn_str("restored"), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let a: String = one(&s, DUMP_ORDERS).await;
+    let b: String = one(&rc, DUMP_ORDERS).await;
+    assert_eq!(a, b);
+}

@@ -14,6 +14,7 @@ pub mod kafka;
 pub mod mariadb;
 pub mod postgres;
 pub mod process;
+pub mod s3;
 pub mod samples;
 
 pub use kafka::Kafka;
