@@ -160,15 +160,7 @@ pub async fn restore(
             .await
             .map_err(archive_error)?;
         for m in &plan {
-            let _ = writeln!(
-                out,
-                "{}  {} transaction(s)  {} .. {}  {} bytes",
-                m.object,
-                m.transactions,
-                format_time(m.first_commit_time),
-                format_time(m.last_commit_time),
-                m.bytes
-            );
+            let _ = writeln!(out, "{}", describe(m));
         }
         let _ = writeln!(out, "{} object(s) to read", plan.len());
         return Ok(out);
@@ -255,24 +247,28 @@ async fn apply(
     result.map_err(|e| Error::Fatal(format!("restoring into the database: {e}")))
 }
 
+/// One object, for people: name, transactions, positions, commit times, size.
+fn describe(m: &ferry_archive::object::Manifest) -> String {
+    format!(
+        "{}  {} transaction(s)  {} .. {}  {} .. {}  {} bytes{}",
+        m.object,
+        m.transactions,
+        m.first_position,
+        m.last_position,
+        format_time(m.first_commit_time),
+        format_time(m.last_commit_time),
+        m.bytes,
+        if m.encrypted { "  encrypted" } else { "" }
+    )
+}
+
 /// `ferry backup list`.
 pub async fn list(config: &Config) -> Result<String> {
     let archive = archive_of(config)?;
     let manifests = archive.manifests().await.map_err(archive_error)?;
     let mut out = String::new();
     for m in &manifests {
-        let _ = writeln!(
-            out,
-            "{}  {} transaction(s)  {} .. {}  {} .. {}  {} bytes{}",
-            m.object,
-            m.transactions,
-            m.first_position,
-            m.last_position,
-            format_time(m.first_commit_time),
-            format_time(m.last_commit_time),
-            m.bytes,
-            if m.encrypted { "  encrypted" } else { "" }
-        );
+        let _ = writeln!(out, "{}", describe(m));
     }
     match (manifests.first(), manifests.last()) {
         (Some(first), Some(last)) if first.first_offset == 0 => {

@@ -83,6 +83,42 @@ async fn now(c: &tokio_postgres::Client) -> (String, i64) {
 const DUMP_ORDERS: &str = "SELECT coalesce(string_agg(t::text, '|' ORDER BY id), '') FROM orders t";
 const DUMP_ITEMS: &str = "SELECT coalesce(string_agg(t::text, '|' ORDER BY id), '') FROM items t";
 
+/// A client of database `db` on `pg`.
+async fn client(pg: &Postgres, db: &str) -> tokio_postgres::Client {
+    let (c, conn) = tokio_postgres::connect(&pg.conn_str(db), tokio_postgres::NoTls)
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    c
+}
+
+/// Creates database `db` on `pg`, restores into it (which must succeed) and connects to it.
+async fn restore_into(
+    config: &FerryConfig,
+    pg: &Postgres,
+    db: &str,
+    to: &str,
+    extra: &[&str],
+) -> (tokio_postgres::Client, String) {
+    pg.connect()
+        .await
+        .batch_execute(&format!("CREATE DATABASE {db}"))
+        .await
+        .unwrap();
+    let (code, out) = restore(config, to, &pg.url(db), extra);
+    assert_eq!(code, 0, "{out}");
+    (client(pg, db).await, out)
+}
+
+/// `ferry backup verify` passes.
+fn assert_verifies(config: &FerryConfig) -> String {
+    let path = config.path();
+    let (code, out, err) =
+        command(&["backup", "verify", "--config", path.to_str().unwrap()]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    out
+}
+
 fn restore(config: &FerryConfig, to: &str, into: &str, extra: &[&str]) -> (i32, String) {
     let path = config.path();
     let mut args = vec![
@@ -104,7 +140,6 @@ async fn an_accidental_delete_is_undone_by_restoring_to_just_before_it() {
     let source = Postgres::start().unwrap();
     let target = Postgres::start().unwrap();
     let s = source.connect().await;
-    let t = target.connect().await;
     s.batch_execute(
         "CREATE TABLE orders (id int PRIMARY KEY, amount numeric(12,2), note text);
          CREATE TABLE items (id int PRIMARY KEY, order_id int, sku text);
@@ -144,18 +179,8 @@ async fn an_accidental_delete_is_undone_by_restoring_to_just_before_it() {
     ferry.check_alive().unwrap();
 
     // To just before the DELETE, into an empty database on another server.
-    for db in ["restored", "latest", "partial"] {
-        t.batch_execute(&format!("CREATE DATABASE {db}"))
-            .await
-            .unwrap();
-    }
-    let (code, out) = restore(&config, &before, &target.url("restored"), &[]);
-    assert_eq!(code, 0, "{out}\n{}", ferry.log_text());
+    let (r, out) = restore_into(&config, &target, "restored", &before, &[]).await;
     assert!(out.contains("stopped at pg:"), "{out}");
-    let (r, conn) = tokio_postgres::connect(&target.conn_str("restored"), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
     let orders_restored: String = one(&r, DUMP_ORDERS).await;
     let items_restored: String = one(&r, DUMP_ITEMS).await;
     assert_eq!(orders_restored, orders_then);
@@ -164,41 +189,30 @@ async fn an_accidental_delete_is_undone_by_restoring_to_just_before_it() {
     assert_eq!(n, 220);
 
     // The latest archived state is the source's now.
-    let (code, out) = restore(&config, "latest", &target.url("latest"), &[]);
-    assert_eq!(code, 0, "{out}");
-    let (l, conn) = tokio_postgres::connect(&target.conn_str("latest"), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
-    let a: String = one(&s, DUMP_ORDERS).await;
-    let b: String = one(&l, DUMP_ORDERS).await;
-    assert_eq!(a, b);
-    let a: String = one(&s, DUMP_ITEMS).await;
-    let b: String = one(&l, DUMP_ITEMS).await;
-    assert_eq!(a, b);
+    let (l, _) = restore_into(&config, &target, "latest", "latest", &[]).await;
+    for dump in [DUMP_ORDERS, DUMP_ITEMS] {
+        let a: String = one(&s, dump).await;
+        let b: String = one(&l, dump).await;
+        assert_eq!(a, b);
+    }
 
     // One table only: the other is not created.
-    let (code, out) = restore(
+    let (p, _) = restore_into(
         &config,
+        &target,
+        "partial",
         &before,
-        &target.url("partial"),
         &["--tables", "public.items"],
-    );
-    assert_eq!(code, 0, "{out}");
-    let (p, conn) = tokio_postgres::connect(&target.conn_str("partial"), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    )
+    .await;
     let items_partial: String = one(&p, DUMP_ITEMS).await;
     assert_eq!(items_partial, items_then);
     let orders: Option<String> = one(&p, "SELECT to_regclass('public.orders')::text").await;
     assert_eq!(orders, None);
 
-    let path = config.path();
-    let (code, out, err) =
-        command(&["backup", "verify", "--config", path.to_str().unwrap()]).unwrap();
-    assert_eq!(code, 0, "{out}{err}");
+    let out = assert_verifies(&config);
     assert!(out.contains("the chain is unbroken"), "{out}");
+    let path = config.path();
     let (code, out, _) = command(&["backup", "list", "--config", path.to_str().unwrap()]).unwrap();
     assert_eq!(code, 0);
     assert!(out.contains("restorable from"), "{out}");
@@ -334,18 +348,8 @@ async fn an_archive_written_through_sigkills_restores_to_exactly_the_source() {
     for pair in objects.windows(2) {
         assert_eq!(pair[0]["end_offset"], pair[1]["first_offset"]);
     }
-    let path = config.path();
-    let (code, out, err) =
-        command(&["backup", "verify", "--config", path.to_str().unwrap()]).unwrap();
-    assert_eq!(code, 0, "{out}{err}");
-    let t = target.connect().await;
-    t.batch_execute("CREATE DATABASE restored").await.unwrap();
-    let (code, out) = restore(&config, "latest", &target.url("restored"), &[]);
-    assert_eq!(code, 0, "{out}");
-    let (r, conn) = tokio_postgres::connect(&target.conn_str("restored"), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    assert_verifies(&config);
+    let (r, _) = restore_into(&config, &target, "restored", "latest", &[]).await;
     for dump in [DUMP_ORDERS, DUMP_ITEMS] {
         let a: String = one(&s, dump).await;
         let b: String = one(&r, dump).await;
@@ -411,15 +415,8 @@ async fn a_mariadb_archive_restores_into_postgresql() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     ferry.stop().unwrap();
-    let t = target.connect().await;
-    t.batch_execute("CREATE DATABASE restored").await.unwrap();
-    let (code, out) = restore(&config, "latest", &target.url("restored"), &[]);
-    assert_eq!(code, 0, "{out}");
+    let (r, out) = restore_into(&config, &target, "restored", "latest", &[]).await;
     assert!(out.contains("stopped at binlog:"), "{out}");
-    let (r, conn) = tokio_postgres::connect(&target.conn_str("restored"), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
     let rows: String = one(
         &r,
         "SELECT string_agg(concat_ws(',', id, amount, coalesce(note, '-'), placed), '|' ORDER BY id) \
@@ -495,18 +492,8 @@ async fn an_s3_archive_survives_an_outage_and_restores() {
     wait_archived(&objects, outage_end - 300_000).await;
     assert!(manifests(&objects).len() > before);
     ferry.stop().unwrap();
-    let path = config.path();
-    let (code, out, err) =
-        command(&["backup", "verify", "--config", path.to_str().unwrap()]).unwrap();
-    assert_eq!(code, 0, "{out}{err}");
-    let t = target.connect().await;
-    t.batch_execute("CREATE DATABASE restored").await.unwrap();
-    let (code, out) = restore(&config, "latest", &target.url("restored"), &[]);
-    assert_eq!(code, 0, "{out}");
-    let (rc, conn) = tokio_postgres::connect(&target.conn_str("restored"), tokio_postgres::NoTls)
-        .await
-        .unwrap();
-    tokio::spawn(conn);
+    assert_verifies(&config);
+    let (rc, _) = restore_into(&config, &target, "restored", "latest", &[]).await;
     let a: String = one(&s, DUMP_ORDERS).await;
     let b: String = one(&rc, DUMP_ORDERS).await;
     assert_eq!(a, b);
