@@ -119,7 +119,6 @@ pub async fn to_spool(
                     for e in std::mem::take(&mut txn) {
                         spool.append(&e)?;
                     }
-                    spool.commit()?;
                     stopped.position = Some(c.position);
                     stopped.commit_time = Some(c.commit_time);
                     stopped.xid = Some(c.xid);
@@ -143,7 +142,11 @@ pub async fn to_spool(
                 }
             }
         }
+        // Made durable once per object, not per transaction: this spool is private to the
+        // restore, which starts over if it fails.
+        spool.commit()?;
     }
+    spool.commit()?;
     Ok((stopped, durable))
 }
 
