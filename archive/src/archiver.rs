@@ -205,16 +205,25 @@ impl Archiver {
         let mut batch = Batch::new(start, &relations);
         let mut txn: Option<OpenTxn> = None;
         let timeout = self.settings.timeout;
+        let mut draining = false;
         loop {
             let next = match reader.try_next()? {
                 Some(ev) => Some(ev),
+                None if draining => {
+                    self.seal(&archive, &mut batch, &relations, &cursors)
+                        .await?;
+                    return Ok(());
+                }
                 None => {
                     let deadline = batch.started.map(|t| t + timeout);
                     tokio::select! {
                         biased;
                         _ = shutdown.cancelled() => {
-                            self.seal(&archive, &mut batch, &relations, &cursors).await?;
-                            return Ok(());
+                            // The source stopped before the archive was asked to, and what it
+                            // made durable last may have come after the read above: read to
+                            // the spool's end, then seal.
+                            draining = true;
+                            continue;
                         }
                         _ = sleep_until(deadline) => {
                             self.seal(&archive, &mut batch, &relations, &cursors).await?;
