@@ -59,12 +59,18 @@ pub struct Shared {
 /// its offset, the age of the last source transaction or heartbeat it applied (or of the
 /// process) stands in: never less than the real figure.
 fn lag_seconds(s: &Shared, p: &SinkProgress, durable: Offset, started: i64) -> f64 {
-    if p.offset >= durable {
+    behind(s, p.offset, p.last_commit_time, durable, started)
+}
+
+/// How long the oldest spooled transaction a reader at `offset` lacks has waited; the age of
+/// `last` (or of the process) when the spool cannot be read there, never 0 while behind.
+fn behind(s: &Shared, offset: Offset, last: Option<i64>, durable: Offset, started: i64) -> f64 {
+    if offset >= durable {
         return 0.0;
     }
     let now = ferry_source::postgres::replication::unix_now_micros();
-    ferry_source::lag::seconds_behind(&s.spool_dir, p.offset, now).unwrap_or_else(|| {
-        let since = p.last_commit_time.unwrap_or(started);
+    ferry_source::lag::seconds_behind(&s.spool_dir, offset, now).unwrap_or_else(|| {
+        let since = last.unwrap_or(started);
         ((now - since) as f64 / 1e6).max(0.0)
     })
 }
@@ -370,14 +376,9 @@ fn archive_metrics(out: &mut Exposition, s: &Shared) {
     );
 }
 
-/// The archive's lag in seconds, as a sink's (the age of the oldest spooled transaction it
-/// lacks).
+/// The archive's lag in seconds, as a sink's.
 fn archive_lag_seconds(s: &Shared, p: &ferry_archive::ArchiveProgress, durable: Offset) -> f64 {
-    if p.offset >= durable {
-        return 0.0;
-    }
-    let now = ferry_source::postgres::replication::unix_now_micros();
-    ferry_source::lag::seconds_behind(&s.spool_dir, p.offset, now).unwrap_or(0.0)
+    behind(s, p.offset, p.last_commit_time, durable, started_micros())
 }
 
 /// Each sink: progress, failures, lag, state.

@@ -237,16 +237,29 @@ impl Kafka {
     /// The messages of one row change or truncate: one per table it touches (two for an
     /// update that changes the key), and a tombstone after a delete when asked for.
     async fn change(&mut self, event: &Event, relations: &(dyn Relations + Sync)) -> Result<()> {
-        let Some(begin) = self.begin.clone() else {
+        // Lent out for the change, not cloned: a MySQL GTID position can be long.
+        let Some(begin) = self.begin.take() else {
             return Err(SinkError::Fatal(
                 "a row change outside a transaction".into(),
             ));
         };
-        let ids: Vec<RelationId> = match event {
-            Event::Truncate(t) => t.relations.clone(),
-            _ => event.relation_id().into_iter().collect(),
+        let result = self.messages(&begin, event, relations).await;
+        self.begin = Some(begin);
+        result
+    }
+
+    async fn messages(
+        &mut self,
+        begin: &Begin,
+        event: &Event,
+        relations: &(dyn Relations + Sync),
+    ) -> Result<()> {
+        let single = event.relation_id();
+        let ids: &[RelationId] = match event {
+            Event::Truncate(t) => &t.relations,
+            _ => single.as_slice(),
         };
-        for id in ids {
+        for &id in ids {
             let Some(rel) = relations.relation(id) else {
                 return Err(SinkError::Fatal(format!("relation {} unknown", id.0)));
             };
@@ -268,7 +281,7 @@ impl Kafka {
                     None => None,
                 };
                 let origin = Origin {
-                    begin: &begin,
+                    begin,
                     database: &cfg.database,
                     server: &cfg.server,
                     position: &self.texts.position,

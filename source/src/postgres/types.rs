@@ -198,7 +198,7 @@ fn parse_bytea(s: &str) -> Option<Vec<u8>> {
 
 /// Days from 1970-01-01 to the proleptic Gregorian date y-m-d (y may be <= 0 for BC); `None`
 /// for a day the month does not have.
-pub(crate) fn days_from_civil(y: i64, m: u32, d: u32) -> Option<i64> {
+pub fn days_from_civil(y: i64, m: u32, d: u32) -> Option<i64> {
     if !(1..=12).contains(&m) || d == 0 || d > days_in_month(y, m) {
         return None;
     }
