@@ -126,6 +126,18 @@ pub async fn to_spool(
                     stopped.changes += changes;
                 }
                 Event::Heartbeat(_) => {}
+                // Only the wanted tables of a truncate: the others are not restored at all.
+                Event::Truncate(mut t) => {
+                    t.relations.retain(|id| {
+                        names
+                            .get(id)
+                            .is_none_or(|(schema, name)| wanted(schema, name))
+                    });
+                    if !t.relations.is_empty() {
+                        changes += 1;
+                        txn.push(Event::Truncate(t));
+                    }
+                }
                 other => {
                     let keep = match other.relation_id() {
                         Some(id) => names

@@ -168,6 +168,12 @@ async fn an_accidental_delete_is_undone_by_restoring_to_just_before_it() {
     let items_then: String = one(&s, DUMP_ITEMS).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     s.batch_execute("DELETE FROM orders").await.unwrap();
+    s.batch_execute("CREATE TABLE scratch (id int PRIMARY KEY); TRUNCATE scratch, items;")
+        .await
+        .unwrap();
+    s.batch_execute("INSERT INTO items SELECT g, 1, 'refilled' FROM generate_series(1, 300) g")
+        .await
+        .unwrap();
     s.batch_execute(
         "INSERT INTO orders SELECT g, 1, 'after' FROM generate_series(1000, 1050) g;
          UPDATE items SET sku = 'changed' WHERE id < 10;",
@@ -209,6 +215,22 @@ async fn an_accidental_delete_is_undone_by_restoring_to_just_before_it() {
     assert_eq!(items_partial, items_then);
     let orders: Option<String> = one(&p, "SELECT to_regclass('public.orders')::text").await;
     assert_eq!(orders, None);
+    // Through a TRUNCATE of a wanted and an unwanted table: only the wanted one is touched.
+    let (q, _) = restore_into(
+        &config,
+        &target,
+        "partial_latest",
+        "latest",
+        &["--tables", "public.items"],
+    )
+    .await;
+    let a: String = one(&s, DUMP_ITEMS).await;
+    let b: String = one(&q, DUMP_ITEMS).await;
+    assert_eq!(a, b);
+    for table in ["public.orders", "public.scratch"] {
+        let t: Option<String> = one(&q, &format!("SELECT to_regclass('{table}')::text")).await;
+        assert_eq!(t, None, "{table}");
+    }
 
     let out = assert_verifies(&config);
     assert!(out.contains("the chain is unbroken"), "{out}");
