@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::Config;
 
-fn archive_of(config: &Config) -> Result<Archive> {
+pub(crate) fn archive_of(config: &Config) -> Result<Archive> {
     let Some(a) = &config.archive else {
         return Err(Error::Config(
             "the configuration has no [archive]: nothing to restore from".into(),
@@ -24,7 +24,7 @@ fn archive_of(config: &Config) -> Result<Archive> {
     Archive::open(&a.settings().map_err(archive_error)?).map_err(archive_error)
 }
 
-fn archive_error(e: ferry_archive::ArchiveError) -> Error {
+pub(crate) fn archive_error(e: ferry_archive::ArchiveError) -> Error {
     if e.is_transient() {
         Error::io("archive", std::io::Error::other(e.to_string()))
     } else {
@@ -105,23 +105,15 @@ pub fn parse_time(s: &str) -> Option<i64> {
         _ => return None,
     };
     // A day the month does not have (2026-02-30) is refused, not carried into the next month.
-    let days = ferry_source::postgres::types::days_from_civil(year, month as u32, day as u32)?;
+    let days = ferry_proto::civil::days_from_civil(year, month as u32, day as u32)?;
     let secs = days * 86_400 + hour * 3600 + minute * 60 + second - offset_secs;
     Some(secs * 1_000_000 + micros)
 }
 
 /// A time for people: UTC, to the microsecond.
 pub fn format_time(micros: i64) -> String {
-    let secs = micros.div_euclid(1_000_000);
-    let frac = micros.rem_euclid(1_000_000);
-    let (y, m, d) = ferry_sink::postgres::encode::civil_from_days(secs.div_euclid(86_400));
-    let rem = secs.rem_euclid(86_400);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{frac:06}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let (y, m, d, h, min, s, us) = ferry_proto::civil::utc(micros);
+    format!("{y:04}-{m:02}-{d:02}T{h:02}:{min:02}:{s:02}.{us:06}Z")
 }
 
 /// `ferry restore`: returns the report it prints.
@@ -135,14 +127,20 @@ pub async fn restore(
     let target = parse_target(to)?;
     let archive = archive_of(config)?;
     let mut out = String::new();
+    let plan = restore::plan(&archive, &target)
+        .await
+        .map_err(archive_error)?;
     if dry_run {
-        let plan = restore::plan(&archive, &target)
-            .await
-            .map_err(archive_error)?;
-        for m in &plan {
+        if let Some(b) = &plan.base {
+            let _ = writeln!(out, "{}", describe_base(b));
+            for c in &b.chunks {
+                let _ = writeln!(out, "{}  {} bytes", c.object, c.bytes);
+            }
+        }
+        for m in &plan.log {
             let _ = writeln!(out, "{}", describe(m));
         }
-        let _ = writeln!(out, "{} object(s) to read", plan.len());
+        let _ = writeln!(out, "{} object(s) to read", plan.objects().len());
         return Ok(out);
     }
     let started = Instant::now();
@@ -162,7 +160,7 @@ pub async fn restore(
         wanted.is_empty() || wanted.iter().any(|(s, n)| s == schema && n == name)
     };
     let result = async {
-        let (stopped, durable) = restore::to_spool(&archive, &target, &filter, &dir)
+        let (stopped, durable) = restore::to_spool(&archive, &plan, &target, &filter, &dir)
             .await
             .map_err(archive_error)?;
         apply(into, &dir, durable).await?;
@@ -242,34 +240,71 @@ fn describe(m: &ferry_archive::object::Manifest) -> String {
     )
 }
 
-/// `ferry backup list`.
+/// One base backup, for people.
+fn describe_base(b: &ferry_archive::base::BaseManifest) -> String {
+    format!(
+        "base {}  at {}  snapshot {}  {} table(s)  {} row(s)  {} chunk(s)  {} bytes{}",
+        b.id,
+        b.position,
+        format_time(b.snapshot_time),
+        b.tables.len(),
+        b.rows,
+        b.chunks.len(),
+        b.bytes,
+        if b.encrypted { "  encrypted" } else { "" }
+    )
+}
+
+/// `ferry backup list`: the log's objects, the base backups, and the time ranges each restore
+/// point can reach.
 pub async fn list(config: &Config) -> Result<String> {
     let archive = archive_of(config)?;
     let manifests = archive.manifests().await.map_err(archive_error)?;
+    let bases = archive.base_manifests().await.map_err(archive_error)?;
     let mut out = String::new();
     for m in &manifests {
         let _ = writeln!(out, "{}", describe(m));
     }
-    match (manifests.first(), manifests.last()) {
-        (Some(first), Some(last)) if first.first_offset == 0 => {
-            let _ = writeln!(
+    for b in &bases {
+        let _ = writeln!(out, "{}", describe_base(b));
+    }
+    let end = manifests
+        .last()
+        .map(|m| (format_time(m.last_commit_time), m.last_position.clone()));
+    if let (Some(first), Some((time, position))) = (manifests.first(), &end)
+        && first.first_offset == 0
+    {
+        let _ = writeln!(
+            out,
+            "restorable from {} (the initial snapshot) to {time} ({position})",
+            format_time(first.first_commit_time),
+        );
+    }
+    for b in &bases {
+        let _ = match (restore::log_start(&manifests, b), &end) {
+            (Ok(_), Some((time, position))) => writeln!(
                 out,
-                "restorable from {} (the initial snapshot) to {} ({})",
-                format_time(first.first_commit_time),
-                format_time(last.last_commit_time),
-                last.last_position
-            );
-        }
-        (Some(first), _) => {
-            let _ = writeln!(
+                "restorable from {} (base backup {}) to {time} ({position})",
+                format_time(b.snapshot_time),
+                b.id
+            ),
+            (Err(why), _) => writeln!(
                 out,
-                "not restorable: the archive begins at spool offset {}, after the initial snapshot",
-                first.first_offset
-            );
-        }
-        _ => {
-            let _ = writeln!(out, "the archive {} is empty", archive.url);
-        }
+                "base backup {} restores only to its own position {}: {why}",
+                b.id, b.position
+            ),
+            (Ok(_), None) => Ok(()),
+        };
+    }
+    if manifests.is_empty() && bases.is_empty() {
+        let _ = writeln!(out, "the archive {} is empty", archive.url);
+    } else if bases.is_empty() && manifests.first().is_some_and(|m| m.first_offset != 0) {
+        let _ = writeln!(
+            out,
+            "not restorable: the archive begins at spool offset {}, after the initial snapshot, \
+             and holds no base backup",
+            manifests[0].first_offset
+        );
     }
     Ok(out)
 }
@@ -284,9 +319,11 @@ pub async fn verify(config: &Config) -> Result<(String, bool)> {
     }
     let _ = writeln!(
         out,
-        "{} object(s), {} transaction(s), {} bytes read: {}",
+        "{} object(s), {} transaction(s), {} base backup(s) with {} row(s), {} bytes read: {}",
         v.objects,
         v.transactions,
+        v.base_backups,
+        v.rows,
         v.bytes,
         if v.problems.is_empty() {
             "every object is present, intact and decodes, and the chain is unbroken".to_owned()
@@ -295,6 +332,48 @@ pub async fn verify(config: &Config) -> Result<(String, bool)> {
         }
     );
     Ok((out, v.problems.is_empty()))
+}
+
+/// `ferry backup now`: asks the running ferry for a base backup and waits until one that
+/// started after the request has ended; its report, or the reason it failed.
+pub fn now(config: &Config) -> Result<String> {
+    let (code, body) = crate::control::request(config, "backup")?;
+    if code != 202 {
+        return Err(Error::Config(format!(
+            "the running ferry answered {code}: {}",
+            body.trim()
+        )));
+    }
+    let answer: serde_json::Value = serde_json::from_str(body.trim())
+        .map_err(|e| Error::Protocol(format!("ferry backup now: {e}: {body:?}")))?;
+    let request = answer["request"].as_u64().unwrap_or(u64::MAX);
+    loop {
+        std::thread::sleep(Duration::from_millis(500));
+        let (code, body) = crate::control::http(config, "GET", "/status")?;
+        if code != 200 && code != 503 {
+            return Err(Error::Protocol(format!("/status answered {code}")));
+        }
+        let status: serde_json::Value = serde_json::from_str(body.trim())
+            .map_err(|e| Error::Protocol(format!("/status: {e}")))?;
+        let b = &status["base_backup"];
+        if b["served"].as_u64().unwrap_or(0) < request {
+            continue;
+        }
+        if let Some(e) = b["last_error"].as_str() {
+            return Err(Error::Fatal(format!("the base backup failed: {e}")));
+        }
+        let last = &b["last"];
+        return Ok(format!(
+            "base backup {} stored: {} row(s), {} bytes, at {} (snapshot {})\n",
+            last["id"].as_str().unwrap_or("?"),
+            last["rows"],
+            last["bytes"],
+            last["position"].as_str().unwrap_or("?"),
+            last["snapshot_time"]
+                .as_i64()
+                .map_or("?".into(), format_time)
+        ));
+    }
 }
 
 #[cfg(test)]

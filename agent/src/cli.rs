@@ -112,6 +112,25 @@ pub enum BackupCommand {
     List(ConfigArg),
     /// Read every object: present, checksum, decryption, frames, the chain unbroken.
     Verify(ConfigArg),
+    /// Ask the running ferry (over its control route: needs `[http] token`) for a base backup
+    /// now, and wait until it is stored.
+    Now(ConfigArg),
+    /// Prove the backups: restore to a position fixed on the source into a scratch database and
+    /// compare every table with the source as of that position.
+    Drill(DrillArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct DrillArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The empty scratch database to restore into, of the source's engine (`postgres://…` or
+    /// `mysql://…`).
+    #[arg(long)]
+    pub into: String,
+    /// How long to wait for the archive to hold the drill's position, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub wait: u64,
 }
 
 #[derive(Debug, Subcommand)]

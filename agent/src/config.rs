@@ -253,9 +253,50 @@ pub struct ArchiveConfig {
     /// `/readyz` is unready while the newest transaction the archive lacks has waited longer
     /// (default: no limit; a failing archive is unready whatever this says).
     pub max_lag_seconds: Option<u32>,
+    /// A base backup is taken this often (`24h`, `7d`; units s, m, h, d, w) while ferry runs;
+    /// default: only when asked (`ferry backup now`).
+    pub base_backup_every: Option<String>,
+    /// Retention: `keep = 3` keeps the newest 3 base backups, `keep = "14d"` every restore
+    /// point of the last 14 days (and the newest before them); what no kept restore point
+    /// needs is deleted after each base backup. Default: everything is kept.
+    pub keep: Option<KeepConfig>,
+}
+
+/// `[archive] keep`: a count of base backups or a period.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum KeepConfig {
+    Count(u32),
+    Period(String),
 }
 
 impl ArchiveConfig {
+    /// `base_backup_every`, parsed.
+    pub fn base_backup_every(&self) -> Result<Option<std::time::Duration>, String> {
+        self.base_backup_every
+            .as_deref()
+            .map(|t| {
+                ferry_archive::retention::parse_period(t)
+                    .map_err(|e| format!("[archive] base_backup_every = {e}"))
+            })
+            .transpose()
+    }
+
+    /// `keep`, parsed.
+    pub fn keep(&self) -> Result<Option<ferry_archive::retention::Keep>, String> {
+        use ferry_archive::retention::{Keep, parse_period};
+        match &self.keep {
+            None => Ok(None),
+            Some(KeepConfig::Count(0)) => {
+                Err("[archive] keep = 0 would keep no base backup: use 1 or more".into())
+            }
+            Some(KeepConfig::Count(n)) => Ok(Some(Keep::Count(*n as usize))),
+            Some(KeepConfig::Period(p)) => parse_period(p)
+                .map(|d| Some(Keep::Period(d)))
+                .map_err(|e| format!("[archive] keep = {e}")),
+        }
+    }
+
     /// The archiver's settings, defaults filled in.
     pub fn settings(&self) -> Result<ferry_archive::ArchiveSettings, ferry_archive::ArchiveError> {
         let key = match &self.encryption_key {
@@ -342,6 +383,11 @@ impl Config {
             return Err(ConfigError(format!(
                 "{origin}: [source] key `server_id` applies to mysql sources only"
             )));
+        }
+        if let Some(a) = &self.archive {
+            a.base_backup_every()
+                .and(a.keep())
+                .map_err(|e| ConfigError(format!("{origin}: {e}")))?;
         }
         let mut names = HashSet::new();
         for spanned in &self.sinks {

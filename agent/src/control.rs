@@ -4,6 +4,8 @@
 //! Commands are few and each is an operation ferry already knows how to do safely; today:
 //!
 //! - `stop`: the clean stop a SIGTERM starts (exit 0 once the source and sinks have stopped).
+//! - `backup`: a base backup now (`ferry backup now`); answered with the request's number, which
+//!   `/status` says is served once a backup that started after it has ended.
 //!
 //! Security model: the routes are off unless a token is configured; the listener is whatever
 //! `[http] listen` says (bind it to loopback unless something else must reach it); the token is
@@ -25,14 +27,24 @@ pub struct Control {
     token: crate::config::Secret,
     /// The clean stop of the whole process (the token SIGTERM cancels).
     stop: CancellationToken,
+    /// Base backups, when `[archive]` is set.
+    backups: Option<crate::base_backup::BaseBackups>,
 }
 
 /// The answer to a control request: status code and body.
 pub type Answer = (u16, String);
 
 impl Control {
-    pub fn new(token: crate::config::Secret, stop: CancellationToken) -> Control {
-        Control { token, stop }
+    pub fn new(
+        token: crate::config::Secret,
+        stop: CancellationToken,
+        backups: Option<crate::base_backup::BaseBackups>,
+    ) -> Control {
+        Control {
+            token,
+            stop,
+            backups,
+        }
     }
 
     /// Answers `POST /v1/<command>` with the request's `Authorization` header.
@@ -49,7 +61,21 @@ impl Control {
                 self.stop.cancel();
                 (202, "{\"accepted\":\"stop\"}\n".into())
             }
-            other => (404, format!("no control command {other:?}: stop\n")),
+            "backup" => match &self.backups {
+                Some(b) => {
+                    let request = b.request();
+                    tracing::info!(request, "base backup requested over the control route");
+                    (
+                        202,
+                        format!("{{\"accepted\":\"backup\",\"request\":{request}}}\n"),
+                    )
+                }
+                None => (
+                    409,
+                    "no [archive] is configured: there is nowhere to write a base backup\n".into(),
+                ),
+            },
+            other => (404, format!("no control command {other:?}: stop, backup\n")),
         }
     }
 }
@@ -72,6 +98,11 @@ fn same(a: &[u8], b: &[u8]) -> bool {
 
 /// `ferry ctl <command>`: sends the request to the running ferry this configuration describes.
 pub fn request(config: &Config, command: &str) -> Result<Answer> {
+    http(config, "POST", &format!("/v1/{command}"))
+}
+
+/// One HTTP request to the running ferry this configuration describes, with its token.
+pub fn http(config: &Config, method: &str, path: &str) -> Result<Answer> {
     let http = config.http.as_ref().ok_or_else(|| {
         Error::Config("ferry ctl needs [http] listen (and token) in the configuration".into())
     })?;
@@ -97,7 +128,7 @@ pub fn request(config: &Config, command: &str) -> Result<Answer> {
         .map_err(io)?;
     write!(
         s,
-        "POST /v1/{command} HTTP/1.1\r\nHost: ferry\r\nAuthorization: Bearer {}\r\n\
+        "{method} {path} HTTP/1.1\r\nHost: ferry\r\nAuthorization: Bearer {}\r\n\
          Content-Length: 0\r\nConnection: close\r\n\r\n",
         token.expose()
     )
@@ -125,7 +156,7 @@ mod tests {
         .unwrap()
         .remove("t")
         .unwrap();
-        (Control::new(token, stop.clone()), stop)
+        (Control::new(token, stop.clone(), None), stop)
     }
 
     #[test]

@@ -53,6 +53,8 @@ pub struct Shared {
     pub archive: Option<watch::Receiver<ferry_archive::ArchiveProgress>>,
     /// `[archive] max_lag_seconds`: `/readyz` is unready while the archive is further behind.
     pub archive_max_lag: Option<f64>,
+    /// Base backups and drills, when `[archive]` is set.
+    pub base_backups: Option<crate::base_backup::BaseBackups>,
 }
 
 /// A sink's lag in seconds, as [`ferry_source::lag`] defines it. Should the spool not be readable at
@@ -145,6 +147,7 @@ pub fn metrics(s: &Shared) -> String {
     snapshot_metrics(&mut out);
     spool_metrics(&mut out, s);
     archive_metrics(&mut out, s);
+    base_backup_metrics(&mut out, s);
     sink_metrics(&mut out, s);
     process_metrics(&mut out);
     out.0
@@ -374,6 +377,65 @@ fn archive_metrics(out: &mut Exposition, s: &Shared) {
         "1 while the archive writes without failing.",
         &[(String::new(), f64::from(u8::from(p.failing.is_none())))],
     );
+}
+
+/// Base backups (their age is what a restore must replay) and drills (when backups were last
+/// proven by a restore).
+fn base_backup_metrics(out: &mut Exposition, s: &Shared) {
+    let Some(b) = &s.base_backups else {
+        return;
+    };
+    let st = b.status();
+    let now = ferry_source::postgres::replication::unix_now_micros();
+    let mut family = |n: &str, k: &str, h: &str, v: &[(String, f64)]| out.family(n, k, h, v);
+    let one = |v: f64| [(String::new(), v)];
+    let progress = &ferry_source::progress::BASE_BACKUP;
+    family(
+        "ferry_base_backup_running",
+        "gauge",
+        "1 while a base backup copies tables.",
+        &one(f64::from(u8::from(st.running))),
+    );
+    family(
+        "ferry_base_backup_rows_copied",
+        "gauge",
+        "Rows the running (or last) base backup has copied.",
+        &one(progress.rows.load(Ordering::Relaxed) as f64),
+    );
+    if let Some(last) = &st.last {
+        family(
+            "ferry_base_backup_age_seconds",
+            "gauge",
+            "Seconds since the newest base backup's snapshot.",
+            &one((now - last.snapshot_time).max(0) as f64 / 1e6),
+        );
+        family(
+            "ferry_base_backup_last_bytes",
+            "gauge",
+            "Stored bytes of the newest base backup.",
+            &one(last.bytes as f64),
+        );
+    }
+    family(
+        "ferry_base_backup_failures_total",
+        "counter",
+        "Base backups that failed in this process.",
+        &one(st.failures as f64),
+    );
+    if let Some(d) = &st.last_drill {
+        family(
+            "ferry_backup_drill_last_timestamp_seconds",
+            "gauge",
+            "When the newest backup drill finished (Unix seconds).",
+            &one(d.finished as f64 / 1e6),
+        );
+        family(
+            "ferry_backup_drill_last_passed",
+            "gauge",
+            "1 when the newest backup drill restored a database equal to the source.",
+            &one(f64::from(u8::from(d.passed))),
+        );
+    }
 }
 
 /// The archive's lag in seconds, as a sink's.
@@ -615,6 +677,7 @@ pub fn status_json(s: &Shared) -> serde_json::Value {
                 "failing": p.failing,
             })
         }),
+        "base_backup": s.base_backups.as_ref().map(|b| b.status()),
         "ready": unready(s).is_none(),
     })
 }

@@ -4,11 +4,13 @@
 //! connections `ferry_db`.
 
 pub mod backup;
+pub mod base_backup;
 pub mod check;
 pub mod cli;
 pub mod config;
 pub mod control;
 pub mod ddl_trigger;
+pub mod drill;
 pub mod dump;
 pub mod http;
 pub mod logging;

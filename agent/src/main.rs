@@ -142,6 +142,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 anyhow::bail!("the archive has problems")
             }
         }
+        Command::Backup {
+            command: BackupCommand::Now(args),
+        } => {
+            let config = Config::load(&args.config)?;
+            print!("{}", ferry_agent::backup::now(&config)?);
+            Ok(())
+        }
+        Command::Backup {
+            command: BackupCommand::Drill(args),
+        } => {
+            let config = Config::load(&args.config.config)?;
+            let (text, passed) = runtime()?.block_on(ferry_agent::drill::drill(
+                &config,
+                &args.into,
+                std::time::Duration::from_secs(args.wait),
+            ))?;
+            print!("{text}");
+            if passed {
+                Ok(())
+            } else {
+                anyhow::bail!("the drill failed: the restored database is not the source")
+            }
+        }
         Command::DdlTrigger {
             command: DdlTriggerCommand::Sql,
         } => {

@@ -248,6 +248,24 @@ pub async fn run(
         ),
         None => None,
     };
+    let base_backups = match (&config.archive, &archive) {
+        (Some(a), Some(settings)) => Some((
+            crate::base_backup::BaseBackups::default(),
+            ferry_archive::Archive::open(settings)
+                .map_err(|e| Error::Config(format!("[archive]: {e}")))?,
+            crate::base_backup::Schedule {
+                every: a.base_backup_every().map_err(Error::Config)?,
+                keep: a.keep().map_err(Error::Config)?,
+                chunk_bytes: settings.object_bytes,
+            },
+        )),
+        _ => None,
+    };
+    let backup_source = if mysql {
+        crate::base_backup::BackupSource::Mysql(Box::new(mysql_settings(&config)?))
+    } else {
+        crate::base_backup::BackupSource::Postgres(Box::new(pg_settings(&config)?))
+    };
     let archiver = archive.map(|settings| ferry_archive::Archiver::new(settings, dir.clone()));
     let (truncate_tx, truncate_rx) = watch::channel(Offset(0));
     let sinks_applied = (!sink_configs.is_empty()).then(|| applied_rx.clone());
@@ -302,10 +320,14 @@ pub async fn run(
                 durable: durable.clone(),
                 spool_dir: dir.clone(),
                 tick: std::sync::Arc::new(std::sync::atomic::AtomicI64::new(0)),
-                control: http
-                    .token
-                    .clone()
-                    .map(|t| crate::control::Control::new(t, shutdown.clone())),
+                control: http.token.clone().map(|t| {
+                    crate::control::Control::new(
+                        t,
+                        shutdown.clone(),
+                        base_backups.as_ref().map(|b| b.0.clone()),
+                    )
+                }),
+                base_backups: base_backups.as_ref().map(|b| b.0.clone()),
                 archive: archiver.as_ref().map(|(_, rx)| rx.clone()),
                 archive_max_lag: config
                     .archive
@@ -334,8 +356,23 @@ pub async fn run(
         ));
         tokio::spawn(archiver.run(durable.clone(), archive_stop.clone()))
     });
+    // Base backups read the source database, not the spool: they stop with the source.
+    let backups_stop = shutdown.child_token();
+    let backups_task = base_backups.map(|(handle, archive, schedule)| {
+        tokio::spawn(crate::base_backup::run(
+            handle,
+            archive,
+            backup_source,
+            schedule,
+            backups_stop.clone(),
+        ))
+    });
 
     let source_result = source.run(shutdown).await;
+    backups_stop.cancel();
+    if let Some(task) = backups_task {
+        let _ = task.await;
+    }
     if let Err(e) = &source_result {
         // Logged when it happens: the sinks' shutdown below may take a while.
         tracing::error!(error = %e, "the source stopped");

@@ -3,14 +3,18 @@
 //! was at any archived transaction (`ferry restore`).
 //!
 //! - `archiver`: one more reader of the spool, writing objects of whole transactions.
+//! - `base`: base backups (a consistent copy at a known position, in chunks).
 //! - `object`: an object's bytes and its manifest.
 //! - `store`: the object store, names, and the chain the objects form.
+//! - `retention`: `keep`, and deleting only what no kept restore point needs.
 //! - `restore`: the chain read back to a target, into a spool a sink worker applies; `verify`.
 
 pub mod archiver;
+pub mod base;
 pub mod error;
 pub mod object;
 pub mod restore;
+pub mod retention;
 pub mod store;
 
 use std::time::Duration;

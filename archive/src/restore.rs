@@ -4,12 +4,13 @@
 
 use std::path::Path;
 
-use ferry_proto::{Event, Position};
+use ferry_proto::{Begin, Commit, Event, Position, RelationId};
 use ferry_spool::{Offset, SpoolWriter, WriterOptions};
 use tokio::sync::watch;
 
+use crate::base::BaseManifest;
 use crate::error::{ArchiveError, Result};
-use crate::object::{self, Manifest};
+use crate::object::Manifest;
 use crate::store::{Archive, check_chain};
 
 /// Where a restore stops.
@@ -25,7 +26,7 @@ pub enum Target {
 }
 
 impl Target {
-    fn includes(&self, position: &Position, commit_time: i64) -> bool {
+    pub fn includes(&self, position: &Position, commit_time: i64) -> bool {
         match self {
             Target::Latest => true,
             Target::Time(t) => commit_time <= *t,
@@ -46,110 +47,191 @@ pub struct Stopped {
     pub objects: Vec<String>,
 }
 
-/// The objects a restore to `target` reads, in order: the chain from the archive's beginning
-/// (which holds the initial snapshot) to the first object past the target. A gap, or an archive
-/// that does not begin at the spool's beginning, is an error naming it.
-pub async fn plan(archive: &Archive, target: &Target) -> Result<Vec<Manifest>> {
-    let manifests = archive.manifests().await?;
-    let Some(first) = manifests.first() else {
-        return Err(ArchiveError::Gap(format!(
-            "the archive {} holds no object yet",
-            archive.url
-        )));
-    };
-    if first.first_offset != 0 {
-        return Err(ArchiveError::Gap(format!(
-            "the archive {} begins at spool offset {} ({}), not with the initial snapshot: \
-             nothing to restore from without a base backup",
-            archive.url, first.first_offset, first.object
-        )));
+/// What a restore to a target reads: the base backup it starts from (`None`: the log from the
+/// archive's beginning, which holds the initial snapshot), then the log objects in order.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub base: Option<BaseManifest>,
+    pub log: Vec<Manifest>,
+}
+
+impl Plan {
+    /// Every object the restore reads, in order.
+    pub fn objects(&self) -> Vec<String> {
+        let base = self
+            .base
+            .iter()
+            .flat_map(|b| b.chunks.iter().map(|c| c.object.clone()));
+        base.chain(self.log.iter().map(|m| m.object.clone()))
+            .collect()
     }
-    check_chain(&manifests)?;
-    let mut out = Vec::new();
-    for m in manifests {
+}
+
+/// The plan of a restore to `target`: the newest base backup the target includes, then the log
+/// from the last object that begins at or before the base's position up to the first object
+/// past the target. Without a usable base backup, the log from the archive's beginning (which
+/// must hold the initial snapshot). A gap is an error naming it, never a restore of less.
+pub async fn plan(archive: &Archive, target: &Target) -> Result<Plan> {
+    let manifests = archive.manifests().await?;
+    let bases = archive.base_manifests().await?;
+    let base = bases
+        .into_iter()
+        .rev()
+        .find(|b| target.includes(&b.position, b.snapshot_time));
+    let start = match &base {
+        Some(b) => log_start(&manifests, b).map_err(|why| {
+            ArchiveError::Gap(format!(
+                "base backup {} (at {}) cannot be followed by the log: {why}",
+                b.id, b.position
+            ))
+        })?,
+        None => {
+            let Some(first) = manifests.first() else {
+                return Err(ArchiveError::Gap(format!(
+                    "the archive {} holds no object and no base backup the target includes",
+                    archive.url
+                )));
+            };
+            if first.first_offset != 0 {
+                return Err(ArchiveError::Gap(format!(
+                    "the archive {} begins at spool offset {} ({}), not with the initial \
+                     snapshot, and holds no base backup the target includes: nothing to restore \
+                     from",
+                    archive.url, first.first_offset, first.object
+                )));
+            }
+            0
+        }
+    };
+    check_chain(&manifests[start..])?;
+    let mut log = Vec::new();
+    for m in manifests.into_iter().skip(start) {
         let past = !target.includes(&m.first_position, m.first_commit_time);
-        out.push(m);
+        log.push(m);
         if past {
             break;
         }
     }
-    Ok(out)
+    Ok(Plan { base, log })
 }
 
-/// Writes the archived transactions up to `target` into a new spool in `dir`; `wanted` decides
-/// which tables' row changes are kept. Returns where it stopped, and the spool's durable end
-/// for a reader (its writer is gone: a tailing reader reads to the end and stops).
+/// Where the log a base backup needs begins: the last object whose first transaction is at or
+/// before the base's position. From there on the chain holds every transaction after it (the
+/// spool is contiguous); an archive whose log begins after the base's position may have lost
+/// the transactions in between, and is refused.
+pub fn log_start(
+    manifests: &[Manifest],
+    base: &BaseManifest,
+) -> std::result::Result<usize, String> {
+    manifests
+        .iter()
+        .rposition(|m| base.position.covers(&m.first_position))
+        .ok_or_else(|| match manifests.first() {
+            None => "the archive holds no log object".to_owned(),
+            Some(m) => format!(
+                "the log begins at {} ({}), after the base backup's position",
+                m.first_position, m.object
+            ),
+        })
+}
+
+/// Writes the base backup and archived transactions of a restore to `target` into a new spool
+/// in `dir`; `wanted` decides which tables' row changes are kept. Returns where it stopped, and
+/// the spool's durable end for a reader (its writer is gone: a tailing reader reads to the end
+/// and stops). Events stream through: memory holds one object, whatever a transaction's size.
 pub async fn to_spool(
     archive: &Archive,
+    plan: &Plan,
     target: &Target,
     wanted: &(dyn Fn(&str, &str) -> bool + Sync),
     dir: &Path,
 ) -> Result<(Stopped, watch::Receiver<Offset>)> {
-    let plan = plan(archive, target).await?;
     let (mut spool, _) = SpoolWriter::open(dir, WriterOptions::default())?;
     let durable = spool.subscribe();
     let mut stopped = Stopped::default();
     let mut names = std::collections::HashMap::new();
-    'objects: for m in &plan {
+    // The base's position while the log is still at or before it: those transactions and the
+    // relations in force before it are in the base already, in their newer form.
+    let mut covered: Option<Position> = None;
+    if let Some(b) = &plan.base {
+        let begin = Begin {
+            position: b.position.clone(),
+            xid: 0,
+            commit_time: b.snapshot_time,
+        };
+        spool.append(&Event::Begin(begin))?;
+        for chunk in &b.chunks {
+            for event in crate::base::read_chunk(archive, chunk).await? {
+                if let Event::Relation(r) = &event {
+                    names.insert(r.id, (r.schema.clone(), r.name.clone()));
+                }
+                if keep(&event, &names, wanted) {
+                    if event.relation_id().is_some() && !matches!(event, Event::Relation(_)) {
+                        stopped.changes += 1;
+                    }
+                    spool.append(&event)?;
+                }
+            }
+            stopped.objects.push(chunk.object.clone());
+            spool.commit()?;
+        }
+        spool.append(&Event::Commit(Commit {
+            position: b.position.clone(),
+            xid: 0,
+            commit_time: b.snapshot_time,
+        }))?;
+        stopped.position = Some(b.position.clone());
+        stopped.commit_time = Some(b.snapshot_time);
+        stopped.xid = Some(0);
+        stopped.transactions += 1;
+        covered = Some(b.position.clone());
+    }
+    // Whether the transaction being read is written (false: covered by the base).
+    let mut writing = false;
+    let mut in_txn = false;
+    'objects: for m in &plan.log {
         let events = read_object(archive, m).await?;
         stopped.objects.push(m.object.clone());
-        let mut txn: Vec<Event> = Vec::new();
-        let mut changes = 0u64;
         for event in events {
             match event {
-                Event::Relation(r) => {
-                    names.insert(r.id, (r.schema.clone(), r.name.clone()));
-                    if txn.is_empty() {
-                        // An object's prologue: the definitions in force where it begins.
-                        spool.append(&Event::Relation(r))?;
-                    } else {
-                        txn.push(Event::Relation(r));
-                    }
-                }
-                Event::Begin(_) => {
-                    txn.clear();
-                    changes = 0;
-                    txn.push(event);
-                }
-                Event::Commit(c) => {
-                    if !target.includes(&c.position, c.commit_time) {
+                Event::Begin(b) => {
+                    if !target.includes(&b.position, b.commit_time) {
                         break 'objects;
                     }
-                    txn.push(Event::Commit(c.clone()));
-                    for e in std::mem::take(&mut txn) {
-                        spool.append(&e)?;
+                    if covered.as_ref().is_some_and(|q| q.covers(&b.position)) {
+                        writing = false;
+                    } else {
+                        covered = None;
+                        writing = true;
+                        spool.append(&Event::Begin(b))?;
                     }
-                    stopped.position = Some(c.position);
-                    stopped.commit_time = Some(c.commit_time);
-                    stopped.xid = Some(c.xid);
-                    stopped.transactions += 1;
-                    stopped.changes += changes;
+                    in_txn = true;
+                }
+                Event::Commit(c) => {
+                    in_txn = false;
+                    if writing {
+                        spool.append(&Event::Commit(c.clone()))?;
+                        stopped.position = Some(c.position);
+                        stopped.commit_time = Some(c.commit_time);
+                        stopped.xid = Some(c.xid);
+                        stopped.transactions += 1;
+                    }
                 }
                 Event::Heartbeat(_) => {}
-                // Only the wanted tables of a truncate: the others are not restored at all.
-                Event::Truncate(mut t) => {
-                    t.relations.retain(|id| {
-                        names
-                            .get(id)
-                            .is_none_or(|(schema, name)| wanted(schema, name))
-                    });
-                    if !t.relations.is_empty() {
-                        changes += 1;
-                        txn.push(Event::Truncate(t));
+                Event::Relation(r) => {
+                    names.insert(r.id, (r.schema.clone(), r.name.clone()));
+                    // An object's prologue (outside any transaction) is written unless the base
+                    // has the tables in a newer form.
+                    if (in_txn && writing) || (!in_txn && covered.is_none()) {
+                        spool.append(&Event::Relation(r))?;
                     }
                 }
                 other => {
-                    let keep = match other.relation_id() {
-                        Some(id) => names
-                            .get(&id)
-                            .is_none_or(|(schema, name)| wanted(schema, name)),
-                        None => true,
-                    };
-                    if keep {
-                        if other.relation_id().is_some() {
-                            changes += 1;
+                    if writing && keep(&other, &names, wanted) {
+                        if other.relation_id().is_some() || matches!(other, Event::Truncate(_)) {
+                            stopped.changes += 1;
                         }
-                        txn.push(other);
+                        spool.append(&restrict_truncate(other, &names, wanted))?;
                     }
                 }
             }
@@ -158,31 +240,57 @@ pub async fn to_spool(
         // restore, which starts over if it fails.
         spool.commit()?;
     }
+    if in_txn && writing {
+        // The log ended inside a transaction: cut it rather than restore part of it.
+        return Err(ArchiveError::Gap(
+            "the last archived object ends inside a transaction".into(),
+        ));
+    }
     spool.commit()?;
     Ok((stopped, durable))
 }
 
+/// Whether a restore keeps an event: row changes of the wanted tables only (a truncate when it
+/// names any wanted table), everything else.
+fn keep(
+    event: &Event,
+    names: &std::collections::HashMap<RelationId, (String, String)>,
+    wanted: &(dyn Fn(&str, &str) -> bool + Sync),
+) -> bool {
+    let is_wanted = |id: &RelationId| {
+        names
+            .get(id)
+            .is_none_or(|(schema, name)| wanted(schema, name))
+    };
+    match event {
+        Event::Relation(_) => true,
+        Event::Truncate(t) => t.relations.iter().any(is_wanted),
+        other => other.relation_id().is_none_or(|id| is_wanted(&id)),
+    }
+}
+
+/// A truncate keeps only the wanted tables: the others are not restored at all.
+fn restrict_truncate(
+    event: Event,
+    names: &std::collections::HashMap<RelationId, (String, String)>,
+    wanted: &(dyn Fn(&str, &str) -> bool + Sync),
+) -> Event {
+    match event {
+        Event::Truncate(mut t) => {
+            t.relations.retain(|id| {
+                names
+                    .get(id)
+                    .is_none_or(|(schema, name)| wanted(schema, name))
+            });
+            Event::Truncate(t)
+        }
+        other => other,
+    }
+}
+
 /// An object's events, after checking it against its manifest.
 pub async fn read_object(archive: &Archive, m: &Manifest) -> Result<Vec<Event>> {
-    let bytes = archive.get(&m.object).await.map_err(|e| match e {
-        ArchiveError::Store(object_store::Error::NotFound { .. }) => ArchiveError::Gap(format!(
-            "{} is listed by its manifest but missing",
-            m.object
-        )),
-        other => other,
-    })?;
-    if bytes.len() as u64 != m.bytes || crc32c::crc32c(&bytes) != m.crc32c {
-        return Err(ArchiveError::Damaged {
-            object: m.object.clone(),
-            reason: format!(
-                "it holds {} bytes, its manifest says {} with another checksum",
-                bytes.len(),
-                m.bytes
-            ),
-        });
-    }
-    let frames = object::open(&bytes, archive.key.as_ref(), &m.object)?;
-    object::events(&frames, &m.object)
+    archive.read_checked(&m.object, m.bytes, m.crc32c).await
 }
 
 /// What `ferry backup verify` found: objects read, and what is wrong (empty when nothing).
@@ -190,25 +298,62 @@ pub async fn read_object(archive: &Archive, m: &Manifest) -> Result<Vec<Event>> 
 pub struct Verified {
     pub objects: usize,
     pub transactions: u64,
+    pub base_backups: usize,
+    pub rows: u64,
     pub bytes: u64,
     pub problems: Vec<String>,
 }
 
 /// Reads every object of the archive and checks it: present, checksum, decryption, frames,
-/// the transactions its manifest counts, and the chain unbroken.
+/// the transactions (or rows) its manifest counts; the log's chain unbroken; and each base
+/// backup followed by the log without a gap. An archive without base backups must begin with
+/// the initial snapshot.
 pub async fn verify(archive: &Archive) -> Result<Verified> {
     let manifests = archive.manifests().await?;
+    let bases = archive.base_manifests().await?;
     let mut v = Verified::default();
     if let Err(e) = check_chain(&manifests) {
         v.problems.push(e.to_string());
     }
-    if let Some(first) = manifests.first()
+    if bases.is_empty()
+        && let Some(first) = manifests.first()
         && first.first_offset != 0
     {
         v.problems.push(format!(
-            "the archive begins at spool offset {} ({}), not with the initial snapshot",
+            "the archive begins at spool offset {} ({}), not with the initial snapshot, and \
+             holds no base backup",
             first.first_offset, first.object
         ));
+    }
+    for b in &bases {
+        v.base_backups += 1;
+        if let Err(why) = log_start(&manifests, b) {
+            v.problems.push(format!(
+                "base backup {} (at {}) cannot be followed by the log: {why}",
+                b.id, b.position
+            ));
+        }
+        let mut inserts = 0u64;
+        for c in &b.chunks {
+            v.objects += 1;
+            v.bytes += c.bytes;
+            match crate::base::read_chunk(archive, c).await {
+                Ok(events) => {
+                    inserts += events
+                        .iter()
+                        .filter(|e| matches!(e, Event::Insert(_)))
+                        .count() as u64
+                }
+                Err(e) => v.problems.push(e.to_string()),
+            }
+        }
+        v.rows += inserts;
+        if inserts != b.rows && v.problems.is_empty() {
+            v.problems.push(format!(
+                "base backup {} holds {inserts} rows, its manifest says {}",
+                b.id, b.rows
+            ));
+        }
     }
     for m in &manifests {
         v.objects += 1;

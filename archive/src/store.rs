@@ -8,8 +8,10 @@ use object_store::path::Path;
 use object_store::{GetOptions, ObjectStore, PutMode, PutOptions, PutPayload};
 
 use crate::ArchiveSettings;
+use crate::base::BaseManifest;
 use crate::error::{ArchiveError, Result};
-use crate::object::{Key, Manifest};
+use crate::object::{self, Key, Manifest};
+use ferry_proto::Event;
 
 /// An archive: its store and, when encrypted, its key.
 #[derive(Debug, Clone)]
@@ -76,6 +78,73 @@ impl Archive {
         self.put_create(&Path::from(name), text).await
     }
 
+    /// Writes an object that must not exist yet (a manifest, a drill's record).
+    pub async fn put_new(&self, name: &str, bytes: Vec<u8>) -> Result<()> {
+        self.put_create(&Path::from(name), bytes).await
+    }
+
+    /// Deletes an object; one already gone is not an error (retention may have been cut off
+    /// half-way).
+    pub async fn delete(&self, name: &str) -> Result<()> {
+        match self.store.delete(&Path::from(name)).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// The names of every object under `prefix`, sorted.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let metas: Vec<object_store::ObjectMeta> = self
+            .store
+            .list(Some(&Path::from(prefix)))
+            .try_collect()
+            .await?;
+        let mut names: Vec<String> = metas.into_iter().map(|m| m.location.to_string()).collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// An object's events, after checking its size and crc32c against what its manifest says,
+    /// and its frames (and, encrypted, its tag). A missing object is a gap.
+    pub async fn read_checked(&self, name: &str, size: u64, crc: u32) -> Result<Vec<Event>> {
+        let bytes = self.get(name).await.map_err(|e| match e {
+            ArchiveError::Store(object_store::Error::NotFound { .. }) => {
+                ArchiveError::Gap(format!("{name} is listed by its manifest but missing"))
+            }
+            other => other,
+        })?;
+        if bytes.len() as u64 != size || crc32c::crc32c(&bytes) != crc {
+            return Err(ArchiveError::Damaged {
+                object: name.to_owned(),
+                reason: format!(
+                    "it holds {} bytes, its manifest says {size} with another checksum",
+                    bytes.len()
+                ),
+            });
+        }
+        let frames = object::open(&bytes, self.key.as_ref(), name)?;
+        object::events(&frames, name)
+    }
+
+    /// Every committed base backup, oldest first.
+    pub async fn base_manifests(&self) -> Result<Vec<BaseManifest>> {
+        let mut out = Vec::new();
+        for name in self.list("base").await? {
+            if !name.ends_with("/backup.json") {
+                continue;
+            }
+            let bytes = self.get(&name).await?;
+            let m: BaseManifest =
+                serde_json::from_slice(&bytes).map_err(|e| ArchiveError::Damaged {
+                    object: name.clone(),
+                    reason: format!("not a base backup manifest: {e}"),
+                })?;
+            out.push(m);
+        }
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+
     async fn put_create(&self, path: &Path, bytes: Vec<u8>) -> Result<()> {
         let opts = PutOptions {
             mode: PutMode::Create,
@@ -98,17 +167,8 @@ impl Archive {
 
     /// The names of the committed objects' manifests, in stream order.
     pub async fn manifest_names(&self) -> Result<Vec<String>> {
-        let metas: Vec<object_store::ObjectMeta> = self
-            .store
-            .list(Some(&Path::from("log")))
-            .try_collect()
-            .await?;
-        let mut names: Vec<String> = metas
-            .into_iter()
-            .map(|m| m.location.to_string())
-            .filter(|n| n.ends_with(".json"))
-            .collect();
-        names.sort();
+        let mut names = self.list("log").await?;
+        names.retain(|n| n.ends_with(".json"));
         Ok(names)
     }
 

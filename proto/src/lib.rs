@@ -4,6 +4,7 @@
 //! [`Position`]s and [`Value`]s, and the [`frame`] that carries one event on disk or on the wire.
 //! It does no I/O.
 
+pub mod civil;
 pub mod event;
 pub mod frame;
 pub mod position;

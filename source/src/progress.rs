@@ -1,5 +1,5 @@
-//! The initial snapshot's progress, process-wide (one source, so at most one snapshot a process):
-//! the snapshot code of either source updates it, `/metrics` reads it.
+//! The copies' progress, process-wide (one source, so at most one initial snapshot and one base
+//! backup at a time): the copy code of either source updates it, `/metrics` reads it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -13,6 +13,13 @@ pub struct SnapshotProgress {
 }
 
 pub static SNAPSHOT: SnapshotProgress = SnapshotProgress {
+    tables_total: AtomicU64::new(0),
+    tables_done: AtomicU64::new(0),
+    rows: AtomicU64::new(0),
+    running: AtomicU64::new(0),
+};
+
+pub static BASE_BACKUP: SnapshotProgress = SnapshotProgress {
     tables_total: AtomicU64::new(0),
     tables_done: AtomicU64::new(0),
     rows: AtomicU64::new(0),

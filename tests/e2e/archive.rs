@@ -12,11 +12,11 @@ use ferry_tests::ferry::{FerryConfig, command};
 use ferry_tests::{MariaDb, Postgres};
 use mysql_async::prelude::Queryable;
 
-const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+pub(crate) const KEY: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
 /// A source-only configuration archiving to `dir` (sealing after 1 s), with `extra` lines in
 /// `[archive]`.
-fn archive_config(source: &Postgres, dir: &Path, extra: &str) -> FerryConfig {
+pub(crate) fn archive_config(source: &Postgres, dir: &Path, extra: &str) -> FerryConfig {
     let config = FerryConfig::postgres(&source.url("postgres"), "").unwrap();
     let text = std::fs::read_to_string(config.path()).unwrap();
     std::fs::write(
@@ -31,7 +31,7 @@ fn archive_config(source: &Postgres, dir: &Path, extra: &str) -> FerryConfig {
 }
 
 /// The manifests in the archive directory, in order.
-fn manifests(dir: &Path) -> Vec<serde_json::Value> {
+pub(crate) fn manifests(dir: &Path) -> Vec<serde_json::Value> {
     let mut names: Vec<PathBuf> = std::fs::read_dir(dir.join("log"))
         .map(|d| d.map(|e| e.unwrap().path()).collect())
         .unwrap_or_default();
@@ -44,7 +44,7 @@ fn manifests(dir: &Path) -> Vec<serde_json::Value> {
 }
 
 /// Waits until the archive holds a transaction committed at or after `micros`.
-async fn wait_archived(dir: &Path, micros: i64) {
+pub(crate) async fn wait_archived(dir: &Path, micros: i64) {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let last = manifests(dir)
@@ -59,7 +59,7 @@ async fn wait_archived(dir: &Path, micros: i64) {
     }
 }
 
-async fn one<T: for<'a> tokio_postgres::types::FromSql<'a>>(
+pub(crate) async fn one<T: for<'a> tokio_postgres::types::FromSql<'a>>(
     c: &tokio_postgres::Client,
     sql: &str,
 ) -> T {
@@ -67,7 +67,7 @@ async fn one<T: for<'a> tokio_postgres::types::FromSql<'a>>(
 }
 
 /// The source's clock now, as RFC 3339 and as µs since the epoch.
-async fn now(c: &tokio_postgres::Client) -> (String, i64) {
+pub(crate) async fn now(c: &tokio_postgres::Client) -> (String, i64) {
     let row = c
         .query_one(
             "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', \
@@ -84,7 +84,7 @@ const DUMP_ORDERS: &str = "SELECT coalesce(string_agg(t::text, '|' ORDER BY id),
 const DUMP_ITEMS: &str = "SELECT coalesce(string_agg(t::text, '|' ORDER BY id), '') FROM items t";
 
 /// A client of database `db` on `pg`.
-async fn client(pg: &Postgres, db: &str) -> tokio_postgres::Client {
+pub(crate) async fn client(pg: &Postgres, db: &str) -> tokio_postgres::Client {
     let (c, conn) = tokio_postgres::connect(&pg.conn_str(db), tokio_postgres::NoTls)
         .await
         .unwrap();
@@ -93,7 +93,7 @@ async fn client(pg: &Postgres, db: &str) -> tokio_postgres::Client {
 }
 
 /// Creates database `db` on `pg`, restores into it (which must succeed) and connects to it.
-async fn restore_into(
+pub(crate) async fn restore_into(
     config: &FerryConfig,
     pg: &Postgres,
     db: &str,
@@ -111,7 +111,7 @@ async fn restore_into(
 }
 
 /// `ferry backup verify` passes.
-fn assert_verifies(config: &FerryConfig) -> String {
+pub(crate) fn assert_verifies(config: &FerryConfig) -> String {
     let path = config.path();
     let (code, out, err) =
         command(&["backup", "verify", "--config", path.to_str().unwrap()]).unwrap();
@@ -119,7 +119,7 @@ fn assert_verifies(config: &FerryConfig) -> String {
     out
 }
 
-fn restore(config: &FerryConfig, to: &str, into: &str, extra: &[&str]) -> (i32, String) {
+pub(crate) fn restore(config: &FerryConfig, to: &str, into: &str, extra: &[&str]) -> (i32, String) {
     let path = config.path();
     let mut args = vec![
         "restore",

@@ -3,6 +3,7 @@
 //! Run one area with `cargo test -p ferry-tests --test e2e <module>::`.
 
 mod archive;
+mod base_backup;
 mod check;
 mod exactly_once;
 mod examples;

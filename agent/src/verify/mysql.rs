@@ -26,7 +26,7 @@ const RECHECKS: usize = 3;
 /// A key's values.
 type Key = Vec<My>;
 
-async fn connect(url: &str) -> Result<Conn> {
+pub(crate) async fn connect(url: &str) -> Result<Conn> {
     let opts =
         ferry_db::mysql::opts_from_url(url).map_err(|e| Error::Config(format!("url: {e}")))?;
     let mut conn = ferry_db::mysql::connect(opts).await?;
@@ -38,13 +38,7 @@ async fn connect(url: &str) -> Result<Conn> {
 pub async fn verify(config: &Config, out: &mut String) -> Result<Vec<TableReport>> {
     let settings = crate::supervisor::mysql_settings(config)?;
     let mut source = connect(config.source.url.expose()).await?;
-    let names = schema::list_tables(&mut source, &|d, t| settings.wanted(d, t)).await?;
-    let mut tables = Vec::new();
-    for (db, t) in names {
-        if let Some(s) = schema::load(&mut source, &db, &t).await? {
-            tables.push(s);
-        }
-    }
+    let tables = captured_tables(&mut source, &settings).await?;
     let mut reports = Vec::new();
     for spanned in &config.sinks {
         let sink = spanned.get_ref();
@@ -61,12 +55,27 @@ pub async fn verify(config: &Config, out: &mut String) -> Result<Vec<TableReport
         let name = sink.name.as_str().to_owned();
         write_header(out, &name);
         for t in &tables {
-            let r = compare(&mut source, &mut target, &name, t).await?;
+            let r = compare(&mut source, &mut target, &name, t, RECHECKS).await?;
             write_line(out, &r);
             reports.push(r);
         }
     }
     Ok(reports)
+}
+
+/// The captured tables' schemas.
+pub(crate) async fn captured_tables(
+    source: &mut Conn,
+    settings: &ferry_source::mysql::MysqlSettings,
+) -> Result<Vec<TableSchema>> {
+    let names = schema::list_tables(source, &|d, t| settings.wanted(d, t)).await?;
+    let mut tables = Vec::new();
+    for (db, t) in names {
+        if let Some(s) = schema::load(source, &db, &t).await? {
+            tables.push(s);
+        }
+    }
+    Ok(tables)
 }
 
 fn key_list(t: &TableSchema) -> Vec<String> {
@@ -154,11 +163,14 @@ async fn chunk(
     }
 }
 
-async fn compare(
+/// Compares one table; a differing chunk is checked again up to `rechecks` times after waiting
+/// for the sink.
+pub(crate) async fn compare(
     source: &mut Conn,
     target: &mut Conn,
     sink: &str,
     t: &TableSchema,
+    rechecks: usize,
 ) -> Result<TableReport> {
     let bounds = boundaries(source, t).await?;
     let ranges: Vec<(Option<&Key>, Option<&Key>)> = (0..=bounds.len())
@@ -179,7 +191,7 @@ async fn compare(
             let b = chunk(target, t, lo, hi)
                 .await?
                 .unwrap_or((0, "missing table".into()));
-            if a == b || attempt == RECHECKS {
+            if a == b || attempt == rechecks {
                 report.source_rows += a.0;
                 report.sink_rows += b.0;
                 report.differing_chunks += usize::from(a != b);

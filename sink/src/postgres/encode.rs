@@ -118,20 +118,7 @@ fn write_float(f: f64, out: &mut String) {
     }
 }
 
-/// Proleptic Gregorian (year, month, day) of a day count from 1970-01-01 (astronomical years:
-/// 0 is 1 BC).
-pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    (y, m, d)
-}
+pub use ferry_proto::civil::civil_from_days;
 
 fn write_ymd(days: i64, out: &mut String) -> bool {
     let (y, m, d) = civil_from_days(days);

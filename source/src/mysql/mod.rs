@@ -11,4 +11,4 @@ pub mod server;
 pub mod source;
 pub mod table_def;
 
-pub use source::{MysqlSettings, MysqlSource};
+pub use source::{MysqlSettings, MysqlSource, base_backup, start_consistent_snapshot};

@@ -225,7 +225,7 @@ pub async fn load(
 /// Base tables of the server matching the source's table filter, as `(db, table)`.
 pub async fn list_tables(
     conn: &mut mysql_async::Conn,
-    wanted: &dyn Fn(&str, &str) -> bool,
+    wanted: &(dyn Fn(&str, &str) -> bool + Sync),
 ) -> Result<Vec<(String, String)>> {
     let rows: Vec<(String, String)> = conn
         .query(

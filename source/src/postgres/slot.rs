@@ -264,23 +264,25 @@ pub async fn retention(
     })
 }
 
-/// Creates the slot. With `export_snapshot`, the slot's snapshot is exported for the initial copy
-/// and stays valid until the next command on `conn`.
+/// Creates the slot. With `export_snapshot`, the slot's snapshot is exported for a copy and stays
+/// valid until the next command on `conn`. A temporary slot is dropped when `conn` closes.
 pub async fn create_slot(
     conn: &mut ReplicationConn,
     slot: &str,
+    temporary: bool,
     export_snapshot: bool,
     server_version: i32,
 ) -> Result<CreatedSlot> {
+    let temporary = if temporary { " TEMPORARY" } else { "" };
     let sql = if server_version >= 150_000 {
         format!(
-            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput (SNAPSHOT '{}')",
+            "CREATE_REPLICATION_SLOT {}{temporary} LOGICAL pgoutput (SNAPSHOT '{}')",
             quote_ident(slot),
             if export_snapshot { "export" } else { "nothing" }
         )
     } else {
         format!(
-            "CREATE_REPLICATION_SLOT {} LOGICAL pgoutput {}",
+            "CREATE_REPLICATION_SLOT {}{temporary} LOGICAL pgoutput {}",
             quote_ident(slot),
             if export_snapshot {
                 "EXPORT_SNAPSHOT"

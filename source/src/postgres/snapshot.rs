@@ -33,6 +33,7 @@ use super::catalog::TypeCatalog;
 use super::slot::{quote_ident, quote_literal};
 use super::source::{SourceSettings, stderr_is_terminal};
 use super::types;
+use crate::copy::{BASE_BACKUP, Copied, CopyKind, CopyOutput, INITIAL, SpoolOutput};
 use crate::error::{Error, Result};
 
 /// Rows per batch handed from a worker to the writer, and batches in flight per worker.
@@ -55,9 +56,10 @@ struct Progress {
     tables_done: AtomicU64,
 }
 
-/// Copies every published table that passes the filter into the spool, as one transaction.
-/// Returns false if `shutdown` came first: the copy is then left incomplete (its transaction has
-/// no Commit), to be cut and started over at the next start.
+/// The initial snapshot: every published table that passes the filter copied into the spool as
+/// one transaction at the slot's consistent point. Returns false if `shutdown` came first: the
+/// copy is then left incomplete (its transaction has no Commit), to be cut and started over at
+/// the next start.
 pub async fn copy_all(
     settings: &SourceSettings,
     snapshot_name: &str,
@@ -65,12 +67,6 @@ pub async fn copy_all(
     spool: &mut SpoolWriter,
     shutdown: &CancellationToken,
 ) -> Result<bool> {
-    if snapshot_name.is_empty() {
-        return Err(Error::Protocol("the slot exported no snapshot".into()));
-    }
-    let first = connect(settings, snapshot_name).await?;
-    let (tables, foreign_keys) = tables_to_copy(&first, settings).await?;
-    let total = tables.len();
     // The snapshot holds every transaction whose commit record ends at or before the slot's
     // consistent point: that is the point's meaning as a position.
     let position = Position::Postgres(Lsn(consistent_point));
@@ -80,14 +76,133 @@ pub async fn copy_all(
         xid: 0,
         commit_time: now,
     }))?;
+    let mut out = SpoolOutput(spool);
+    let copied = copy_tables(
+        settings,
+        snapshot_name,
+        &position,
+        &mut out,
+        shutdown,
+        INITIAL,
+    )
+    .await?;
+    if copied.is_none() {
+        return Ok(false);
+    }
+    spool.append(&Event::Commit(Commit {
+        position,
+        xid: 0,
+        commit_time: now,
+    }))?;
+    tokio::task::block_in_place(|| spool.commit())?;
+    Ok(true)
+}
+
+/// A position fixed on the source: a temporary slot's consistent point and its exported
+/// snapshot, which stays valid while `repl` is left idle (closing it drops the slot).
+#[derive(Debug)]
+pub struct Exported {
+    pub repl: super::replication::ReplicationConn,
+    pub position: Position,
+    pub snapshot_name: String,
+    /// The server's clock just after: every transaction the snapshot holds committed before it.
+    pub snapshot_time: i64,
+}
+
+/// Creates a temporary slot that exports its snapshot (for a base backup or a drill).
+pub async fn export_snapshot(settings: &SourceSettings, purpose: &'static str) -> Result<Exported> {
+    let mut repl = super::replication::ReplicationConn::connect(&settings.params).await?;
+    let version = server_version(&mut repl).await?;
+    let name = format!(
+        "ferry_{purpose}_{}_{}",
+        std::process::id(),
+        super::replication::unix_now_micros()
+    );
+    let (clock, _conn_task) = settings
+        .params
+        .tls
+        .connect_client(&settings.params.pg_config, purpose)
+        .await?;
+    let created = super::slot::create_slot(&mut repl, &name, true, true, version).await?;
+    // Commit times are the server's: its clock, read after the slot's consistent point.
+    let snapshot_time: i64 = clock
+        .query_one(
+            "SELECT (extract(epoch FROM clock_timestamp()) * 1000000)::int8",
+            &[],
+        )
+        .await?
+        .get(0);
+    Ok(Exported {
+        repl,
+        position: Position::Postgres(Lsn(created.consistent_point)),
+        snapshot_name: created
+            .snapshot_name
+            .ok_or_else(|| Error::Protocol("the slot exported no snapshot".into()))?,
+        snapshot_time,
+    })
+}
+
+/// A base backup: the same copy, from the exported snapshot of a temporary slot created for it
+/// (dropped when its connection closes), into `out`, while the stream keeps running. `None`
+/// when `shutdown` came first.
+pub async fn base_backup(
+    settings: &SourceSettings,
+    out: &mut impl CopyOutput,
+    shutdown: &CancellationToken,
+) -> Result<Option<Copied>> {
+    let exported = export_snapshot(settings, "backup").await?;
+    let tables = copy_tables(
+        settings,
+        &exported.snapshot_name,
+        &exported.position,
+        out,
+        shutdown,
+        BASE_BACKUP,
+    )
+    .await;
+    // Closing the replication connection ends the exported snapshot and drops the slot.
+    exported.repl.close().await;
+    Ok(tables?.map(|tables| Copied {
+        position: exported.position,
+        snapshot_time: exported.snapshot_time,
+        tables,
+    }))
+}
+
+/// `SHOW server_version_num` over a replication connection (walsenders answer SHOW).
+async fn server_version(repl: &mut super::replication::ReplicationConn) -> Result<i32> {
+    let rows = repl.simple_query("SHOW server_version_num").await?;
+    rows.first()
+        .and_then(|r| r.first().cloned().flatten())
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| Error::Protocol("SHOW server_version_num returned no number".into()))
+}
+
+/// Copies every published table that passes the filter, read in the exported snapshot, into
+/// `out`. Rows per table, or `None` if `shutdown` came first.
+pub async fn copy_tables(
+    settings: &SourceSettings,
+    snapshot_name: &str,
+    position: &Position,
+    out: &mut impl CopyOutput,
+    shutdown: &CancellationToken,
+    kind: CopyKind,
+) -> Result<Option<Vec<(String, u64)>>> {
+    if snapshot_name.is_empty() {
+        return Err(Error::Protocol("the slot exported no snapshot".into()));
+    }
+    let first = connect(settings, snapshot_name).await?;
+    let (tables, foreign_keys) = tables_to_copy(&first, settings).await?;
+    let total = tables.len();
+    let label = kind.label;
     tracing::info!(
         tables = total,
         workers = settings.snapshot_workers.min(total).max(1),
-        consistent_point = %Lsn(consistent_point),
-        "initial snapshot: starting"
+        %position,
+        "{label}: starting"
     );
 
-    crate::progress::SNAPSHOT.start(total as u64);
+    kind.progress.start(total as u64);
     let queue = Arc::new(Mutex::new(tables.into_iter().collect::<VecDeque<_>>()));
     let progress = Arc::new(Progress::default());
     let workers = if foreign_keys == 0 {
@@ -95,7 +210,7 @@ pub async fn copy_all(
     } else {
         tracing::info!(
             foreign_keys,
-            "initial snapshot: the tables have foreign keys; copying parents first, one table at a time"
+            "{label}: the tables have foreign keys; copying parents first, one table at a time"
         );
         1
     };
@@ -109,7 +224,7 @@ pub async fn copy_all(
         let (queue, progress, tx) = (queue.clone(), progress.clone(), tx.clone());
         let position = position.clone();
         tasks.spawn(async move {
-            let res = worker(&client, queue, progress, tx, position).await;
+            let res = worker(&client, queue, progress, tx, position, label).await;
             let _ = client.batch_execute("COMMIT").await;
             res
         });
@@ -121,6 +236,7 @@ pub async fn copy_all(
         terminal: stderr_is_terminal(),
         total,
         progress: progress.clone(),
+        kind,
     };
     let mut tick = tokio::time::interval(if reporter.terminal {
         Duration::from_millis(500)
@@ -131,14 +247,7 @@ pub async fn copy_all(
     loop {
         tokio::select! {
             batch = rx.recv() => match batch {
-                Some(events) => {
-                    for ev in &events {
-                        spool.append(ev)?;
-                    }
-                    if spool.end().0 - spool.durable_end().0 >= 4 << 20 {
-                        tokio::task::block_in_place(|| spool.commit())?;
-                    }
-                }
+                Some(events) => out.write(events).await?,
                 None => break,
             },
             _ = tick.tick() => reporter.report(false),
@@ -147,22 +256,18 @@ pub async fn copy_all(
                 if reporter.terminal {
                     eprintln!();
                 }
-                tracing::warn!("initial snapshot interrupted by shutdown; it starts over at the next start");
-                return Ok(false);
+                kind.progress.finish();
+                tracing::warn!("{label} interrupted by shutdown; it starts over at the next start");
+                return Ok(None);
             }
         }
     }
+    let mut copied = Vec::with_capacity(total);
     while let Some(res) = tasks.join_next().await {
-        res.map_err(|e| Error::Fatal(format!("snapshot worker: {e}")))??;
+        copied.extend(res.map_err(|e| Error::Fatal(format!("{label} worker: {e}")))??);
     }
     reporter.report(true);
-    crate::progress::SNAPSHOT.finish();
-    spool.append(&Event::Commit(Commit {
-        position,
-        xid: 0,
-        commit_time: now,
-    }))?;
-    tokio::task::block_in_place(|| spool.commit())?;
+    kind.progress.finish();
     let rows = progress.rows.load(Ordering::Relaxed);
     let secs = reporter.started.elapsed().as_secs_f64();
     tracing::info!(
@@ -170,9 +275,9 @@ pub async fn copy_all(
         rows,
         seconds = secs,
         rows_per_sec = (rows as f64 / secs.max(1e-3)) as u64,
-        "initial snapshot: complete"
+        "{label}: complete"
     );
-    Ok(true)
+    Ok(Some(copied))
 }
 
 /// The published tables that pass the filter, parents before children, and how many foreign
@@ -222,13 +327,14 @@ struct Reporter {
     terminal: bool,
     total: usize,
     progress: Arc<Progress>,
+    kind: CopyKind,
 }
 
 impl Reporter {
     fn report(&self, final_line: bool) {
         let progress = &self.progress;
         let total = self.total;
-        crate::progress::SNAPSHOT.set(
+        self.kind.progress.set(
             progress.tables_done.load(Ordering::Relaxed),
             progress.rows.load(Ordering::Relaxed),
         );
@@ -239,7 +345,8 @@ impl Reporter {
             let mut err = std::io::stderr().lock();
             let _ = write!(
                 err,
-                "\r\x1b[2Kinitial snapshot: {done}/{total} tables, {rows} rows, {rate} rows/s"
+                "\r\x1b[2K{}: {done}/{total} tables, {rows} rows, {rate} rows/s",
+                self.kind.label
             );
             if final_line {
                 let _ = writeln!(err);
@@ -250,7 +357,8 @@ impl Reporter {
                 tables = total,
                 rows,
                 rows_per_sec = rate,
-                "initial snapshot: copying"
+                "{}: copying",
+                self.kind.label
             );
         }
     }
@@ -272,7 +380,7 @@ fn parents_first(mut tables: Vec<Table>, edges: &[(u32, u32)]) -> Vec<Table> {
 }
 
 /// A connection inside a transaction that sees the exported snapshot.
-async fn connect(settings: &SourceSettings, snapshot_name: &str) -> Result<Client> {
+pub async fn connect(settings: &SourceSettings, snapshot_name: &str) -> Result<Client> {
     let params = &settings.params;
     let (client, _conn_task) = params
         .tls
@@ -297,12 +405,14 @@ async fn worker(
     progress: Arc<Progress>,
     tx: mpsc::Sender<Vec<Event>>,
     position: Position,
-) -> Result<()> {
+    label: &'static str,
+) -> Result<Vec<(String, u64)>> {
     let mut types = TypeCatalog::default();
+    let mut copied = Vec::new();
     loop {
         let next = queue.lock().map(|mut q| q.pop_front()).unwrap_or(None);
         let Some(table) = next else {
-            return Ok(());
+            return Ok(copied);
         };
         let started = Instant::now();
         let (relation, parse) = describe(client, &mut types, &table).await?;
@@ -396,8 +506,9 @@ async fn worker(
             rows,
             seconds = secs,
             rows_per_sec = (rows as f64 / secs.max(1e-3)) as u64,
-            "initial snapshot: table copied"
+            "{label}: table copied"
         );
+        copied.push((qualified, rows));
     }
 }
 

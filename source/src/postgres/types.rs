@@ -196,29 +196,7 @@ fn parse_bytea(s: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Days from 1970-01-01 to the proleptic Gregorian date y-m-d (y may be <= 0 for BC); `None`
-/// for a day the month does not have.
-pub fn days_from_civil(y: i64, m: u32, d: u32) -> Option<i64> {
-    if !(1..=12).contains(&m) || d == 0 || d > days_in_month(y, m) {
-        return None;
-    }
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y.rem_euclid(400);
-    let mp = (i64::from(m) + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    Some(era * 146_097 + doe - 719_468)
-}
-
-fn days_in_month(y: i64, m: u32) -> u32 {
-    match m {
-        4 | 6 | 9 | 11 => 30,
-        2 if (y % 4 == 0 && y % 100 != 0) || y % 400 == 0 => 29,
-        2 => 28,
-        _ => 31,
-    }
-}
+pub use ferry_proto::civil::days_from_civil;
 
 /// `YYYY-MM-DD`, optionally followed by ` BC` (year 1 BC is astronomical year 0).
 fn parse_date(s: &str) -> Option<i32> {

@@ -8,6 +8,8 @@
 
 mod snapshot;
 
+pub use snapshot::{base_backup, start_consistent_snapshot};
+
 use std::path::Path;
 use std::time::{Duration, Instant};
 

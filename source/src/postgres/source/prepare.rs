@@ -138,7 +138,7 @@ impl PgSource {
                     )));
                 }
                 let created =
-                    slot::create_slot(&mut repl, slot_name, self.settings.snapshot, version)
+                    slot::create_slot(&mut repl, slot_name, false, self.settings.snapshot, version)
                         .await?;
                 if self.settings.snapshot {
                     let done = crate::postgres::snapshot::copy_all(
