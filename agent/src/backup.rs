@@ -163,6 +163,7 @@ pub async fn restore(
         let (stopped, durable) = restore::to_spool(&archive, &plan, &target, &filter, &dir)
             .await
             .map_err(archive_error)?;
+        refuse_existing(into, &stopped.tables).await?;
         apply(into, &dir, durable).await?;
         Ok::<_, Error>(stopped)
     }
@@ -189,6 +190,53 @@ pub async fn restore(
         stopped.xid.map_or("-".into(), |x| x.to_string())
     );
     Ok(out)
+}
+
+/// A restore rebuilds an empty database: a table it would restore that already exists there is
+/// refused before anything is written (restoring over live tables would mix two states).
+async fn refuse_existing(into: &str, tables: &[(String, String)]) -> Result<()> {
+    let mut found = Vec::new();
+    if into.starts_with("mysql://") {
+        use mysql_async::prelude::Queryable;
+        let opts = ferry_db::mysql::opts_from_url(into)
+            .map_err(|e| Error::Config(format!("--into: {e}")))?;
+        let mut conn = ferry_db::mysql::connect(opts).await?;
+        for (schema, name) in tables {
+            let n: Option<i64> = conn
+                .exec_first(
+                    "SELECT COUNT(*) FROM information_schema.tables \
+                     WHERE table_schema = ? AND table_name = ?",
+                    (schema, name),
+                )
+                .await?;
+            if n.unwrap_or(0) > 0 {
+                found.push(format!("{schema}.{name}"));
+            }
+        }
+        let _ = conn.disconnect().await;
+    } else if into.starts_with("postgres://") || into.starts_with("postgresql://") {
+        let (client, _task) = ferry_db::postgres::tls::Tls::connect_url(into, "restore").await?;
+        for (schema, name) in tables {
+            let row = client
+                .query_one(
+                    "SELECT to_regclass(quote_ident($1) || '.' || quote_ident($2)) IS NOT NULL",
+                    &[schema, name],
+                )
+                .await?;
+            if row.get::<_, bool>(0) {
+                found.push(format!("{schema}.{name}"));
+            }
+        }
+    }
+    if found.is_empty() {
+        return Ok(());
+    }
+    Err(Error::Config(format!(
+        "--into {} already holds {}: a restore rebuilds an empty database; restore into a new \
+         one (or choose --tables) and copy back what you need",
+        ferry_db::redact::redact(into),
+        found.join(", ")
+    )))
 }
 
 /// Applies a restore's spool to the database at `into` with the sink worker.

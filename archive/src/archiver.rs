@@ -4,8 +4,8 @@
 //! archive holds it; the source's acknowledgement never waits for the archive.
 //!
 //! An object is sealed when it holds `object_bytes` or when `archive_timeout` has passed since
-//! its first transaction, so a quiet database's newest transactions are archived within that
-//! time (the RPO). Where the archive ends is read from the archive itself (the last manifest's
+//! its first transaction (or heartbeat: a position passed without a captured change), so a quiet
+//! database's newest transactions are archived within that time (the RPO). Where the archive ends is read from the archive itself (the last manifest's
 //! name) at every start, so a crash between an object and the cursor neither repeats nor loses
 //! a transaction. An object store that fails is retried with backoff; meanwhile the spool grows
 //! and the progress says why.
@@ -292,8 +292,16 @@ impl Archiver {
                     batch.end_offset = after;
                 }
                 (Event::Heartbeat(h), None) => {
+                    // A position the source passed without a captured change is archived too
+                    // (within `archive_timeout`), so the archive shows it holds everything up
+                    // to there: what a drill or a restore to that position needs to know.
                     batch.frames.extend_from_slice(&frame);
+                    if batch.first.is_none() {
+                        batch.first = Some((h.position.clone(), h.time));
+                        batch.started = Some(Instant::now());
+                    }
                     batch.last_position = Some(h.position.clone());
+                    batch.last_commit_time = Some(h.time);
                     batch.end_offset = after;
                 }
                 (_, None) => {
@@ -305,7 +313,7 @@ impl Archiver {
     }
 
     /// Writes the batch's whole transactions as an object and its manifest, then starts the
-    /// next batch where it ended. Nothing to write without a transaction.
+    /// next batch where it ended. Nothing to write without a transaction or heartbeat.
     async fn seal(
         &self,
         archive: &Archive,

@@ -45,6 +45,8 @@ pub struct Stopped {
     pub changes: u64,
     /// The objects read.
     pub objects: Vec<String>,
+    /// The tables restored (`schema`, `name`), sorted.
+    pub tables: Vec<(String, String)>,
 }
 
 /// What a restore to a target reads: the base backup it starts from (`None`: the log from the
@@ -240,6 +242,13 @@ pub async fn to_spool(
         // restore, which starts over if it fails.
         spool.commit()?;
     }
+    let mut tables: Vec<(String, String)> = names
+        .into_values()
+        .filter(|(schema, name)| wanted(schema, name))
+        .collect();
+    tables.sort();
+    tables.dedup();
+    stopped.tables = tables;
     if in_txn && writing {
         // The log ended inside a transaction: cut it rather than restore part of it.
         return Err(ArchiveError::Gap(

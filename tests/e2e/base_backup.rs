@@ -14,7 +14,9 @@ use ferry_tests::ferry::{FerryConfig, command};
 use ferry_tests::{MariaDb, Postgres};
 use mysql_async::prelude::Queryable;
 
-use crate::archive::{archive_config, assert_verifies, manifests, now, one, restore, restore_into};
+use crate::archive::{
+    archive_config, assert_verifies, client, manifests, now, one, restore, restore_into,
+};
 
 const DUMP: &str = "SELECT md5(coalesce(string_agg(t::text, '|' ORDER BY id), '')) FROM big t";
 const DUMP_SMALL: &str = "SELECT coalesce(string_agg(t::text, '|' ORDER BY id), '') FROM small t";
@@ -191,6 +193,20 @@ async fn base_backups_under_load_retention_restore_and_a_drill() {
     assert!(out.contains("public.big"), "{out}");
     wait_metric(port, "ferry_backup_drill_last_passed 1").await;
     wait_metric(port, "ferry_base_backup_age_seconds").await;
+
+    // A drill (or restore) into a database that already holds a table is refused, recorded as
+    // failed, and the metric follows.
+    let t = target.connect().await;
+    t.batch_execute("CREATE DATABASE busy").await.unwrap();
+    client(&target, "busy")
+        .await
+        .batch_execute("CREATE TABLE small (id bigint PRIMARY KEY, note text)")
+        .await
+        .unwrap();
+    let (code, out) = drill(&config.path(), &target.url("busy"));
+    assert_ne!(code, 0, "{out}");
+    assert!(out.contains("already holds public.small"), "{out}");
+    wait_metric(port, "ferry_backup_drill_last_passed 0").await;
     ferry.stop().unwrap();
 }
 
