@@ -229,7 +229,7 @@ async fn check_postgres_source(config: &Config, r: &mut Report) -> Result<Tables
             true
         }
     };
-    slots_and_senders(&client, slot_exists, r).await?;
+    slots_and_senders(&client, slot_exists, config.archive.is_some(), r).await?;
     let tables = postgres_tables(&client, &settings, r).await?;
     if tables.is_empty() {
         r.warn("no table matches source.tables and source.exclude: nothing would be captured");
@@ -240,10 +240,12 @@ async fn check_postgres_source(config: &Config, r: &mut Report) -> Result<Tables
     Ok(tables)
 }
 
-/// Whether a replication slot (unless ferry's exists) and a WAL sender are free.
+/// Whether a replication slot (unless ferry's exists) and a WAL sender are free; with an
+/// archive, one more of each for the temporary slot of a base backup or a drill.
 async fn slots_and_senders(
     client: &tokio_postgres::Client,
     slot_exists: bool,
+    archive: bool,
     r: &mut Report,
 ) -> Result<()> {
     let row = client
@@ -261,6 +263,14 @@ async fn slots_and_senders(
         r.error(format!(
             "all {max_slots} replication slots are in use: raise max_replication_slots and \
              restart, or drop an unused slot"
+        ));
+    }
+    let needed_slots = slots + i32::from(!slot_exists) + i32::from(archive);
+    if archive && needed_slots > max_slots && (slot_exists || slots < max_slots) {
+        r.warn(format!(
+            "base backups and drills need a temporary replication slot beside ferry's, but \
+             max_replication_slots = {max_slots} leaves none free: raise it (and \
+             max_wal_senders) and restart"
         ));
     }
     if senders >= max_senders {

@@ -62,6 +62,41 @@ async fn archive_line(a: &crate::config::ArchiveConfig, out: &mut String) {
         Err(e) => format!("archive {}: unreadable: {e}", archive.url),
     };
     let _ = writeln!(out, "{line}");
+    let now = ferry_source::postgres::replication::unix_now_micros();
+    match archive.base_manifests().await {
+        Ok(bases) => match bases.last() {
+            Some(b) => {
+                let _ = writeln!(
+                    out,
+                    "base backups: {}, newest {} at {} ({:.1} h old, {} rows)",
+                    bases.len(),
+                    b.id,
+                    b.position,
+                    (now - b.snapshot_time) as f64 / 3.6e9,
+                    b.rows
+                );
+            }
+            None => {
+                let _ = writeln!(out, "base backups: none");
+            }
+        },
+        Err(e) => {
+            let _ = writeln!(out, "base backups: unreadable: {e}");
+        }
+    }
+    if let Some(d) = crate::drill::last_record(&archive).await {
+        let _ = writeln!(
+            out,
+            "last drill: {} at {} ({})",
+            if d.passed { "passed" } else { "FAILED" },
+            crate::backup::format_time(d.finished),
+            if d.passed {
+                d.position
+            } else {
+                d.problems.join("; ")
+            }
+        );
+    }
 }
 
 /// Where the source's server is now, for the sinks' lag in bytes.

@@ -172,6 +172,140 @@ async fn sweep(archive: &Archive, log_from: Option<u64>, oldest_base: &str) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::base::BaseManifest;
+    use crate::object::Manifest;
+    use ferry_proto::{Lsn, Position};
+
+    const S: i64 = 1_000_000;
+
+    /// An archive whose log runs from the initial snapshot (offset 0, time 0) in objects of 100
+    /// bytes, one every 10 s (position = time in s), with base backups at `bases` (s).
+    async fn archive(dir: &std::path::Path, objects: u64, bases: &[i64]) -> Archive {
+        let a = Archive::open(&crate::ArchiveSettings {
+            url: format!("file://{}", dir.display()),
+            s3: Default::default(),
+            key: None,
+            object_bytes: 1 << 20,
+            timeout: Duration::from_secs(1),
+        })
+        .unwrap();
+        for i in 0..objects {
+            let (object, manifest) = crate::object::names(
+                ferry_spool::Offset(i * 100),
+                ferry_spool::Offset(i * 100 + 100),
+            );
+            a.put_object(&object, vec![1]).await.unwrap();
+            let t = (i * 10) as i64;
+            let m = Manifest {
+                format: 1,
+                object,
+                first_offset: i * 100,
+                end_offset: i * 100 + 100,
+                first_position: Position::Postgres(Lsn(t as u64)),
+                last_position: Position::Postgres(Lsn(t as u64 + 9)),
+                first_commit_time: t * S,
+                last_commit_time: (t + 9) * S,
+                transactions: 1,
+                bytes: 1,
+                crc32c: 0,
+                encrypted: false,
+                compression: "zstd".into(),
+            };
+            a.put_manifest(&manifest, &m).await.unwrap();
+        }
+        for &b in bases {
+            let id = crate::base::id_at(b * S);
+            let chunk = format!("base/{id}/000000.ferry");
+            a.put_object(&chunk, vec![1]).await.unwrap();
+            let m = BaseManifest {
+                format: 1,
+                id: id.clone(),
+                position: Position::Postgres(Lsn(b as u64)),
+                snapshot_time: b * S,
+                started: b * S,
+                finished: b * S,
+                tables: Vec::new(),
+                rows: 0,
+                chunks: vec![crate::base::Chunk {
+                    object: chunk,
+                    bytes: 1,
+                    crc32c: 0,
+                    events: 0,
+                }],
+                bytes: 1,
+                encrypted: false,
+                compression: "zstd".into(),
+            };
+            a.put_new(&m.name(), serde_json::to_vec(&m).unwrap())
+                .await
+                .unwrap();
+        }
+        a
+    }
+
+    async fn left(a: &Archive) -> (Vec<i64>, u64) {
+        let bases = a.base_manifests().await.unwrap();
+        let log = a.manifests().await.unwrap();
+        (
+            bases.iter().map(|b| b.snapshot_time / S).collect(),
+            log.first().map_or(u64::MAX, |m| m.first_offset),
+        )
+    }
+
+    #[tokio::test]
+    async fn a_count_keeps_the_newest_base_backups_and_the_log_they_need() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = archive(dir.path(), 10, &[25, 55, 75]).await;
+        let p = apply(&a, Keep::Count(2), 1000 * S).await.unwrap();
+        assert_eq!(p.base_backups.len(), 1);
+        // The object holding position 55 (50..59) is the first kept.
+        assert_eq!(left(&a).await, (vec![55, 75], 500));
+        assert_eq!(p.log_objects, 5);
+        // Nothing is listed that is missing, and nothing unlisted is left before the log.
+        assert!(
+            a.list("log")
+                .await
+                .unwrap()
+                .iter()
+                .all(|n| n >= &"log/00000000000001f4".to_owned())
+        );
+        // Applied again: nothing more.
+        assert_eq!(
+            apply(&a, Keep::Count(2), 1000 * S).await.unwrap(),
+            Pruned::default()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_period_keeps_every_point_in_it_and_the_newest_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = archive(dir.path(), 10, &[25, 55, 75]).await;
+        // At 100 s, keep 40 s: points at 75 (in the period) and 55 (the newest before 60).
+        apply(&a, Keep::Period(Duration::from_secs(40)), 100 * S)
+            .await
+            .unwrap();
+        assert_eq!(left(&a).await, (vec![55, 75], 500));
+        // Keep 90 s: the cutoff (10 s) is before every base backup: the initial snapshot at the
+        // log's start is the newest point before it, so everything stays.
+        let dir = tempfile::tempdir().unwrap();
+        let a = archive(dir.path(), 10, &[25, 55, 75]).await;
+        let p = apply(&a, Keep::Period(Duration::from_secs(90)), 100 * S)
+            .await
+            .unwrap();
+        assert_eq!(p, Pruned::default());
+        assert_eq!(left(&a).await, (vec![25, 55, 75], 0));
+    }
+
+    #[tokio::test]
+    async fn without_base_backups_nothing_is_deleted() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = archive(dir.path(), 5, &[]).await;
+        assert_eq!(
+            apply(&a, Keep::Count(1), 1000 * S).await.unwrap(),
+            Pruned::default()
+        );
+        assert_eq!(left(&a).await, (vec![], 0));
+    }
 
     #[test]
     fn periods_parse() {
