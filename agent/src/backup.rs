@@ -163,6 +163,11 @@ pub async fn restore(
         let (stopped, durable) = restore::to_spool(&archive, &plan, &target, &filter, &dir)
             .await
             .map_err(archive_error)?;
+        tracing::info!(
+            seconds = started.elapsed().as_secs_f64(),
+            objects = stopped.objects.len(),
+            "restore: the archive is read into the private spool; applying it"
+        );
         refuse_existing(into, &stopped.tables).await?;
         apply(into, &dir, durable).await?;
         Ok::<_, Error>(stopped)

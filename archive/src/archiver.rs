@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::ArchiveSettings;
 use crate::error::{ArchiveError, Result};
-use crate::object::{self, Manifest};
+use crate::object::{self, Manifest, TxnMark};
 use crate::store::{Archive, offsets_of};
 
 /// The spool cursor that keeps segments the archive still needs.
@@ -84,10 +84,24 @@ impl Batch {
     }
 }
 
-/// A transaction being read: its frames, and the definitions it changes.
+/// A transaction being read: where it began, its frames while they fit in an object (`None`
+/// after: it is read again from the spool once its Commit is there), and the definitions it
+/// changes.
 struct OpenTxn {
-    frames: Vec<u8>,
+    mark: TxnMark,
+    frames: Option<Vec<u8>>,
     relations: Vec<Relation>,
+}
+
+impl OpenTxn {
+    fn hold(&mut self, frame: &[u8], limit: usize) {
+        if let Some(frames) = &mut self.frames {
+            frames.extend_from_slice(frame);
+            if frames.len() > limit {
+                self.frames = None;
+            }
+        }
+    }
 }
 
 impl Archiver {
@@ -197,20 +211,26 @@ impl Archiver {
             p.offset = start;
             p.failing = None;
         });
-        let mut reader = SpoolReader::open_tailing(&self.spool_dir, start, durable)?;
+        let mut reader = SpoolReader::open_tailing(&self.spool_dir, start, durable.clone())?;
         tracing::info!(url = %archive.url, offset = %start, "archive: starting");
         // The definitions in force after the last whole transaction read.
         let mut relations: BTreeMap<RelationId, Relation> =
             reader.relations().map(|r| (r.id, r.clone())).collect();
         let mut batch = Batch::new(start, &relations);
-        let mut txn: Option<OpenTxn> = None;
+        // An archive that ends inside a transaction continues it: the rest is read from the
+        // spool once its Commit is there.
+        let mut txn: Option<OpenTxn> = self.open_at(&archive).await?.map(|mark| OpenTxn {
+            mark,
+            frames: None,
+            relations: Vec::new(),
+        });
         let timeout = self.settings.timeout;
         let mut draining = false;
         loop {
             let next = match reader.try_next()? {
                 Some(ev) => Some(ev),
                 None if draining => {
-                    self.seal(&archive, &mut batch, &relations, &cursors)
+                    self.seal(&archive, &mut batch, &relations, &cursors, None)
                         .await?;
                     return Ok(());
                 }
@@ -226,7 +246,7 @@ impl Archiver {
                             continue;
                         }
                         _ = sleep_until(deadline) => {
-                            self.seal(&archive, &mut batch, &relations, &cursors).await?;
+                            self.seal(&archive, &mut batch, &relations, &cursors, None).await?;
                             continue;
                         }
                         ev = reader.next_wait() => ev?,
@@ -235,7 +255,7 @@ impl Archiver {
             };
             let Some((offset, event)) = next else {
                 // The writer is gone: archive what is whole.
-                self.seal(&archive, &mut batch, &relations, &cursors)
+                self.seal(&archive, &mut batch, &relations, &cursors, None)
                     .await?;
                 return Ok(());
             };
@@ -243,27 +263,43 @@ impl Archiver {
             let frame = ferry_proto::frame::encode_to_vec(&event)
                 .map_err(|e| ArchiveError::Format(format!("spool offset {offset}: {e}")))?;
             match (&event, txn.as_mut()) {
-                (Event::Begin(_), _) => {
+                (Event::Begin(b), _) => {
                     txn = Some(OpenTxn {
-                        frames: frame,
+                        mark: TxnMark {
+                            begin_offset: offset.0,
+                            position: b.position.clone(),
+                            commit_time: b.commit_time,
+                        },
+                        frames: Some(frame),
                         relations: Vec::new(),
                     });
                 }
-                (Event::Commit(c), Some(t)) => {
-                    t.frames.extend_from_slice(&frame);
-                    let t = txn
-                        .take()
-                        .ok_or_else(|| ArchiveError::Format("lost txn".into()))?;
+                (Event::Commit(c), Some(_)) => {
+                    let Some(t) = txn.take() else {
+                        return Err(ArchiveError::Format("lost txn".into()));
+                    };
+                    let Some(mut frames) = t.frames else {
+                        // Too large to hold: now that its Commit is durable, stream it from
+                        // the spool into as many objects as it fills.
+                        self.stream_txn(
+                            &archive,
+                            &mut batch,
+                            &mut relations,
+                            &cursors,
+                            &t.mark,
+                            after,
+                            &durable,
+                        )
+                        .await?;
+                        continue;
+                    };
+                    frames.extend_from_slice(&frame);
                     for r in t.relations {
                         relations.insert(r.id, r);
                     }
-                    batch.frames.extend_from_slice(&t.frames);
+                    batch.frames.extend_from_slice(&frames);
                     if batch.first.is_none() {
-                        let first = match ferry_proto::frame::decode(&t.frames) {
-                            Ok((Event::Begin(b), _)) => b.position,
-                            _ => c.position.clone(),
-                        };
-                        batch.first = Some((first, c.commit_time));
+                        batch.first = Some((t.mark.position.clone(), c.commit_time));
                         batch.started = Some(Instant::now());
                     }
                     batch.last_position = Some(c.position.clone());
@@ -271,15 +307,15 @@ impl Archiver {
                     batch.transactions += 1;
                     batch.end_offset = after;
                     if batch.frames.len() >= self.settings.object_bytes {
-                        self.seal(&archive, &mut batch, &relations, &cursors)
+                        self.seal(&archive, &mut batch, &relations, &cursors, None)
                             .await?;
                     }
                 }
                 (Event::Relation(r), Some(t)) => {
                     t.relations.push(r.clone());
-                    t.frames.extend_from_slice(&frame);
+                    t.hold(&frame, self.settings.object_bytes);
                 }
-                (_, Some(t)) => t.frames.extend_from_slice(&frame),
+                (_, Some(t)) => t.hold(&frame, self.settings.object_bytes),
                 (Event::Commit(_), None) => {
                     return Err(ArchiveError::Format(format!(
                         "spool offset {offset}: Commit without Begin"
@@ -312,6 +348,73 @@ impl Archiver {
         }
     }
 
+    /// Whether the archive ends inside a transaction (its last object was cut there).
+    async fn open_at(&self, archive: &Archive) -> Result<Option<TxnMark>> {
+        Ok(archive
+            .last_manifest()
+            .await?
+            .and_then(|(_, m)| m.ends_in_transaction))
+    }
+
+    /// Archives one committed transaction too large to hold in memory, from where the archive
+    /// holds it up to (the end of its Commit) `end`, reading it again from the spool: objects are
+    /// cut every `object_bytes`, inside the transaction if need be (the manifest of such an
+    /// object says so). Only a transaction whose Commit is durable is ever archived, so nothing
+    /// archived can be cut from the spool by a crash.
+    #[allow(clippy::too_many_arguments)]
+    async fn stream_txn(
+        &self,
+        archive: &Archive,
+        batch: &mut Batch,
+        relations: &mut BTreeMap<RelationId, Relation>,
+        cursors: &Cursors,
+        mark: &TxnMark,
+        end: Offset,
+        durable: &watch::Receiver<Offset>,
+    ) -> Result<()> {
+        // Whole transactions before it go on their own.
+        self.seal(archive, batch, relations, cursors, None).await?;
+        let from = batch.first_offset.max(Offset(mark.begin_offset));
+        let mut reader = SpoolReader::open_tailing(&self.spool_dir, from, durable.clone())?;
+        if batch.first.is_none() {
+            batch.first = Some((mark.position.clone(), mark.commit_time));
+            batch.started = Some(Instant::now());
+        }
+        while reader.position() < end {
+            let Some((offset, event)) = reader.try_next()? else {
+                return Err(ArchiveError::Format(format!(
+                    "spool offset {}: the transaction from {} ends before its durable Commit",
+                    reader.position(),
+                    mark.begin_offset
+                )));
+            };
+            ferry_proto::frame::encode(&event, &mut batch.frames)
+                .map_err(|e| ArchiveError::Format(format!("spool offset {offset}: {e}")))?;
+            batch.end_offset = reader.position();
+            match &event {
+                Event::Relation(r) => {
+                    relations.insert(r.id, r.clone());
+                }
+                Event::Commit(c) => {
+                    batch.last_position = Some(c.position.clone());
+                    batch.last_commit_time = Some(c.commit_time);
+                    batch.transactions += 1;
+                }
+                _ => {}
+            }
+            if batch.end_offset < end && batch.frames.len() >= self.settings.object_bytes {
+                batch
+                    .last_position
+                    .get_or_insert_with(|| mark.position.clone());
+                self.seal(archive, batch, relations, cursors, Some(mark.clone()))
+                    .await?;
+                batch.first = Some((mark.position.clone(), mark.commit_time));
+                batch.started = Some(Instant::now());
+            }
+        }
+        Ok(())
+    }
+
     /// Writes the batch's whole transactions as an object and its manifest, then starts the
     /// next batch where it ended. Nothing to write without a transaction or heartbeat.
     async fn seal(
@@ -320,6 +423,7 @@ impl Archiver {
         batch: &mut Batch,
         relations: &BTreeMap<RelationId, Relation>,
         cursors: &Cursors,
+        ends_in_transaction: Option<TxnMark>,
     ) -> Result<()> {
         let Some((first_position, first_commit_time)) = batch.first.clone() else {
             batch.started = None;
@@ -327,14 +431,17 @@ impl Archiver {
         };
         // The definitions in force where the object begins come first, so the object decodes
         // on its own; the batch's own Relation frames then change them in stream order.
-        let mut frames = Vec::with_capacity(batch.frames.len() + 4096);
+        let mut prologue = Vec::with_capacity(4096);
         for r in &batch.relations {
-            ferry_proto::frame::encode(&Event::Relation(r.clone()), &mut frames)
+            ferry_proto::frame::encode(&Event::Relation(r.clone()), &mut prologue)
                 .map_err(|e| ArchiveError::Format(e.to_string()))?;
         }
-        frames.extend_from_slice(&batch.frames);
         let (object_name, manifest_name) = object::names(batch.first_offset, batch.end_offset);
-        let bytes = object::seal(&frames, archive.key.as_ref(), &object_name)?;
+        let bytes = object::seal_parts(
+            &[&prologue, &batch.frames],
+            archive.key.as_ref(),
+            &object_name,
+        )?;
         let manifest = Manifest {
             format: 1,
             object: object_name.clone(),
@@ -352,6 +459,7 @@ impl Archiver {
             crc32c: crc32c::crc32c(&bytes),
             encrypted: archive.key.is_some(),
             compression: "zstd".into(),
+            ends_in_transaction,
         };
         let size = bytes.len() as u64;
         archive.put_object(&object_name, bytes).await?;

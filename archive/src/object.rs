@@ -79,6 +79,18 @@ pub struct Manifest {
     pub crc32c: u32,
     pub encrypted: bool,
     pub compression: String,
+    /// Set when the object ends inside a transaction too large for one object (the next object
+    /// continues it): where that transaction began in the spool, its position and commit time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ends_in_transaction: Option<TxnMark>,
+}
+
+/// A transaction an object ends inside.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxnMark {
+    pub begin_offset: u64,
+    pub position: Position,
+    pub commit_time: i64,
 }
 
 /// The names of the object holding spool offsets `[first, end)`, and of its manifest; they
@@ -90,8 +102,18 @@ pub fn names(first: Offset, end: Offset) -> (String, String) {
 
 /// The bytes of an object holding `frames` (concatenated spool frames).
 pub fn seal(frames: &[u8], key: Option<&Key>, name: &str) -> Result<Vec<u8>> {
-    let packed = zstd::bulk::compress(frames, 3)
-        .map_err(|e| ArchiveError::Format(format!("compressing {name}: {e}")))?;
+    seal_parts(&[frames], key, name)
+}
+
+/// The bytes of an object holding the concatenation of `parts`, compressed as they stream
+/// through (no copy of the whole is made).
+pub fn seal_parts(parts: &[&[u8]], key: Option<&Key>, name: &str) -> Result<Vec<u8>> {
+    let failed = |e: std::io::Error| ArchiveError::Format(format!("compressing {name}: {e}"));
+    let mut encoder = zstd::stream::Encoder::new(Vec::new(), 3).map_err(failed)?;
+    for part in parts {
+        std::io::Write::write_all(&mut encoder, part).map_err(failed)?;
+    }
+    let packed = encoder.finish().map_err(failed)?;
     let mut out = Vec::with_capacity(packed.len() + 64);
     out.extend_from_slice(MAGIC);
     out.push(VERSION);

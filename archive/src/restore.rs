@@ -191,10 +191,17 @@ pub async fn to_spool(
     // Whether the transaction being read is written (false: covered by the base).
     let mut writing = false;
     let mut in_txn = false;
+    // Where the transaction being written began in the private spool.
+    let mut txn_begin = spool.end();
     'objects: for m in &plan.log {
         let events = read_object(archive, m).await?;
         stopped.objects.push(m.object.clone());
+        // An object begins with the definitions in force (its prologue).
+        let mut prologue = true;
         for event in events {
+            if !matches!(event, Event::Relation(_)) {
+                prologue = false;
+            }
             match event {
                 Event::Begin(b) => {
                     if !target.includes(&b.position, b.commit_time) {
@@ -205,6 +212,7 @@ pub async fn to_spool(
                     } else {
                         covered = None;
                         writing = true;
+                        txn_begin = spool.end();
                         spool.append(&Event::Begin(b))?;
                     }
                     in_txn = true;
@@ -222,9 +230,14 @@ pub async fn to_spool(
                 Event::Heartbeat(_) => {}
                 Event::Relation(r) => {
                     names.insert(r.id, (r.schema.clone(), r.name.clone()));
-                    // An object's prologue (outside any transaction) is written unless the base
-                    // has the tables in a newer form.
-                    if (in_txn && writing) || (!in_txn && covered.is_none()) {
+                    // An object's prologue is written unless the base has the tables in a newer
+                    // form, or the object continues a transaction (whose stream has them).
+                    let write = if prologue || !in_txn {
+                        !in_txn && covered.is_none()
+                    } else {
+                        writing
+                    };
+                    if write {
                         spool.append(&Event::Relation(r))?;
                     }
                 }
@@ -249,13 +262,12 @@ pub async fn to_spool(
     tables.sort();
     tables.dedup();
     stopped.tables = tables;
-    if in_txn && writing {
-        // The log ended inside a transaction: cut it rather than restore part of it.
-        return Err(ArchiveError::Gap(
-            "the last archived object ends inside a transaction".into(),
-        ));
-    }
     spool.commit()?;
+    if in_txn && writing {
+        // The archive ends inside a transaction it holds only part of (the archiver is still
+        // writing it): the restore ends before it, never with part of it.
+        spool.truncate_from(txn_begin)?;
+    }
     Ok((stopped, durable))
 }
 

@@ -210,6 +210,7 @@ mod tests {
                 crc32c: 0,
                 encrypted: false,
                 compression: "zstd".into(),
+                ends_in_transaction: None,
             };
             a.put_manifest(&manifest, &m).await.unwrap();
         }

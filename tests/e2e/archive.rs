@@ -520,3 +520,55 @@ async fn an_s3_archive_survives_an_outage_and_restores() {
     let b: String = one(&rc, DUMP_ORDERS).await;
     assert_eq!(a, b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_transaction_larger_than_an_object_is_archived_in_pieces_and_restores_whole() {
+    let source = Postgres::start().unwrap();
+    let target = Postgres::start().unwrap();
+    let s = source.connect().await;
+    // The initial snapshot (one spool transaction) is several objects' worth.
+    s.batch_execute(
+        "CREATE TABLE orders (id int PRIMARY KEY, amount numeric(12,2), note text);
+         INSERT INTO orders SELECT g, g * 1.5, repeat('n', 40) FROM generate_series(1, 60000) g;",
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = archive_config(&source, dir.path(), "object_mb = 1");
+    let ferry = config.start(0).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while manifests(dir.path()).is_empty() {
+        assert!(Instant::now() < deadline, "{}", ferry.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A large transaction while ferry runs, killed while it may be archiving it, and small ones.
+    s.batch_execute("UPDATE orders SET amount = amount + 1, note = 'big update'")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    ferry.kill();
+    let ferry = config.start(1).unwrap();
+    for i in 0..10 {
+        s.batch_execute(&format!(
+            "UPDATE orders SET note = 'small {i}' WHERE id = {i} + 1"
+        ))
+        .await
+        .unwrap();
+    }
+    let (_, last) = now(&s).await;
+    s.batch_execute("INSERT INTO orders VALUES (0, 0, 'last')")
+        .await
+        .unwrap();
+    wait_archived(dir.path(), last).await;
+    ferry.stop().unwrap();
+    let split = manifests(dir.path())
+        .iter()
+        .filter(|m| m.get("ends_in_transaction").is_some())
+        .count();
+    assert!(split >= 2, "{:?}", manifests(dir.path()));
+    assert_verifies(&config);
+    let (r, _) = restore_into(&config, &target, "restored", "latest", &[]).await;
+    let a: String = one(&s, DUMP_ORDERS).await;
+    let b: String = one(&r, DUMP_ORDERS).await;
+    assert!(a == b, "the restore differs from the source");
+}
