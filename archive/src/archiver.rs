@@ -485,3 +485,124 @@ async fn sleep_until(deadline: Option<Instant>) {
         None => std::future::pending().await,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ferry_proto::{Begin, Commit, Lsn, samples};
+    use ferry_spool::{SpoolWriter, WriterOptions};
+
+    fn settings(dir: &std::path::Path) -> ArchiveSettings {
+        ArchiveSettings {
+            url: format!("file://{}", dir.display()),
+            s3: Default::default(),
+            key: None,
+            object_bytes: 64 << 10,
+            timeout: Duration::from_secs(3600),
+        }
+    }
+
+    fn txn(spool: &mut SpoolWriter, n: u64, rows: i64) {
+        let position = Position::Postgres(Lsn(n));
+        spool
+            .append(&Event::Begin(Begin {
+                position: position.clone(),
+                xid: n,
+                commit_time: n as i64,
+            }))
+            .unwrap();
+        for i in 0..rows {
+            spool.append(&samples::insert(1, i, 200)).unwrap();
+        }
+        spool
+            .append(&Event::Commit(Commit {
+                position,
+                xid: n,
+                commit_time: n as i64,
+            }))
+            .unwrap();
+    }
+
+    /// Archives the spool until its (dropped) writer's end.
+    async fn archive_all(spool_dir: &std::path::Path, archive_dir: &std::path::Path) {
+        let (writer, _) = SpoolWriter::open(spool_dir, WriterOptions::default()).unwrap();
+        let durable = writer.subscribe();
+        drop(writer);
+        let (archiver, _) = Archiver::new(settings(archive_dir), spool_dir.to_owned());
+        archiver
+            .run(durable, CancellationToken::new())
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_transaction_is_cut_into_objects_and_a_restart_inside_it_continues_it() {
+        let spool_dir = tempfile::tempdir().unwrap();
+        let (mut spool, _) = SpoolWriter::open(spool_dir.path(), WriterOptions::default()).unwrap();
+        spool
+            .append(&Event::Relation(samples::relation(1)))
+            .unwrap();
+        txn(&mut spool, 10, 3);
+        txn(&mut spool, 20, 2000); // about 400 KiB: several 64 KiB objects
+        txn(&mut spool, 30, 3);
+        spool.commit().unwrap();
+        drop(spool);
+
+        let whole = tempfile::tempdir().unwrap();
+        archive_all(spool_dir.path(), whole.path()).await;
+        let archive = Archive::open(&settings(whole.path())).unwrap();
+        let manifests = archive.manifests().await.unwrap();
+        let cut = manifests
+            .iter()
+            .filter(|m| m.ends_in_transaction.is_some())
+            .count();
+        assert!(cut >= 4, "{manifests:#?}");
+        crate::store::check_chain(&manifests).unwrap();
+        assert_eq!(manifests.iter().map(|m| m.transactions).sum::<u64>(), 3);
+
+        // An archiver that stopped after the second piece of the large transaction: the next
+        // one continues it, and the chain ends the same, holding the same events.
+        let again = tempfile::tempdir().unwrap();
+        archive_all(spool_dir.path(), again.path()).await;
+        let resumed = Archive::open(&settings(again.path())).unwrap();
+        let names = resumed.manifest_names().await.unwrap();
+        let second_cut = manifests
+            .iter()
+            .position(|m| m.ends_in_transaction.is_some())
+            .unwrap()
+            + 1;
+        for name in &names[second_cut + 1..] {
+            resumed.delete(name).await.unwrap();
+            resumed
+                .delete(&name.replace(".json", ".ferry"))
+                .await
+                .unwrap();
+        }
+        let left = resumed.manifests().await.unwrap();
+        assert!(left.last().unwrap().ends_in_transaction.is_some());
+        archive_all(spool_dir.path(), again.path()).await;
+        let after = resumed.manifests().await.unwrap();
+        crate::store::check_chain(&after).unwrap();
+        assert_eq!(
+            after.last().unwrap().end_offset,
+            manifests.last().unwrap().end_offset
+        );
+        let events = |a: Archive, ms: Vec<Manifest>| async move {
+            let mut out = Vec::new();
+            for m in &ms {
+                out.extend(
+                    crate::restore::read_object(&a, m)
+                        .await
+                        .unwrap()
+                        .into_iter()
+                        .filter(|e| !matches!(e, Event::Relation(_))),
+                );
+            }
+            out
+        };
+        assert_eq!(
+            events(resumed, after).await,
+            events(archive, manifests).await
+        );
+    }
+}
