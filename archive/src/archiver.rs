@@ -260,8 +260,8 @@ impl Archiver {
                 return Ok(());
             };
             let after = reader.position();
-            let frame = ferry_proto::frame::encode_to_vec(&event)
-                .map_err(|e| ArchiveError::Format(format!("spool offset {offset}: {e}")))?;
+            // The spool's own frame, passed on as it is stored.
+            let frame = reader.last_frame();
             match (&event, txn.as_mut()) {
                 (Event::Begin(b), _) => {
                     txn = Some(OpenTxn {
@@ -270,7 +270,7 @@ impl Archiver {
                             position: b.position.clone(),
                             commit_time: b.commit_time,
                         },
-                        frames: Some(frame),
+                        frames: Some(frame.to_vec()),
                         relations: Vec::new(),
                     });
                 }
@@ -293,7 +293,7 @@ impl Archiver {
                         .await?;
                         continue;
                     };
-                    frames.extend_from_slice(&frame);
+                    frames.extend_from_slice(frame);
                     for r in t.relations {
                         relations.insert(r.id, r);
                     }
@@ -313,9 +313,9 @@ impl Archiver {
                 }
                 (Event::Relation(r), Some(t)) => {
                     t.relations.push(r.clone());
-                    t.hold(&frame, self.settings.object_bytes);
+                    t.hold(frame, self.settings.object_bytes);
                 }
-                (_, Some(t)) => t.hold(&frame, self.settings.object_bytes),
+                (_, Some(t)) => t.hold(frame, self.settings.object_bytes),
                 (Event::Commit(_), None) => {
                     return Err(ArchiveError::Format(format!(
                         "spool offset {offset}: Commit without Begin"
@@ -324,14 +324,14 @@ impl Archiver {
                 (Event::Relation(r), None) => {
                     // A segment's prologue repeating a definition: already in force.
                     relations.insert(r.id, r.clone());
-                    batch.frames.extend_from_slice(&frame);
+                    batch.frames.extend_from_slice(frame);
                     batch.end_offset = after;
                 }
                 (Event::Heartbeat(h), None) => {
                     // A position the source passed without a captured change is archived too
                     // (within `archive_timeout`), so the archive shows it holds everything up
                     // to there: what a drill or a restore to that position needs to know.
-                    batch.frames.extend_from_slice(&frame);
+                    batch.frames.extend_from_slice(frame);
                     if batch.first.is_none() {
                         batch.first = Some((h.position.clone(), h.time));
                         batch.started = Some(Instant::now());
@@ -341,7 +341,7 @@ impl Archiver {
                     batch.end_offset = after;
                 }
                 (_, None) => {
-                    batch.frames.extend_from_slice(&frame);
+                    batch.frames.extend_from_slice(frame);
                     batch.end_offset = after;
                 }
             }
@@ -381,15 +381,14 @@ impl Archiver {
             batch.started = Some(Instant::now());
         }
         while reader.position() < end {
-            let Some((offset, event)) = reader.try_next()? else {
+            let Some((_, event)) = reader.try_next()? else {
                 return Err(ArchiveError::Format(format!(
                     "spool offset {}: the transaction from {} ends before its durable Commit",
                     reader.position(),
                     mark.begin_offset
                 )));
             };
-            ferry_proto::frame::encode(&event, &mut batch.frames)
-                .map_err(|e| ArchiveError::Format(format!("spool offset {offset}: {e}")))?;
+            batch.frames.extend_from_slice(reader.last_frame());
             batch.end_offset = reader.position();
             match &event {
                 Event::Relation(r) => {

@@ -28,6 +28,8 @@ pub struct SpoolReader {
     buf_end: u64,
     /// Frames before this offset are read only to learn relations, not yielded.
     skip_until: Offset,
+    /// The length of the frame last yielded, which ends at `buf[start]`.
+    last_len: usize,
     /// The writer's durable end, when tailing an in-process writer; otherwise the files' ends.
     limit: Option<watch::Receiver<Offset>>,
     relations: BTreeMap<RelationId, Relation>,
@@ -80,6 +82,7 @@ impl SpoolReader {
             start: 0,
             buf_end,
             skip_until: from,
+            last_len: 0,
             limit,
             relations: BTreeMap::new(),
         })
@@ -101,6 +104,12 @@ impl SpoolReader {
         self.relations.values()
     }
 
+    /// The bytes of the frame of the event last yielded, as stored (checksum verified): copied
+    /// on as they are by a reader that passes frames on (the archive), with no encoding again.
+    pub fn last_frame(&self) -> &[u8] {
+        &self.buf[self.start - self.last_len..self.start]
+    }
+
     /// The next event and its offset, or `None` when no complete durable frame is available now.
     pub fn try_next(&mut self) -> Result<Option<(Offset, Event)>, SpoolError> {
         loop {
@@ -115,6 +124,7 @@ impl SpoolReader {
                     )
                     .map_err(|e| self.corrupt(offset, e))?;
                     self.start += h.frame_len();
+                    self.last_len = h.frame_len();
                     if let Event::Relation(r) = &event {
                         self.relations.insert(r.id, r.clone());
                     }
