@@ -54,8 +54,10 @@ pub struct Archiver {
 struct Batch {
     /// Where it begins: where the previous object ended.
     first_offset: Offset,
-    /// The frames of the whole transactions (and heartbeats between them) it holds.
-    frames: Vec<u8>,
+    /// The definitions in force where it begins (its prologue, so it decodes on its own), then
+    /// the frames of the whole transactions (and heartbeats between them) it holds, compressed
+    /// as they arrive.
+    frames: object::Packer,
     first: Option<(Position, i64)>,
     last_position: Option<Position>,
     last_commit_time: Option<i64>,
@@ -64,23 +66,27 @@ struct Batch {
     started: Option<Instant>,
     /// Just after its last complete event.
     end_offset: Offset,
-    /// The definitions in force where it begins: its prologue, so it decodes on its own.
-    relations: Vec<Relation>,
 }
 
 impl Batch {
-    fn new(at: Offset, relations: &BTreeMap<RelationId, Relation>) -> Batch {
-        Batch {
-            relations: relations.values().cloned().collect(),
+    fn new(at: Offset, relations: &BTreeMap<RelationId, Relation>) -> Result<Batch> {
+        let mut frames = object::Packer::new()?;
+        let mut prologue = Vec::with_capacity(4096);
+        for r in relations.values() {
+            ferry_proto::frame::encode(&Event::Relation(r.clone()), &mut prologue)
+                .map_err(|e| ArchiveError::Format(e.to_string()))?;
+        }
+        frames.write(&prologue)?;
+        Ok(Batch {
             first_offset: at,
-            frames: Vec::new(),
+            frames,
             first: None,
             last_position: None,
             last_commit_time: None,
             transactions: 0,
             started: None,
             end_offset: at,
-        }
+        })
     }
 }
 
@@ -216,7 +222,7 @@ impl Archiver {
         // The definitions in force after the last whole transaction read.
         let mut relations: BTreeMap<RelationId, Relation> =
             reader.relations().map(|r| (r.id, r.clone())).collect();
-        let mut batch = Batch::new(start, &relations);
+        let mut batch = Batch::new(start, &relations)?;
         // An archive that ends inside a transaction continues it: the rest is read from the
         // spool once its Commit is there.
         let mut txn: Option<OpenTxn> = self.open_at(&archive).await?.map(|mark| OpenTxn {
@@ -297,7 +303,7 @@ impl Archiver {
                     for r in t.relations {
                         relations.insert(r.id, r);
                     }
-                    batch.frames.extend_from_slice(&frames);
+                    batch.frames.write(&frames)?;
                     if batch.first.is_none() {
                         batch.first = Some((t.mark.position.clone(), c.commit_time));
                         batch.started = Some(Instant::now());
@@ -306,7 +312,7 @@ impl Archiver {
                     batch.last_commit_time = Some(c.commit_time);
                     batch.transactions += 1;
                     batch.end_offset = after;
-                    if batch.frames.len() >= self.settings.object_bytes {
+                    if batch.frames.raw_len() >= self.settings.object_bytes {
                         self.seal(&archive, &mut batch, &relations, &cursors, None)
                             .await?;
                     }
@@ -324,14 +330,14 @@ impl Archiver {
                 (Event::Relation(r), None) => {
                     // A segment's prologue repeating a definition: already in force.
                     relations.insert(r.id, r.clone());
-                    batch.frames.extend_from_slice(frame);
+                    batch.frames.write(frame)?;
                     batch.end_offset = after;
                 }
                 (Event::Heartbeat(h), None) => {
                     // A position the source passed without a captured change is archived too
                     // (within `archive_timeout`), so the archive shows it holds everything up
                     // to there: what a drill or a restore to that position needs to know.
-                    batch.frames.extend_from_slice(frame);
+                    batch.frames.write(frame)?;
                     if batch.first.is_none() {
                         batch.first = Some((h.position.clone(), h.time));
                         batch.started = Some(Instant::now());
@@ -341,7 +347,7 @@ impl Archiver {
                     batch.end_offset = after;
                 }
                 (_, None) => {
-                    batch.frames.extend_from_slice(frame);
+                    batch.frames.write(frame)?;
                     batch.end_offset = after;
                 }
             }
@@ -388,7 +394,7 @@ impl Archiver {
                     mark.begin_offset
                 )));
             };
-            batch.frames.extend_from_slice(reader.last_frame());
+            batch.frames.write(reader.last_frame())?;
             batch.end_offset = reader.position();
             match &event {
                 Event::Relation(r) => {
@@ -401,7 +407,7 @@ impl Archiver {
                 }
                 _ => {}
             }
-            if batch.end_offset < end && batch.frames.len() >= self.settings.object_bytes {
+            if batch.end_offset < end && batch.frames.raw_len() >= self.settings.object_bytes {
                 batch
                     .last_position
                     .get_or_insert_with(|| mark.position.clone());
@@ -428,29 +434,22 @@ impl Archiver {
             batch.started = None;
             return Ok(());
         };
-        // The definitions in force where the object begins come first, so the object decodes
-        // on its own; the batch's own Relation frames then change them in stream order.
-        let mut prologue = Vec::with_capacity(4096);
-        for r in &batch.relations {
-            ferry_proto::frame::encode(&Event::Relation(r.clone()), &mut prologue)
-                .map_err(|e| ArchiveError::Format(e.to_string()))?;
-        }
+        // The next object begins where this one ends, with the definitions in force there.
+        let next = Batch::new(batch.end_offset, relations)?;
+        let batch = std::mem::replace(batch, next);
         let (object_name, manifest_name) = object::names(batch.first_offset, batch.end_offset);
-        let bytes = object::seal_parts(
-            &[&prologue, &batch.frames],
-            archive.key.as_ref(),
-            &object_name,
-        )?;
+        let last_position = batch
+            .last_position
+            .clone()
+            .ok_or_else(|| ArchiveError::Format("a batch without a position".into()))?;
+        let bytes = batch.frames.finish(archive.key.as_ref(), &object_name)?;
         let manifest = Manifest {
             format: 1,
             object: object_name.clone(),
             first_offset: batch.first_offset.0,
             end_offset: batch.end_offset.0,
             first_position,
-            last_position: batch
-                .last_position
-                .clone()
-                .ok_or_else(|| ArchiveError::Format("a batch without a position".into()))?,
+            last_position,
             first_commit_time,
             last_commit_time: batch.last_commit_time.unwrap_or(first_commit_time),
             transactions: batch.transactions,
@@ -473,7 +472,6 @@ impl Archiver {
             p.bytes += size;
             p.failing = None;
         });
-        *batch = Batch::new(Offset(manifest.end_offset), relations);
         Ok(())
     }
 }

@@ -108,19 +108,64 @@ pub fn seal(frames: &[u8], key: Option<&Key>, name: &str) -> Result<Vec<u8>> {
 /// The bytes of an object holding the concatenation of `parts`, compressed as they stream
 /// through (no copy of the whole is made).
 pub fn seal_parts(parts: &[&[u8]], key: Option<&Key>, name: &str) -> Result<Vec<u8>> {
-    let failed = |e: std::io::Error| ArchiveError::Format(format!("compressing {name}: {e}"));
-    let mut encoder = zstd::stream::Encoder::new(Vec::new(), 3).map_err(failed)?;
+    let mut packer = Packer::new()?;
     for part in parts {
-        std::io::Write::write_all(&mut encoder, part).map_err(failed)?;
+        packer.write(part)?;
     }
-    let packed = encoder.finish().map_err(failed)?;
+    packer.finish(key, name)
+}
+
+/// An object's frames, compressed as they arrive: memory holds their compressed form only.
+pub struct Packer {
+    encoder: zstd::stream::Encoder<'static, Vec<u8>>,
+    raw: usize,
+}
+
+impl std::fmt::Debug for Packer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Packer").field("raw", &self.raw).finish()
+    }
+}
+
+fn compressing(e: std::io::Error) -> ArchiveError {
+    ArchiveError::Format(format!("compressing an archive object: {e}"))
+}
+
+impl Packer {
+    pub fn new() -> Result<Packer> {
+        Ok(Packer {
+            encoder: zstd::stream::Encoder::new(Vec::new(), 3).map_err(compressing)?,
+            raw: 0,
+        })
+    }
+
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        std::io::Write::write_all(&mut self.encoder, bytes).map_err(compressing)?;
+        self.raw += bytes.len();
+        Ok(())
+    }
+
+    /// Bytes written (before compression).
+    pub fn raw_len(&self) -> usize {
+        self.raw
+    }
+
+    /// The object's bytes.
+    pub fn finish(self, key: Option<&Key>, name: &str) -> Result<Vec<u8>> {
+        let packed = self.encoder.finish().map_err(compressing)?;
+        frame_object(&packed, key, name)
+    }
+}
+
+/// Header, (encrypted) compressed frames, checksum.
+fn frame_object(packed: &[u8], key: Option<&Key>, name: &str) -> Result<Vec<u8>> {
     let mut out = Vec::with_capacity(packed.len() + 64);
     out.extend_from_slice(MAGIC);
     out.push(VERSION);
     out.push(u8::from(key.is_some()));
     out.extend_from_slice(&[0, 0]);
     match key {
-        None => out.extend_from_slice(&packed),
+        None => out.extend_from_slice(packed),
         Some(key) => {
             let mut nonce = [0u8; NONCE_LEN];
             getrandom::fill(&mut nonce)
@@ -130,7 +175,7 @@ pub fn seal_parts(parts: &[&[u8]], key: Option<&Key>, name: &str) -> Result<Vec<
                 .encrypt(
                     XNonce::from_slice(&nonce),
                     Payload {
-                        msg: &packed,
+                        msg: packed,
                         aad: name.as_bytes(),
                     },
                 )
