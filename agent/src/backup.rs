@@ -160,16 +160,25 @@ pub async fn restore(
         wanted.is_empty() || wanted.iter().any(|(s, n)| s == schema && n == name)
     };
     let result = async {
-        let (stopped, durable) = restore::to_spool(&archive, &plan, &target, &filter, &dir)
+        let terminal = ferry_source::postgres::source::stderr_is_terminal();
+        let show = |done: usize, planned: usize| {
+            if terminal {
+                eprint!("\r\x1b[2Krestore: reading the archive, {done}/{planned} object(s)");
+            }
+        };
+        let (stopped, durable) = restore::to_spool(&archive, &plan, &target, &filter, &dir, &show)
             .await
             .map_err(archive_error)?;
+        if terminal {
+            eprintln!();
+        }
         tracing::info!(
             seconds = started.elapsed().as_secs_f64(),
             objects = stopped.objects.len(),
             "restore: the archive is read into the private spool; applying it"
         );
         refuse_existing(into, &stopped.tables).await?;
-        apply(into, &dir, durable).await?;
+        apply(into, &dir, durable, stopped.changes).await?;
         Ok::<_, Error>(stopped)
     }
     .await;
@@ -244,11 +253,13 @@ async fn refuse_existing(into: &str, tables: &[(String, String)]) -> Result<()> 
     )))
 }
 
-/// Applies a restore's spool to the database at `into` with the sink worker.
+/// Applies a restore's spool to the database at `into` with the sink worker (`changes` of
+/// them, for the progress shown on a terminal).
 async fn apply(
     into: &str,
     dir: &std::path::Path,
     durable: tokio::sync::watch::Receiver<ferry_spool::Offset>,
+    changes: u64,
 ) -> Result<()> {
     let cfg = DbSinkConfig {
         name: "restore".into(),
@@ -263,19 +274,45 @@ async fn apply(
     };
     let stop = CancellationToken::new();
     let result = if into.starts_with("mysql://") {
-        let (sink, _) = ferry_sink::mysql::MySink::new(cfg);
-        sink.run(durable, stop).await
+        let (sink, progress) = ferry_sink::mysql::MySink::new(cfg);
+        let shown = show_applied(progress, changes);
+        let result = sink.run(durable, stop).await;
+        shown.abort();
+        result
     } else if into.starts_with("postgres://") || into.starts_with("postgresql://") {
         ferry_db::postgres::parse_url(into)?;
-        let (sink, _) = ferry_sink::postgres::PgSink::new(cfg);
-        sink.run(durable, stop).await
+        let (sink, progress) = ferry_sink::postgres::PgSink::new(cfg);
+        let shown = show_applied(progress, changes);
+        let result = sink.run(durable, stop).await;
+        shown.abort();
+        result
     } else {
         return Err(Error::Config(format!(
             "--into {}: expected a postgres:// or mysql:// URL",
             ferry_db::redact::redact(into)
         )));
     };
+    if ferry_source::postgres::source::stderr_is_terminal() {
+        eprintln!();
+    }
     result.map_err(|e| Error::Fatal(format!("restoring into the database: {e}")))
+}
+
+/// On a terminal, the rows applied so far, twice a second.
+fn show_applied(
+    mut progress: tokio::sync::watch::Receiver<ferry_sink::postgres::SinkProgress>,
+    changes: u64,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        if !ferry_source::postgres::source::stderr_is_terminal() {
+            return;
+        }
+        loop {
+            let rows = progress.borrow_and_update().rows;
+            eprint!("\r\x1b[2Krestore: applying, {rows}/{changes} row change(s)");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    })
 }
 
 /// One object, for people: name, transactions, positions, commit times, size.

@@ -25,6 +25,8 @@ use crate::backup::archive_error;
 const RETRY_AFTER: Duration = Duration::from_secs(300);
 /// The newest drill record is read this often.
 const DRILL_POLL: Duration = Duration::from_secs(15);
+/// The archive's size is listed this often (a listing of every object).
+const SIZE_POLL: Duration = Duration::from_secs(300);
 
 /// What `/status` and `/metrics` show of base backups and drills.
 #[derive(Debug, Clone, Default, Serialize)]
@@ -38,6 +40,8 @@ pub struct BaseBackupStatus {
     pub last_error: Option<String>,
     pub failures: u64,
     pub last_drill: Option<crate::drill::DrillRecord>,
+    /// Bytes the archive stores (log, base backups, drill records), listed every few minutes.
+    pub stored_bytes: Option<u64>,
 }
 
 /// The newest base backup in the archive.
@@ -137,6 +141,7 @@ pub async fn run(
     });
     prune(&archive, &schedule).await;
     let mut drills = tokio::time::interval(DRILL_POLL);
+    let mut sizes = tokio::time::interval(SIZE_POLL);
     loop {
         let far = tokio::time::Instant::now() + Duration::from_secs(365 * 86_400);
         tokio::select! {
@@ -146,6 +151,10 @@ pub async fn run(
             _ = drills.tick() => {
                 let last = crate::drill::last_record(&archive).await;
                 handle.update(|s| s.last_drill = last);
+                continue;
+            }
+            _ = sizes.tick() => {
+                measure(&handle, &archive).await;
                 continue;
             }
         }
@@ -173,6 +182,7 @@ pub async fn run(
             Ok(m) => {
                 tracing::info!(id = %m.id, position = %m.position, rows = m.rows, bytes = m.bytes, "base backup: stored");
                 prune(&archive, &schedule).await;
+                measure(&handle, &archive).await;
             }
             Err(e) if stop.is_cancelled() => {
                 tracing::info!(error = %e, "base backup: interrupted by the stop");
@@ -183,6 +193,14 @@ pub async fn run(
         due = schedule.every.map(|every| {
             tokio::time::Instant::now() + if ok { every } else { every.min(RETRY_AFTER) }
         });
+    }
+}
+
+/// Lists the archive's size into the status; a failure leaves the last figure.
+async fn measure(handle: &BaseBackups, archive: &Archive) {
+    match archive.stored_bytes().await {
+        Ok(bytes) => handle.update(|s| s.stored_bytes = Some(bytes)),
+        Err(e) => tracing::debug!(error = %e, "archive: its size could not be listed"),
     }
 }
 

@@ -416,6 +416,14 @@ fn base_backup_metrics(out: &mut Exposition, s: &Shared) {
             &one(last.bytes as f64),
         );
     }
+    if let Some(bytes) = st.stored_bytes {
+        family(
+            "ferry_archive_stored_bytes",
+            "gauge",
+            "Bytes the archive stores: log, base backups and drill records (listed every 5 min).",
+            &one(bytes as f64),
+        );
+    }
     family(
         "ferry_base_backup_failures_total",
         "counter",

@@ -141,13 +141,16 @@ pub fn log_start(
 /// in `dir`; `wanted` decides which tables' row changes are kept. Returns where it stopped, and
 /// the spool's durable end for a reader (its writer is gone: a tailing reader reads to the end
 /// and stops). Events stream through: memory holds one object, whatever a transaction's size.
+/// `progress` is told after each object read: (objects read, objects planned).
 pub async fn to_spool(
     archive: &Archive,
     plan: &Plan,
     target: &Target,
     wanted: &(dyn Fn(&str, &str) -> bool + Sync),
     dir: &Path,
+    progress: &(dyn Fn(usize, usize) + Sync),
 ) -> Result<(Stopped, watch::Receiver<Offset>)> {
+    let planned = plan.objects().len();
     let (mut spool, _) = SpoolWriter::open(dir, WriterOptions::default())?;
     let durable = spool.subscribe();
     let mut stopped = Stopped::default();
@@ -175,6 +178,7 @@ pub async fn to_spool(
                 }
             }
             stopped.objects.push(chunk.object.clone());
+            progress(stopped.objects.len(), planned);
             spool.commit()?;
         }
         spool.append(&Event::Commit(Commit {
@@ -196,6 +200,7 @@ pub async fn to_spool(
     'objects: for m in &plan.log {
         let events = read_object(archive, m).await?;
         stopped.objects.push(m.object.clone());
+        progress(stopped.objects.len(), planned);
         // An object begins with the definitions in force (its prologue).
         let mut prologue = true;
         for event in events {

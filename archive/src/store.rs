@@ -92,6 +92,12 @@ impl Archive {
         }
     }
 
+    /// Bytes of every object the archive stores (one listing).
+    pub async fn stored_bytes(&self) -> Result<u64> {
+        let metas: Vec<object_store::ObjectMeta> = self.store.list(None).try_collect().await?;
+        Ok(metas.iter().map(|m| m.size).sum())
+    }
+
     /// The names of every object under `prefix`, sorted.
     pub async fn list(&self, prefix: &str) -> Result<Vec<String>> {
         let metas: Vec<object_store::ObjectMeta> = self

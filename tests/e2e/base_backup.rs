@@ -193,6 +193,7 @@ async fn base_backups_under_load_retention_restore_and_a_drill() {
     assert!(out.contains("public.big"), "{out}");
     wait_metric(port, "ferry_backup_drill_last_passed 1").await;
     wait_metric(port, "ferry_base_backup_age_seconds").await;
+    wait_metric(port, "ferry_archive_stored_bytes").await;
 
     // A drill (or restore) into a database that already holds a table is refused, recorded as
     // failed, and the metric follows.
