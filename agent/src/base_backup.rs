@@ -132,11 +132,19 @@ pub async fn run(
     };
     handle.update(|s| s.last = newest.as_ref().map(LastBase::from));
     let now = ferry_archive::base::now_micros();
-    // Due at the schedule after the newest one (at once when there is none).
+    // Due at the schedule after the newest one. Without one: a schedule from now when the log
+    // begins with the initial snapshot (a restore point already, maybe still being copied), at
+    // once when it does not (an archive added to a running ferry has no restore point yet).
+    let log_has_snapshot = match archive.manifests().await {
+        Ok(m) => m.first().is_none_or(|m| m.first_offset == 0),
+        Err(_) => true,
+    };
     let mut due = schedule.every.map(|every| {
-        let since = newest
-            .as_ref()
-            .map_or(Duration::MAX, |b| micros_to(now - b.finished));
+        let since = match &newest {
+            Some(b) => micros_to(now - b.finished),
+            None if log_has_snapshot => Duration::ZERO,
+            None => Duration::MAX,
+        };
         tokio::time::Instant::now() + every.saturating_sub(since)
     });
     prune(&archive, &schedule).await;

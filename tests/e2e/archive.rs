@@ -469,13 +469,15 @@ async fn an_s3_archive_survives_an_outage_and_restores() {
         config.path(),
         format!(
             "{text}\n[archive]\nurl = \"s3://backups/prod\"\nendpoint = \"{}\"\nregion = \"us-east-1\"\n\
-             access_key_id = \"{}\"\nsecret_access_key = \"{}\"\narchive_timeout_seconds = 1\n",
+             access_key_id = \"{}\"\nsecret_access_key = \"{}\"\narchive_timeout_seconds = 1\n\
+             keep = 1\n",
             s3.endpoint(),
             ferry_tests::s3::ACCESS_KEY,
             ferry_tests::s3::SECRET_KEY
         ),
     )
     .unwrap();
+    config.with_http(Some("s3-token")).unwrap();
     let objects = s3.bucket_dir("backups").join("prod");
     let path = config.path();
     let (code, out, err) = command(&["check", "--config", path.to_str().unwrap()]).unwrap();
@@ -513,7 +515,37 @@ async fn an_s3_archive_survives_an_outage_and_restores() {
     s3.start_again().unwrap();
     wait_archived(&objects, outage_end - 300_000).await;
     assert!(manifests(&objects).len() > before);
+
+    // Two base backups into the store, with keep = 1: the first, and the log before the
+    // second, are deleted from it.
+    for round in 0..2 {
+        let p = path.clone();
+        let (code, out, err) = tokio::task::spawn_blocking(move || {
+            command(&["backup", "now", "--config", p.to_str().unwrap()]).unwrap()
+        })
+        .await
+        .unwrap();
+        assert_eq!(code, 0, "{out}{err}");
+        s.batch_execute(&format!(
+            "INSERT INTO orders VALUES ({}, 2, 'after base backup {round}')",
+            1000 + round
+        ))
+        .await
+        .unwrap();
+    }
+    let (_, last) = now(&s).await;
+    s.batch_execute("UPDATE orders SET note = 'last' WHERE id = 1")
+        .await
+        .unwrap();
+    wait_archived(&objects, last).await;
     ferry.stop().unwrap();
+    let bases: Vec<_> = std::fs::read_dir(objects.join("base"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.join("backup.json").exists())
+        .collect();
+    assert_eq!(bases.len(), 1, "{bases:?}");
+    assert_ne!(manifests(&objects)[0]["first_offset"].as_u64(), Some(0));
     assert_verifies(&config);
     let (rc, _) = restore_into(&config, &target, "restored", "latest", &[]).await;
     let a: String = one(&s, DUMP_ORDERS).await;
