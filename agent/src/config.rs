@@ -192,6 +192,9 @@ pub struct SinkConfig {
     pub zero_dates: Option<ferry_sink::postgres::zero_date::ZeroDatePolicy>,
     /// Database sinks: create a missing target table from the source's definition.
     pub create_tables: Option<bool>,
+    /// Database sinks: move the replica's sequences and `AUTO_INCREMENT` counters ahead to the
+    /// source's this often, in seconds (default 10; 0 turns it off).
+    pub sequences_seconds: Option<u32>,
     /// Database sinks: commit a batch once it holds this many row changes (default 10000).
     pub max_batch_rows: Option<u32>,
     /// Database sinks: commit a batch once it is this old, in milliseconds (default 200).
@@ -434,6 +437,7 @@ impl Config {
                 ("schema_changes", sink.schema_changes.is_some()),
                 ("create_tables", sink.create_tables.is_some()),
                 ("max_batch_rows", sink.max_batch_rows.is_some()),
+                ("sequences_seconds", sink.sequences_seconds.is_some()),
             ] {
                 if present && !is_db {
                     stray.push(key);

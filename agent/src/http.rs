@@ -35,6 +35,8 @@ pub struct SinkView {
     pub kind: &'static str,
     pub max_lag_seconds: f64,
     pub progress: watch::Receiver<SinkProgress>,
+    /// Its sequences' sync, for database sinks that keep them.
+    pub sequences: Option<crate::sequences::SyncHandle>,
 }
 
 /// What the endpoint reads.
@@ -482,6 +484,35 @@ fn sink_metrics(out: &mut Exposition, s: &Shared) {
         "Source transactions applied (or delivered) by the sink.",
         &per(&|p, _| p.transactions as f64),
     );
+    let synced: Vec<(String, crate::sequences::SyncStatus)> = s
+        .sinks
+        .iter()
+        .filter_map(|v| {
+            let st = v.sequences.as_ref()?.lock().ok()?.clone();
+            Some((format!("{{sink=\"{}\",type=\"{}\"}}", v.name, v.kind), st))
+        })
+        .collect();
+    if !synced.is_empty() {
+        family(
+            "ferry_sink_sequences_synced_timestamp_seconds",
+            "gauge",
+            "When the sink's sequences and AUTO_INCREMENT counters were last moved ahead to the \
+             source's (Unix seconds; 0 before the first sync).",
+            &synced
+                .iter()
+                .map(|(l, st)| (l.clone(), st.last_sync.map_or(0.0, |t| t as f64 / 1e6)))
+                .collect::<Vec<_>>(),
+        );
+        family(
+            "ferry_sink_sequences_moved_total",
+            "counter",
+            "Sequences and AUTO_INCREMENT counters the sink's sync moved ahead.",
+            &synced
+                .iter()
+                .map(|(l, st)| (l.clone(), st.moved as f64))
+                .collect::<Vec<_>>(),
+        );
+    }
     family(
         "ferry_sink_rows_total",
         "counter",
@@ -649,6 +680,7 @@ pub fn status_json(s: &Shared) -> serde_json::Value {
                 "retries": p.retries,
                 "skipped": p.skipped,
                 "dead_lettered": p.dead_lettered,
+                "sequences": v.sequences.as_ref().map(|h| h.lock().map(|g| g.clone()).unwrap_or_default()),
             })
         })
         .collect();

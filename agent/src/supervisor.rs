@@ -304,6 +304,8 @@ pub async fn run(
         Source::Postgres(Box::new(PgSource::new(settings, spool)?))
     };
 
+    let sequence_sinks = crate::sequences::plan(&config);
+    let counter_source = crate::sequences::CounterSource::of(&config)?;
     // Sinks stop after the source, so they apply what it spooled last.
     let sinks_stop = CancellationToken::new();
     let (mut progress, mut tasks) = spawn_sinks(sink_configs, &durable, &sinks_stop);
@@ -312,7 +314,7 @@ pub async fn run(
     let http_stop = CancellationToken::new();
     let http_task = match &config.http {
         Some(http) => {
-            let sinks = sink_views(&config, &progress);
+            let sinks = sink_views(&config, &progress, &sequence_sinks);
             let shared = crate::http::Shared {
                 source_kind: if mysql { "mysql" } else { "postgres" },
                 source: source.stats(),
@@ -356,6 +358,13 @@ pub async fn run(
         ));
         tokio::spawn(archiver.run(durable.clone(), archive_stop.clone()))
     });
+    // The replicas' counters follow the source's while it runs.
+    let sequences_stop = shutdown.child_token();
+    let sequences_task = tokio::spawn(crate::sequences::run(
+        counter_source,
+        sequence_sinks,
+        sequences_stop.clone(),
+    ));
     // Base backups read the source database, not the spool: they stop with the source.
     let backups_stop = shutdown.child_token();
     let backups_task = base_backups.map(|(handle, archive, schedule)| {
@@ -370,6 +379,8 @@ pub async fn run(
 
     let source_result = source.run(shutdown).await;
     backups_stop.cancel();
+    sequences_stop.cancel();
+    let _ = sequences_task.await;
     if let Some(task) = backups_task {
         let _ = task.await;
     }
@@ -418,6 +429,7 @@ pub async fn run(
 fn sink_views(
     config: &Config,
     progress: &[(String, watch::Receiver<SinkProgress>)],
+    sequences: &[(crate::sequences::SyncSink, Duration)],
 ) -> Vec<crate::http::SinkView> {
     progress
         .iter()
@@ -436,6 +448,10 @@ fn sink_views(
                 },
                 max_lag_seconds: f64::from(cfg.and_then(|c| c.max_lag_seconds).unwrap_or(300)),
                 progress: rx.clone(),
+                sequences: sequences
+                    .iter()
+                    .find(|(s, _)| &s.name == name)
+                    .map(|(s, _)| s.status.clone()),
             }
         })
         .collect()

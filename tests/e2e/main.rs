@@ -22,6 +22,7 @@ mod pg_tls;
 mod pg_versions;
 mod retention;
 mod schema_changes;
+mod sequences;
 mod shutdown;
 mod slot_safety;
 mod smoke;
