@@ -338,6 +338,9 @@ async fn sync_mysql(url: &str, counters: &[Counter]) -> Result<u64> {
     let _ = conn
         .query_drop("SET SESSION information_schema_stats_expiry = 0")
         .await;
+    // The ALTER waits for a table's open transactions (the sink's, a reader's): give up after a
+    // few seconds and try again at the next poll rather than queue everything behind it.
+    conn.query_drop("SET SESSION lock_wait_timeout = 5").await?;
     let mut moved = 0;
     for c in counters {
         let next: Option<Option<u64>> = conn
