@@ -7,6 +7,7 @@ mod base_backup;
 mod check;
 mod exactly_once;
 mod examples;
+mod failover;
 mod failures;
 mod faithful_tables;
 mod http;

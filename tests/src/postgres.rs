@@ -123,6 +123,60 @@ impl Postgres {
         Err(last_err)
     }
 
+    /// A physical streaming standby of `primary` (`pg_basebackup -R`), running on its own port:
+    /// the same system identifier, none of the primary's logical slots (before PostgreSQL 17's
+    /// failover slots), promoted with `SELECT pg_promote()`.
+    pub fn standby_of(primary: &Postgres) -> Result<Postgres> {
+        let run_as = primary.run_as;
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-pg-standby-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        run_as.own(dir.path())?;
+        let mut cmd = Command::new(primary.tools.join("pg_basebackup"));
+        cmd.arg("-D")
+            .arg(dir.path().join("data"))
+            .args([
+                "-R",
+                "-X",
+                "stream",
+                "--no-sync",
+                "-h",
+                "127.0.0.1",
+                "-U",
+                "postgres",
+            ])
+            .args(["-p", &primary.port.to_string()]);
+        run_as.apply(&mut cmd);
+        process::run(&mut cmd, "pg_basebackup")?;
+        let mut last_err = String::new();
+        for _ in 0..3 {
+            let port = process::free_port();
+            match spawn_server(
+                &primary.bin,
+                &primary.tools,
+                dir.path(),
+                port,
+                &primary.opts,
+                run_as,
+            ) {
+                Ok(process) => {
+                    return Ok(Postgres {
+                        process,
+                        port,
+                        bin: primary.bin.clone(),
+                        tools: primary.tools.clone(),
+                        opts: primary.opts.clone(),
+                        run_as,
+                        dir,
+                    });
+                }
+                Err(e) => last_err = e,
+            }
+        }
+        Err(last_err)
+    }
+
     /// Stops the server (fast shutdown: connections are cut, as in a crash of the network or a
     /// restart by an operator) and starts it again on the same port with the same data.
     pub fn restart(&mut self) -> Result<()> {

@@ -21,7 +21,7 @@ use std::io::IsTerminal;
 mod prepare;
 mod relations;
 
-pub use prepare::{SourceIdentity, check_identity};
+pub use prepare::{SourceIdentity, check_identity, record_identity};
 
 use std::path::Path;
 use std::time::Duration;
@@ -926,9 +926,16 @@ mod tests {
             system_id: "7301".into(),
             database: "app".into(),
             slot: "ferry".into(),
+            timeline: Some(1),
         };
-        check_identity(dir.path(), &id).unwrap();
-        check_identity(dir.path(), &id).unwrap();
+        assert_eq!(check_identity(dir.path(), &id).unwrap(), None);
+        assert_eq!(check_identity(dir.path(), &id).unwrap(), None);
+        // A promoted standby: the same source on a later timeline.
+        let promoted = SourceIdentity {
+            timeline: Some(2),
+            ..id.clone()
+        };
+        assert_eq!(check_identity(dir.path(), &promoted).unwrap(), Some(1));
         for other in [
             SourceIdentity {
                 system_id: "9999".into(),

@@ -13,12 +13,24 @@ pub struct SourceIdentity {
     pub system_id: String,
     pub database: String,
     pub slot: String,
+    /// The server's timeline when the spool was written: a promoted standby (a failover) has
+    /// the same system identifier on a later timeline. Not part of the identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<u32>,
+}
+
+impl SourceIdentity {
+    fn same_source(&self, other: &SourceIdentity) -> bool {
+        (&self.system_id, &self.database, &self.slot)
+            == (&other.system_id, &other.database, &other.slot)
+    }
 }
 
 const IDENTITY_FILE: &str = "source.json";
 
 /// Records the source's identity in a new spool, or checks that it matches the recorded one.
-pub fn check_identity(dir: &Path, id: &SourceIdentity) -> Result<()> {
+/// Returns the recorded timeline when the server is now on another one (it was promoted).
+pub fn check_identity(dir: &Path, id: &SourceIdentity) -> Result<Option<u32>> {
     let path = dir.join(IDENTITY_FILE);
     match fs::read(&path) {
         Ok(bytes) => {
@@ -28,7 +40,7 @@ pub fn check_identity(dir: &Path, id: &SourceIdentity) -> Result<()> {
                     path.display()
                 ))
             })?;
-            if recorded != *id {
+            if !recorded.same_source(id) {
                 return Err(Error::Config(format!(
                     "the spool in {} was written from PostgreSQL system {} database {:?} slot {:?}, \
                      but the source is system {} database {:?} slot {:?}: give this source its own \
@@ -42,20 +54,29 @@ pub fn check_identity(dir: &Path, id: &SourceIdentity) -> Result<()> {
                     id.slot
                 )));
             }
-            Ok(())
+            Ok(match (recorded.timeline, id.timeline) {
+                (Some(old), Some(new)) if old != new => Some(old),
+                _ => None,
+            })
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
-            let text = serde_json::to_vec_pretty(id)
-                .map_err(|e| Error::Fatal(format!("encode source identity: {e}")))?;
-            fs::write(&tmp, text)
-                .and_then(|_| fs::File::open(&tmp)?.sync_all())
-                .and_then(|_| fs::rename(&tmp, &path))
-                .map_err(|e| Error::io(format!("write {}", path.display()), e))?;
-            Ok(())
+            record_identity(dir, id)?;
+            Ok(None)
         }
         Err(e) => Err(Error::io(format!("read {}", path.display()), e)),
     }
+}
+
+/// Writes the spool's source identity (durably, replacing any).
+pub fn record_identity(dir: &Path, id: &SourceIdentity) -> Result<()> {
+    let path = dir.join(IDENTITY_FILE);
+    let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
+    let text = serde_json::to_vec_pretty(id)
+        .map_err(|e| Error::Fatal(format!("encode source identity: {e}")))?;
+    fs::write(&tmp, text)
+        .and_then(|_| fs::File::open(&tmp)?.sync_all())
+        .and_then(|_| fs::rename(&tmp, &path))
+        .map_err(|e| Error::io(format!("write {}", path.display()), e))
 }
 
 impl PgSource {
@@ -103,14 +124,34 @@ impl PgSource {
             .first()
             .and_then(|r| r.first().cloned().flatten())
             .ok_or_else(|| Error::Protocol("IDENTIFY_SYSTEM returned no system id".into()))?;
-        check_identity(
-            self.writer.spool().dir(),
-            &SourceIdentity {
-                system_id,
-                database: self.settings.params.dbname.clone(),
-                slot: self.settings.slot.clone(),
-            },
-        )?;
+        let timeline: Option<u32> = system
+            .first()
+            .and_then(|r| r.get(1).cloned().flatten())
+            .and_then(|t| t.parse().ok());
+        let identity = SourceIdentity {
+            system_id,
+            database: self.settings.params.dbname.clone(),
+            slot: self.settings.slot.clone(),
+            timeline,
+        };
+        let promoted = check_identity(self.writer.spool().dir(), &identity)?;
+        // Said in the errors below: why a slot may be missing or behind.
+        let failover = match (promoted, timeline) {
+            (Some(old), Some(new)) => {
+                tracing::warn!(
+                    from = old,
+                    to = new,
+                    "the source server is on timeline {new}, ferry's spool was written on \
+                     timeline {old}: it was promoted from a standby (a failover)"
+                );
+                format!(
+                    "the server is on timeline {new} but the spool was written on timeline \
+                     {old}: it is a promoted standby, and logical slots are not copied to \
+                     standbys (before PostgreSQL 17's failover slots). "
+                )
+            }
+            _ => String::new(),
+        };
         let slot_name = &self.settings.slot;
         let mut state = slot::inspect_slot(client, slot_name, &self.settings.params.dbname).await?;
         if state.is_some() && self.settings.snapshot && self.resume_from.is_none() {
@@ -131,9 +172,11 @@ impl PgSource {
             None => {
                 if let Some(resume) = self.resume_from {
                     return Err(Error::Gap(format!(
-                        "replication slot {slot_name:?} does not exist, but the spool holds changes \
-                         up to {}: the changes since then are gone. Recover by clearing the spool \
-                         directory and the replicas and starting again with snapshot = \"initial\"",
+                        "{failover}replication slot {slot_name:?} does not exist, but the spool \
+                         holds changes up to {}: the changes since then are gone. Recover by \
+                         clearing the spool directory and the replicas and starting again with \
+                         snapshot = \"initial\" (or restore the replicas from the archive and \
+                         then start a new spool)",
                         Lsn(resume)
                     )));
                 }
@@ -176,7 +219,7 @@ impl PgSource {
                     && confirmed > resume
                 {
                     return Err(Error::Gap(format!(
-                        "replication slot {slot_name:?} has confirmed {} but the spool only holds \
+                        "{failover}replication slot {slot_name:?} has confirmed {} but the spool only holds \
                          changes up to {}: another consumer advanced the slot, or the spool was \
                          restored from an older copy, and the changes in between are gone. \
                          Recover by dropping the slot (SELECT pg_drop_replication_slot('{slot_name}')), \
@@ -193,6 +236,10 @@ impl PgSource {
                     self.pending_ack = from;
                 }
             }
+        }
+        if promoted.is_some() {
+            // The slot is here on the new timeline (a failover slot): the spool now follows it.
+            record_identity(self.writer.spool().dir(), &identity)?;
         }
         Ok(Some((repl, version)))
     }
