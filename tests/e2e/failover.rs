@@ -88,3 +88,45 @@ async fn a_promoted_standby_without_the_slot_is_a_gap_not_a_new_snapshot() {
     assert_eq!(slots, 0);
     assert_eq!(count(&r).await, 150);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mariadb_source_on_another_server_is_position_lost_not_a_silent_resume() {
+    use mysql_async::prelude::Queryable;
+    let a = ferry_tests::MariaDb::start().unwrap();
+    let b = ferry_tests::MariaDb::start().unwrap();
+    for db in [&a, &b] {
+        let mut c = db.connect().await;
+        c.query_drop(
+            "CREATE DATABASE app; CREATE TABLE app.t (id int PRIMARY KEY, v text);
+             INSERT INTO app.t VALUES (1, 'a');",
+        )
+        .await
+        .unwrap();
+    }
+    let config = FerryConfig::mysql(&a.url("app"), a.server_id() + 1000, "", "").unwrap();
+    let ferry = config.start(0).unwrap();
+    let spool = config.spool_dir();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !ferry.log_text().contains("initial snapshot: done") {
+        assert!(Instant::now() < deadline, "{}", ferry.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut c = a.connect().await;
+    c.query_drop("INSERT INTO app.t VALUES (2, 'b')")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    ferry.stop().unwrap();
+    assert!(spool.join("mysql-source.json").exists());
+
+    // Another server behind the URL: its binlog positions are not the spool's.
+    let text = std::fs::read_to_string(config.path()).unwrap();
+    std::fs::write(config.path(), text.replace(&a.url("app"), &b.url("app"))).unwrap();
+    let (code, log) = config
+        .start(1)
+        .unwrap()
+        .wait_exit(Duration::from_secs(90))
+        .unwrap();
+    assert_eq!(code, 1, "{log}");
+    assert!(log.contains("position lost"), "{log}");
+}

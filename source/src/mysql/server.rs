@@ -148,3 +148,117 @@ pub(crate) async fn check_server(conn: &mut Conn, server_id: u32) -> Result<()> 
         }
     }
 }
+
+/// Which server a spool's binlog positions belong to: a `file:position` means something only on
+/// the server that wrote that binlog.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ServerIdentity {
+    pub server_id: u32,
+    /// MySQL's `server_uuid` (MariaDB has none).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_uuid: Option<String>,
+}
+
+const IDENTITY_FILE: &str = "mysql-source.json";
+
+/// The identity of the server behind `conn`.
+pub(crate) async fn server_identity(conn: &mut Conn) -> Result<ServerIdentity> {
+    let server_id: Option<u32> = conn.query_first("SELECT @@global.server_id").await?;
+    // MariaDB has no server_uuid: the query fails there, and only that is expected.
+    let server_uuid: Option<String> = conn
+        .query_first("SELECT @@global.server_uuid")
+        .await
+        .unwrap_or(None);
+    Ok(ServerIdentity {
+        server_id: server_id.unwrap_or(0),
+        server_uuid,
+    })
+}
+
+/// Records the server's identity in the spool, or checks it against the recorded one when the
+/// spool holds a position to resume from: another server's binlog positions mean nothing here,
+/// so resuming one would read the wrong changes (or none) without a word. That is "position
+/// lost", said with the way out, never a silent resume.
+pub(crate) fn check_server_identity(
+    dir: &std::path::Path,
+    now: &ServerIdentity,
+    resuming: Option<&BinlogPos>,
+) -> Result<()> {
+    let path = dir.join(IDENTITY_FILE);
+    match std::fs::read(&path) {
+        Ok(bytes) => {
+            let recorded: ServerIdentity = serde_json::from_slice(&bytes).map_err(|e| {
+                Error::Config(format!(
+                    "{} is not a ferry server identity: {e}",
+                    path.display()
+                ))
+            })?;
+            match resuming {
+                Some(pos) if recorded != *now => {
+                    let name = |id: &ServerIdentity| match &id.server_uuid {
+                        Some(u) => format!("server_id {} (server_uuid {u})", id.server_id),
+                        None => format!("server_id {}", id.server_id),
+                    };
+                    return Err(Error::Gap(format!(
+                        "position lost: the spool's binlog position {pos} was read from {}, but \
+                         the source is now {}: a binlog file:position means nothing on another \
+                         server (a failover, or another server behind the URL), and ferry does \
+                         not resume by GTID yet. Recover by pointing ferry back at the first \
+                         server, or by clearing the spool directory and the replicas and \
+                         starting again with snapshot = \"initial\" (or restoring the replicas \
+                         from the archive)",
+                        name(&recorded),
+                        name(now)
+                    )));
+                }
+                Some(_) => return Ok(()),
+                // No position yet: the spool starts on this server.
+                None => {}
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(Error::io(format!("read {}", path.display()), e)),
+    }
+    let tmp = dir.join(format!("{IDENTITY_FILE}.tmp"));
+    let text = serde_json::to_vec_pretty(now)
+        .map_err(|e| Error::Fatal(format!("encode server identity: {e}")))?;
+    std::fs::write(&tmp, text)
+        .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
+        .and_then(|_| std::fs::rename(&tmp, &path))
+        .map_err(|e| Error::io(format!("write {}", path.display()), e))
+}
+
+#[cfg(test)]
+mod identity_tests {
+    use super::*;
+
+    #[test]
+    fn a_spool_resumes_only_on_the_server_it_was_read_from() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = ServerIdentity {
+            server_id: 1,
+            server_uuid: None,
+        };
+        let b = ServerIdentity {
+            server_id: 2,
+            server_uuid: None,
+        };
+        let pos = BinlogPos {
+            file: "mysql-bin.000003".into(),
+            pos: 400,
+        };
+        check_server_identity(dir.path(), &a, None).unwrap();
+        check_server_identity(dir.path(), &a, Some(&pos)).unwrap();
+        let e = check_server_identity(dir.path(), &b, Some(&pos))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("position lost"), "{e}");
+        assert!(
+            e.contains("server_id 1") && e.contains("server_id 2"),
+            "{e}"
+        );
+        // Before any position, the spool simply starts on the new server.
+        check_server_identity(dir.path(), &b, None).unwrap();
+        check_server_identity(dir.path(), &b, Some(&pos)).unwrap();
+    }
+}

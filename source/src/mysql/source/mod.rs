@@ -31,7 +31,10 @@ use super::ddl;
 use super::decode::{self, ZeroDates};
 use super::payload;
 use super::schema::{self, Catalog, TableSchema};
-use super::server::{binlog_expiry, binlog_sizes, check_server, current_position, master_position};
+use super::server::{
+    binlog_expiry, binlog_sizes, check_server, check_server_identity, current_position,
+    master_position, server_identity,
+};
 use super::table_def;
 use crate::capture::spill::TxnBuffer;
 use crate::capture::stats::SourceStats;
@@ -288,6 +291,9 @@ impl MysqlSource {
         if !self.registered_once {
             check_server(&mut meta, self.settings.server_id).await?;
         }
+        // Every connection, not only the first: the server behind the URL may have changed.
+        let identity = server_identity(&mut meta).await?;
+        check_server_identity(self.writer.spool().dir(), &identity, self.resume.as_ref())?;
         let expire = binlog_expiry(&mut meta).await?;
         self.stats.retention.binlog_expire_seconds = Some(expire);
         self.stats.retention.min_binlog_margin_seconds = self
