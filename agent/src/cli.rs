@@ -73,6 +73,9 @@ pub enum Command {
     Ctl(CtlArgs),
     /// Rebuild an empty database from the archive, as the source was at a time or position.
     Restore(RestoreArgs),
+    /// Make a database sink ready to take over: with `--fence`, stop writes on the source and
+    /// wait until the sink has everything; then sync its counters, verify it, and report.
+    Promote(PromoteArgs),
     /// The archive: what it can restore, and whether every object in it is sound.
     Backup {
         #[command(subcommand)]
@@ -104,6 +107,23 @@ pub struct RestoreArgs {
     /// List the objects the restore would read, and stop.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PromoteArgs {
+    #[command(flatten)]
+    pub config: ConfigArg,
+    /// The database sink to promote.
+    #[arg(long)]
+    pub sink: String,
+    /// A planned switchover: stop writes on the source first (ending the sessions that could
+    /// still write), and wait until the sink has applied the source's final position. Without
+    /// it, an unplanned failover from what the sink has applied.
+    #[arg(long)]
+    pub fence: bool,
+    /// How long to wait for the sink to catch up, in seconds.
+    #[arg(long, default_value_t = 300)]
+    pub wait: u64,
 }
 
 #[derive(Debug, Subcommand)]

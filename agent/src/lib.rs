@@ -14,6 +14,7 @@ pub mod drill;
 pub mod dump;
 pub mod http;
 pub mod logging;
+pub mod promote;
 pub mod sequences;
 pub mod status;
 pub mod supervisor;

@@ -120,6 +120,21 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{text}");
             Ok(())
         }
+        Command::Promote(args) => {
+            let config = Config::load(&args.config.config)?;
+            let (text, ready) = runtime()?.block_on(ferry_agent::promote::promote(
+                &config,
+                &args.sink,
+                args.fence,
+                std::time::Duration::from_secs(args.wait),
+            ))?;
+            print!("{text}");
+            if ready {
+                Ok(())
+            } else {
+                anyhow::bail!("sink {} is not ready to take over", args.sink)
+            }
+        }
         Command::Backup {
             command: BackupCommand::List(args),
         } => {

@@ -171,37 +171,7 @@ pub async fn source_counters(source: &CounterSource) -> Result<Vec<Counter>> {
         CounterSource::Postgres { url, settings } => {
             let (client, _task) =
                 ferry_db::postgres::tls::Tls::connect_url(url, "ferry sequences").await?;
-            let rows = client
-                .query(POSTGRES_SOURCE_COUNTERS, &[&settings.publication])
-                .await?;
-            let mut counters = Vec::new();
-            let mut unreadable = Vec::new();
-            for r in &rows {
-                let (schema, table): (String, String) = (r.get(0), r.get(1));
-                if !settings.filter.accepts(&schema, &table) {
-                    continue;
-                }
-                if !r.get::<_, bool>(4) {
-                    unreadable.push(r.get::<_, String>(5));
-                    continue;
-                }
-                if let Some(last) = r.get::<_, Option<i64>>(3) {
-                    counters.push(Counter {
-                        schema,
-                        table,
-                        column: r.get(2),
-                        last,
-                    });
-                }
-            }
-            if !unreadable.is_empty() {
-                return Err(Error::Config(format!(
-                    "the source user cannot read sequence(s) {}: GRANT SELECT ON SEQUENCE … TO \
-                     the user ferry connects as, so the replicas' counters can follow",
-                    unreadable.join(", ")
-                )));
-            }
-            Ok(counters)
+            postgres_counters(&client, settings).await
         }
         CounterSource::Mysql { url, settings } => {
             let mut conn = crate::verify::mysql::connect(url).await?;
@@ -224,6 +194,44 @@ pub async fn source_counters(source: &CounterSource) -> Result<Vec<Counter>> {
                 .collect())
         }
     }
+}
+
+/// The counters of a PostgreSQL source's captured tables, read on `client`.
+pub async fn postgres_counters(
+    client: &tokio_postgres::Client,
+    settings: &ferry_source::postgres::source::SourceSettings,
+) -> Result<Vec<Counter>> {
+    let rows = client
+        .query(POSTGRES_SOURCE_COUNTERS, &[&settings.publication])
+        .await?;
+    let mut counters = Vec::new();
+    let mut unreadable = Vec::new();
+    for r in &rows {
+        let (schema, table): (String, String) = (r.get(0), r.get(1));
+        if !settings.filter.accepts(&schema, &table) {
+            continue;
+        }
+        if !r.get::<_, bool>(4) {
+            unreadable.push(r.get::<_, String>(5));
+            continue;
+        }
+        if let Some(last) = r.get::<_, Option<i64>>(3) {
+            counters.push(Counter {
+                schema,
+                table,
+                column: r.get(2),
+                last,
+            });
+        }
+    }
+    if !unreadable.is_empty() {
+        return Err(Error::Config(format!(
+            "the source user cannot read sequence(s) {}: GRANT SELECT ON SEQUENCE … TO \
+             the user ferry connects as, so the replicas' counters can follow",
+            unreadable.join(", ")
+        )));
+    }
+    Ok(counters)
 }
 
 /// Sequences owned by a column of a published table (serial, identity) or used by a column's

@@ -266,7 +266,7 @@ async fn sink_line(config: &Config, sink: &crate::config::SinkConfig, now: &Sour
 
 /// A PostgreSQL sink's checkpoint: (position, age in seconds); none when its table or row is
 /// not there yet.
-async fn postgres_checkpoint(url: &str, sink: &str) -> Result<Option<(String, f64)>> {
+pub(crate) async fn postgres_checkpoint(url: &str, sink: &str) -> Result<Option<(String, f64)>> {
     let (client, _task) = tls::Tls::connect_url(url, "status sink").await?;
     let row = client
         .query_opt(
@@ -312,7 +312,7 @@ async fn mysql_source_line(config: &Config, out: &mut String) -> Vec<(String, u6
 }
 
 /// A MySQL sink's checkpoint: (position, age in seconds).
-async fn mysql_checkpoint(url: &str, sink: &str) -> Result<Option<(String, f64)>> {
+pub(crate) async fn mysql_checkpoint(url: &str, sink: &str) -> Result<Option<(String, f64)>> {
     use mysql_async::prelude::Queryable;
     let opts = ferry_db::mysql::opts_from_url(url)
         .map_err(|e| ferry_source::error::Error::Config(format!("sink url: {e}")))?;

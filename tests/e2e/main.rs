@@ -21,6 +21,7 @@ mod pg_sink;
 mod pg_source;
 mod pg_tls;
 mod pg_versions;
+mod promote;
 mod retention;
 mod schema_changes;
 mod sequences;

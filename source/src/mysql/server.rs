@@ -11,7 +11,8 @@ use mysql_async::prelude::Queryable;
 use crate::capture::prerequisite::Prerequisite;
 use crate::error::{Error, Result};
 
-pub(crate) async fn master_position(conn: &mut Conn) -> Result<BinlogPos> {
+/// The server's binlog position now (`SHOW MASTER STATUS`).
+pub async fn master_position(conn: &mut Conn) -> Result<BinlogPos> {
     let row: Option<mysql_async::Row> = conn.query_first("SHOW MASTER STATUS").await?;
     let Some(row) = row else {
         return Err(Error::Config(

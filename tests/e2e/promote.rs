@@ -1,0 +1,132 @@
+//! `ferry promote`: a planned switchover fences the source (a session opened before the fence
+//! can no longer write), waits until the replica has everything, syncs its counters and verifies
+//! it; the application's inserts on the promoted replica then get new ids.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::{Duration, Instant};
+
+use ferry_tests::Postgres;
+use ferry_tests::ferry::{FerryConfig, command};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fenced_switchover_leaves_a_replica_the_application_can_write_to() {
+    let source = Postgres::start().unwrap();
+    let replica = Postgres::start().unwrap();
+    let s = source.connect().await;
+    s.batch_execute(
+        "CREATE TABLE orders (id serial PRIMARY KEY, note text);
+         CREATE TABLE events (id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, what text);
+         INSERT INTO orders (note) SELECT 'before' FROM generate_series(1, 500);
+         INSERT INTO events (what) SELECT 'before' FROM generate_series(1, 200);",
+    )
+    .await
+    .unwrap();
+    let config = FerryConfig::pg_to_pg(
+        &source.url("postgres"),
+        &replica.url("postgres"),
+        "",
+        "create_tables = true",
+    )
+    .unwrap();
+    let ferry = config.start(0).unwrap();
+    // The application: a session opened before the fence, and a writer that keeps writing.
+    let app = source.connect().await;
+    let writer = {
+        let conn = source.conn_str("postgres");
+        tokio::spawn(async move {
+            let (c, task) = tokio_postgres::connect(&conn, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(task);
+            let mut written = 0u64;
+            while c
+                .batch_execute(
+                    "INSERT INTO orders (note) VALUES ('app'); INSERT INTO events (what) VALUES ('app');",
+                )
+                .await
+                .is_ok()
+            {
+                written += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            written
+        })
+    };
+    let r = replica.connect().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n: i64 = r
+            .query_one("SELECT count(*) FROM orders", &[])
+            .await
+            .map(|row| row.get(0))
+            .unwrap_or(0);
+        if n > 520 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", ferry.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let path = config.path();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        command(&[
+            "promote",
+            "--config",
+            path.to_str().unwrap(),
+            "--sink",
+            "replica",
+            "--fence",
+        ])
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    eprintln!("{out}");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("fence proven"), "{out}");
+    assert!(out.contains("promote READY"), "{out}");
+    assert!(
+        out.contains("public.orders") && out.contains("equal"),
+        "{out}"
+    );
+    // The writer was cut off by the fence, and the session opened before it cannot write.
+    let written = writer.await.unwrap();
+    assert!(written > 0);
+    assert!(
+        app.batch_execute("INSERT INTO orders (note) VALUES ('late')")
+            .await
+            .is_err()
+    );
+    ferry.stop().unwrap();
+
+    // The application moves to the replica: new ids, no collision.
+    let max: i32 = r
+        .query_one("SELECT max(id) FROM orders", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let id: i32 = r
+        .query_one(
+            "INSERT INTO orders (note) VALUES ('on the new primary') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(id > max, "{id} <= {max}");
+    let max: i64 = r
+        .query_one("SELECT max(id) FROM events", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let id: i64 = r
+        .query_one(
+            "INSERT INTO events (what) VALUES ('on the new primary') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(id > max, "{id} <= {max}");
+}
