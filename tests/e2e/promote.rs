@@ -130,3 +130,90 @@ async fn a_fenced_switchover_leaves_a_replica_the_application_can_write_to() {
         .get(0);
     assert!(id > max, "{id} <= {max}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_fenced_mariadb_switchover_leaves_a_replica_the_application_can_write_to() {
+    use mysql_async::prelude::Queryable;
+    let src = ferry_tests::MariaDb::start().unwrap();
+    let dst = ferry_tests::MariaDb::start().unwrap();
+    let mut m = src.connect().await;
+    m.query_drop(
+        "CREATE DATABASE shop;
+         CREATE TABLE shop.orders (id int AUTO_INCREMENT PRIMARY KEY, note varchar(50));
+         INSERT INTO shop.orders (note) VALUES ('a'), ('b'), ('c');
+         CREATE USER app@'%' IDENTIFIED BY 'app-pw';
+         GRANT SELECT, INSERT ON shop.* TO app@'%';",
+    )
+    .await
+    .unwrap();
+    // The application's own account, without the privileges that bypass read_only.
+    let app_url = format!("mysql://app:app-pw@127.0.0.1:{}/shop", src.port());
+    let app_conn = || async {
+        mysql_async::Conn::new(mysql_async::Opts::from_url(&app_url).unwrap())
+            .await
+            .unwrap()
+    };
+    let sink = format!(
+        "[[sink]]\nname = \"replica\"\ntype = \"mysql\"\nurl = \"{}\"\ncreate_tables = true\n",
+        dst.url("")
+    );
+    let config = FerryConfig::mysql(&src.url("shop"), src.server_id() + 1000, "", &sink).unwrap();
+    let ferry = config.start(0).unwrap();
+    // A session the application opened before the fence.
+    let mut app = app_conn().await;
+    app.query_drop("INSERT INTO shop.orders (note) VALUES ('app')")
+        .await
+        .unwrap();
+    let mut d = dst.connect().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n: Option<i64> = d
+            .query_first("SELECT count(*) FROM shop.orders")
+            .await
+            .unwrap_or(None);
+        if n == Some(4) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", ferry.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let path = config.path();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        command(&[
+            "promote",
+            "--config",
+            path.to_str().unwrap(),
+            "--sink",
+            "replica",
+            "--fence",
+        ])
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    eprintln!("{out}");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("promote READY"), "{out}");
+    assert!(
+        out.contains("shop.orders") && out.contains("equal"),
+        "{out}"
+    );
+    // The session from before the fence was ended; a new one cannot write.
+    assert!(
+        app.query_drop("INSERT INTO shop.orders (note) VALUES ('late')")
+            .await
+            .is_err()
+    );
+    let mut late = app_conn().await;
+    assert!(
+        late.query_drop("INSERT INTO shop.orders (note) VALUES ('late')")
+            .await
+            .is_err()
+    );
+    ferry.stop().unwrap();
+    d.query_drop("INSERT INTO shop.orders (note) VALUES ('on the new primary')")
+        .await
+        .unwrap();
+    let id: Option<u64> = d.query_first("SELECT LAST_INSERT_ID()").await.unwrap();
+    assert!(id.unwrap() > 4, "{id:?}");
+}
