@@ -134,6 +134,9 @@ async fn fence_source(
             let (db, pid): (String, i32) = (row.get(0), row.get(1));
             // A database's connections are refused from a session in another database.
             let (mut cfg, tls) = ferry_db::postgres::tls::parse_url(url)?;
+            // The running ferry's sessions (its account, its application name) are spared:
+            // it must stream the source's last transactions to the sink.
+            let ferry_name = cfg.get_application_name().unwrap_or("ferry").to_owned();
             cfg.dbname(if db == "template1" {
                 "postgres"
             } else {
@@ -148,11 +151,12 @@ async fn fence_source(
                 ))
                 .await?;
             let others = "FROM pg_stat_activity WHERE datname = $1 AND pid <> $2
-                          AND backend_type = 'client backend'";
+                          AND backend_type = 'client backend'
+                          AND NOT (usename = current_user AND application_name = $3)";
             let ended: i64 = admin
                 .query_one(
                     &format!("SELECT count(pg_terminate_backend(pid)) {others}"),
-                    &[&db, &pid],
+                    &[&db, &pid, &ferry_name],
                 )
                 .await?
                 .get(0);
@@ -166,7 +170,10 @@ async fn fence_source(
             let deadline = Instant::now() + Duration::from_secs(10);
             loop {
                 let left: i64 = admin
-                    .query_one(&format!("SELECT count(*) {others}"), &[&db, &pid])
+                    .query_one(
+                        &format!("SELECT count(*) {others}"),
+                        &[&db, &pid, &ferry_name],
+                    )
                     .await?
                     .get(0);
                 if left == 0 {

@@ -299,9 +299,13 @@ impl PgSource {
 
     async fn session(&mut self, shutdown: &CancellationToken) -> Result<()> {
         let params = &self.settings.params;
+        // Named like the replication connection, so the server (and `ferry promote`'s fence)
+        // can tell ferry's sessions from the application's.
+        let mut cfg = params.pg_config.clone();
+        cfg.application_name(&params.application_name);
         let (client, conn_task) = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            params.tls.connect_client(&params.pg_config, "source query"),
+            params.tls.connect_client(&cfg, "source query"),
         )
         .await
         .map_err(|_| stalled("the query connection did not become ready"))??;
