@@ -170,7 +170,11 @@ pub async fn run(
             s.running = true;
             s.requested
         });
-        let result = take(&archive, &source, schedule.chunk_bytes, &stop).await;
+        // The copy stops itself on `stop`; a source that does not answer must not hold it up.
+        let result = tokio::select! {
+            r = take(&archive, &source, schedule.chunk_bytes, &stop) => r,
+            _ = stop.cancelled() => Err(Error::Fatal("the base backup was interrupted".into())),
+        };
         let ok = result.is_ok();
         handle.update(|s| {
             s.running = false;

@@ -117,44 +117,53 @@ pub async fn run(source: CounterSource, sinks: Vec<(SyncSink, Duration)>, stop: 
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        let counters = match source_counters(&source).await {
-            Ok(c) => c,
+        // A server that does not answer must not hold up the stop.
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            () = round(&source, &sinks, &mut said) => {}
+        }
+    }
+}
+
+/// One poll: the source's counters, then each sink's moved ahead.
+async fn round(source: &CounterSource, sinks: &[(SyncSink, Duration)], said: &mut Option<String>) {
+    let counters = match source_counters(source).await {
+        Ok(c) => c,
+        Err(e) => {
+            // Said once per change of reason, not every poll.
+            let text = e.to_string();
+            if said.as_deref() != Some(text.as_str()) {
+                tracing::warn!(error = %e, "sequences: the source's counters could not be read");
+                *said = Some(text);
+            }
+            for (s, _) in sinks {
+                set(&s.status, |st| st.last_error = Some(format!("source: {e}")));
+            }
+            return;
+        }
+    };
+    let mut failed = false;
+    for (sink, _) in sinks {
+        match sync_sink(sink, &counters).await {
+            Ok(moved) => set(&sink.status, |st| {
+                st.last_sync = Some(ferry_source::postgres::replication::unix_now_micros());
+                st.counters = counters.len();
+                st.moved += moved;
+                st.last_error = None;
+            }),
             Err(e) => {
-                // Said once per change of reason, not every poll.
-                let text = e.to_string();
+                failed = true;
+                let text = format!("{}: {e}", sink.name);
                 if said.as_deref() != Some(text.as_str()) {
-                    tracing::warn!(error = %e, "sequences: the source's counters could not be read");
-                    said = Some(text);
+                    tracing::warn!(sink = %sink.name, error = %e, "sequences: the sink's counters could not be moved");
+                    *said = Some(text);
                 }
-                for (s, _) in &sinks {
-                    set(&s.status, |st| st.last_error = Some(format!("source: {e}")));
-                }
-                continue;
-            }
-        };
-        let mut failed = false;
-        for (sink, _) in &sinks {
-            match sync_sink(sink, &counters).await {
-                Ok(moved) => set(&sink.status, |st| {
-                    st.last_sync = Some(ferry_source::postgres::replication::unix_now_micros());
-                    st.counters = counters.len();
-                    st.moved += moved;
-                    st.last_error = None;
-                }),
-                Err(e) => {
-                    failed = true;
-                    let text = format!("{}: {e}", sink.name);
-                    if said.as_deref() != Some(text.as_str()) {
-                        tracing::warn!(sink = %sink.name, error = %e, "sequences: the sink's counters could not be moved");
-                        said = Some(text);
-                    }
-                    set(&sink.status, |st| st.last_error = Some(e.to_string()));
-                }
+                set(&sink.status, |st| st.last_error = Some(e.to_string()));
             }
         }
-        if !failed {
-            said = None;
-        }
+    }
+    if !failed {
+        *said = None;
     }
 }
 

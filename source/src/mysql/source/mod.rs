@@ -287,7 +287,11 @@ impl MysqlSource {
     ) -> Result<Option<(Conn, mysql_async::BinlogStream, BinlogPos, bool)>> {
         let opts = ferry_db::mysql::opts_from_url(&self.settings.url)
             .map_err(|e| Error::Config(format!("source url: {e}")))?;
-        let mut meta = ferry_db::mysql::connect(opts.clone()).await?;
+        // A server that does not answer must not hold up a stop: nothing is in flight yet.
+        let mut meta = tokio::select! {
+            r = ferry_db::mysql::connect(opts.clone()) => r?,
+            _ = shutdown.cancelled() => return Ok(None),
+        };
         if !self.registered_once {
             check_server(&mut meta, self.settings.server_id).await?;
         }

@@ -303,12 +303,17 @@ impl PgSource {
         // can tell ferry's sessions from the application's.
         let mut cfg = params.pg_config.clone();
         cfg.application_name(&params.application_name);
-        let (client, conn_task) = tokio::time::timeout(
+        let connecting = tokio::time::timeout(
             CONNECT_TIMEOUT,
             params.tls.connect_client(&cfg, "source query"),
-        )
-        .await
-        .map_err(|_| stalled("the query connection did not become ready"))??;
+        );
+        // A server that does not answer must not hold up a stop: nothing is in flight yet.
+        let (client, conn_task) = tokio::select! {
+            r = connecting => {
+                r.map_err(|_| stalled("the query connection did not become ready"))??
+            }
+            _ = shutdown.cancelled() => return Ok(()),
+        };
         let result = self.stream(&client, shutdown).await;
         drop(client);
         conn_task.abort();
