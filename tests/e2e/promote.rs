@@ -217,3 +217,72 @@ async fn a_fenced_mariadb_switchover_leaves_a_replica_the_application_can_write_
     let id: Option<u64> = d.query_first("SELECT LAST_INSERT_ID()").await.unwrap();
     assert!(id.unwrap() > 4, "{id:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mariadb_to_postgresql_switchover_counts_rows_and_gives_new_ids() {
+    use mysql_async::prelude::Queryable;
+    let src = ferry_tests::MariaDb::start().unwrap();
+    let pg = Postgres::start().unwrap();
+    let mut m = src.connect().await;
+    m.query_drop(
+        "CREATE DATABASE shop;
+         CREATE TABLE shop.orders (id int AUTO_INCREMENT PRIMARY KEY, note varchar(50));
+         USE shop;
+         INSERT INTO shop.orders (note) SELECT concat('n', seq) FROM seq_1_to_300;",
+    )
+    .await
+    .unwrap();
+    let sink = format!(
+        "[[sink]]\nname = \"pg\"\ntype = \"postgres\"\nurl = \"{}\"\ncreate_tables = true\n",
+        pg.url("postgres")
+    );
+    let config = FerryConfig::mysql(&src.url("shop"), src.server_id() + 1000, "", &sink).unwrap();
+    let ferry = config.start(0).unwrap();
+    for i in 0..20 {
+        m.query_drop(format!("INSERT INTO shop.orders (note) VALUES ('w{i}')"))
+            .await
+            .unwrap();
+    }
+    let p = pg.connect().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n: i64 = p
+            .query_one("SELECT count(*) FROM shop.orders", &[])
+            .await
+            .map(|r| r.get(0))
+            .unwrap_or(0);
+        if n == 320 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", ferry.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let path = config.path();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        command(&[
+            "promote",
+            "--config",
+            path.to_str().unwrap(),
+            "--sink",
+            "pg",
+            "--fence",
+        ])
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    eprintln!("{out}");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("promote READY"), "{out}");
+    assert!(out.contains("shop.orders") && out.contains("320"), "{out}");
+    ferry.stop().unwrap();
+    let id: i32 = p
+        .query_one(
+            "INSERT INTO shop.orders (note) VALUES ('after') RETURNING id",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(id > 320, "{id}");
+}

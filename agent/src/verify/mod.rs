@@ -43,6 +43,11 @@ impl Table {
     fn qualified(&self) -> String {
         format!("{}.{}", quote_ident(&self.schema), quote_ident(&self.name))
     }
+
+    /// `schema.table`, unquoted.
+    pub(crate) fn name(&self) -> String {
+        format!("{}.{}", self.schema, self.name)
+    }
 }
 
 /// The result for one table and sink.
