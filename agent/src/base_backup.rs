@@ -131,7 +131,7 @@ pub async fn run(
         }
     };
     handle.update(|s| s.last = newest.as_ref().map(LastBase::from));
-    let now = ferry_archive::base::now_micros();
+    let now = ferry_source::postgres::replication::unix_now_micros();
     // Due at the schedule after the newest one. Without one: a schedule from now when the log
     // begins with the initial snapshot (a restore point already, maybe still being copied), at
     // once when it does not (an archive added to a running ferry has no restore point yet).
@@ -225,7 +225,13 @@ async fn prune(archive: &Archive, schedule: &Schedule) {
     let Some(keep) = schedule.keep else {
         return;
     };
-    match ferry_archive::retention::apply(archive, keep, ferry_archive::base::now_micros()).await {
+    match ferry_archive::retention::apply(
+        archive,
+        keep,
+        ferry_source::postgres::replication::unix_now_micros(),
+    )
+    .await
+    {
         Ok(p) if p.log_objects > 0 || !p.base_backups.is_empty() => tracing::info!(
             base_backups = ?p.base_backups,
             log_objects = p.log_objects,

@@ -53,7 +53,7 @@ pub async fn drill(config: &Config, into: &str, wait: Duration) -> Result<(Strin
         SourceKind::Postgres => postgres(config, &archive, into, wait, &mut out).await,
         SourceKind::Mysql => mysql(config, &archive, into, wait, &mut out).await,
     };
-    let finished = ferry_archive::base::now_micros();
+    let finished = ferry_source::postgres::replication::unix_now_micros();
     let record = match &result {
         Ok((position, reports)) => DrillRecord {
             finished,

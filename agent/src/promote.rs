@@ -199,13 +199,7 @@ async fn fence_source(
                 out,
                 "fence proven: a new session is refused, none other is left"
             );
-            let lsn: String = client
-                .query_one("SELECT pg_current_wal_lsn()::text", &[])
-                .await?
-                .get(0);
-            let position = Position::from_str(&format!("pg:{lsn}"))
-                .map_err(|e| Error::Protocol(format!("pg_current_wal_lsn: {e}")))?;
-            Ok((position, Some(client)))
+            Ok((wal_position(&client).await?, Some(client)))
         }
         SourceKind::Mysql => {
             let mut conn = crate::verify::mysql::connect(url).await?;
@@ -250,6 +244,49 @@ async fn fence_source(
     }
 }
 
+/// A PostgreSQL source's WAL position now.
+async fn wal_position(client: &tokio_postgres::Client) -> Result<Position> {
+    let lsn: String = client
+        .query_one("SELECT pg_current_wal_lsn()::text", &[])
+        .await?
+        .get(0);
+    Position::from_str(&format!("pg:{lsn}"))
+        .map_err(|e| Error::Protocol(format!("pg_current_wal_lsn: {e}")))
+}
+
+/// The PostgreSQL source session the checks run on: the fencing session when there is one (the
+/// fenced database refuses new ones), else a new one.
+enum PgSession<'a> {
+    Fenced(&'a tokio_postgres::Client),
+    Opened(tokio_postgres::Client),
+}
+
+impl<'a> PgSession<'a> {
+    async fn open(config: &Config, fenced: Option<&'a tokio_postgres::Client>) -> Result<Self> {
+        Ok(match fenced {
+            Some(client) => PgSession::Fenced(client),
+            None => {
+                let (client, _task) = ferry_db::postgres::tls::Tls::connect_url(
+                    config.source.url.expose(),
+                    "ferry promote checks",
+                )
+                .await?;
+                PgSession::Opened(client)
+            }
+        })
+    }
+}
+
+impl std::ops::Deref for PgSession<'_> {
+    type Target = tokio_postgres::Client;
+    fn deref(&self) -> &tokio_postgres::Client {
+        match self {
+            PgSession::Fenced(c) => c,
+            PgSession::Opened(c) => c,
+        }
+    }
+}
+
 /// The source's position now.
 async fn source_position(config: &Config) -> Result<Position> {
     let url = config.source.url.expose();
@@ -257,12 +294,7 @@ async fn source_position(config: &Config) -> Result<Position> {
         SourceKind::Postgres => {
             let (client, _task) =
                 ferry_db::postgres::tls::Tls::connect_url(url, "ferry promote").await?;
-            let lsn: String = client
-                .query_one("SELECT pg_current_wal_lsn()::text", &[])
-                .await?
-                .get(0);
-            Position::from_str(&format!("pg:{lsn}"))
-                .map_err(|e| Error::Protocol(format!("pg_current_wal_lsn: {e}")))
+            wal_position(&client).await
         }
         SourceKind::Mysql => {
             let mut conn = crate::verify::mysql::connect(url).await?;
@@ -320,12 +352,13 @@ async fn last_sequence_sync(
     out: &mut String,
 ) -> bool {
     let result = async {
-        let counters = match fenced {
-            Some(client) => {
+        let counters = match config.source.kind {
+            SourceKind::Postgres => {
+                let session = PgSession::open(config, fenced).await?;
                 let settings = crate::supervisor::pg_settings(config)?;
-                crate::sequences::postgres_counters(client, &settings).await?
+                crate::sequences::postgres_counters(&session, &settings).await?
             }
-            None => {
+            SourceKind::Mysql => {
                 let source = crate::sequences::CounterSource::of(config)?;
                 crate::sequences::source_counters(&source).await?
             }
@@ -383,18 +416,8 @@ async fn count_rows(
     match config.source.kind {
         SourceKind::Postgres => {
             let settings = crate::supervisor::pg_settings(config)?;
-            let opened;
-            let source = match fenced {
-                Some(client) => client,
-                None => {
-                    opened = ferry_db::postgres::tls::Tls::connect_url(
-                        config.source.url.expose(),
-                        "ferry promote verify",
-                    )
-                    .await?;
-                    &opened.0
-                }
-            };
+            let session = PgSession::open(config, fenced).await?;
+            let source = &*session;
             let mut target = crate::verify::mysql::connect(&sink.url_exposed()).await?;
             for t in crate::verify::captured_tables(source, &settings).await? {
                 let name = t.name();
@@ -445,18 +468,8 @@ async fn verify(
     let reports = match (config.source.kind, sink.kind) {
         (SourceKind::Postgres, SinkKind::Postgres) => {
             let settings = crate::supervisor::pg_settings(config)?;
-            let opened;
-            let source = match fenced {
-                Some(client) => client,
-                None => {
-                    opened = ferry_db::postgres::tls::Tls::connect_url(
-                        config.source.url.expose(),
-                        "ferry promote verify",
-                    )
-                    .await?;
-                    &opened.0
-                }
-            };
+            let session = PgSession::open(config, fenced).await?;
+            let source = &*session;
             source.batch_execute(crate::verify::SESSION).await?;
             let (target, _t2) =
                 ferry_db::postgres::tls::Tls::connect_url(&url, "ferry promote verify").await?;

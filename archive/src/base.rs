@@ -83,7 +83,7 @@ pub struct BaseWriter {
 impl BaseWriter {
     /// A new base backup, started now; chunks hold about `chunk_bytes` of frames each.
     pub fn new(archive: Archive, chunk_bytes: usize) -> BaseWriter {
-        let started = now_micros();
+        let started = ferry_proto::civil::now_micros();
         BaseWriter {
             archive,
             id: id_at(started),
@@ -149,7 +149,7 @@ impl BaseWriter {
             position,
             snapshot_time,
             started: self.started,
-            finished: now_micros(),
+            finished: ferry_proto::civil::now_micros(),
             rows: tables.iter().map(|t| t.rows).sum(),
             tables,
             bytes: self.chunks.iter().map(|c| c.bytes).sum(),
@@ -180,12 +180,6 @@ pub async fn read_chunk(archive: &Archive, chunk: &Chunk) -> Result<Vec<Event>> 
         });
     }
     Ok(events)
-}
-
-pub fn now_micros() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as i64)
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
 //! Calendar arithmetic on the proleptic Gregorian calendar, done once for every part of ferry
-//! that turns day counts into dates and back (value encoding, restore times, archive names).
+//! that turns day counts into dates and back (value encoding, restore times, archive names), and
+//! the clock they are read against.
 //! After Howard Hinnant's `days_from_civil` and `civil_from_days`.
 
 /// Days from 1970-01-01 to the proleptic Gregorian date y-m-d (y may be <= 0 for BC); `None`
@@ -39,6 +40,13 @@ pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
     let y = yoe + era * 400 + i64::from(m <= 2);
     (y, m, d)
+}
+
+/// Now, in microseconds since the Unix epoch (0 for a clock set before it).
+pub fn now_micros() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as i64)
 }
 
 /// The UTC date and time of `micros` since the epoch: (year, month, day, hour, minute, second,

@@ -7,8 +7,6 @@
 //! keepalive messages with standby status updates going back. Nothing outside this module needs
 //! to know the wire protocol.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use bytes::{Buf, Bytes, BytesMut};
 use fallible_iterator::FallibleIterator;
 use postgres_protocol::authentication::{md5_hash, sasl};
@@ -469,14 +467,10 @@ fn message_name(m: &backend::Message) -> &'static str {
 
 /// Now, in microseconds since PostgreSQL's epoch (2000-01-01).
 pub fn pg_now() -> i64 {
-    let unix = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_micros() as i64)
-        .unwrap_or(0);
-    unix - PG_EPOCH_OFFSET_MICROS
+    ferry_proto::civil::now_micros() - PG_EPOCH_OFFSET_MICROS
 }
 
 /// Now, in microseconds since the Unix epoch.
 pub fn unix_now_micros() -> i64 {
-    pg_now() + PG_EPOCH_OFFSET_MICROS
+    ferry_proto::civil::now_micros()
 }
