@@ -484,12 +484,12 @@ async fn sleep_until(deadline: Option<Instant>) {
 }
 
 #[cfg(test)]
-mod tests {
+mod tests_support {
     use super::*;
     use ferry_proto::{Begin, Commit, Lsn, samples};
     use ferry_spool::{SpoolWriter, WriterOptions};
 
-    fn settings(dir: &std::path::Path) -> ArchiveSettings {
+    pub fn settings(dir: &std::path::Path) -> ArchiveSettings {
         ArchiveSettings {
             url: format!("file://{}", dir.display()),
             s3: Default::default(),
@@ -499,7 +499,7 @@ mod tests {
         }
     }
 
-    fn txn(spool: &mut SpoolWriter, n: u64, rows: i64) {
+    pub fn txn(spool: &mut SpoolWriter, n: u64, rows: i64) {
         let position = Position::Postgres(Lsn(n));
         spool
             .append(&Event::Begin(Begin {
@@ -521,7 +521,7 @@ mod tests {
     }
 
     /// Archives the spool until its (dropped) writer's end.
-    async fn archive_all(spool_dir: &std::path::Path, archive_dir: &std::path::Path) {
+    pub async fn archive_all(spool_dir: &std::path::Path, archive_dir: &std::path::Path) {
         let (writer, _) = SpoolWriter::open(spool_dir, WriterOptions::default()).unwrap();
         let durable = writer.subscribe();
         drop(writer);
@@ -531,6 +531,27 @@ mod tests {
             .await
             .unwrap();
     }
+
+    /// A spool of three transactions: 10 (3 rows), 20 (about 400 KiB: several 64 KiB objects),
+    /// 30 (3 rows).
+    pub fn write_spool(dir: &std::path::Path) {
+        let (mut spool, _) = SpoolWriter::open(dir, WriterOptions::default()).unwrap();
+        spool
+            .append(&Event::Relation(samples::relation(1)))
+            .unwrap();
+        txn(&mut spool, 10, 3);
+        txn(&mut spool, 20, 2000);
+        txn(&mut spool, 30, 3);
+        spool.commit().unwrap();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::tests_support::*;
+    use super::*;
+    use ferry_proto::samples;
+    use ferry_spool::{SpoolWriter, WriterOptions};
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_large_transaction_is_cut_into_objects_and_a_restart_inside_it_continues_it() {
@@ -601,5 +622,66 @@ mod tests {
             events(resumed, after).await,
             events(archive, manifests).await
         );
+    }
+}
+
+#[cfg(test)]
+mod restore_tests {
+    use super::tests_support::*;
+    use super::*;
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restore_ends_before_a_transaction_the_archive_holds_only_part_of() {
+        let spool_dir = tempfile::tempdir().unwrap();
+        write_spool(spool_dir.path());
+        let dir = tempfile::tempdir().unwrap();
+        archive_all(spool_dir.path(), dir.path()).await;
+        let archive = Archive::open(&settings(dir.path())).unwrap();
+        // Cut the archive right after the first piece of the large transaction.
+        let manifests = archive.manifests().await.unwrap();
+        let cut = manifests
+            .iter()
+            .position(|m| m.ends_in_transaction.is_some())
+            .unwrap();
+        for m in &manifests[cut + 1..] {
+            archive
+                .delete(&m.object.replace(".ferry", ".json"))
+                .await
+                .unwrap();
+            archive.delete(&m.object).await.unwrap();
+        }
+        let target = crate::restore::Target::Latest;
+        let plan = crate::restore::plan(&archive, &target).await.unwrap();
+        let out = tempfile::tempdir().unwrap();
+        let (stopped, _) = crate::restore::to_spool(
+            &archive,
+            &plan,
+            &target,
+            &|_, _| true,
+            out.path(),
+            &|_, _| {},
+        )
+        .await
+        .unwrap();
+        assert_eq!(stopped.transactions, 1);
+        assert_eq!(
+            stopped.position,
+            Some(Position::Postgres(ferry_proto::Lsn(10)))
+        );
+        let events: Vec<Event> = ferry_spool::read_all(out.path(), ferry_spool::Offset(0))
+            .unwrap()
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect();
+        // Transaction 10 whole, nothing of 20.
+        let begins = events
+            .iter()
+            .filter(|e| matches!(e, Event::Begin(_)))
+            .count();
+        let inserts = events
+            .iter()
+            .filter(|e| matches!(e, Event::Insert(_)))
+            .count();
+        assert_eq!((begins, inserts), (1, 3), "{events:?}");
     }
 }
