@@ -9,6 +9,28 @@ use std::time::{Duration, Instant};
 use ferry_tests::Postgres;
 use ferry_tests::ferry::{FerryConfig, command};
 
+/// `ferry promote --sink SINK --fence`, which must succeed with the sink ready; its report.
+async fn promote_fenced(config: &FerryConfig, sink: &str) -> String {
+    let path = config.path();
+    let sink = sink.to_owned();
+    let (code, out, err) = tokio::task::spawn_blocking(move || {
+        command(&[
+            "promote",
+            "--config",
+            path.to_str().unwrap(),
+            "--sink",
+            &sink,
+            "--fence",
+        ])
+        .unwrap()
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("promote READY"), "{out}");
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_fenced_switchover_leaves_a_replica_the_application_can_write_to() {
     let source = Postgres::start().unwrap();
@@ -68,24 +90,8 @@ async fn a_fenced_switchover_leaves_a_replica_the_application_can_write_to() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
-    let path = config.path();
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
-        command(&[
-            "promote",
-            "--config",
-            path.to_str().unwrap(),
-            "--sink",
-            "replica",
-            "--fence",
-        ])
-        .unwrap()
-    })
-    .await
-    .unwrap();
-    eprintln!("{out}");
-    assert_eq!(code, 0, "{out}{err}");
+    let out = promote_fenced(&config, "replica").await;
     assert!(out.contains("fence proven"), "{out}");
-    assert!(out.contains("promote READY"), "{out}");
     assert!(
         out.contains("public.orders") && out.contains("equal"),
         "{out}"
@@ -177,23 +183,7 @@ async fn a_fenced_mariadb_switchover_leaves_a_replica_the_application_can_write_
         assert!(Instant::now() < deadline, "{}", ferry.log_text());
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    let path = config.path();
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
-        command(&[
-            "promote",
-            "--config",
-            path.to_str().unwrap(),
-            "--sink",
-            "replica",
-            "--fence",
-        ])
-        .unwrap()
-    })
-    .await
-    .unwrap();
-    eprintln!("{out}");
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("promote READY"), "{out}");
+    let out = promote_fenced(&config, "replica").await;
     assert!(
         out.contains("shop.orders") && out.contains("equal"),
         "{out}"
@@ -237,43 +227,15 @@ async fn a_mariadb_to_postgresql_switchover_counts_rows_and_gives_new_ids() {
         pg.url("postgres")
     );
     let config = FerryConfig::mysql(&src.url("shop"), src.server_id() + 1000, "", &sink).unwrap();
-    let ferry = config.start(0).unwrap();
+    let mut ferry = config.start(0).unwrap();
     for i in 0..20 {
         m.query_drop(format!("INSERT INTO shop.orders (note) VALUES ('w{i}')"))
             .await
             .unwrap();
     }
     let p = pg.connect().await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        let n: i64 = p
-            .query_one("SELECT count(*) FROM shop.orders", &[])
-            .await
-            .map(|r| r.get(0))
-            .unwrap_or(0);
-        if n == 320 {
-            break;
-        }
-        assert!(Instant::now() < deadline, "{}", ferry.log_text());
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    let path = config.path();
-    let (code, out, err) = tokio::task::spawn_blocking(move || {
-        command(&[
-            "promote",
-            "--config",
-            path.to_str().unwrap(),
-            "--sink",
-            "pg",
-            "--fence",
-        ])
-        .unwrap()
-    })
-    .await
-    .unwrap();
-    eprintln!("{out}");
-    assert_eq!(code, 0, "{out}{err}");
-    assert!(out.contains("promote READY"), "{out}");
+    ferry.wait_rows(&p, "shop.orders", 320).await;
+    let out = promote_fenced(&config, "pg").await;
     assert!(out.contains("shop.orders") && out.contains("320"), "{out}");
     ferry.stop().unwrap();
     let id: i32 = p

@@ -10,12 +10,7 @@ use ferry_tests::ferry::FerryConfig;
 use ferry_tests::{MariaDb, Postgres};
 use mysql_async::prelude::Queryable;
 
-async fn one<T: for<'a> tokio_postgres::types::FromSql<'a>>(
-    c: &tokio_postgres::Client,
-    sql: &str,
-) -> T {
-    c.query_one(sql, &[]).await.unwrap().get(0)
-}
+use crate::archive::one;
 
 /// Waits until `probe` on the replica reaches `want`.
 async fn wait_pg(c: &tokio_postgres::Client, probe: &str, want: i64, log: impl Fn() -> String) {
