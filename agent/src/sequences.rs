@@ -4,8 +4,8 @@
 //! Every `sequences_seconds` this task reads the source's counters of the captured tables (a
 //! PostgreSQL sequence owned by a column or used by its default: its `last_value`; a
 //! MySQL/MariaDB `AUTO_INCREMENT`: the next value less one) and moves each sink's counter of the
-//! same table and column ahead to it, never back; where the column is the target's one-column
-//! primary key, also past the largest key applied. Across engines the same: a MariaDB
+//! same table and column ahead to it (down, for a descending sequence), never back; where the
+//! column is the target's one-column primary key, also past the extreme key applied. Across engines the same: a MariaDB
 //! `AUTO_INCREMENT` sets a PostgreSQL identity sequence, a PostgreSQL sequence a MariaDB
 //! `AUTO_INCREMENT`.
 
@@ -307,23 +307,45 @@ async fn sync_postgres(url: &str, counters: &[Counter]) -> Result<u64> {
         let Some(seq) = row.get::<_, Option<String>>(0) else {
             continue;
         };
-        // Past the largest key applied, where that costs one index probe.
+        // Ahead in the sequence's own direction: a descending one counts down, so "ahead" is
+        // lower, and moving it up would hand out values its rows already hold.
+        let descending: bool = client
+            .query_one(
+                "SELECT increment_by < 0 FROM pg_sequences p
+                 WHERE format('%I.%I', p.schemaname, p.sequencename)::regclass = $1::text::regclass",
+                &[&seq],
+            )
+            .await?
+            .get(0);
+        let (extreme, behind) = if descending {
+            ("min", ">")
+        } else {
+            ("max", "<")
+        };
+        // Past the extreme key applied, where that costs one index probe.
         let mut want = c.last;
         if single_column_key(&client, &table, &c.column).await? {
             let sql = format!(
-                "SELECT max({})::int8 FROM {table}",
+                "SELECT {extreme}({})::int8 FROM {table}",
                 ferry_db::postgres::quote_ident(&c.column)
             );
-            if let Some(max) = client.query_one(&sql, &[]).await?.get::<_, Option<i64>>(0) {
-                want = want.max(max);
+            if let Some(key) = client.query_one(&sql, &[]).await?.get::<_, Option<i64>>(0) {
+                want = if descending {
+                    want.min(key)
+                } else {
+                    want.max(key)
+                };
             }
         }
         let n = client
             .execute(
-                "SELECT setval($1::text::regclass, $2)
-                 FROM pg_sequences p
-                 WHERE format('%I.%I', p.schemaname, p.sequencename)::regclass = $1::text::regclass
-                   AND (p.last_value IS NULL OR p.last_value < $2)",
+                &format!(
+                    "SELECT setval($1::text::regclass, $2)
+                     FROM pg_sequences p
+                     WHERE format('%I.%I', p.schemaname, p.sequencename)::regclass
+                           = $1::text::regclass
+                       AND (p.last_value IS NULL OR p.last_value {behind} $2)"
+                ),
                 &[&seq, &want],
             )
             .await?;

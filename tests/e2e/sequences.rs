@@ -42,6 +42,17 @@ async fn postgres_serial_and_identity_sequences_follow_so_inserts_after_a_switch
     )
     .await
     .unwrap();
+    // A sequence that counts down, on both sides (the replica's made by hand): "ahead" is lower.
+    let refunds = "CREATE SEQUENCE refund_ids INCREMENT -1 START -1 MAXVALUE -1;
+         CREATE TABLE refunds (id int PRIMARY KEY DEFAULT nextval('refund_ids'), note text);
+         ALTER SEQUENCE refund_ids OWNED BY refunds.id;";
+    s.batch_execute(refunds).await.unwrap();
+    replica
+        .connect()
+        .await
+        .batch_execute(refunds)
+        .await
+        .unwrap();
     let config = FerryConfig::pg_to_pg(
         &source.url("postgres"),
         &replica.url("postgres"),
@@ -59,6 +70,9 @@ async fn postgres_serial_and_identity_sequences_follow_so_inserts_after_a_switch
         .await
         .unwrap();
     }
+    s.batch_execute("INSERT INTO refunds (note) SELECT 'r' FROM generate_series(1, 30)")
+        .await
+        .unwrap();
     s.batch_execute(
         "BEGIN; INSERT INTO orders (note) SELECT 'lost' FROM generate_series(1, 20); ROLLBACK;",
     )
@@ -86,6 +100,14 @@ async fn postgres_serial_and_identity_sequences_follow_so_inserts_after_a_switch
         || ferry.log_text(),
     )
     .await;
+    // Down to -30, not up to the largest key (-1), which would hand out -2 again.
+    wait_pg(
+        &r,
+        "SELECT -max(last_value) FROM pg_sequences WHERE sequencename = 'refund_ids'",
+        30,
+        || ferry.log_text(),
+    )
+    .await;
     let rows: i64 = one(&r, "SELECT count(*) FROM orders").await;
     assert_eq!(rows, 130);
     ferry.stop().unwrap();
@@ -103,6 +125,12 @@ async fn postgres_serial_and_identity_sequences_follow_so_inserts_after_a_switch
     )
     .await;
     assert!(id > events_seq, "{id}");
+    let id: i32 = one(
+        &r,
+        "INSERT INTO refunds (note) VALUES ('after the switch') RETURNING id",
+    )
+    .await;
+    assert!(id < -30, "{id}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
