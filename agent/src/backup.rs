@@ -212,9 +212,7 @@ async fn refuse_existing(into: &str, tables: &[(String, String)]) -> Result<()> 
     let mut found = Vec::new();
     if into.starts_with("mysql://") {
         use mysql_async::prelude::Queryable;
-        let opts = ferry_db::mysql::opts_from_url(into)
-            .map_err(|e| Error::Config(format!("--into: {e}")))?;
-        let mut conn = ferry_db::mysql::connect(opts).await?;
+        let mut conn = crate::verify::mysql::connect(into).await?;
         for (schema, name) in tables {
             let n: Option<i64> = conn
                 .exec_first(

@@ -18,6 +18,12 @@ pub(crate) const KEY: &str = "00112233445566778899aabbccddeeff001122334455667788
 /// `[archive]`.
 pub(crate) fn archive_config(source: &Postgres, dir: &Path, extra: &str) -> FerryConfig {
     let config = FerryConfig::postgres(&source.url("postgres"), "").unwrap();
+    add_archive(&config, dir, extra);
+    config
+}
+
+/// Adds an `[archive]` in `dir` (sealing after 1 s) with `extra` lines to `config`.
+pub(crate) fn add_archive(config: &FerryConfig, dir: &Path, extra: &str) {
     let text = std::fs::read_to_string(config.path()).unwrap();
     std::fs::write(
         config.path(),
@@ -27,7 +33,6 @@ pub(crate) fn archive_config(source: &Postgres, dir: &Path, extra: &str) -> Ferr
         ),
     )
     .unwrap();
-    config
 }
 
 /// The manifests in the archive directory, in order.
@@ -409,15 +414,7 @@ async fn a_mariadb_archive_restores_into_postgresql() {
     .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let config = FerryConfig::mysql(&src.url("shop"), src.server_id() + 1, "", "").unwrap();
-    let text = std::fs::read_to_string(config.path()).unwrap();
-    std::fs::write(
-        config.path(),
-        format!(
-            "{text}\n[archive]\nurl = \"file://{}\"\narchive_timeout_seconds = 1\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    add_archive(&config, dir.path(), "");
     let ferry = config.start(0).unwrap();
     // The snapshot archived first, so that the changes below come through the binlog.
     let deadline = Instant::now() + Duration::from_secs(60);

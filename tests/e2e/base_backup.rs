@@ -235,16 +235,7 @@ async fn mariadb_base_backups_on_a_schedule_restore_and_drill() {
     }
     let dir = tempfile::tempdir().unwrap();
     let config = FerryConfig::mysql(&src.url("shop"), src.server_id() + 1, "", "").unwrap();
-    let text = std::fs::read_to_string(config.path()).unwrap();
-    std::fs::write(
-        config.path(),
-        format!(
-            "{text}\n[archive]\nurl = \"file://{}\"\narchive_timeout_seconds = 1\n\
-             base_backup_every = \"2s\"\nkeep = 2\n",
-            dir.path().display()
-        ),
-    )
-    .unwrap();
+    crate::archive::add_archive(&config, dir.path(), "base_backup_every = \"2s\"\nkeep = 2");
     let ferry = config.start(0).unwrap();
     // Writes while base backups come and go.
     let deadline = Instant::now() + Duration::from_secs(90);
