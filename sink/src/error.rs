@@ -3,7 +3,7 @@
 
 #[derive(Debug, thiserror::Error)]
 pub enum SinkError {
-    #[error("target: {}", describe(.0))]
+    #[error("target: {}", ferry_db::postgres::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error(transparent)]
     Spool(#[from] ferry_spool::SpoolError),
@@ -43,24 +43,6 @@ pub struct Halt {
     pub table: String,
     pub key: String,
     pub error: String,
-}
-
-/// A target error with the server's message, detail and SQLSTATE (tokio-postgres's own text is
-/// only "db error").
-fn describe(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => {
-            let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
-            if let Some(d) = db.detail() {
-                s.push_str(&format!(" ({d})"));
-            }
-            s
-        }
-        None => match std::error::Error::source(e) {
-            Some(cause) => format!("{e}: {cause}"),
-            None => e.to_string(),
-        },
-    }
 }
 
 pub type Result<T, E = SinkError> = std::result::Result<T, E>;

@@ -43,7 +43,7 @@ pub enum Error {
         context: String,
         error: Box<DbError>,
     },
-    #[error("postgres: {0}")]
+    #[error("postgres: {}", ferry_db::postgres::describe(.0))]
     Postgres(#[from] tokio_postgres::Error),
     #[error("mysql: {0}")]
     MySql(#[from] mysql_async::Error),

@@ -13,6 +13,24 @@ pub async fn connect(
     Tls::connect_url(url, what).await
 }
 
+/// A PostgreSQL error with the server's severity, SQLSTATE, message and detail: tokio-postgres's
+/// own text for a server error is only "db error", which tells a person nothing.
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => {
+            let mut s = format!("{} {}: {}", db.severity(), db.code().code(), db.message());
+            if let Some(d) = db.detail() {
+                s.push_str(&format!(" ({d})"));
+            }
+            s
+        }
+        None => match std::error::Error::source(e) {
+            Some(cause) => format!("{e}: {cause}"),
+            None => e.to_string(),
+        },
+    }
+}
+
 /// Double-quotes an identifier.
 pub fn quote_ident(s: &str) -> String {
     format!("\"{}\"", s.replace('"', "\"\""))

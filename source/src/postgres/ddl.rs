@@ -34,8 +34,9 @@ pub async fn install(client: &Client) -> Result<()> {
         let superuser = e.code().map(|c| c.code()) == Some("42501");
         if superuser {
             Error::Config(format!(
-                "installing ferry's DDL trigger: {e}; creating an event trigger needs a \
-                 superuser on PostgreSQL 15: run `ferry ddl-trigger sql` and have one run it"
+                "installing ferry's DDL trigger: {}; creating an event trigger needs a \
+                 superuser on PostgreSQL 15: run `ferry ddl-trigger sql` and have one run it",
+                ferry_db::postgres::describe(&e)
             ))
         } else {
             Error::Postgres(e)

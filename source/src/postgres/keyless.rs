@@ -115,13 +115,15 @@ pub async fn make_full(client: &Client, tables: &[KeylessTable]) -> Result<()> {
         let result = loop {
             attempt += 1;
             match client.batch_execute(&sql).await {
+                // A lock timeout, a deadlock or a serialization failure: tried again.
                 Err(e)
                     if attempt < LOCK_ATTEMPTS
-                        && e.code()
-                            == Some(&tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE) =>
+                        && e.code().is_some_and(|c| {
+                            ferry_db::transient::is_transient_sqlstate(c.code())
+                        }) =>
                 {
                     let _ = client.batch_execute("RESET lock_timeout").await;
-                    tracing::warn!(table = %t, attempt, "keyless = \"full\": the table's lock is held; trying again");
+                    tracing::warn!(table = %t, attempt, error = %ferry_db::postgres::describe(&e), "keyless = \"full\": the table's lock is not available; trying again");
                     tokio::time::sleep(std::time::Duration::from_millis(500)).await;
                 }
                 other => break other,
@@ -130,9 +132,10 @@ pub async fn make_full(client: &Client, tables: &[KeylessTable]) -> Result<()> {
         if let Err(e) = result {
             let _ = client.batch_execute("RESET lock_timeout").await;
             return Err(Error::Config(format!(
-                "keyless = \"full\": setting REPLICA IDENTITY FULL on {t} failed: {e}. It needs \
+                "keyless = \"full\": setting REPLICA IDENTITY FULL on {t} failed: {}. It needs \
                  the table's owner and its lock (ferry waits 2 s); run `ALTER TABLE {name} \
-                 REPLICA IDENTITY FULL` as the owner, or choose keyless = \"exclude\""
+                 REPLICA IDENTITY FULL` as the owner, or choose keyless = \"exclude\"",
+                ferry_db::postgres::describe(&e)
             )));
         }
         tracing::warn!(table = %format!("{}.{}", t.schema, t.name), "keyless = \"full\": set REPLICA IDENTITY FULL on a table without a primary key, so the application's updates and deletes keep working once it is published");
