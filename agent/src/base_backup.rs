@@ -104,7 +104,8 @@ impl BaseBackups {
 #[derive(Debug, Clone)]
 pub enum BackupSource {
     Postgres(Box<ferry_source::postgres::source::SourceSettings>),
-    Mysql(Box<ferry_source::mysql::MysqlSettings>),
+    /// With the spool directory, whose epoch the base backup's position takes.
+    Mysql(Box<ferry_source::mysql::MysqlSettings>, std::path::PathBuf),
 }
 
 /// How base backups are taken and kept.
@@ -255,7 +256,10 @@ pub async fn take(
         BackupSource::Postgres(s) => {
             ferry_source::postgres::snapshot::base_backup(s, &mut out, stop).await?
         }
-        BackupSource::Mysql(s) => ferry_source::mysql::base_backup(s, &mut out, stop).await?,
+        BackupSource::Mysql(s, spool) => {
+            let epoch = ferry_source::mysql::server::spool_epoch(spool)?;
+            ferry_source::mysql::base_backup(s, epoch, &mut out, stop).await?
+        }
     };
     let Some(c) = copied else {
         return Err(Error::Fatal("the base backup was interrupted".into()));

@@ -17,6 +17,7 @@ use crate::config::{Config, SourceKind};
 use crate::supervisor::{SinkSettings, pg_settings, sink_settings};
 use ferry_db::postgres::tls;
 use ferry_source::error::Result;
+use ferry_source::mysql::server::ResumeBy;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Level {
@@ -513,6 +514,18 @@ async fn check_mysql_source(config: &Config, r: &mut Report) -> Result<Tables> {
             None
         }
     };
+    // Another server behind the URL (a failover) is resumed by GTID, or not at all.
+    let resume = match resume {
+        Some(pos) => match failover_plan(config, &mut conn, &pos, r).await {
+            Ok(ResumeBy::FilePos) => Some(pos),
+            Ok(ResumeBy::Gtid) => None,
+            Err(e) => {
+                r.error(e.to_string());
+                None
+            }
+        },
+        None => None,
+    };
     if let Some(pos) = resume {
         let names: Vec<String> = match conn.query::<mysql_async::Row, _>("SHOW BINARY LOGS").await {
             Ok(logs) => logs.iter().filter_map(|l| l.get(0)).collect(),
@@ -569,6 +582,37 @@ async fn check_mysql_source(config: &Config, r: &mut Report) -> Result<Tables> {
         r.ok(format!("{} table(s) to capture", tables.len()));
     }
     Ok(tables)
+}
+
+/// How `run` would resume on the server behind the URL: at the spool's `file:position` on the
+/// server that wrote it, else by GTID, which needs the server to have every transaction the
+/// spool holds.
+async fn failover_plan(
+    config: &Config,
+    conn: &mut mysql_async::Conn,
+    pos: &ferry_proto::BinlogPos,
+    r: &mut Report,
+) -> Result<ResumeBy> {
+    use ferry_source::mysql::server;
+    let now = server::server_identity(conn).await?;
+    let (_, by) = server::resume_plan(config.spool.dir(), &now, Some(pos))?;
+    if by == ResumeBy::Gtid
+        && let Some(gtids) = &pos.gtids
+    {
+        match server::gtids_missing(conn, gtids).await? {
+            None => r.ok(format!(
+                "the source is another server ({now}) than the one the spool was read from: \
+                 ferry resumes by GTID after {gtids}, which it has"
+            )),
+            Some(missing) => r.error(format!(
+                "position lost: the source is another server ({now}) than the one the spool \
+                 was read from, and it lacks transactions ferry already read ({missing}): it was behind when \
+                 it took over, so they are lost on it. Point ferry back at the old primary, or \
+                 rebuild the replicas from this server"
+            )),
+        }
+    }
+    Ok(by)
 }
 
 async fn check_postgres_sink(c: &ferry_sink::db::DbSinkConfig, tables: &Tables, r: &mut Report) {

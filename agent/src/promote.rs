@@ -238,8 +238,7 @@ async fn fence_source(
             if on != Some(1) {
                 return Err(Error::Fatal(format!("fence: {setting} did not turn on")));
             }
-            let position = ferry_source::mysql::server::master_position(&mut conn).await?;
-            Ok((Position::Binlog(position), None))
+            Ok((mysql_position(&mut conn, config).await?, None))
         }
     }
 }
@@ -287,6 +286,14 @@ impl std::ops::Deref for PgSession<'_> {
     }
 }
 
+/// A MySQL/MariaDB source's binlog position now, in the epoch of the spool's positions (the
+/// sinks' checkpoints are in it).
+async fn mysql_position(conn: &mut mysql_async::Conn, config: &Config) -> Result<Position> {
+    let mut at = ferry_source::mysql::server::master_position(conn).await?;
+    at.epoch = ferry_source::mysql::server::spool_epoch(config.spool.dir())?;
+    Ok(Position::Binlog(at))
+}
+
 /// The source's position now.
 async fn source_position(config: &Config) -> Result<Position> {
     let url = config.source.url.expose();
@@ -298,9 +305,7 @@ async fn source_position(config: &Config) -> Result<Position> {
         }
         SourceKind::Mysql => {
             let mut conn = crate::verify::mysql::connect(url).await?;
-            Ok(Position::Binlog(
-                ferry_source::mysql::server::master_position(&mut conn).await?,
-            ))
+            mysql_position(&mut conn, config).await
         }
     }
 }

@@ -262,7 +262,7 @@ pub async fn run(
         _ => None,
     };
     let backup_source = if mysql {
-        crate::base_backup::BackupSource::Mysql(Box::new(mysql_settings(&config)?))
+        crate::base_backup::BackupSource::Mysql(Box::new(mysql_settings(&config)?), dir.clone())
     } else {
         crate::base_backup::BackupSource::Postgres(Box::new(pg_settings(&config)?))
     };

@@ -96,20 +96,76 @@ impl FromStr for Lsn {
 ///
 /// Ordered by the file's numeric suffix (so `mysql-bin.1000000` follows `mysql-bin.999999`), then
 /// by offset.
-#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// A binlog position: the offset in a binlog file, which server's binlog it is (`epoch`), and
+/// the GTIDs the server had executed up to it, when it has them.
+///
+/// `file:pos` orders positions within one server's binlog. After a failover, ferry resumes by
+/// GTID on another server, whose binlog names and offsets have nothing to do with the first's:
+/// `epoch` counts those switches (0 for the first server a spool read), so positions order in
+/// the order ferry read them. The GTIDs say where the stream is on *any* server that has the
+/// same transactions; they are not part of the order (one stream position has one GTID state).
+#[derive(Debug, Clone)]
 pub struct BinlogPos {
     pub file: String,
     pub pos: u64,
+    pub epoch: u32,
+    pub gtids: Option<Gtids>,
+}
+
+/// The GTIDs a server had executed at a binlog position: MariaDB's per-domain list
+/// (`@@gtid_binlog_pos`) or MySQL's set (`@@gtid_executed`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Gtids {
+    MariaDb(MariaGtidList),
+    MySql(GtidSet),
+}
+
+impl fmt::Display for Gtids {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Gtids::MariaDb(l) => write!(f, "mariadb={l}"),
+            Gtids::MySql(s) => write!(f, "gtid={s}"),
+        }
+    }
 }
 
 impl BinlogPos {
-    fn sort_key(&self) -> (&str, u64, u64) {
+    /// A position on the first server, GTIDs unknown.
+    pub fn new(file: impl Into<String>, pos: u64) -> BinlogPos {
+        BinlogPos {
+            file: file.into(),
+            pos,
+            epoch: 0,
+            gtids: None,
+        }
+    }
+
+    fn sort_key(&self) -> (u32, &str, u64, u64) {
         match self.file.rsplit_once('.') {
             Some((stem, n)) if !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()) => {
-                (stem, n.parse().unwrap_or(u64::MAX), self.pos)
+                (self.epoch, stem, n.parse().unwrap_or(u64::MAX), self.pos)
             }
-            _ => (self.file.as_str(), 0, self.pos),
+            _ => (self.epoch, self.file.as_str(), 0, self.pos),
         }
+    }
+
+    /// `file:pos` alone, as the server prints it.
+    pub fn file_pos(&self) -> String {
+        format!("{}:{}", self.file, self.pos)
+    }
+}
+
+impl PartialEq for BinlogPos {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == Ordering::Equal
+    }
+}
+
+impl Eq for BinlogPos {}
+
+impl std::hash::Hash for BinlogPos {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (self.epoch, &self.file, self.pos).hash(state);
     }
 }
 
@@ -127,9 +183,17 @@ impl PartialOrd for BinlogPos {
     }
 }
 
+/// `file:pos`, then `;epoch=N` after a failover, then `;mariadb=…` or `;gtid=…`.
 impl fmt::Display for BinlogPos {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.file, self.pos)
+        write!(f, "{}:{}", self.file, self.pos)?;
+        if self.epoch != 0 {
+            write!(f, ";epoch={}", self.epoch)?;
+        }
+        if let Some(g) = &self.gtids {
+            write!(f, ";{g}")?;
+        }
+        Ok(())
     }
 }
 
@@ -137,17 +201,31 @@ impl FromStr for BinlogPos {
     type Err = ParsePositionError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let err = |reason| ParsePositionError::new("binlog position", s, reason);
-        let (file, pos) = s
+        let mut parts = s.split(';');
+        let (file, pos) = parts
+            .next()
+            .unwrap_or_default()
             .rsplit_once(':')
             .ok_or_else(|| err("expected FILE:OFFSET"))?;
         if file.is_empty() {
             return Err(err("empty file name"));
         }
         let pos = pos.parse().map_err(|_| err("offset is not a number"))?;
-        Ok(BinlogPos {
-            file: file.to_owned(),
-            pos,
-        })
+        let mut out = BinlogPos::new(file, pos);
+        for part in parts {
+            let (key, value) = part
+                .split_once('=')
+                .ok_or_else(|| err("expected ;epoch=, ;mariadb= or ;gtid= after FILE:OFFSET"))?;
+            match key {
+                "epoch" => out.epoch = value.parse().map_err(|_| err("epoch is not a number"))?,
+                "mariadb" if out.gtids.is_none() => {
+                    out.gtids = Some(Gtids::MariaDb(value.parse()?));
+                }
+                "gtid" if out.gtids.is_none() => out.gtids = Some(Gtids::MySql(value.parse()?)),
+                _ => return Err(err("unknown or repeated part after FILE:OFFSET")),
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -212,6 +290,22 @@ impl GtidSet {
     pub fn is_empty(&self) -> bool {
         self.sids.is_empty()
     }
+
+    /// Each server's UUID with its inclusive ranges, in order.
+    pub fn ranges(&self) -> impl Iterator<Item = (&ServerUuid, &[(u64, u64)])> {
+        self.sids.iter().map(|(u, r)| (u, r.as_slice()))
+    }
+}
+
+/// A UUID in its 8-4-4-4-12 lower-case hex form.
+pub fn uuid_text(u: &[u8; 16]) -> String {
+    struct U<'a>(&'a [u8; 16]);
+    impl fmt::Display for U<'_> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            fmt_uuid(self.0, f)
+        }
+    }
+    U(u).to_string()
 }
 
 fn fmt_uuid(u: &[u8; 16], f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -393,11 +487,80 @@ impl PartialOrd for MariaGtidList {
 /// `mariadb:0-1-100,1-2-7`. Positions of different kinds never come from the same source; across
 /// kinds the order is by kind, which only matters for sorting mixed collections.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(from = "WirePosition", into = "WirePosition")]
 pub enum Position {
     Postgres(Lsn),
     Binlog(BinlogPos),
     MySqlGtid(GtidSet),
     MariaDbGtid(MariaGtidList),
+}
+
+/// A position as frames and JSON hold it. A binlog position on the first server without GTIDs
+/// keeps the shape it always had (variant 1); one with an epoch or GTIDs is the appended
+/// variant 4, which an older ferry rejects as a payload error instead of misreading it.
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "Position")]
+enum WirePosition {
+    Postgres(Lsn),
+    Binlog(WireFilePos),
+    MySqlGtid(GtidSet),
+    MariaDbGtid(MariaGtidList),
+    BinlogAt(WireBinlogAt),
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "BinlogPos")]
+struct WireFilePos {
+    file: String,
+    pos: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(rename = "BinlogAt")]
+struct WireBinlogAt {
+    file: String,
+    pos: u64,
+    epoch: u32,
+    gtids: Option<Gtids>,
+}
+
+impl From<WirePosition> for Position {
+    fn from(w: WirePosition) -> Position {
+        match w {
+            WirePosition::Postgres(l) => Position::Postgres(l),
+            WirePosition::Binlog(b) => Position::Binlog(BinlogPos::new(b.file, b.pos)),
+            WirePosition::MySqlGtid(g) => Position::MySqlGtid(g),
+            WirePosition::MariaDbGtid(g) => Position::MariaDbGtid(g),
+            WirePosition::BinlogAt(b) => Position::Binlog(BinlogPos {
+                file: b.file,
+                pos: b.pos,
+                epoch: b.epoch,
+                gtids: b.gtids,
+            }),
+        }
+    }
+}
+
+impl From<Position> for WirePosition {
+    fn from(p: Position) -> WirePosition {
+        match p {
+            Position::Postgres(l) => WirePosition::Postgres(l),
+            Position::Binlog(b) if b.epoch == 0 && b.gtids.is_none() => {
+                WirePosition::Binlog(WireFilePos {
+                    file: b.file,
+                    pos: b.pos,
+                })
+            }
+            Position::Binlog(b) => WirePosition::BinlogAt(WireBinlogAt {
+                file: b.file,
+                pos: b.pos,
+                epoch: b.epoch,
+                gtids: b.gtids,
+            }),
+            Position::MySqlGtid(g) => WirePosition::MySqlGtid(g),
+            Position::MariaDbGtid(g) => WirePosition::MariaDbGtid(g),
+        }
+    }
 }
 
 impl Position {
@@ -503,6 +666,67 @@ mod tests {
     }
 
     #[test]
+    fn binlog_text_with_epoch_and_gtids() {
+        let p: BinlogPos = "mariadb-bin.000003:4321;epoch=2;mariadb=0-1-100,1-2-7"
+            .parse()
+            .unwrap();
+        assert_eq!(
+            (p.file.as_str(), p.pos, p.epoch),
+            ("mariadb-bin.000003", 4321, 2)
+        );
+        assert_eq!(
+            p.gtids,
+            Some(Gtids::MariaDb("1-2-7,0-1-100".parse().unwrap()))
+        );
+        assert_eq!(
+            p.to_string(),
+            "mariadb-bin.000003:4321;epoch=2;mariadb=0-1-100,1-2-7"
+        );
+        let m: BinlogPos = "mysql-bin.000001:157;gtid=3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5"
+            .parse()
+            .unwrap();
+        assert!(matches!(m.gtids, Some(Gtids::MySql(_))));
+        assert_eq!(m.epoch, 0);
+        // A later server's positions come after every position of an earlier one, whatever
+        // their file names and offsets; the GTIDs do not take part in the order.
+        let old = BinlogPos::new("mariadb-bin.000099", 900_000);
+        let mut new = BinlogPos::new("mariadb-bin.000001", 4);
+        new.epoch = 1;
+        assert!(old < new);
+        assert_eq!(
+            p,
+            BinlogPos {
+                gtids: None,
+                ..p.clone()
+            }
+        );
+        for bad in [
+            "f.1:4;epoch=x",
+            "f.1:4;mariadb=0-1",
+            "f.1:4;mariadb=0-1-1;gtid=3e11fa47-71ca-11e1-9e33-c80aa9429562:1",
+            "f.1:4;color=red",
+            "f.1:4;",
+        ] {
+            assert!(bad.parse::<BinlogPos>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_binlog_position_without_epoch_or_gtids_keeps_its_old_encoding() {
+        let config = bincode::config::standard();
+        let old = Position::Binlog(BinlogPos::new("mysql-bin.000042", 1234));
+        let bytes = bincode::serde::encode_to_vec(&old, config).unwrap();
+        assert_eq!(bytes[0], 1, "variant 1, as before epochs and GTIDs");
+        let mut new = BinlogPos::new("mysql-bin.000042", 1234);
+        new.gtids = Some(Gtids::MariaDb("0-1-5".parse().unwrap()));
+        let bytes = bincode::serde::encode_to_vec(Position::Binlog(new.clone()), config).unwrap();
+        assert_eq!(bytes[0], 4, "the appended variant");
+        let (back, _): (Position, usize) =
+            bincode::serde::decode_from_slice(&bytes, config).unwrap();
+        assert_eq!(format!("{back:?}"), format!("{:?}", Position::Binlog(new)));
+    }
+
+    #[test]
     fn mariadb_list() {
         let l: MariaGtidList = "1-2-7,0-1-100".parse().unwrap();
         assert_eq!(l.to_string(), "0-1-100,1-2-7");
@@ -520,8 +744,31 @@ mod tests {
     fn arb_position() -> impl Strategy<Value = Position> {
         prop_oneof![
             any::<u64>().prop_map(|v| Position::Postgres(Lsn(v))),
-            ("[a-z]{1,8}-bin\\.[0-9]{6}", any::<u64>())
-                .prop_map(|(file, pos)| Position::Binlog(BinlogPos { file, pos })),
+            (
+                "[a-z]{1,8}-bin\\.[0-9]{6}",
+                any::<u64>(),
+                0u32..3,
+                proptest::option::of(proptest::collection::vec(
+                    (0u32..4, any::<u32>(), any::<u64>()),
+                    0..3
+                ))
+            )
+                .prop_map(|(file, pos, epoch, gtids)| Position::Binlog(BinlogPos {
+                    file,
+                    pos,
+                    epoch,
+                    gtids: gtids.map(|v| {
+                        let mut l = MariaGtidList::default();
+                        for (domain, server, seq) in v {
+                            l.advance(MariaGtid {
+                                domain,
+                                server,
+                                seq,
+                            });
+                        }
+                        Gtids::MariaDb(l)
+                    }),
+                })),
             proptest::collection::vec((any::<[u8; 16]>(), 1u64..1000, 0u64..1000), 0..4).prop_map(
                 |v| {
                     let mut s = GtidSet::default();
@@ -551,7 +798,9 @@ mod tests {
         #[test]
         fn position_text_round_trips(p in arb_position()) {
             let text = p.to_string();
-            prop_assert_eq!(text.parse::<Position>().unwrap(), p);
+            let back = text.parse::<Position>().unwrap();
+            prop_assert_eq!(back.to_string(), text);
+            prop_assert_eq!(back, p);
         }
 
         #[test]

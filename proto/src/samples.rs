@@ -141,10 +141,7 @@ pub fn all_kinds() -> Vec<Event> {
             commit_time: 1_700_000_000_000_001,
         }),
         Event::Heartbeat(Heartbeat {
-            position: Position::Binlog(BinlogPos {
-                file: "mysql-bin.000042".into(),
-                pos: 1234,
-            }),
+            position: Position::Binlog(BinlogPos::new("mysql-bin.000042", 1234)),
             time: 1_700_000_000_500_000,
         }),
         Event::Heartbeat(Heartbeat {
@@ -154,6 +151,35 @@ pub fn all_kinds() -> Vec<Event> {
         Event::Heartbeat(Heartbeat {
             position: Position::MariaDbGtid(maria),
             time: 2,
+        }),
+    ]
+}
+
+/// Events whose encodings were appended to version 2 (new enum variants, which older readers
+/// reject as a payload error): a binlog position after a failover, with its GTIDs.
+pub fn appended_to_v2() -> Vec<Event> {
+    let maria: crate::MariaGtidList = "0-1-100,1-2-7".parse().unwrap_or_default();
+    let gtids: crate::GtidSet = "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5:7"
+        .parse()
+        .unwrap_or_default();
+    vec![
+        Event::Heartbeat(Heartbeat {
+            position: Position::Binlog(BinlogPos {
+                file: "mariadb-bin.000003".into(),
+                pos: 4321,
+                epoch: 2,
+                gtids: Some(crate::Gtids::MariaDb(maria)),
+            }),
+            time: 3,
+        }),
+        Event::Heartbeat(Heartbeat {
+            position: Position::Binlog(BinlogPos {
+                file: "mysql-bin.000001".into(),
+                pos: 157,
+                epoch: 0,
+                gtids: Some(crate::Gtids::MySql(gtids)),
+            }),
+            time: 4,
         }),
     ]
 }

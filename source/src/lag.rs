@@ -61,10 +61,7 @@ mod tests {
     use super::*;
 
     fn binlog(file: &str, pos: u64) -> Position {
-        Position::Binlog(BinlogPos {
-            file: file.into(),
-            pos,
-        })
+        Position::Binlog(BinlogPos::new(file, pos))
     }
 
     #[test]

@@ -1,6 +1,8 @@
 //! Failover of the source: a PostgreSQL primary replaced by its promoted streaming standby,
 //! which has none of the primary's logical slots, is a gap ferry names with the way out; it never
-//! silently takes a new snapshot or streams from a new slot.
+//! silently takes a new snapshot or streams from a new slot. A MariaDB primary replaced by its
+//! promoted native replica is followed by GTID: nothing lost, nothing read twice; a server that
+//! lacks what ferry read is "position lost".
 
 #![allow(clippy::unwrap_used)]
 
@@ -129,4 +131,143 @@ async fn a_mariadb_source_on_another_server_is_position_lost_not_a_silent_resume
         .unwrap();
     assert_eq!(code, 1, "{log}");
     assert!(log.contains("position lost"), "{log}");
+}
+
+/// The table `app.t` as the spool's events leave it: every insert of an id counted, so a
+/// transaction read twice shows.
+fn spool_state(spool: &std::path::Path) -> (std::collections::BTreeMap<i64, String>, Vec<i64>) {
+    use ferry_proto::{Event, OldRow, Value};
+    let text = |v: &Value| match v {
+        Value::Text(t) => t.clone(),
+        other => panic!("v {other:?}"),
+    };
+    let mut rows = std::collections::BTreeMap::new();
+    let mut twice = Vec::new();
+    let mut inserted = std::collections::BTreeSet::new();
+    for e in crate::mysql_source::events(spool) {
+        match e {
+            Event::Insert(i) => {
+                let id = crate::mysql_source::id(&i.new[0]);
+                if !inserted.insert(id) {
+                    twice.push(id);
+                }
+                rows.insert(id, text(&i.new[1]));
+            }
+            Event::Update(u) => {
+                rows.insert(crate::mysql_source::id(&u.new[0]), text(&u.new[1]));
+            }
+            Event::Delete(d) => {
+                let (OldRow::Key(r) | OldRow::Full(r)) = &d.old;
+                rows.remove(&crate::mysql_source::id(&r[0]));
+            }
+            _ => {}
+        }
+    }
+    (rows, twice)
+}
+
+/// The application's transactions `from..to` on `db`: an insert, and an update and a delete of
+/// earlier rows, each its own transaction.
+async fn mariadb_workload(db: &ferry_tests::MariaDb, from: i64, to: i64) {
+    use mysql_async::prelude::Queryable;
+    let mut c = db.connect().await;
+    for i in from..to {
+        c.query_drop(format!("INSERT INTO app.t VALUES ({i}, 'v{i}')"))
+            .await
+            .unwrap();
+        if i % 5 == 0 {
+            c.query_drop(format!("UPDATE app.t SET v = 'u{i}' WHERE id = {}", i - 3))
+                .await
+                .unwrap();
+        }
+        if i % 7 == 0 {
+            c.query_drop(format!("DELETE FROM app.t WHERE id = {}", i - 6))
+                .await
+                .unwrap();
+        }
+    }
+}
+
+async fn mariadb_rows(db: &ferry_tests::MariaDb) -> std::collections::BTreeMap<i64, String> {
+    use mysql_async::prelude::Queryable;
+    let rows: Vec<(i64, String)> = db
+        .connect()
+        .await
+        .query("SELECT id, v FROM app.t")
+        .await
+        .unwrap();
+    rows.into_iter().collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_mariadb_failover_to_its_native_replica_is_followed_by_gtid() {
+    use mysql_async::prelude::Queryable;
+    let mut a = ferry_tests::MariaDb::start().unwrap();
+    let b = ferry_tests::MariaDb::replica_of(&a).await.unwrap();
+    a.connect()
+        .await
+        .query_drop(
+            "CREATE DATABASE app; CREATE TABLE app.t (id int PRIMARY KEY, v text);
+             INSERT INTO app.t VALUES (1, 'a'), (2, 'b'), (3, 'c')",
+        )
+        .await
+        .unwrap();
+    let config = FerryConfig::mysql(&a.url("app"), a.server_id() + 1000, "", "").unwrap();
+    let spool = config.spool_dir();
+    let ferry = config.start(0).unwrap();
+    mariadb_workload(&a, 10, 200).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while spool_state(&spool).0 != mariadb_rows(&a).await {
+        assert!(Instant::now() < deadline, "{}", ferry.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    ferry.stop().unwrap();
+    // The primary goes on without ferry, then fails; its replica, which has everything, takes
+    // over and the application writes to it before ferry is pointed at it.
+    mariadb_workload(&a, 200, 260).await;
+    b.caught_up_with(&a).await.unwrap();
+    a.stop();
+    b.promote().await.unwrap();
+    mariadb_workload(&b, 260, 300).await;
+
+    let text = std::fs::read_to_string(config.path()).unwrap();
+    std::fs::write(config.path(), text.replace(&a.url("app"), &b.url("app"))).unwrap();
+    let mut ferry = config.start(1).unwrap();
+    mariadb_workload(&b, 300, 350).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (rows, twice) = spool_state(&spool);
+        assert!(twice.is_empty(), "read twice: {twice:?}");
+        if rows == mariadb_rows(&b).await {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", ferry.log_text());
+        ferry.check_alive().unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = ferry.log_text();
+    assert!(log.contains("resuming by GTID"), "{log}");
+    // A restart on the new primary resumes at its own file:position, in the new epoch.
+    ferry.stop().unwrap();
+    let ferry = config.start(2).unwrap();
+    mariadb_workload(&b, 350, 370).await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let (rows, twice) = spool_state(&spool);
+        assert!(twice.is_empty(), "read twice: {twice:?}");
+        if rows == mariadb_rows(&b).await {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", ferry.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let log = ferry.log_text();
+    assert!(!log.contains("resuming by GTID"), "{log}");
+    ferry.stop().unwrap();
+    let recorded = std::fs::read_to_string(spool.join("mysql-source.json")).unwrap();
+    assert!(recorded.contains("\"epoch\": 1"), "{recorded}");
+    assert!(
+        recorded.contains(&format!("{}", b.server_id())),
+        "{recorded}"
+    );
 }

@@ -14,14 +14,14 @@ use ferry_tests::ferry::FerryConfig;
 use ferry_tests::{MariaDb, Postgres};
 use mysql_async::prelude::Queryable;
 
-fn id(v: &Value) -> i64 {
+pub(crate) fn id(v: &Value) -> i64 {
     match v {
         Value::Int(i) => *i,
         other => panic!("id {other:?}"),
     }
 }
 
-fn events(dir: &Path) -> Vec<Event> {
+pub(crate) fn events(dir: &Path) -> Vec<Event> {
     if !dir.exists() {
         return Vec::new();
     }

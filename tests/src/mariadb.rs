@@ -132,6 +132,63 @@ impl MariaDb {
         Err(last_err)
     }
 
+    /// A server that replicates `primary` natively by GTID from now on (`log_slave_updates`, so
+    /// its own binlog holds what it applies and ferry can continue on it after a failover).
+    pub async fn replica_of(primary: &MariaDb) -> Result<MariaDb> {
+        use mysql_async::prelude::Queryable;
+        let replica = MariaDb::start_with(&["--log-slave-updates".into()])?;
+        let mut p = primary.connect().await;
+        let at: Option<String> = p
+            .query_first("SELECT @@global.gtid_binlog_pos")
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut r = replica.connect().await;
+        // From the primary's position now: what came before (its accounts) is not replayed.
+        r.query_drop(format!(
+            "SET GLOBAL gtid_slave_pos = '{}'; \
+             CHANGE MASTER TO master_host = '127.0.0.1', master_port = {}, \
+               master_user = '{USER}', master_password = '{PASSWORD}', \
+               master_use_gtid = slave_pos; \
+             START SLAVE",
+            at.unwrap_or_default(),
+            primary.port()
+        ))
+        .await
+        .map_err(|e| e.to_string())?;
+        Ok(replica)
+    }
+
+    /// Waits until this replica has applied everything `primary` has logged.
+    pub async fn caught_up_with(&self, primary: &MariaDb) -> Result<()> {
+        use mysql_async::prelude::Queryable;
+        let at: Option<String> = primary
+            .connect()
+            .await
+            .query_first("SELECT @@global.gtid_binlog_pos")
+            .await
+            .map_err(|e| e.to_string())?;
+        let waited: Option<i64> = self
+            .connect()
+            .await
+            .exec_first("SELECT MASTER_GTID_WAIT(?, 60)", (at.unwrap_or_default(),))
+            .await
+            .map_err(|e| e.to_string())?;
+        match waited {
+            Some(0) => Ok(()),
+            other => Err(format!("the replica did not catch up: {other:?}")),
+        }
+    }
+
+    /// Makes a replica a primary: replication stopped and forgotten.
+    pub async fn promote(&self) -> Result<()> {
+        use mysql_async::prelude::Queryable;
+        self.connect()
+            .await
+            .query_drop("STOP SLAVE; RESET SLAVE ALL")
+            .await
+            .map_err(|e| e.to_string())
+    }
+
     /// Stops the server (SIGTERM, a clean shutdown) and starts it again on the same port with the
     /// same data, as an operator's restart.
     pub fn restart(&mut self) -> Result<()> {

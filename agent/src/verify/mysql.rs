@@ -209,10 +209,10 @@ pub(crate) async fn compare(
 async fn wait_for_sink(source: &mut Conn, target: &mut Conn, sink: &str) -> Result<()> {
     let row: Option<mysql_async::Row> = source.query_first("SHOW MASTER STATUS").await?;
     let now = row.and_then(|r| {
-        Some(ferry_proto::BinlogPos {
-            file: r.get(0)?,
-            pos: r.get(1)?,
-        })
+        Some(ferry_proto::BinlogPos::new(
+            r.get::<String, _>(0)?,
+            r.get::<u64, _>(1)?,
+        ))
     });
     let deadline = Instant::now() + Duration::from_secs(10);
     let mut last = None;

@@ -211,10 +211,7 @@ mod tests {
     use super::*;
 
     fn at(pos: u64) -> Position {
-        Position::Binlog(BinlogPos {
-            file: "b.000001".into(),
-            pos,
-        })
+        Position::Binlog(BinlogPos::new("b.000001", pos))
     }
 
     fn binlog(p: &Position) -> bool {

@@ -5,6 +5,7 @@
 pub mod compressed;
 pub mod ddl;
 pub mod decode;
+pub mod gtid;
 pub mod payload;
 pub mod schema;
 pub mod server;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use ferry_db::mysql::quote;
 use ferry_proto::{
-    Begin, BinlogPos, Commit, Delete, Event, Heartbeat, Insert, Message, OldRow, Position,
+    Begin, BinlogPos, Commit, Delete, Event, Gtids, Heartbeat, Insert, Message, OldRow, Position,
     Relation, Truncate, Update, Value,
 };
 use ferry_spool::{Offset, SpoolWriter};
@@ -29,10 +29,11 @@ use tokio_util::sync::CancellationToken;
 use super::compressed;
 use super::ddl;
 use super::decode::{self, ZeroDates};
+use super::gtid::{self, MARIADB_GTID_EVENT, MARIADB_GTID_LIST_EVENT, MariaGtidEvent};
 use super::payload;
 use super::schema::{self, Catalog, TableSchema};
 use super::server::{
-    binlog_expiry, binlog_sizes, check_server, check_server_identity, current_position,
+    ResumeBy, binlog_expiry, binlog_sizes, check_server, check_server_identity, current_position,
     master_position, server_identity,
 };
 use super::table_def;
@@ -47,8 +48,6 @@ use crate::filter::TableFilter;
 const QUIET: Duration = Duration::from_millis(2);
 /// Rows per key-ordered snapshot chunk.
 const CHUNK_ROWS: usize = 10_000;
-/// MariaDB's GTID event, which mysql_common does not decode.
-const MARIADB_GTID_EVENT: u8 = 162;
 /// An event header flag: a reader that does not know the event type may skip it.
 const LOG_EVENT_IGNORABLE: u16 = 0x80;
 /// The server's binlog list (sizes, for lag in bytes) is read this often.
@@ -56,9 +55,9 @@ const BINLOGS_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Event types mysql_common does not parse that carry no row change or statement: MySQL's
 /// heartbeat v2 (41); MariaDB's annotate rows (160, the statement text of row events), binlog
-/// checkpoint (161), GTID list (163, the GTIDs before a file) and start encryption (164; what
-/// follows is sent decrypted, and anything that is not fails to decode).
-const CHANGELESS_EVENTS: [u8; 5] = [41, 160, 161, 163, 164];
+/// checkpoint (161) and start encryption (164; what follows is sent decrypted, and anything
+/// that is not fails to decode). MariaDB's GTID (162) and GTID list (163) are read by [`gtid`].
+const CHANGELESS_EVENTS: [u8; 4] = [41, 160, 161, 164];
 
 /// `Debug` shows the URL without its password.
 #[derive(Clone)]
@@ -120,25 +119,6 @@ struct OpenTxn {
     standalone: bool,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
-struct MariaGtid {
-    domain: u32,
-    seq: u64,
-    standalone: bool,
-}
-
-/// MariaDB's GTID event body: sequence number, domain id, flags.
-fn parse_maria_gtid(data: &[u8]) -> Option<MariaGtid> {
-    let seq = u64::from_le_bytes(data.get(0..8)?.try_into().ok()?);
-    let domain = u32::from_le_bytes(data.get(8..12)?.try_into().ok()?);
-    let flags = *data.get(12)?;
-    Some(MariaGtid {
-        domain,
-        seq,
-        standalone: flags & 1 != 0,
-    })
-}
-
 /// Where the binlog stream is and what is open in it.
 struct StreamState {
     file: String,
@@ -147,7 +127,9 @@ struct StreamState {
     /// Events end with a checksum (`binlog_checksum`).
     checksummed: bool,
     seen_format: bool,
-    gtid: Option<MariaGtid>,
+    /// The stream entered `file` at its start, so the GTID list that opens it is the state.
+    from_start: bool,
+    gtid: Option<MariaGtidEvent>,
     txn: Option<OpenTxn>,
     /// The compressed transaction payload whose events are being read (MySQL 8).
     payload: Option<payload::Pending>,
@@ -169,6 +151,10 @@ pub struct MysqlSource {
     writer: SourceWriter,
     catalog: Catalog,
     resume: Option<BinlogPos>,
+    /// The epoch of the positions written now (see [`BinlogPos::epoch`]).
+    epoch: u32,
+    /// The GTIDs the server had executed at the stream's position, where known.
+    gtids: Option<Gtids>,
     registered_once: bool,
     stats: SourceStats,
     stats_tx: watch::Sender<SourceStats>,
@@ -209,6 +195,8 @@ impl MysqlSource {
             writer,
             catalog: Catalog::default(),
             resume,
+            epoch: 0,
+            gtids: None,
             registered_once: false,
             stats: SourceStats::default(),
             stats_tx: watch::channel(SourceStats::default()).0,
@@ -284,7 +272,7 @@ impl MysqlSource {
     async fn open_stream(
         &mut self,
         shutdown: &CancellationToken,
-    ) -> Result<Option<(Conn, mysql_async::BinlogStream, BinlogPos, bool)>> {
+    ) -> Result<Option<(Conn, mysql_async::BinlogStream, BinlogPos, bool, ResumeBy)>> {
         let opts = ferry_db::mysql::opts_from_url(&self.settings.url)
             .map_err(|e| Error::Config(format!("source url: {e}")))?;
         // A server that does not answer must not hold up a stop: nothing is in flight yet.
@@ -297,7 +285,9 @@ impl MysqlSource {
         }
         // Every connection, not only the first: the server behind the URL may have changed.
         let identity = server_identity(&mut meta).await?;
-        check_server_identity(self.writer.spool().dir(), &identity, self.resume.as_ref())?;
+        let (epoch, by) =
+            check_server_identity(self.writer.spool().dir(), &identity, self.resume.as_ref())?;
+        self.epoch = epoch;
         let expire = binlog_expiry(&mut meta).await?;
         self.stats.retention.binlog_expire_seconds = Some(expire);
         self.stats.retention.min_binlog_margin_seconds = self
@@ -311,7 +301,8 @@ impl MysqlSource {
                     None => return Ok(None),
                 }
             } else {
-                let pos = master_position(&mut meta).await?;
+                let mut pos = master_position(&mut meta).await?;
+                pos.epoch = self.epoch;
                 self.writer.append(&Event::Heartbeat(Heartbeat {
                     position: Position::Binlog(pos.clone()),
                     time: crate::postgres::replication::unix_now_micros(),
@@ -324,6 +315,15 @@ impl MysqlSource {
         let Some(start) = self.resume.clone() else {
             return Ok(None);
         };
+        // The GTIDs at the resume position: recorded with it, or (a spool written before
+        // ferry recorded them) asked of the server that wrote the binlog.
+        self.gtids = match (&start.gtids, by) {
+            (Some(g), _) => Some(g.clone()),
+            (None, ResumeBy::FilePos) if super::server::is_mariadb(&mut meta).await? => {
+                super::server::mariadb_gtids_at(&mut meta, &start).await?
+            }
+            (None, _) => None,
+        };
         let mut conn = ferry_db::mysql::connect(opts).await?;
         let checksum: Option<String> = conn.query_first("SELECT @@global.binlog_checksum").await?;
         let checksummed = checksum.is_some_and(|c| !c.eq_ignore_ascii_case("NONE"));
@@ -333,18 +333,28 @@ impl MysqlSource {
         // Heartbeats every second keep a quiet connection alive and prove it is.
         conn.query_drop("SET @master_heartbeat_period = 1000000000")
             .await?;
-        let request = BinlogStreamRequest::new(self.settings.server_id)
-            .with_filename(start.file.as_bytes())
-            .with_pos(start.pos);
-        let stream = conn.get_binlog_stream(request).await.map_err(gap_or)?;
+        let mut sids = Vec::new();
+        let request = match (by, &self.gtids) {
+            (ResumeBy::Gtid, Some(gtids)) => {
+                gtid::resume_request(&mut conn, self.settings.server_id, gtids, &mut sids).await?
+            }
+            _ => BinlogStreamRequest::new(self.settings.server_id)
+                .with_filename(start.file.as_bytes())
+                .with_pos(start.pos),
+        };
+        let stream = conn
+            .get_binlog_stream(request)
+            .await
+            .map_err(|e| gap_or(e, by))?;
         self.registered_once = true;
         self.set_connected(true);
-        tracing::info!(position = %start, server_id = self.settings.server_id, "mysql source: streaming the binlog");
-        Ok(Some((meta, stream, start, checksummed)))
+        tracing::info!(position = %start, server_id = self.settings.server_id, by = ?by, "mysql source: streaming the binlog");
+        Ok(Some((meta, stream, start, checksummed, by)))
     }
 
     async fn session(&mut self, shutdown: &CancellationToken) -> Result<()> {
-        let Some((mut meta, mut stream, start, checksummed)) = self.open_stream(shutdown).await?
+        let Some((mut meta, mut stream, start, checksummed, by)) =
+            self.open_stream(shutdown).await?
         else {
             return Ok(());
         };
@@ -353,6 +363,7 @@ impl MysqlSource {
             read_end: 0,
             checksummed,
             seen_format: false,
+            from_start: by == ResumeBy::FilePos && start.pos <= 4,
             gtid: None,
             txn: None,
             payload: None,
@@ -410,7 +421,9 @@ impl MysqlSource {
                 std::io::ErrorKind::UnexpectedEof,
                 "binlog stream ended",
             )),
-            Ok(Some(event)) => Ok(Next::Event(event.map_err(gap_or)?)),
+            Ok(Some(event)) => Ok(Next::Event(
+                event.map_err(|e| gap_or(e, ResumeBy::FilePos))?,
+            )),
         }
     }
 
@@ -437,11 +450,24 @@ impl MysqlSource {
             }
         }
         if header.event_type_raw() == MARIADB_GTID_EVENT {
-            st.gtid = parse_maria_gtid(event.data());
-            if st.gtid.is_none() {
+            let Some(g) = gtid::parse_maria_gtid(event.data()) else {
                 return Err(Error::Protocol("a MariaDB GTID event too short".into()));
-            }
+            };
+            gtid::advance_maria(&mut self.gtids, header.server_id(), &g);
+            st.gtid = Some(g);
             st.txn = Some(self.open_txn(st.gtid, header.timestamp(), true));
+            return Ok(());
+        }
+        if header.event_type_raw() == MARIADB_GTID_LIST_EVENT {
+            let Some(list) = gtid::parse_maria_gtid_list(event.data()) else {
+                return Err(Error::Protocol(format!(
+                    "a MariaDB GTID list event in {} that does not decode",
+                    st.file
+                )));
+            };
+            if st.from_start {
+                self.gtids = Some(Gtids::MariaDb(list));
+            }
             return Ok(());
         }
         let at = |e: &dyn std::fmt::Display| {
@@ -471,11 +497,12 @@ impl MysqlSource {
                 st.file
             )));
         };
-        let here = BinlogPos {
-            file: st.file.clone(),
-            pos: end,
-        };
+        let here = self.at(&st.file, end);
         match data {
+            EventData::GtidEvent(g) => gtid::advance_mysql(&mut self.gtids, &g),
+            EventData::PreviousGtidsEvent(p) if st.from_start => {
+                gtid::mysql_previous(&mut self.gtids, &p)
+            }
             EventData::FormatDescriptionEvent(_) => st.seen_format = true,
             EventData::RotateEvent(r) => {
                 self.on_rotate(st, &r, header.log_pos(), header.timestamp())?
@@ -545,6 +572,9 @@ impl MysqlSource {
             raw
         };
         st.read_end = 0;
+        // A real rotation enters the next file at its start; the stream's artificial first
+        // one names the file it starts in, at the resume position.
+        st.from_start = log_pos != 0 || r.position() <= 4 && st.from_start;
         st.file = binlog_name(raw).ok_or_else(|| {
             Error::Protocol(format!(
                 "a rotate event names no binlog file: {:?}",
@@ -556,10 +586,7 @@ impl MysqlSource {
         // recorded as soon as nothing is open.
         if log_pos != 0 && st.txn.is_none() {
             self.passed = Some((
-                BinlogPos {
-                    file: st.file.clone(),
-                    pos: r.position(),
-                },
+                self.at(&st.file, r.position()),
                 i64::from(timestamp) * 1_000_000,
             ));
         }
@@ -678,9 +705,12 @@ impl MysqlSource {
             {
                 // A table created since the snapshot: its whole definition first.
                 if let Some(def) = table_def::describe(meta, &db, &table).await? {
+                    // Fields, not `self.at`: the catalog holds `schema`.
                     let position = Position::Binlog(BinlogPos {
                         file: file.to_owned(),
                         pos: end,
+                        epoch: self.epoch,
+                        gtids: self.gtids.clone(),
                     });
                     t.buf.push(
                         self.writer.spill_dir(),
@@ -727,7 +757,7 @@ impl MysqlSource {
         Ok(())
     }
 
-    fn open_txn(&self, gtid: Option<MariaGtid>, time: u32, from_gtid: bool) -> OpenTxn {
+    fn open_txn(&self, gtid: Option<MariaGtidEvent>, time: u32, from_gtid: bool) -> OpenTxn {
         OpenTxn {
             xid: gtid
                 .map(|g| (u64::from(g.domain) << 48) ^ g.seq)
@@ -984,6 +1014,16 @@ impl MysqlSource {
         }
     }
 
+    /// A position in the stream now: `file:pos` of this epoch, with the GTIDs executed so far.
+    fn at(&self, file: &str, pos: u64) -> BinlogPos {
+        BinlogPos {
+            file: file.to_owned(),
+            pos,
+            epoch: self.epoch,
+            gtids: self.gtids.clone(),
+        }
+    }
+
     fn commit_spool(&mut self) -> Result<()> {
         self.writer.commit()?;
         self.writer.truncate()
@@ -1057,16 +1097,29 @@ fn row_values(
         .map(Some)
 }
 
-/// A binlog the server no longer has is a gap, never skipped.
-fn gap_or(e: mysql_async::Error) -> Error {
+/// A binlog the server no longer has (or, resuming by GTID, a server that lacks what ferry
+/// read) is a gap, never skipped.
+fn gap_or(e: mysql_async::Error, by: ResumeBy) -> Error {
     if let mysql_async::Error::Server(s) = &e
         && s.code == 1236
     {
-        return Error::Gap(format!(
-            "the source can no longer send the binlog ferry needs ({}): binlogs were purged \
-             before ferry read them; take a new snapshot with a new spool directory",
-            s.message
-        ));
+        return Error::Gap(match by {
+            ResumeBy::FilePos => format!(
+                "the source can no longer send the binlog ferry needs ({}): binlogs were purged \
+                 before ferry read them; take a new snapshot with a new spool directory",
+                s.message
+            ),
+            ResumeBy::Gtid => format!(
+                "position lost: the new server cannot continue after the GTIDs ferry read ({}). \
+                 It lacks transactions ferry already captured from the old primary (it was \
+                 behind when it was promoted, so they are lost on it and may be on the \
+                 replicas), or its binlogs no longer reach back that far, or it does not log \
+                 what it replicates (log_slave_updates). Point ferry back at the old primary \
+                 if it can serve, or rebuild the replicas from the new primary (a new spool \
+                 directory and snapshot = \"initial\", or a restore from the archive)",
+                s.message
+            ),
+        });
     }
     Error::from(e)
 }
@@ -1075,16 +1128,6 @@ fn gap_or(e: mysql_async::Error) -> Error {
 mod tests {
     use super::*;
     use proptest::prelude::*;
-
-    #[test]
-    fn maria_gtid() {
-        let mut d = 42u64.to_le_bytes().to_vec();
-        d.extend(7u32.to_le_bytes());
-        d.push(1);
-        let g = parse_maria_gtid(&d).unwrap();
-        assert_eq!((g.domain, g.seq, g.standalone), (7, 42, true));
-        assert!(parse_maria_gtid(&d[..12]).is_none());
-    }
 
     #[test]
     fn rotate_names() {
@@ -1103,9 +1146,5 @@ mod tests {
             let _ = binlog_name(&d);
         }
 
-        #[test]
-        fn maria_gtid_never_panics(d in proptest::collection::vec(any::<u8>(), 0..32)) {
-            let _ = parse_maria_gtid(&d);
-        }
     }
 }

@@ -15,7 +15,8 @@ impl MysqlSource {
         shutdown: &CancellationToken,
     ) -> Result<Option<BinlogPos>> {
         let mut conn = ferry_db::mysql::connect(opts).await?;
-        let (pos, _) = start_consistent_snapshot(&mut conn).await?;
+        let (mut pos, _) = start_consistent_snapshot(&mut conn).await?;
+        pos.epoch = self.epoch;
         let position = Position::Binlog(pos.clone());
         let now = crate::postgres::replication::unix_now_micros();
         let begin = self.writer.spool().end();
@@ -43,16 +44,20 @@ impl MysqlSource {
 }
 
 /// A base backup: the same copy as the initial snapshot, in a consistent snapshot of its own,
-/// into `out`, while the stream keeps running. `None` when `shutdown` came first.
+/// into `out`, while the stream keeps running; its position is in `epoch`, the epoch of the
+/// spool's positions now ([`crate::mysql::server::spool_epoch`]). `None` when `shutdown` came
+/// first.
 pub async fn base_backup(
     settings: &MysqlSettings,
+    epoch: u32,
     out: &mut impl CopyOutput,
     shutdown: &CancellationToken,
 ) -> Result<Option<Copied>> {
     let opts = ferry_db::mysql::opts_from_url(&settings.url)
         .map_err(|e| Error::Config(format!("source url: {e}")))?;
     let mut conn = ferry_db::mysql::connect(opts).await?;
-    let (pos, snapshot_time) = start_consistent_snapshot(&mut conn).await?;
+    let (mut pos, snapshot_time) = start_consistent_snapshot(&mut conn).await?;
+    pos.epoch = epoch;
     let position = Position::Binlog(pos);
     let tables = copy_tables(&mut conn, settings, &position, out, shutdown, BASE_BACKUP).await?;
     Ok(tables.map(|tables| Copied {
@@ -91,12 +96,13 @@ pub async fn start_consistent_snapshot(conn: &mut Conn) -> Result<(BinlogPos, i6
                 "the server did not report binlog_snapshot_file".into(),
             ));
         };
-        BinlogPos {
+        let mut at = BinlogPos::new(
             file,
-            pos: p
-                .parse()
+            p.parse()
                 .map_err(|_| Error::Protocol(format!("binlog_snapshot_position {p:?}")))?,
-        }
+        );
+        at.gtids = crate::mysql::server::mariadb_gtids_at(conn, &at).await?;
+        at
     } else {
         // MySQL: the global read lock is held only while the snapshot starts and the position
         // is read.
