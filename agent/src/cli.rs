@@ -124,6 +124,10 @@ pub struct PromoteArgs {
     /// How long to wait for the sink to catch up, in seconds.
     #[arg(long, default_value_t = 300)]
     pub wait: u64,
+    /// Once the sink is ready, write to this file a configuration that replicates it back into
+    /// the old primary (for fallback): its slot is created on the sink now.
+    #[arg(long, value_name = "FILE")]
+    pub reverse: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]

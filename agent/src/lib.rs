@@ -15,6 +15,7 @@ pub mod dump;
 pub mod http;
 pub mod logging;
 pub mod promote;
+pub mod reverse;
 pub mod sequences;
 pub mod status;
 pub mod supervisor;

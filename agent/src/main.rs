@@ -127,6 +127,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 &args.sink,
                 args.fence,
                 std::time::Duration::from_secs(args.wait),
+                args.reverse
+                    .as_deref()
+                    .map(|r| (args.config.config.as_path(), r)),
             ))?;
             print!("{text}");
             if ready {

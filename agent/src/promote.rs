@@ -28,11 +28,14 @@ use mysql_async::prelude::Queryable;
 use crate::config::{Config, SinkConfig, SinkKind, SourceKind};
 
 /// `ferry promote`: the report, and whether the sink is ready (caught up and equal).
+/// With `reverse` (the original configuration's path, and where to write), a ready sink also
+/// gets the configuration that replicates it back into the old primary ([`crate::reverse`]).
 pub async fn promote(
     config: &Config,
     sink: &str,
     fence: bool,
     wait: Duration,
+    reverse: Option<(&std::path::Path, &std::path::Path)>,
 ) -> Result<(String, bool)> {
     let target = config
         .sinks
@@ -90,6 +93,22 @@ pub async fn promote(
             (final_position.is_none(), 0)
         }
     };
+    let ready = equal && synced;
+    if let Some((config_path, reverse_path)) = reverse {
+        if ready {
+            crate::reverse::write(
+                config,
+                config_path,
+                target,
+                fenced_session.as_ref(),
+                reverse_path,
+                &mut out,
+            )
+            .await?;
+        } else {
+            let _ = writeln!(out, "reverse: not written, the sink is not ready");
+        }
+    }
     let _ = writeln!(
         out,
         "promote {}: sink {sink} at {applied}, {rows} row(s) verified{}{}",
@@ -107,13 +126,13 @@ pub async fn promote(
         } else {
             String::new()
         },
-        if fence {
+        if fence && reverse.is_none() {
             "; the source stays fenced: retire it, or undo the fence as printed above"
         } else {
             ""
         }
     );
-    Ok((out, equal && synced))
+    Ok((out, ready))
 }
 
 /// Stops writes on the source and proves it; returns the source's final position (and, on

@@ -11,18 +11,25 @@ use ferry_tests::ferry::{FerryConfig, command};
 
 /// `ferry promote --sink SINK --fence`, which must succeed with the sink ready; its report.
 async fn promote_fenced(config: &FerryConfig, sink: &str) -> String {
+    promote_fenced_with(config, sink, &[]).await
+}
+
+/// The same, with more arguments.
+async fn promote_fenced_with(config: &FerryConfig, sink: &str, more: &[&str]) -> String {
     let path = config.path();
     let sink = sink.to_owned();
+    let more: Vec<String> = more.iter().map(|m| m.to_string()).collect();
     let (code, out, err) = tokio::task::spawn_blocking(move || {
-        command(&[
+        let mut args = vec![
             "promote",
             "--config",
             path.to_str().unwrap(),
             "--sink",
             &sink,
             "--fence",
-        ])
-        .unwrap()
+        ];
+        args.extend(more.iter().map(String::as_str));
+        command(&args).unwrap()
     })
     .await
     .unwrap();
@@ -247,4 +254,89 @@ async fn a_mariadb_to_postgresql_switchover_counts_rows_and_gives_new_ids() {
         .unwrap()
         .get(0);
     assert!(id > 320, "{id}");
+}
+
+async fn rows(c: &tokio_postgres::Client) -> Vec<(i32, String)> {
+    // No table yet (the sink creates it): no rows.
+    c.query("SELECT id, note FROM orders ORDER BY id", &[])
+        .await
+        .unwrap_or_default()
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect()
+}
+
+/// `--reverse`: the promoted replica is replicated back into the old primary from the moment
+/// it took over, writes made before the reverse ferry starts included, while the old primary
+/// stays read-only for everyone else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reverse_replicates_the_new_primary_back_into_the_old_one() {
+    let source = Postgres::start().unwrap();
+    let replica = Postgres::start().unwrap();
+    let s = source.connect().await;
+    s.batch_execute(
+        "CREATE TABLE orders (id serial PRIMARY KEY, note text);
+         INSERT INTO orders (note) SELECT 'before' FROM generate_series(1, 100);",
+    )
+    .await
+    .unwrap();
+    let config = FerryConfig::pg_to_pg(
+        &source.url("postgres"),
+        &replica.url("postgres"),
+        "",
+        "create_tables = true",
+    )
+    .unwrap();
+    let ferry = config.start(0).unwrap();
+    let r = replica.connect().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while rows(&r).await.len() < 100 {
+        assert!(Instant::now() < deadline, "{}", ferry.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Its own directory, so the reverse file is not the forward one.
+    let reverse = FerryConfig::postgres("postgres://unused", "").unwrap();
+    let out = promote_fenced_with(
+        &config,
+        "replica",
+        &["--reverse", reverse.path().to_str().unwrap()],
+    )
+    .await;
+    assert!(out.contains("reverse: wrote"), "{out}");
+    ferry.stop().unwrap();
+
+    // The application writes to the new primary before the reverse ferry runs.
+    r.batch_execute(
+        "INSERT INTO orders (note) SELECT 'after' FROM generate_series(1, 50);
+         UPDATE orders SET note = 'changed' WHERE id % 10 = 0;
+         DELETE FROM orders WHERE id % 7 = 0;",
+    )
+    .await
+    .unwrap();
+    let (code, check, err) =
+        command(&["check", "--config", reverse.path().to_str().unwrap()]).unwrap();
+    assert_eq!(code, 0, "{check}{err}");
+    let mut back = reverse.start(0).unwrap();
+    r.batch_execute("INSERT INTO orders (note) VALUES ('while running')")
+        .await
+        .unwrap();
+    let old = source.connect().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let want = rows(&r).await;
+        if rows(&old).await == want {
+            assert_eq!(want.len(), 100 + 50 + 1 - 150 / 7);
+            break;
+        }
+        back.check_alive().unwrap();
+        assert!(Instant::now() < deadline, "{}", back.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // Everyone else still reads the old primary only.
+    assert!(
+        old.batch_execute("INSERT INTO orders (note) VALUES ('stray')")
+            .await
+            .is_err()
+    );
+    back.stop().unwrap();
 }
