@@ -231,6 +231,7 @@ async fn check_postgres_source(config: &Config, r: &mut Report) -> Result<Tables
         }
     };
     slots_and_senders(&client, slot_exists, config.archive.is_some(), r).await?;
+    failover_slots(&client, version, settings.failover_slot, r).await?;
     let tables = postgres_tables(&client, &settings, r).await?;
     if tables.is_empty() {
         r.warn("no table matches source.tables and source.exclude: nothing would be captured");
@@ -239,6 +240,50 @@ async fn check_postgres_source(config: &Config, r: &mut Report) -> Result<Tables
     }
     publication_coverage(&client, &settings, &tables, r).await?;
     Ok(tables)
+}
+
+/// Failover slots (PostgreSQL 17+): with `failover_slot`, a standby that synchronizes slots
+/// keeps ferry's, and `synchronized_standby_slots` must name the standbys' physical slots so that
+/// ferry is never sent a change such a standby has not received (else a promoted standby's copy
+/// of the slot is behind what ferry read, or the standby lacks what ferry applied).
+async fn failover_slots(
+    client: &tokio_postgres::Client,
+    version: i32,
+    wanted: bool,
+    r: &mut Report,
+) -> Result<()> {
+    if version < 170_000 {
+        if wanted {
+            r.error(ferry_source::postgres::slot::failover_needs_17(version).to_string());
+        }
+        return Ok(());
+    }
+    if !wanted {
+        r.warn(
+            "failover_slot is off: on PostgreSQL 17+ a standby can keep a copy of ferry's slot \
+             (failover_slot = true, and sync_replication_slots on the standby), so a failover \
+             is not a gap",
+        );
+        return Ok(());
+    }
+    let standby_slots: String = client
+        .query_one("SELECT current_setting('synchronized_standby_slots')", &[])
+        .await?
+        .get(0);
+    if standby_slots.trim().is_empty() {
+        r.warn(
+            "failover_slot = true but synchronized_standby_slots is empty: ferry may read \
+             changes a standby has not received, and after that standby is promoted ferry's \
+             slot copy (or the data) is behind the spool, which stops ferry with a gap; set it \
+             to the physical slots of the standbys that may take over",
+        );
+    } else {
+        r.ok(format!(
+            "failover_slot = true; changes reach ferry only after the standbys of \
+             synchronized_standby_slots ({standby_slots}) have them"
+        ));
+    }
+    Ok(())
 }
 
 /// Whether a replication slot (unless ferry's exists) and a WAL sender are free; with an

@@ -63,6 +63,9 @@ pub struct SourceConfig {
     pub snapshot: SnapshotMode,
     /// PostgreSQL replication slot name.
     pub slot: Option<Expanded>,
+    /// PostgreSQL 17+: make the slot a failover slot, which standbys synchronizing slots keep.
+    #[serde(default)]
+    pub failover_slot: bool,
     /// PostgreSQL publication name.
     pub publication: Option<Expanded>,
     /// MySQL/MariaDB replica server id.
@@ -380,6 +383,12 @@ impl Config {
             return Err(ConfigError(format!(
                 "{origin}: [source] of type \"mysql\" needs server_id, a number no other replica of \
                  the server uses"
+            )));
+        }
+        if self.source.kind == SourceKind::Mysql && self.source.failover_slot {
+            return Err(ConfigError(format!(
+                "{origin}: [source] key `failover_slot` applies to postgres sources only (a \
+                 MySQL/MariaDB source follows a failover by GTID)"
             )));
         }
         if self.source.kind == SourceKind::Postgres && self.source.server_id.is_some() {

@@ -92,6 +92,7 @@ pub fn pg_settings(config: &Config) -> Result<SourceSettings> {
     Ok(SourceSettings {
         params: ConnParams::parse(src.url.expose())?,
         slot: src.slot().to_owned(),
+        failover_slot: src.failover_slot,
         publication: src.publication().to_owned(),
         filter,
         snapshot: src.snapshot == SnapshotMode::Initial,

@@ -271,3 +271,156 @@ async fn a_mariadb_failover_to_its_native_replica_is_followed_by_gtid() {
         "{recorded}"
     );
 }
+
+/// PostgreSQL 17+ failover slots, on a real PostgreSQL 18 primary and standby: with
+/// `failover_slot = true` ferry creates its slot with FAILOVER, the standby keeps a synchronized
+/// copy, and after the standby is promoted ferry pointed at it resumes from that copy: every row
+/// arrives once, also those written after ferry stopped, and the new primary's own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failover_slot_lets_ferry_follow_a_promoted_postgresql_18_standby() {
+    use ferry_tests::postgres::PostgresOptions;
+    let mut primary = Postgres::start_with(PostgresOptions {
+        version: Some(18),
+        ..Default::default()
+    })
+    .unwrap();
+    let p = primary.connect().await;
+    p.batch_execute(
+        "SELECT pg_create_physical_replication_slot('standby1');
+         CREATE TABLE t (id int PRIMARY KEY, v text);
+         INSERT INTO t SELECT g, 'before' FROM generate_series(1, 100) g;",
+    )
+    .await
+    .unwrap();
+    drop(p);
+    let standby = Postgres::cold_standby_of(
+        &mut primary,
+        &[
+            ("primary_slot_name", "'standby1'"),
+            ("hot_standby_feedback", "on"),
+        ],
+    )
+    .unwrap();
+    let p = primary.connect().await;
+    p.batch_execute("ALTER SYSTEM SET synchronized_standby_slots = 'standby1'")
+        .await
+        .unwrap();
+    p.batch_execute("SELECT pg_reload_conf()").await.unwrap();
+    let sink = Postgres::start().unwrap();
+    let config = FerryConfig::pg_to_pg(
+        &primary.url("postgres"),
+        &sink.url("postgres"),
+        "failover_slot = true",
+        "create_tables = true",
+    )
+    .unwrap();
+    let path = config.path();
+    let (code, out, err) =
+        ferry_tests::ferry::command(&["check", "--config", path.to_str().unwrap()]).unwrap();
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("synchronized_standby_slots (standby1)"),
+        "{out}"
+    );
+    let ferry = config.start(0).unwrap();
+    let k = sink.connect().await;
+    let wait_rows = |n: i64, log: &dyn Fn() -> String| {
+        let k = &k;
+        let log = log();
+        async move {
+            let deadline = Instant::now() + Duration::from_secs(60);
+            while count(k).await != n {
+                assert!(Instant::now() < deadline, "{} rows expected\n{log}", n);
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    p.batch_execute("INSERT INTO t SELECT g, 'streamed' FROM generate_series(101, 200) g")
+        .await
+        .unwrap();
+    wait_rows(200, &|| ferry.log_text()).await;
+    let failover: bool = p
+        .query_one(
+            "SELECT failover FROM pg_replication_slots WHERE slot_name = 'ferry'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(failover);
+    // The standby's copy of the slot is created once ferry's slot has moved past what the
+    // standby may have cleaned up: in a lull, a running-transactions record (which the primary
+    // also logs on its own) lets ferry's slot move up to the present.
+    // `pg_sync_replication_slots()` does now what the standby's worker does on its own.
+    let s = standby.connect().await;
+    let synced = || async {
+        s.batch_execute("SELECT pg_sync_replication_slots()")
+            .await
+            .unwrap();
+        s.query_opt(
+            "SELECT synced FROM pg_replication_slots WHERE slot_name = 'ferry'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .is_some_and(|r| r.get::<_, bool>(0))
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !synced().await {
+        p.batch_execute("SELECT pg_log_standby_snapshot()")
+            .await
+            .unwrap();
+        if Instant::now() > deadline {
+            panic!(
+                "primary:\n{}\nstandby:\n{}\n{}\n{}",
+                slot_rows(&p).await,
+                slot_rows(&s).await,
+                standby.log_text(),
+                ferry.log_text()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    ferry.stop().unwrap();
+    // Committed after ferry stopped: on the standby, not yet read by ferry.
+    p.batch_execute("INSERT INTO t SELECT g, 'unread' FROM generate_series(201, 250) g")
+        .await
+        .unwrap();
+    assert!(synced().await);
+    drop(p);
+    primary.stop();
+    s.batch_execute("SELECT pg_promote()").await.unwrap();
+
+    let text = std::fs::read_to_string(config.path()).unwrap();
+    std::fs::write(
+        config.path(),
+        text.replace(&primary.url("postgres"), &standby.url("postgres")),
+    )
+    .unwrap();
+    let ferry = config.start(1).unwrap();
+    wait_rows(250, &|| ferry.log_text()).await;
+    s.batch_execute("INSERT INTO t SELECT g, 'new primary' FROM generate_series(251, 300) g")
+        .await
+        .unwrap();
+    wait_rows(300, &|| ferry.log_text()).await;
+    let log = ferry.log_text();
+    assert!(log.contains("promoted from a standby"), "{log}");
+    let sum: i64 = k
+        .query_one("SELECT sum(id)::bigint FROM t", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(sum, 300 * 301 / 2);
+    ferry.stop().unwrap();
+}
+
+/// Every replication slot of a server, as JSON lines (for a failure's message).
+async fn slot_rows(c: &tokio_postgres::Client) -> String {
+    c.query("SELECT to_jsonb(s)::text FROM pg_replication_slots s", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get::<_, String>(0))
+        .collect::<Vec<_>>()
+        .join("\n")
+}

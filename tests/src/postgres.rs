@@ -177,6 +177,60 @@ impl Postgres {
         Err(last_err)
     }
 
+    /// A physical streaming standby of `primary` made from a copy of its data directory taken
+    /// while it is stopped (for server versions whose `pg_basebackup` this machine lacks: the
+    /// fetched ones bring only the server). `conf` goes into the standby's
+    /// `postgresql.auto.conf` beside its `primary_conninfo` (with `dbname=postgres`, which slot
+    /// synchronization needs).
+    pub fn cold_standby_of(primary: &mut Postgres, conf: &[(&str, &str)]) -> Result<Postgres> {
+        let run_as = primary.run_as;
+        let dir = tempfile::Builder::new()
+            .prefix("ferry-pg-standby-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        primary.stop();
+        let data = dir.path().join("data");
+        let copied = process::run(
+            Command::new("cp")
+                .arg("-a")
+                .arg(primary.dir.path().join("data"))
+                .arg(&data),
+            "cp",
+        );
+        primary.start_again()?;
+        copied?;
+        let _ = fs::remove_file(data.join("postmaster.pid"));
+        fs::write(data.join("standby.signal"), "").map_err(|e| e.to_string())?;
+        let mut auto = fs::read_to_string(data.join("postgresql.auto.conf")).unwrap_or_default();
+        auto.push_str(&format!(
+            "\nprimary_conninfo = 'host=127.0.0.1 port={} user=postgres dbname=postgres'\n",
+            primary.port
+        ));
+        for (k, v) in conf {
+            auto.push_str(&format!("{k} = {v}\n"));
+        }
+        fs::write(data.join("postgresql.auto.conf"), auto).map_err(|e| e.to_string())?;
+        run_as.own(dir.path())?;
+        let port = process::free_port();
+        let process = spawn_server(
+            &primary.bin,
+            &primary.tools,
+            dir.path(),
+            port,
+            &primary.opts,
+            run_as,
+        )?;
+        Ok(Postgres {
+            process,
+            port,
+            bin: primary.bin.clone(),
+            tools: primary.tools.clone(),
+            opts: primary.opts.clone(),
+            run_as,
+            dir,
+        })
+    }
+
     /// Stops the server (fast shutdown: connections are cut, as in a crash of the network or a
     /// restart by an operator) and starts it again on the same port with the same data.
     pub fn restart(&mut self) -> Result<()> {

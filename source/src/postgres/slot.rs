@@ -12,6 +12,8 @@ use crate::filter::TableFilter;
 pub struct SlotState {
     pub confirmed_flush: Option<u64>,
     pub active_pid: Option<i32>,
+    /// PostgreSQL 17+: the slot is synchronized to standbys (`failover`).
+    pub failover: bool,
 }
 
 /// The result of `CREATE_REPLICATION_SLOT`.
@@ -171,7 +173,7 @@ pub async fn inspect_slot(client: &Client, slot: &str, dbname: &str) -> Result<O
     let Some(row) = client
         .query_opt(
             "SELECT plugin, slot_type, database, confirmed_flush_lsn::text, active_pid,
-                    to_jsonb(s) ->> 'wal_status'
+                    to_jsonb(s) ->> 'wal_status', coalesce((to_jsonb(s) ->> 'failover')::bool, false)
              FROM pg_replication_slots s WHERE slot_name = $1",
             &[&slot],
         )
@@ -207,7 +209,28 @@ pub async fn inspect_slot(client: &Client, slot: &str, dbname: &str) -> Result<O
             .and_then(|s| s.parse::<ferry_proto::Lsn>().ok())
             .map(|l| l.0),
         active_pid: row.get(4),
+        failover: row.get(6),
     }))
+}
+
+/// `failover_slot = true` on a server before PostgreSQL 17, which has no failover slots.
+pub fn failover_needs_17(server_version: i32) -> Error {
+    Error::Config(format!(
+        "failover_slot = true needs PostgreSQL 17 or later (the source is {}): before 17 a \
+         standby has no copy of a logical slot, and a failover is a gap",
+        server_version / 10_000
+    ))
+}
+
+/// Makes an existing slot a failover slot (PostgreSQL 17+), so that standbys synchronize it.
+pub async fn make_failover(conn: &mut ReplicationConn, slot: &str) -> Result<()> {
+    conn.simple_query(&format!(
+        "ALTER_REPLICATION_SLOT {} (FAILOVER true)",
+        quote_ident(slot)
+    ))
+    .await?;
+    tracing::info!(slot, "the replication slot is now a failover slot");
+    Ok(())
 }
 
 /// The gap error of a slot the server invalidated.
@@ -265,20 +288,26 @@ pub async fn retention(
 }
 
 /// Creates the slot. With `export_snapshot`, the slot's snapshot is exported for a copy and stays
-/// valid until the next command on `conn`. A temporary slot is dropped when `conn` closes.
+/// valid until the next command on `conn`. A temporary slot is dropped when `conn` closes. With
+/// `failover` (PostgreSQL 17+), standbys that synchronize slots keep a copy of it.
 pub async fn create_slot(
     conn: &mut ReplicationConn,
     slot: &str,
     temporary: bool,
     export_snapshot: bool,
+    failover: bool,
     server_version: i32,
 ) -> Result<CreatedSlot> {
     let temporary = if temporary { " TEMPORARY" } else { "" };
+    if failover && server_version < 170_000 {
+        return Err(failover_needs_17(server_version));
+    }
     let sql = if server_version >= 150_000 {
         format!(
-            "CREATE_REPLICATION_SLOT {}{temporary} LOGICAL pgoutput (SNAPSHOT '{}')",
+            "CREATE_REPLICATION_SLOT {}{temporary} LOGICAL pgoutput (SNAPSHOT '{}'{})",
             quote_ident(slot),
-            if export_snapshot { "export" } else { "nothing" }
+            if export_snapshot { "export" } else { "nothing" },
+            if failover { ", FAILOVER true" } else { "" }
         )
     } else {
         format!(

@@ -123,7 +123,7 @@ pub async fn export_snapshot(settings: &SourceSettings, purpose: &'static str) -
         .tls
         .connect_client(&settings.params.pg_config, purpose)
         .await?;
-    let created = super::slot::create_slot(&mut repl, &name, true, true, version).await?;
+    let created = super::slot::create_slot(&mut repl, &name, true, true, false, version).await?;
     // Commit times are the server's: its clock, read after the slot's consistent point.
     let snapshot_time: i64 = clock
         .query_one(

@@ -53,6 +53,9 @@ use crate::filter::TableFilter;
 pub struct SourceSettings {
     pub params: ConnParams,
     pub slot: String,
+    /// PostgreSQL 17+: create (or turn) the slot into a failover slot, which standbys with
+    /// `sync_replication_slots` keep, so a promoted standby has it.
+    pub failover_slot: bool,
     pub publication: String,
     pub filter: TableFilter,
     /// Copy existing rows before streaming, when the slot is new.

@@ -180,9 +180,15 @@ impl PgSource {
                         Lsn(resume)
                     )));
                 }
-                let created =
-                    slot::create_slot(&mut repl, slot_name, false, self.settings.snapshot, version)
-                        .await?;
+                let created = slot::create_slot(
+                    &mut repl,
+                    slot_name,
+                    false,
+                    self.settings.snapshot,
+                    self.settings.failover_slot,
+                    version,
+                )
+                .await?;
                 if self.settings.snapshot {
                     let done = crate::postgres::snapshot::copy_all(
                         &self.settings,
@@ -228,6 +234,12 @@ impl PgSource {
                         Lsn(confirmed),
                         Lsn(resume)
                     )));
+                }
+                if self.settings.failover_slot && !s.failover {
+                    if version < 170_000 {
+                        return Err(slot::failover_needs_17(version));
+                    }
+                    slot::make_failover(&mut repl, slot_name).await?;
                 }
                 if self.resume_from.is_none() {
                     // snapshot = "never" on an existing slot: stream from where it stands.
