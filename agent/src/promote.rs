@@ -48,6 +48,14 @@ pub async fn promote(
     let started = Instant::now();
     // On PostgreSQL the fence refuses new sessions: the fencing session serves the checks.
     let (final_position, fenced_session) = if fence {
+        // A sink that applied nothing yet (ferry not running, or its initial snapshot not
+        // applied) would make the fence stop ferry's own first connections too.
+        if checkpoint(target).await?.is_none() {
+            return Err(Error::Config(format!(
+                "sink {sink:?} has applied nothing yet: start `ferry run` and let it apply the \
+                 initial snapshot before a switchover; the source was not fenced"
+            )));
+        }
         let (position, session) = fence_source(config, &mut out).await?;
         let _ = writeln!(out, "source fenced at {position}");
         (Some(position), session)

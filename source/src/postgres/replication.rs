@@ -64,6 +64,12 @@ impl ConnParams {
             .get_user()
             .map(str::to_owned)
             .ok_or_else(|| Error::Config("source url: no user given".into()))?;
+        // Every session ferry opens to the source (query, snapshot, base backup, counters)
+        // carries the replication connection's name, so the server and `ferry promote`'s fence
+        // can tell them from the application's.
+        let application_name = cfg.get_application_name().unwrap_or("ferry").to_owned();
+        let mut cfg = cfg;
+        cfg.application_name(&application_name);
         Ok(ConnParams {
             host,
             port: cfg.get_ports().first().copied().unwrap_or(5432),
@@ -73,7 +79,7 @@ impl ConnParams {
                 .unwrap_or_else(|| user.clone()),
             user,
             password: cfg.get_password().map(<[u8]>::to_vec),
-            application_name: cfg.get_application_name().unwrap_or("ferry").to_owned(),
+            application_name,
             pg_config: cfg,
             tls,
         })

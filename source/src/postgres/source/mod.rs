@@ -302,13 +302,9 @@ impl PgSource {
 
     async fn session(&mut self, shutdown: &CancellationToken) -> Result<()> {
         let params = &self.settings.params;
-        // Named like the replication connection, so the server (and `ferry promote`'s fence)
-        // can tell ferry's sessions from the application's.
-        let mut cfg = params.pg_config.clone();
-        cfg.application_name(&params.application_name);
         let connecting = tokio::time::timeout(
             CONNECT_TIMEOUT,
-            params.tls.connect_client(&cfg, "source query"),
+            params.tls.connect_client(&params.pg_config, "source query"),
         );
         // A server that does not answer must not hold up a stop: nothing is in flight yet.
         let (client, conn_task) = tokio::select! {
