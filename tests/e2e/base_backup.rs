@@ -269,7 +269,12 @@ async fn mariadb_base_backups_on_a_schedule_restore_and_drill() {
             .last()
             .map(|m| m["last_position"].clone())
             .unwrap_or_default();
-        let at = last["Binlog"].clone();
+        // A binlog position with GTIDs (MariaDB's always) is the `BinlogAt` variant.
+        let at = if last["BinlogAt"].is_null() {
+            last["Binlog"].clone()
+        } else {
+            last["BinlogAt"].clone()
+        };
         if at["file"].as_str() == Some(pos.0.as_str()) && at["pos"].as_u64() >= Some(pos.1) {
             break;
         }
