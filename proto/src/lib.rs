@@ -18,7 +18,8 @@ pub use event::{
 };
 pub use frame::FrameError;
 pub use position::{
-    BinlogPos, GtidSet, Gtids, Lsn, MariaGtid, MariaGtidList, ParsePositionError, Position,
+    BinlogPos, GtidSet, Gtids, Lsn, MariaGtid, MariaGtidList, MysqlGtids, ParsePositionError,
+    Position,
 };
 pub use table::{TABLE_PREFIX, TableDef};
 pub use value::{Micros, Row, Value};

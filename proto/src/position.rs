@@ -117,7 +117,7 @@ pub struct BinlogPos {
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Gtids {
     MariaDb(MariaGtidList),
-    MySql(GtidSet),
+    MySql(MysqlGtids),
 }
 
 impl fmt::Display for Gtids {
@@ -258,17 +258,7 @@ impl GtidSet {
                 i
             }
         };
-        let ranges = &mut self.sids[idx].1;
-        ranges.push((start, end));
-        ranges.sort_unstable();
-        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
-        for &(s, e) in ranges.iter() {
-            match merged.last_mut() {
-                Some(last) if s <= last.1.saturating_add(1) => last.1 = last.1.max(e),
-                _ => merged.push((s, e)),
-            }
-        }
-        *ranges = merged;
+        merge_range(&mut self.sids[idx].1, start, end);
     }
 
     /// Whether transaction `gno` of server `sid` is in the set.
@@ -306,6 +296,145 @@ pub fn uuid_text(u: &[u8; 16]) -> String {
         }
     }
     U(u).to_string()
+}
+
+/// Adds `start..=end` to sorted, merged ranges, keeping them so.
+fn merge_range(ranges: &mut GnoRanges, start: u64, end: u64) {
+    ranges.push((start, end));
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(ranges.len());
+    for &(s, e) in ranges.iter() {
+        match merged.last_mut() {
+            Some(last) if s <= last.1.saturating_add(1) => last.1 = last.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    *ranges = merged;
+}
+
+/// A MySQL GTID set as a server's binlog has it, tags included (MySQL 8.3+:
+/// `uuid:1-5:tag_a:1-3`): per (server UUID, tag), sorted merged inclusive ranges; the tag is
+/// empty for untagged GTIDs. Printed as MySQL prints `gtid_executed`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+pub struct MysqlGtids {
+    /// Sorted by (UUID, tag); range lists never empty.
+    sids: Vec<(ServerUuid, String, GnoRanges)>,
+}
+
+impl MysqlGtids {
+    /// Adds transaction `gno` of server `sid` with `tag` ("" for none).
+    pub fn add(&mut self, sid: ServerUuid, tag: &str, gno: u64) {
+        self.add_range(sid, tag, gno, gno);
+    }
+
+    pub fn add_range(&mut self, sid: ServerUuid, tag: &str, start: u64, end: u64) {
+        let (start, end) = (start.min(end), start.max(end));
+        let idx = match self
+            .sids
+            .binary_search_by(|(s, t, _)| (s, t.as_str()).cmp(&(&sid, tag)))
+        {
+            Ok(i) => i,
+            Err(i) => {
+                self.sids.insert(i, (sid, tag.to_owned(), Vec::new()));
+                i
+            }
+        };
+        merge_range(&mut self.sids[idx].2, start, end);
+    }
+
+    pub fn contains(&self, sid: &ServerUuid, tag: &str, gno: u64) -> bool {
+        self.contains_range(sid, tag, gno, gno)
+    }
+
+    /// Whether every transaction `start..=end` of (`sid`, `tag`) is in the set: ranges are
+    /// merged, so one of them holds it all.
+    pub fn contains_range(&self, sid: &ServerUuid, tag: &str, start: u64, end: u64) -> bool {
+        self.sids
+            .binary_search_by(|(s, t, _)| (s, t.as_str()).cmp(&(sid, tag)))
+            .ok()
+            .is_some_and(|i| self.sids[i].2.iter().any(|&(s, e)| s <= start && end <= e))
+    }
+
+    /// Each (UUID, tag) with its inclusive ranges, in order.
+    pub fn ranges(&self) -> impl Iterator<Item = (&ServerUuid, &str, &[(u64, u64)])> {
+        self.sids
+            .iter()
+            .map(|(u, t, r)| (u, t.as_str(), r.as_slice()))
+    }
+}
+
+impl fmt::Display for MysqlGtids {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut last: Option<&ServerUuid> = None;
+        for (uuid, tag, ranges) in &self.sids {
+            if last != Some(uuid) {
+                if last.is_some() {
+                    f.write_str(",")?;
+                }
+                fmt_uuid(uuid, f)?;
+                last = Some(uuid);
+            }
+            if !tag.is_empty() {
+                write!(f, ":{tag}")?;
+            }
+            for &(a, b) in ranges {
+                if a == b {
+                    write!(f, ":{a}")?;
+                } else {
+                    write!(f, ":{a}-{b}")?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A MySQL GTID tag: a letter or underscore, then up to 31 letters, digits or underscores
+/// (MySQL compares them case-insensitively and prints them in lower case).
+fn valid_tag(t: &str) -> bool {
+    let mut chars = t.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && t.len() <= 32
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+impl FromStr for MysqlGtids {
+    type Err = ParsePositionError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let err = |reason| ParsePositionError::new("MySQL GTID set", s, reason);
+        let mut set = MysqlGtids::default();
+        for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+            let mut fields = part.split(':');
+            let sid = fields
+                .next()
+                .and_then(parse_uuid)
+                .ok_or_else(|| err("bad server UUID"))?;
+            let mut tag = String::new();
+            let mut any = false;
+            for field in fields {
+                if field.starts_with(|c: char| c.is_ascii_digit()) {
+                    let (a, b) = field.split_once('-').unwrap_or((field, field));
+                    let a: u64 = a.parse().map_err(|_| err("bad transaction number"))?;
+                    let b: u64 = b.parse().map_err(|_| err("bad transaction number"))?;
+                    if a == 0 || b < a {
+                        return Err(err("ranges start at 1 and are increasing"));
+                    }
+                    set.add_range(sid, &tag, a, b);
+                    any = true;
+                } else if valid_tag(field) {
+                    tag = field.to_ascii_lowercase();
+                } else {
+                    return Err(err("bad tag"));
+                }
+            }
+            if !any {
+                return Err(err("a server UUID needs at least one range"));
+            }
+        }
+        Ok(set)
+    }
 }
 
 fn fmt_uuid(u: &[u8; 16], f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -709,6 +838,44 @@ mod tests {
         ] {
             assert!(bad.parse::<BinlogPos>().is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn mysql_gtid_sets_with_tags() {
+        let u = "3e11fa47-71ca-11e1-9e33-c80aa9429562";
+        let text = format!("{u}:1-5:7:Tag_B:3:tag_a:1-2,4e11fa47-71ca-11e1-9e33-c80aa9429562:9");
+        let s: MysqlGtids = text.parse().unwrap();
+        assert_eq!(
+            s.to_string(),
+            format!("{u}:1-5:7:tag_a:1-2:tag_b:3,4e11fa47-71ca-11e1-9e33-c80aa9429562:9")
+        );
+        let sid = parse_uuid(u).unwrap();
+        assert!(s.contains(&sid, "tag_a", 2));
+        assert!(!s.contains(&sid, "tag_a", 3));
+        assert!(s.contains(&sid, "", 4));
+        assert!(!s.contains(&sid, "tag_b", 4));
+        let mut t = s.clone();
+        t.add(sid, "tag_a", 3);
+        assert!(t.to_string().contains("tag_a:1-3"), "{t}");
+        assert_eq!(t.to_string().parse::<MysqlGtids>().unwrap(), t);
+        for bad in [
+            u.to_string(),
+            format!("{u}:tag"),
+            format!("{u}:1x"),
+            format!("{u}:-tag:1"),
+            format!("{u}:0-3"),
+            format!("{u}:{}:1", "t".repeat(33)),
+        ] {
+            assert!(bad.parse::<MysqlGtids>().is_err(), "{bad}");
+        }
+        // What an untagged server prints parses the same as before.
+        assert_eq!(
+            "3E11FA47-71CA-11E1-9E33-C80AA9429562:1-5:7,\n4e11fa47-71ca-11e1-9e33-c80aa9429562:1"
+                .parse::<MysqlGtids>()
+                .unwrap()
+                .to_string(),
+            format!("{u}:1-5:7,4e11fa47-71ca-11e1-9e33-c80aa9429562:1")
+        );
     }
 
     #[test]

@@ -159,7 +159,7 @@ pub fn all_kinds() -> Vec<Event> {
 /// reject as a payload error): a binlog position after a failover, with its GTIDs.
 pub fn appended_to_v2() -> Vec<Event> {
     let maria: crate::MariaGtidList = "0-1-100,1-2-7".parse().unwrap_or_default();
-    let gtids: crate::GtidSet = "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5:7"
+    let gtids: crate::MysqlGtids = "3e11fa47-71ca-11e1-9e33-c80aa9429562:1-5:7:tag_a:1-2"
         .parse()
         .unwrap_or_default();
     vec![

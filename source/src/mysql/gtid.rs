@@ -7,7 +7,7 @@
 //! list each binlog file opens with (MariaDB's Gtid_list, MySQL's Previous_gtids). Where it is
 //! not known it is `None`, and a failover is "position lost", never a guess.
 
-use ferry_proto::{GtidSet, Gtids, MariaGtid, MariaGtidList};
+use ferry_proto::{Gtids, MariaGtid, MariaGtidList, MysqlGtids};
 use mysql_async::binlog::events::{GtidEvent, PreviousGtidsEvent};
 use mysql_async::prelude::Queryable;
 use mysql_async::{BinlogStreamRequest, Conn, Sid};
@@ -72,37 +72,28 @@ pub(crate) fn advance_maria(state: &mut Option<Gtids>, server: u32, g: &MariaGti
     }
 }
 
-/// A MySQL transaction's GTID joins the executed set; a tagged one (MySQL 8.4) makes the set
-/// unknown, since ferry does not record tags yet.
+/// A MySQL transaction's GTID (tagged or not) joins the executed set.
 pub(crate) fn advance_mysql(state: &mut Option<Gtids>, e: &GtidEvent) {
-    if e.is_tagged() {
-        if state.is_some() {
-            tracing::warn!(
-                "a tagged GTID in the binlog: ferry does not record tagged GTIDs yet, so a failover to another server will stop with \"position lost\""
-            );
-        }
-        *state = None;
-        return;
-    }
     // A GTID on a server that had none before (or where ferry did not know the set) leaves
     // the set unknown until the next binlog file says it.
     if let Some(Gtids::MySql(set)) = state {
-        set.add(e.sid(), e.gno());
+        let tag = e.tag().map(|t| t.to_ascii_lowercase()).unwrap_or_default();
+        set.add(e.sid(), &tag, e.gno());
     }
 }
 
 /// MySQL's Previous_gtids event opens each binlog file with the set executed before it.
 pub(crate) fn mysql_previous(state: &mut Option<Gtids>, e: &PreviousGtidsEvent<'_>) {
-    let mut set = GtidSet::default();
+    let mut set = MysqlGtids::default();
     for sid in e.sids() {
-        if sid.tag().is_some() {
-            *state = None;
-            return;
-        }
+        let tag = sid
+            .tag()
+            .map(|t| t.to_ascii_lowercase())
+            .unwrap_or_default();
         for i in sid.intervals() {
             // Intervals are [start, end).
             if i.end() > i.start() {
-                set.add_range(sid.uuid(), i.start(), i.end() - 1);
+                set.add_range(sid.uuid(), &tag, i.start(), i.end() - 1);
             }
         }
     }
@@ -127,24 +118,33 @@ pub(crate) async fn resume_request<'a>(
             Ok(BinlogStreamRequest::new(server_id))
         }
         Gtids::MySql(set) => {
-            sids.clear();
-            for (uuid, ranges) in set.ranges() {
-                let mut sid = Sid::new(*uuid);
-                for &(start, end) in ranges {
-                    let interval =
-                        mysql_async::GnoInterval::check_and_new(start, end.saturating_add(1))
-                            .map_err(|e| {
-                                Error::Protocol(format!("GTID range {start}-{end}: {e}"))
-                            })?;
-                    sid = sid.with_interval(interval);
-                }
-                sids.push(sid);
-            }
+            *sids = sid_blocks(set)?;
             Ok(BinlogStreamRequest::new(server_id)
                 .with_gtid()
                 .with_gtid_set(sids.iter().cloned()))
         }
     }
+}
+
+/// The set as `COM_BINLOG_DUMP_GTID` blocks: one per (UUID, tag), written as MySQL prints it
+/// for mysql_common's parser.
+fn sid_blocks(set: &MysqlGtids) -> Result<Vec<Sid<'static>>> {
+    let mut sids = Vec::new();
+    for (uuid, tag, ranges) in set.ranges() {
+        let mut text = ferry_proto::position::uuid_text(uuid);
+        if !tag.is_empty() {
+            text.push(':');
+            text.push_str(tag);
+        }
+        for &(start, end) in ranges {
+            text.push_str(&format!(":{start}-{end}"));
+        }
+        sids.push(
+            text.parse()
+                .map_err(|e| Error::Protocol(format!("GTID block {text}: {e}")))?,
+        );
+    }
+    Ok(sids)
 }
 
 #[cfg(test)]
@@ -246,6 +246,59 @@ mod tests {
         assert_eq!(
             set.to_string(),
             "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa:1-6,bbbbbbbb-bbbb-bbbb-bbbb-bbbbbbbbbbbb:3:9"
+        );
+    }
+
+    /// MySQL 8.4's tagged GTIDs, as mysql_common decodes them from the binlog, are recorded with
+    /// their tags, and a resume request names them.
+    #[test]
+    fn tagged_mysql_gtids_are_recorded_with_their_tags() {
+        use mysql_async::binlog::events::PreviousGtidsSid;
+        use mysql_common::packets::Tag;
+        let a = [0xaa; 16];
+        let previous = PreviousGtidsEvent::new(vec![
+            PreviousGtidsSid::new(a, None, vec![mysql_async::GnoInterval::new(1, 4)]),
+            PreviousGtidsSid::new(
+                a,
+                Some(Tag::new("batch").unwrap()),
+                vec![mysql_async::GnoInterval::new(1, 2)],
+            ),
+        ]);
+        let mut state = None;
+        mysql_previous(&mut state, &previous);
+        advance_mysql(
+            &mut state,
+            &GtidEvent::new_tagged(a, Tag::new("batch").unwrap(), 2),
+        );
+        advance_mysql(&mut state, &GtidEvent::new(a, 4));
+        let Some(Gtids::MySql(set)) = &state else {
+            panic!("{state:?}")
+        };
+        assert_eq!(
+            set.to_string(),
+            "aaaaaaaa-aaaa-aaaa-aaaa-aaaaaaaaaaaa:1-4:batch:1-2"
+        );
+        assert!(set.contains(&a, "batch", 2));
+        // The request's blocks: one per (UUID, tag), intervals end-exclusive.
+        let blocks: Vec<_> = sid_blocks(set)
+            .unwrap()
+            .iter()
+            .map(|sid| {
+                (
+                    sid.tag().map(|t| t.to_string()),
+                    sid.intervals()
+                        .iter()
+                        .map(|i| (i.start(), i.end()))
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            blocks,
+            vec![
+                (None, vec![(1, 5)]),
+                (Some("batch".to_owned()), vec![(1, 3)])
+            ]
         );
     }
 

@@ -61,9 +61,8 @@ pub async fn mariadb_gtids_at(conn: &mut Conn, pos: &BinlogPos) -> Result<Option
     }
 }
 
-/// A MySQL server's executed GTID set as `SHOW MASTER STATUS` printed it; `None` when GTIDs are
-/// off, or tagged (MySQL 8.4), which ferry does not record yet: a failover is then "position
-/// lost", never a guess.
+/// A MySQL server's executed GTID set (tags included) as `SHOW MASTER STATUS` printed it; `None`
+/// when GTIDs are off: a failover is then "position lost", never a guess.
 async fn mysql_gtids(conn: &mut Conn, executed: Option<&str>) -> Result<Option<Gtids>> {
     let mode: Option<String> = conn
         .query_first("SELECT @@global.gtid_mode")
@@ -74,10 +73,9 @@ async fn mysql_gtids(conn: &mut Conn, executed: Option<&str>) -> Result<Option<G
     }
     match executed.unwrap_or("").parse() {
         Ok(set) => Ok(Some(Gtids::MySql(set))),
-        Err(e) => {
-            tracing::warn!(error = %e, "the source's GTID set is not one ferry records (tagged GTIDs?): a failover to another server will stop with \"position lost\"");
-            Ok(None)
-        }
+        Err(e) => Err(Error::Protocol(format!(
+            "the source's executed GTID set does not parse: {e}"
+        ))),
     }
 }
 
@@ -373,16 +371,21 @@ pub async fn gtids_missing(conn: &mut Conn, ferry: &Gtids) -> Result<Option<Stri
         }
         Gtids::MySql(set) => {
             let text: Option<String> = conn.query_first("SELECT @@global.gtid_executed").await?;
-            let server: ferry_proto::GtidSet = text
+            let server: ferry_proto::MysqlGtids = text
                 .unwrap_or_default()
                 .parse()
                 .map_err(|e| Error::Protocol(format!("@@gtid_executed: {e}")))?;
             let mut missing = Vec::new();
-            for (uuid, ranges) in set.ranges() {
+            for (uuid, tag, ranges) in set.ranges() {
                 for &(a, b) in ranges {
-                    if !(a..=b).all(|n| server.contains(uuid, n)) {
+                    if !server.contains_range(uuid, tag, a, b) {
+                        let tag = if tag.is_empty() {
+                            String::new()
+                        } else {
+                            format!(":{tag}")
+                        };
                         missing.push(format!(
-                            "{}:{a}-{b}",
+                            "{}{tag}:{a}-{b}",
                             ferry_proto::position::uuid_text(uuid)
                         ));
                     }
