@@ -4,8 +4,10 @@
 //!
 //! The reverse stream must start exactly where the promoted replica stood when it took over:
 //! the old primary already has everything before, and nothing the application writes after may
-//! be missed. So the slot is created (and the publication) on the new primary here, before the
-//! application moves, and the configuration starts from it with `snapshot = "never"`. The
+//! be missed. So its start is fixed here, before the application moves: on PostgreSQL a slot
+//! (and a publication) on the new primary; on MySQL/MariaDB a new spool holding the new
+//! primary's binlog position (and GTIDs). The configuration then starts there with
+//! `snapshot = "never"`. The
 //! secrets of the original configuration stay references (`${VAR}`, `${file:…}`): its URLs are
 //! copied as written, not as expanded.
 
@@ -16,8 +18,11 @@ use ferry_source::error::{Error, Result};
 
 use crate::config::{Config, SinkConfig, SinkKind, SourceKind};
 
-/// The slot and publication the reverse configuration streams from.
+/// The slot and publication the reverse configuration streams from (PostgreSQL).
 pub const REVERSE_SLOT: &str = "ferry_reverse";
+/// The replica id of the reverse stream from a MySQL/MariaDB new primary when the forward
+/// source had none (it was PostgreSQL).
+const REVERSE_SERVER_ID: u32 = 4_242_001;
 
 /// The original configuration's values as written (before `${…}` expansion).
 struct Raw {
@@ -54,6 +59,78 @@ fn raw(config_path: &Path, sink_index: usize) -> Result<Raw> {
         exclude: get(source, "exclude"),
         keyless: get(source, "keyless"),
     })
+}
+
+/// A PostgreSQL new primary: a publication of the same tables (never ferry's own bookkeeping)
+/// and a slot that holds its position from now on. The `[source]` lines that use them.
+async fn start_slot(config: &Config, target: &SinkConfig, out: &mut String) -> Result<String> {
+    let (client, _task) =
+        ferry_db::postgres::tls::Tls::connect_url(&target.url_exposed(), "ferry promote").await?;
+    let version: i32 = client
+        .query_one("SELECT current_setting('server_version_num')::int", &[])
+        .await?
+        .get(0);
+    let src = &config.source;
+    let filter = ferry_source::filter::TableFilter::new(
+        src.tables.iter().map(|t| t.as_str()),
+        src.exclude.iter().map(|t| t.as_str()).chain(["ferry.*"]),
+    )
+    .map_err(Error::Config)?;
+    ferry_source::postgres::slot::ensure_publication(&client, REVERSE_SLOT, &filter, version, &[])
+        .await?;
+    let exists = client
+        .query_opt(
+            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
+            &[&REVERSE_SLOT],
+        )
+        .await?
+        .is_some();
+    if !exists {
+        client
+            .execute(
+                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
+                &[&REVERSE_SLOT],
+            )
+            .await?;
+    }
+    let at: String = client
+        .query_one(
+            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
+            &[&REVERSE_SLOT],
+        )
+        .await?
+        .get(0);
+    let _ = writeln!(
+        out,
+        "reverse: slot {REVERSE_SLOT:?} on sink {} starts at {at}; it holds the new primary's \
+         WAL until the reverse ferry runs",
+        target.name.as_str()
+    );
+
+    Ok(format!(
+        "type = \"postgres\"\nslot = \"{REVERSE_SLOT}\"\npublication = \"{REVERSE_SLOT}\"\n"
+    ))
+}
+
+/// A MySQL/MariaDB new primary: a new spool that starts at its binlog position now. The
+/// `[source]` lines that use it (a `server_id`: the forward source's, else one to change if
+/// `ferry check` finds it taken).
+async fn start_spool(
+    config: &Config,
+    target: &SinkConfig,
+    spool: &Path,
+    out: &mut String,
+) -> Result<String> {
+    let mut conn = crate::verify::mysql::connect(&target.url_exposed()).await?;
+    let at = ferry_source::mysql::server::start_spool_here(&mut conn, spool).await?;
+    let _ = writeln!(
+        out,
+        "reverse: spool {} starts at sink {}'s position {at}",
+        spool.display(),
+        target.name.as_str()
+    );
+    let server_id = config.source.server_id.unwrap_or(REVERSE_SERVER_ID);
+    Ok(format!("type = \"mysql\"\nserver_id = {server_id}\n"))
 }
 
 /// A TOML basic string.
@@ -103,13 +180,6 @@ pub async fn write(
     out_path: &Path,
     out: &mut String,
 ) -> Result<()> {
-    if target.kind != SinkKind::Postgres {
-        return Err(Error::Config(
-            "--reverse needs a PostgreSQL sink as the new primary: from a MySQL/MariaDB replica \
-             it is not built yet (its start position would have to be recorded in a spool)"
-                .into(),
-        ));
-    }
     let index = config
         .sinks
         .iter()
@@ -117,50 +187,19 @@ pub async fn write(
         .ok_or_else(|| Error::Fatal("the promoted sink is not in the configuration".into()))?;
     let raw = raw(config_path, index)?;
 
-    // The new primary: a publication of the same tables (never ferry's own bookkeeping) and a
-    // slot that holds its position from now on.
-    let (client, _task) =
-        ferry_db::postgres::tls::Tls::connect_url(&target.url_exposed(), "ferry promote").await?;
-    let version: i32 = client
-        .query_one("SELECT current_setting('server_version_num')::int", &[])
-        .await?
-        .get(0);
-    let src = &config.source;
-    let filter = ferry_source::filter::TableFilter::new(
-        src.tables.iter().map(|t| t.as_str()),
-        src.exclude.iter().map(|t| t.as_str()).chain(["ferry.*"]),
-    )
-    .map_err(Error::Config)?;
-    ferry_source::postgres::slot::ensure_publication(&client, REVERSE_SLOT, &filter, version, &[])
-        .await?;
-    let exists = client
-        .query_opt(
-            "SELECT 1 FROM pg_replication_slots WHERE slot_name = $1",
-            &[&REVERSE_SLOT],
-        )
-        .await?
-        .is_some();
-    if !exists {
-        client
-            .execute(
-                "SELECT pg_create_logical_replication_slot($1, 'pgoutput')",
-                &[&REVERSE_SLOT],
-            )
-            .await?;
-    }
-    let at: String = client
-        .query_one(
-            "SELECT confirmed_flush_lsn::text FROM pg_replication_slots WHERE slot_name = $1",
-            &[&REVERSE_SLOT],
-        )
-        .await?
-        .get(0);
-    let _ = writeln!(
-        out,
-        "reverse: slot {REVERSE_SLOT:?} on sink {} starts at {at}; it holds the new primary's \
-         WAL until the reverse ferry runs",
-        target.name.as_str()
-    );
+    let spool = config.spool.dir().with_file_name(format!(
+        "{}-reverse",
+        config
+            .spool
+            .dir()
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "spool".into())
+    ));
+    let source_lines = match target.kind {
+        SinkKind::Postgres => start_slot(config, target, out).await?,
+        _ => start_spool(config, target, &spool, out).await?,
+    };
 
     // The old primary takes the reverse sink's writes.
     let sink_url = match (config.source.kind, fenced_session) {
@@ -194,8 +233,7 @@ pub async fn write(
         "# Written by `ferry promote --reverse`: replicates sink {:?} (promoted, now the \
          primary)\n# back into the old primary, so that a fallback finds it current. Stop the \
          forward ferry,\n# then run `ferry check` and `ferry run` with this file.\n\n\
-         [source]\ntype = \"postgres\"\nurl = {}\nslot = \"{REVERSE_SLOT}\"\n\
-         publication = \"{REVERSE_SLOT}\"\n# The slot was created at the switchover: the old \
+         [source]\n{source_lines}url = {}\n# Its start was fixed at the switchover: the old \
          primary has everything before it.\nsnapshot = \"never\"\n",
         target.name.as_str(),
         quoted(&raw.sink_url)
@@ -215,12 +253,11 @@ pub async fn write(
         "exclude = {}",
         value_text("exclude", &toml::Value::Array(exclude))?
     );
-    let spool = format!("{}-reverse", config.spool.dir().display());
     let _ = write!(
         text,
         "\n[spool]\ndir = {}\n\n[[sink]]\nname = \"old-primary\"\ntype = \"{sink_type}\"\n\
          url = {}\n",
-        quoted(&spool),
+        quoted(&spool.display().to_string()),
         quoted(&sink_url)
     );
     // Parsed before it is written: a file `ferry run` would refuse is never left behind.

@@ -423,3 +423,90 @@ async fn a_postgresql_to_mariadb_switchover_is_equal_row_by_row() {
     let id: Option<u64> = t.query_first("SELECT LAST_INSERT_ID()").await.unwrap();
     assert!(id.unwrap() > 320, "{id:?}");
 }
+
+/// `--reverse` from a promoted MariaDB replica: the reverse spool starts at its binlog position
+/// (and GTIDs) at the switchover, so writes made before the reverse ferry starts reach the old
+/// primary too, which stays `read_only` for the application.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reverse_from_a_promoted_mariadb_replica() {
+    use mysql_async::prelude::Queryable;
+    let src = ferry_tests::MariaDb::start().unwrap();
+    let dst = ferry_tests::MariaDb::start().unwrap();
+    let mut m = src.connect().await;
+    m.query_drop(
+        "CREATE DATABASE shop;
+         CREATE TABLE shop.orders (id int AUTO_INCREMENT PRIMARY KEY, note varchar(50));
+         INSERT INTO shop.orders (note) VALUES ('a'), ('b'), ('c');
+         CREATE USER app@'%' IDENTIFIED BY 'app-pw';
+         GRANT SELECT, INSERT ON shop.* TO app@'%';",
+    )
+    .await
+    .unwrap();
+    let sink = format!(
+        "[[sink]]\nname = \"maria\"\ntype = \"mysql\"\nurl = \"{}\"\ncreate_tables = true\n",
+        dst.url("")
+    );
+    let config = FerryConfig::mysql(&src.url("shop"), src.server_id() + 1000, "", &sink).unwrap();
+    let ferry = config.start(0).unwrap();
+    let mut d = dst.connect().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let n: Option<i64> = d
+            .query_first("SELECT count(*) FROM shop.orders")
+            .await
+            .unwrap_or(None);
+        if n == Some(3) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{}", ferry.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let reverse = FerryConfig::postgres("postgres://unused", "").unwrap();
+    let out = promote_fenced_with(
+        &config,
+        "maria",
+        &["--reverse", reverse.path().to_str().unwrap()],
+    )
+    .await;
+    assert!(out.contains("reverse: wrote"), "{out}");
+    ferry.stop().unwrap();
+    d.query_drop("INSERT INTO shop.orders (note) VALUES ('d'), ('e'); DELETE FROM shop.orders WHERE note = 'a'")
+        .await
+        .unwrap();
+    let (code, check, err) =
+        command(&["check", "--config", reverse.path().to_str().unwrap()]).unwrap();
+    assert_eq!(code, 0, "{check}{err}");
+    let mut back = reverse.start(0).unwrap();
+    d.query_drop("UPDATE shop.orders SET note = 'B' WHERE note = 'b'")
+        .await
+        .unwrap();
+    let want: Vec<(i32, String)> = d
+        .query("SELECT id, note FROM shop.orders ORDER BY id")
+        .await
+        .unwrap();
+    let mut old = src.connect().await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let got: Vec<(i32, String)> = old
+            .query("SELECT id, note FROM shop.orders ORDER BY id")
+            .await
+            .unwrap();
+        if got == want {
+            break;
+        }
+        back.check_alive().unwrap();
+        assert!(Instant::now() < deadline, "{got:?}\n{}", back.log_text());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // The application's account still cannot write to the old primary.
+    let app_url = format!("mysql://app:app-pw@127.0.0.1:{}/shop", src.port());
+    let mut app = mysql_async::Conn::new(mysql_async::Opts::from_url(&app_url).unwrap())
+        .await
+        .unwrap();
+    assert!(
+        app.query_drop("INSERT INTO shop.orders (note) VALUES ('stray')")
+            .await
+            .is_err()
+    );
+    back.stop().unwrap();
+}

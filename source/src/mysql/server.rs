@@ -345,6 +345,34 @@ pub fn resume_plan(
     })
 }
 
+/// Starts a new spool in `dir` at the position of the server behind `conn` now: its identity
+/// recorded and a heartbeat at its binlog position (with its GTIDs), so that a source started
+/// on it later with `snapshot = "never"` reads every transaction from this moment, however long
+/// after it starts. Refuses a directory that already holds a spool.
+pub async fn start_spool_here(conn: &mut Conn, dir: &std::path::Path) -> Result<BinlogPos> {
+    if dir.join(IDENTITY_FILE).exists()
+        || ferry_spool::segment::list(dir).is_ok_and(|l| !l.is_empty())
+    {
+        return Err(Error::Config(format!(
+            "{} already holds a spool: choose another directory",
+            dir.display()
+        )));
+    }
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("create {}", dir.display()), e))?;
+    let identity = server_identity(conn).await?;
+    let (epoch, _) = check_server_identity(dir, &identity, None)?;
+    let mut at = master_position(conn).await?;
+    at.epoch = epoch;
+    let (mut spool, _) =
+        ferry_spool::SpoolWriter::open(dir, ferry_spool::WriterOptions::default())?;
+    spool.append(&ferry_proto::Event::Heartbeat(ferry_proto::Heartbeat {
+        position: ferry_proto::Position::Binlog(at.clone()),
+        time: ferry_proto::civil::now_micros(),
+    }))?;
+    spool.commit()?;
+    Ok(at)
+}
+
 /// Whether the server's executed GTIDs (`@@gtid_binlog_pos` on MariaDB, `@@gtid_executed` on
 /// MySQL) include every transaction of `ferry`: a server promoted while behind lacks some that
 /// ferry read. `Ok(None)` when they do; otherwise what is missing.
